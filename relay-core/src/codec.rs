@@ -1,0 +1,363 @@
+//! Codecs: event bodies (MessagePack or JSON), native stream entries, stored
+//! records and live envelopes.
+//!
+//! A native stream entry keeps plain fields (`job`, `seq`, `stage`, `status`,
+//! `ts`) next to the encoded body so `redis-cli XRANGE` stays readable and the
+//! router can validate before decoding. Routed records (state, history, live)
+//! carry a *payload*: a one-byte tag followed by the body (`m` msgpack, `j`
+//! json), or, in the eco2 profile, the routed JSON object itself (`{`).
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::eco2::Eco2Routed;
+use crate::error::CodecError;
+use crate::event::{Epoch, Event, JobId, Offset, Position, Stage, Status};
+
+/// How an event body is encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// MessagePack with field names (rmp-serde): compact, the default.
+    #[default]
+    MsgPack,
+    /// JSON: larger, human-readable.
+    Json,
+}
+
+impl Encoding {
+    /// The `enc` field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::MsgPack => "msgpack",
+            Encoding::Json => "json",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Encoding::MsgPack => b'm',
+            Encoding::Json => b'j',
+        }
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Encoding {
+    type Err = CodecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "msgpack" => Ok(Encoding::MsgPack),
+            "json" => Ok(Encoding::Json),
+            other => Err(CodecError::UnknownEncoding(other.chars().take(40).collect())),
+        }
+    }
+}
+
+/// Encodes an event body.
+pub fn encode_event(event: &Event, enc: Encoding) -> Result<Vec<u8>, CodecError> {
+    Ok(match enc {
+        Encoding::MsgPack => rmp_serde::to_vec_named(event)?,
+        Encoding::Json => serde_json::to_vec(event)?,
+    })
+}
+
+/// Decodes an event body.
+pub fn decode_event(body: &[u8], enc: Encoding) -> Result<Event, CodecError> {
+    Ok(match enc {
+        Encoding::MsgPack => rmp_serde::from_slice(body)?,
+        Encoding::Json => serde_json::from_slice(body)?,
+    })
+}
+
+/// Raw fields of a stream entry, in order.
+pub type Fields = Vec<(String, Bytes)>;
+
+/// Looks a field up by name.
+pub fn field<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a Bytes> {
+    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn text_field<'a>(fields: &'a [(String, Bytes)], name: &'static str) -> Result<&'a str, CodecError> {
+    let raw = field(fields, name).ok_or(CodecError::MissingField(name))?;
+    std::str::from_utf8(raw).map_err(|_| CodecError::Utf8(name))
+}
+
+/// A decoded native stream entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeEntry {
+    /// The event.
+    pub event: Event,
+    /// How the body was encoded.
+    pub enc: Encoding,
+    /// The body bytes as stored (reused verbatim as the record payload).
+    pub body: Bytes,
+}
+
+impl NativeEntry {
+    /// The payload to store in state/history and publish live.
+    pub fn payload(&self) -> Payload {
+        Payload::native(self.enc, &self.body)
+    }
+}
+
+/// The fields of a native stream entry for `event`.
+pub fn native_fields(event: &Event, enc: Encoding) -> Result<Fields, CodecError> {
+    let body = encode_event(event, enc)?;
+    Ok(vec![
+        ("job".into(), Bytes::copy_from_slice(event.job_id.as_str().as_bytes())),
+        ("seq".into(), Bytes::from(event.seq.to_string())),
+        ("stage".into(), Bytes::copy_from_slice(event.stage.as_str().as_bytes())),
+        ("status".into(), Bytes::from_static(event.status.as_str().as_bytes())),
+        ("ts".into(), Bytes::from(event.ts.to_string())),
+        ("enc".into(), Bytes::from_static(enc.as_str().as_bytes())),
+        ("body".into(), Bytes::from(body)),
+    ])
+}
+
+/// Parses a native stream entry, checking the body against the plain fields.
+pub fn parse_native(fields: &[(String, Bytes)]) -> Result<NativeEntry, CodecError> {
+    let job = JobId::new(text_field(fields, "job")?)?;
+    let seq: u64 = text_field(fields, "seq")?
+        .parse()
+        .map_err(|e| CodecError::InvalidField {
+            field: "seq",
+            reason: format!("{e}"),
+        })?;
+    let enc: Encoding = match field(fields, "enc") {
+        Some(_) => text_field(fields, "enc")?.parse()?,
+        None => Encoding::MsgPack,
+    };
+    let body = field(fields, "body").ok_or(CodecError::MissingField("body"))?.clone();
+    let event = decode_event(&body, enc)?;
+    if event.job_id != job {
+        return Err(CodecError::Mismatch("job"));
+    }
+    if event.seq != seq {
+        return Err(CodecError::Mismatch("seq"));
+    }
+    if let Some(stage) = field(fields, "stage") {
+        if stage.as_ref() != event.stage.as_str().as_bytes() {
+            return Err(CodecError::Mismatch("stage"));
+        }
+    }
+    Ok(NativeEntry { event, enc, body })
+}
+
+/// A routed record's payload: what the state key holds, what a history entry
+/// holds and what a live envelope carries after its position.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Payload(pub Bytes);
+
+/// A decoded payload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// A native event.
+    Native(Event),
+    /// An eco2 routed event (the JSON the Python gateways and frontend read).
+    Eco2(Eco2Routed),
+}
+
+impl Decoded {
+    /// The job id.
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Decoded::Native(e) => &e.job_id,
+            Decoded::Eco2(r) => &r.job_id,
+        }
+    }
+
+    /// The producer seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Decoded::Native(e) => e.seq,
+            Decoded::Eco2(r) => r.seq,
+        }
+    }
+
+    /// The stage.
+    pub fn stage(&self) -> &Stage {
+        match self {
+            Decoded::Native(e) => &e.stage,
+            Decoded::Eco2(r) => &r.stage,
+        }
+    }
+
+    /// Whether the job ends with this event.
+    pub fn is_terminal(&self) -> bool {
+        match self {
+            Decoded::Native(e) => e.is_terminal(),
+            Decoded::Eco2(r) => r.is_terminal(),
+        }
+    }
+
+    /// Whether this event reports a failure.
+    pub fn is_failure(&self) -> bool {
+        match self {
+            Decoded::Native(e) => e.status == Status::Failed,
+            Decoded::Eco2(r) => r.status == "failed",
+        }
+    }
+}
+
+impl Payload {
+    /// A native payload: the tag byte then the body.
+    pub fn native(enc: Encoding, body: &[u8]) -> Self {
+        let mut v = Vec::with_capacity(body.len() + 1);
+        v.push(enc.tag());
+        v.extend_from_slice(body);
+        Payload(Bytes::from(v))
+    }
+
+    /// Encodes an event as a native payload.
+    pub fn from_event(event: &Event, enc: Encoding) -> Result<Self, CodecError> {
+        Ok(Self::native(enc, &encode_event(event, enc)?))
+    }
+
+    /// Decodes the payload, whatever its profile.
+    pub fn decode(&self) -> Result<Decoded, CodecError> {
+        match self.0.first() {
+            Some(b'm') => Ok(Decoded::Native(decode_event(&self.0[1..], Encoding::MsgPack)?)),
+            Some(b'j') => Ok(Decoded::Native(decode_event(&self.0[1..], Encoding::Json)?)),
+            Some(b'{') => Ok(Decoded::Eco2(Eco2Routed::parse(&self.0)?)),
+            _ => Err(CodecError::Envelope("unknown payload tag")),
+        }
+    }
+}
+
+/// One entry of a job's history (or its state), with its position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Gap-free offset within the job's history.
+    pub offset: Offset,
+    /// The stored payload.
+    pub payload: Payload,
+}
+
+/// A live message: the record and the history it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveEnvelope {
+    /// History identity.
+    pub epoch: Epoch,
+    /// The record.
+    pub record: Record,
+}
+
+impl LiveEnvelope {
+    /// The client position after this message.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.record.offset,
+        }
+    }
+
+    /// Wire form: `{epoch}:{offset}:{payload}` (the apply script builds the
+    /// same bytes with string concatenation).
+    pub fn encode(&self) -> Bytes {
+        let head = format!("{}:{}:", self.epoch, self.record.offset);
+        let mut v = Vec::with_capacity(head.len() + self.record.payload.0.len());
+        v.extend_from_slice(head.as_bytes());
+        v.extend_from_slice(&self.record.payload.0);
+        Bytes::from(v)
+    }
+
+    /// Parses the wire form.
+    pub fn decode(raw: &Bytes) -> Result<Self, CodecError> {
+        let first = raw
+            .iter()
+            .position(|b| *b == b':')
+            .ok_or(CodecError::Envelope("no epoch separator"))?;
+        let second = raw[first + 1..]
+            .iter()
+            .position(|b| *b == b':')
+            .map(|p| p + first + 1)
+            .ok_or(CodecError::Envelope("no offset separator"))?;
+        let num = |s: &[u8]| -> Result<u64, CodecError> {
+            std::str::from_utf8(s)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(CodecError::Envelope("non-numeric position"))
+        };
+        Ok(LiveEnvelope {
+            epoch: Epoch(num(&raw[..first])?),
+            record: Record {
+                offset: Offset(num(&raw[first + 1..second])?),
+                payload: Payload(raw.slice(second + 1..)),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Status;
+
+    fn ev() -> Event {
+        Event::new("scan", "job-1", 11, "vision", Status::Completed)
+            .unwrap()
+            .with_progress(25)
+            .with_data(serde_json::json!({"k": [1, 2, "x"]}))
+    }
+
+    #[test]
+    fn native_fields_round_trip() {
+        for enc in [Encoding::MsgPack, Encoding::Json] {
+            let e = ev();
+            let f = native_fields(&e, enc).unwrap();
+            let parsed = parse_native(&f).unwrap();
+            assert_eq!(parsed.event, e);
+            assert_eq!(parsed.enc, enc);
+            assert_eq!(parsed.payload().decode().unwrap(), Decoded::Native(e));
+        }
+    }
+
+    #[test]
+    fn native_rejects_bad_entries() {
+        let e = ev();
+        let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+        f.retain(|(k, _)| k != "job");
+        assert!(matches!(parse_native(&f), Err(CodecError::MissingField("job"))));
+
+        let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+        f[1].1 = Bytes::from_static(b"ten");
+        assert!(matches!(parse_native(&f), Err(CodecError::InvalidField { field: "seq", .. })));
+
+        let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+        f[1].1 = Bytes::from_static(b"12");
+        assert!(matches!(parse_native(&f), Err(CodecError::Mismatch("seq"))));
+
+        let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+        f[6].1 = Bytes::from_static(b"\xc1garbage");
+        assert!(matches!(parse_native(&f), Err(CodecError::MsgPackDecode(_))));
+
+        let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+        f[5].1 = Bytes::from_static(b"xml");
+        assert!(matches!(parse_native(&f), Err(CodecError::UnknownEncoding(_))));
+    }
+
+    #[test]
+    fn envelope_round_trip() {
+        let env = LiveEnvelope {
+            epoch: Epoch(77),
+            record: Record {
+                offset: Offset(5),
+                payload: Payload::from_event(&ev(), Encoding::MsgPack).unwrap(),
+            },
+        };
+        let raw = env.encode();
+        assert!(raw.starts_with(b"77:5:m"));
+        assert_eq!(LiveEnvelope::decode(&raw).unwrap(), env);
+        assert!(LiveEnvelope::decode(&Bytes::from_static(b"x:1:m")).is_err());
+        assert!(LiveEnvelope::decode(&Bytes::from_static(b"1")).is_err());
+    }
+}

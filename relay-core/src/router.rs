@@ -1,0 +1,766 @@
+//! The router engine: shard streams in, per-job state, history and live
+//! publishes out.
+//!
+//! Per shard, a reader task runs the consumer-group loop:
+//! 1. on start, re-read this consumer's own pending entries (id `0`), then new
+//!    ones (`>`), in batches of [`RouterConfig::batch`];
+//! 2. decode every entry; one that cannot be decoded goes to the dead-letter
+//!    stream with the reason (and is acked there) — nothing blocks a shard (G5);
+//! 3. apply the whole batch in one round trip ([`Backend::apply`], atomic per
+//!    job, idempotent per (job, seq): G3);
+//! 4. publish (inside the apply when data and pub/sub share a server,
+//!    otherwise pipelined to the pub/sub server right after);
+//! 5. ack the batch with one XACK — only after apply and publish succeeded, so
+//!    a crash at any point leaves the entries pending and they are re-applied
+//!    (a no-op) and re-published (gateways dedupe by offset): G1.
+//!
+//! A janitor task claims entries idle longer than [`RouterConfig::claim_idle`]
+//! from any consumer (dead routers included), dead-letters those delivered
+//! more than [`RouterConfig::max_deliveries`] times, routes the rest, and
+//! removes consumers that have been idle long with nothing pending.
+//!
+//! Transient backend errors are retried with exponential backoff; the router
+//! never exits on them, and [`RouterMetrics::connected`] reports the state for
+//! `/readyz`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend, StreamEntry};
+use crate::backend::{ApplyResult, ReadFrom};
+use crate::codec::{parse_native, LiveEnvelope, Payload, Record};
+use crate::eco2::Eco2Entry;
+use crate::error::BackendError;
+use crate::event::{Epoch, JobId};
+use crate::keys::{KeySpace, Profile};
+
+/// Router settings (see the `relay-router` flags for their meaning).
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// Key space (profile, domain, shard count).
+    pub keys: KeySpace,
+    /// Consumer group.
+    pub group: String,
+    /// This consumer's name (unique per router process).
+    pub consumer: String,
+    /// Shards this router reads (default: all).
+    pub shards: Option<Vec<u32>>,
+    /// Entries per read.
+    pub batch: usize,
+    /// XREADGROUP BLOCK.
+    pub block: Duration,
+    /// Pending entries idle this long are claimed by the janitor.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry is dead-lettered.
+    pub max_deliveries: u64,
+    /// How often the janitor runs.
+    pub janitor_interval: Duration,
+    /// Consumers idle this long with nothing pending are removed.
+    pub consumer_gc_idle: Duration,
+    /// State/history bounds and TTLs (`publish` is set by the router).
+    pub apply: ApplyOptions,
+    /// eco2: also publish routed JSON to `sse:events:{shard}` (for the
+    /// Python gateways).
+    pub eco2_shard_channel: bool,
+}
+
+impl RouterConfig {
+    /// Defaults for a key space: group per profile, consumer from the host
+    /// name and process id.
+    pub fn new(keys: KeySpace) -> Self {
+        let group = keys.default_group().to_owned();
+        Self {
+            keys,
+            group,
+            consumer: default_consumer_name(),
+            shards: None,
+            batch: 256,
+            block: Duration::from_millis(1000),
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            janitor_interval: Duration::from_secs(5),
+            consumer_gc_idle: Duration::from_secs(3600),
+            apply: ApplyOptions::default(),
+            eco2_shard_channel: true,
+        }
+    }
+}
+
+/// `POD_NAME` (as the eco2 deployment sets it), else `HOSTNAME`, else
+/// `router`, plus the process id.
+pub fn default_consumer_name() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "router".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Counters the router maintains; rendered by the binary at `/metrics`.
+#[derive(Debug, Default)]
+pub struct RouterMetrics {
+    /// Events applied for the first time.
+    pub applied: AtomicU64,
+    /// Entries whose (job, seq) had been applied before.
+    pub duplicates: AtomicU64,
+    /// Live messages published.
+    pub published: AtomicU64,
+    /// Entries acked.
+    pub acked: AtomicU64,
+    /// Entries moved to the dead-letter stream.
+    pub dead_lettered: AtomicU64,
+    /// Pending entries whose data had been trimmed before routing.
+    pub lost_trimmed: AtomicU64,
+    /// Entries claimed from idle consumers.
+    pub claimed: AtomicU64,
+    /// Batches processed.
+    pub batches: AtomicU64,
+    /// Backend errors (each retried).
+    pub errors: AtomicU64,
+    /// Sum of apply+publish+ack latency, microseconds.
+    pub batch_micros: AtomicU64,
+    /// Whether the last backend call succeeded.
+    pub connected: AtomicBool,
+    /// Batch size histogram: buckets ≤1, ≤16, ≤64, ≤256, ≤1024, more.
+    pub batch_size_buckets: [AtomicU64; 6],
+    /// Batch latency histogram (ms): ≤1, ≤5, ≤25, ≤100, ≤500, more.
+    pub batch_latency_buckets: [AtomicU64; 6],
+}
+
+/// Upper bounds of [`RouterMetrics::batch_size_buckets`].
+pub const BATCH_SIZE_BOUNDS: [f64; 5] = [1.0, 16.0, 64.0, 256.0, 1024.0];
+/// Upper bounds (seconds) of [`RouterMetrics::batch_latency_buckets`].
+pub const BATCH_LATENCY_BOUNDS: [f64; 5] = [0.001, 0.005, 0.025, 0.1, 0.5];
+
+impl RouterMetrics {
+    fn observe_batch(&self, size: usize, took: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        let i = BATCH_SIZE_BOUNDS
+            .iter()
+            .position(|b| size as f64 <= *b)
+            .unwrap_or(5);
+        self.batch_size_buckets[i].fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let j = BATCH_LATENCY_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(5);
+        self.batch_latency_buckets[j].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+}
+
+/// Exponential backoff between retries of a failing backend call.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    async fn wait(&mut self) {
+        let jitter = rand::random::<u64>() % (self.next.as_millis() as u64 / 4 + 1);
+        tokio::time::sleep(self.next + Duration::from_millis(jitter)).await;
+        self.next = (self.next * 2).min(Self::MAX);
+    }
+}
+
+/// A decoded entry ready to apply.
+struct Routable {
+    entry: StreamEntry,
+    job: JobId,
+    seq: u64,
+    payload: Payload,
+}
+
+/// The router engine. See the module docs.
+///
+/// ```
+/// use std::sync::Arc;
+/// use relay_core::{Router, RouterConfig, KeySpace, Profile, Domain};
+/// use relay_core::backend::memory::MemoryBackend;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let keys = KeySpace::new(Profile::Native, Domain::new("scan").unwrap(), 4);
+/// let router = Router::new(Arc::new(MemoryBackend::new()), RouterConfig::new(keys));
+/// let handle = router.spawn();
+/// handle.shutdown().await; // drains in-flight batches, then returns
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    data: Arc<dyn Backend>,
+    pubsub: Option<Arc<dyn Backend>>,
+    config: Arc<RouterConfig>,
+    metrics: Arc<RouterMetrics>,
+}
+
+/// A running router (from [`Router::spawn`]).
+#[derive(Debug)]
+pub struct RouterHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: Arc<RouterMetrics>,
+}
+
+impl RouterHandle {
+    /// The router's metrics.
+    pub fn metrics(&self) -> &Arc<RouterMetrics> {
+        &self.metrics
+    }
+
+    /// Stops reading, finishes and acks in-flight batches, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Router {
+    /// A router reading and writing `data`, publishing inside the apply step.
+    pub fn new(data: Arc<dyn Backend>, config: RouterConfig) -> Self {
+        Self {
+            data,
+            pubsub: None,
+            config: Arc::new(config),
+            metrics: Arc::new(RouterMetrics::default()),
+        }
+    }
+
+    /// Publishes through a separate pub/sub server (the eco2 deployment runs
+    /// streams and pub/sub on different Redis instances).
+    pub fn with_pubsub(mut self, pubsub: Arc<dyn Backend>) -> Self {
+        self.pubsub = Some(pubsub);
+        self
+    }
+
+    /// The router's metrics.
+    pub fn metrics(&self) -> &Arc<RouterMetrics> {
+        &self.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    fn shards(&self) -> Vec<u32> {
+        self.config
+            .shards
+            .clone()
+            .unwrap_or_else(|| (0..self.config.keys.shards()).collect())
+    }
+
+    /// Runs until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let handle = self.spawn();
+        shutdown.await;
+        handle.shutdown().await;
+    }
+
+    /// Starts the shard readers and the janitor.
+    pub fn spawn(self) -> RouterHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for shard in self.shards() {
+            let r = self.clone();
+            let rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move { r.shard_loop(shard, rx).await }));
+        }
+        let r = self.clone();
+        tasks.push(tokio::spawn(async move { r.janitor_loop(stop_rx).await }));
+        info!(
+            consumer = %self.config.consumer,
+            group = %self.config.group,
+            shards = self.config.keys.shards(),
+            profile = %self.config.keys.profile(),
+            "router started"
+        );
+        RouterHandle {
+            stop,
+            tasks,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    async fn ensure_group(&self, stream: &str, stop: &watch::Receiver<bool>) -> bool {
+        let mut backoff = Backoff::new();
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            match self.data.ensure_group(stream, &self.config.group).await {
+                Ok(()) => {
+                    self.metrics.set_connected(true);
+                    return true;
+                }
+                Err(e) => {
+                    self.on_error("ensure_group", &e);
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    fn on_error(&self, what: &str, e: &BackendError) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        if e.is_transient() {
+            self.metrics.set_connected(false);
+        }
+        warn!(error = %e, op = what, "backend error, retrying");
+    }
+
+    async fn shard_loop(self, shard: u32, stop: watch::Receiver<bool>) {
+        let stream = self.config.keys.shard_stream(shard);
+        if !self.ensure_group(&stream, &stop).await {
+            return;
+        }
+        let mut from = ReadFrom::Pending;
+        let mut backoff = Backoff::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let block = (from == ReadFrom::New).then_some(self.config.block);
+            let read = self
+                .data
+                .read_group(
+                    &stream,
+                    &self.config.group,
+                    &self.config.consumer,
+                    from,
+                    self.config.batch,
+                    block,
+                )
+                .await;
+            let entries = match read {
+                Ok(entries) => {
+                    backoff.reset();
+                    self.metrics.set_connected(true);
+                    entries
+                }
+                Err(BackendError::NoGroup { .. }) => {
+                    // The stream or group was deleted (e.g. FLUSHALL or a
+                    // restart without persistence): recreate and re-read.
+                    if !self.ensure_group(&stream, &stop).await {
+                        break;
+                    }
+                    from = ReadFrom::Pending;
+                    continue;
+                }
+                Err(e) => {
+                    self.on_error("read_group", &e);
+                    backoff.wait().await;
+                    // After a reconnect our pending list may hold entries we
+                    // never finished: re-read them first.
+                    from = ReadFrom::Pending;
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                if from == ReadFrom::Pending {
+                    from = ReadFrom::New;
+                }
+                continue;
+            }
+            let n = entries.len();
+            if !self.process(shard, &stream, entries, &stop).await {
+                break;
+            }
+            if from == ReadFrom::Pending && n < self.config.batch {
+                from = ReadFrom::New;
+            }
+        }
+        debug!(shard, "shard reader stopped");
+    }
+
+    /// Routes one batch: decode, dead-letter poison, apply, publish, ack.
+    /// Returns false only if it gave up because of shutdown (entries stay
+    /// pending and are re-read on restart).
+    async fn process(
+        &self,
+        shard: u32,
+        stream: &str,
+        entries: Vec<StreamEntry>,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let started = Instant::now();
+        let n = entries.len();
+        let mut ok = Vec::with_capacity(n);
+        let mut to_ack = Vec::with_capacity(n);
+        for entry in entries {
+            if entry.is_deleted() {
+                self.metrics.lost_trimmed.fetch_add(1, Ordering::Relaxed);
+                warn!(id = %entry.id, stream, "pending entry was trimmed before it was routed");
+                to_ack.push(entry.id);
+                continue;
+            }
+            match self.decode(&entry) {
+                Ok((job, seq, payload)) => ok.push(Routable {
+                    entry,
+                    job,
+                    seq,
+                    payload,
+                }),
+                Err(reason) => {
+                    if !self.dead_letter(stream, &entry, &reason, 1, stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        if !ok.is_empty() && !self.apply_and_publish(shard, stream, &ok, stop).await {
+            return false;
+        }
+        to_ack.extend(ok.iter().map(|r| r.entry.id));
+        let mut backoff = Backoff::new();
+        while !to_ack.is_empty() {
+            match self.data.ack(stream, &self.config.group, &to_ack).await {
+                Ok(_) => {
+                    self.metrics
+                        .acked
+                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    self.on_error("ack", &e);
+                    if *stop.borrow() {
+                        // Applied and published; left pending it is re-applied
+                        // as a no-op on restart.
+                        return false;
+                    }
+                    backoff.wait().await;
+                }
+            }
+        }
+        self.metrics.observe_batch(n, started.elapsed());
+        true
+    }
+
+    fn decode(&self, entry: &StreamEntry) -> Result<(JobId, u64, Payload), String> {
+        match self.config.keys.profile() {
+            Profile::Native => {
+                let e = parse_native(&entry.fields).map_err(|e| e.to_string())?;
+                let payload = e.payload();
+                if e.event.domain != *self.config.keys.domain() {
+                    return Err(format!(
+                        "event domain {:?} does not match router domain {:?}",
+                        e.event.domain.as_str(),
+                        self.config.keys.domain().as_str()
+                    ));
+                }
+                Ok((e.event.job_id, e.event.seq, payload))
+            }
+            Profile::Eco2 => {
+                let e = Eco2Entry::parse(&entry.fields).map_err(|e| e.to_string())?;
+                let json = e.routed_json(&entry.id.to_string());
+                Ok((e.job_id, e.seq, Payload(Bytes::from(json))))
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        stream: &str,
+        entry: &StreamEntry,
+        reason: &str,
+        deliveries: u64,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let dlq = self.config.keys.dlq_stream();
+        let mut backoff = Backoff::new();
+        loop {
+            match self
+                .data
+                .dead_letter(&dlq, stream, &self.config.group, entry, reason, deliveries)
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    warn!(id = %entry.id, stream, reason, "entry dead-lettered");
+                    return true;
+                }
+                Err(e) => {
+                    self.on_error("dead_letter", &e);
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    fn build_jobs(&self, shard: u32, batch: &[Routable]) -> (Vec<ApplyJob>, Vec<(usize, usize)>) {
+        let mut jobs: Vec<ApplyJob> = Vec::new();
+        let mut index: HashMap<&JobId, usize> = HashMap::new();
+        let mut positions = Vec::with_capacity(batch.len());
+        let extra = (self.config.keys.profile() == Profile::Eco2 && self.config.eco2_shard_channel)
+            .then(|| self.config.keys.eco2_shard_channel(shard));
+        for r in batch {
+            let j = *index.entry(&r.job).or_insert_with(|| {
+                jobs.push(ApplyJob {
+                    keys: self.config.keys.job(&r.job),
+                    epoch: Epoch::random(),
+                    events: Vec::new(),
+                    extra_channel: extra.clone(),
+                });
+                jobs.len() - 1
+            });
+            positions.push((j, jobs[j].events.len()));
+            jobs[j].events.push(ApplyEvent {
+                seq: r.seq,
+                payload: r.payload.clone(),
+            });
+        }
+        (jobs, positions)
+    }
+
+    async fn apply_and_publish(
+        &self,
+        shard: u32,
+        stream: &str,
+        batch: &[Routable],
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        let (jobs, _) = self.build_jobs(shard, batch);
+        let mut opts = self.config.apply.clone();
+        opts.publish = self.pubsub.is_none();
+        let mut backoff = Backoff::new();
+        let results = loop {
+            match self.data.apply(jobs.clone(), &opts).await {
+                Ok(r) => break r,
+                Err(e) if e.is_transient() => {
+                    self.on_error("apply", &e);
+                    if *stop.borrow() {
+                        return false;
+                    }
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    // A server-side error (e.g. a script error) must not
+                    // block the shard: apply job by job and dead-letter the
+                    // entries of the job that keeps failing.
+                    warn!(error = %e, "batch apply failed; isolating per job");
+                    return self.apply_isolated(shard, stream, batch, &opts, stop).await;
+                }
+            }
+        };
+        self.account(&jobs, &results);
+        if let Some(pubsub) = &self.pubsub {
+            let messages = self.live_messages(&jobs, &results);
+            let count = messages.len() as u64;
+            let mut backoff = Backoff::new();
+            loop {
+                match pubsub.publish_batch(messages.clone()).await {
+                    Ok(()) => {
+                        self.metrics.published.fetch_add(count, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => {
+                        self.on_error("publish", &e);
+                        if *stop.borrow() {
+                            return false;
+                        }
+                        backoff.wait().await;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    async fn apply_isolated(
+        &self,
+        shard: u32,
+        stream: &str,
+        batch: &[Routable],
+        opts: &ApplyOptions,
+        stop: &watch::Receiver<bool>,
+    ) -> bool {
+        for r in batch {
+            let one = std::slice::from_ref(r);
+            let (jobs, _) = self.build_jobs(shard, one);
+            match self.data.apply(jobs.clone(), opts).await {
+                Ok(results) => {
+                    self.account(&jobs, &results);
+                    if let Some(pubsub) = &self.pubsub {
+                        let msgs = self.live_messages(&jobs, &results);
+                        if let Err(e) = pubsub.publish_batch(msgs).await {
+                            self.on_error("publish", &e);
+                            return false;
+                        }
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    self.on_error("apply", &e);
+                    return false;
+                }
+                Err(e) => {
+                    if !self
+                        .dead_letter(stream, &r.entry, &format!("apply failed: {e}"), 1, stop)
+                        .await
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn account(&self, jobs: &[ApplyJob], results: &[ApplyResult]) {
+        let mut new = 0;
+        let mut dup = 0;
+        for res in results {
+            for a in &res.applied {
+                if a.new {
+                    new += 1;
+                } else {
+                    dup += 1;
+                }
+            }
+        }
+        self.metrics.applied.fetch_add(new, Ordering::Relaxed);
+        self.metrics.duplicates.fetch_add(dup, Ordering::Relaxed);
+        if self.pubsub.is_none() {
+            let per_event = if jobs.iter().any(|j| j.extra_channel.is_some()) {
+                2
+            } else {
+                1
+            };
+            self.metrics
+                .published
+                .fetch_add((new + dup) * per_event, Ordering::Relaxed);
+        }
+    }
+
+    fn live_messages(&self, jobs: &[ApplyJob], results: &[ApplyResult]) -> Vec<(String, Bytes)> {
+        let mut out = Vec::new();
+        for (job, res) in jobs.iter().zip(results) {
+            for (ev, a) in job.events.iter().zip(&res.applied) {
+                let env = LiveEnvelope {
+                    epoch: res.epoch,
+                    record: Record {
+                        offset: a.offset,
+                        payload: ev.payload.clone(),
+                    },
+                };
+                out.push((job.keys.live.clone(), env.encode()));
+                if let Some(extra) = &job.extra_channel {
+                    out.push((extra.clone(), ev.payload.0.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    async fn janitor_loop(self, mut stop: watch::Receiver<bool>) {
+        let streams: Vec<(u32, String)> = self
+            .shards()
+            .into_iter()
+            .map(|s| (s, self.config.keys.shard_stream(s)))
+            .collect();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.janitor_interval) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            for (shard, stream) in &streams {
+                if let Err(e) = self.janitor_pass(*shard, stream, &stop).await {
+                    self.on_error("janitor", &e);
+                }
+            }
+        }
+    }
+
+    /// One janitor pass over a shard: claim idle entries (dead-lettering
+    /// those over `max_deliveries`), route them, and remove long-idle
+    /// consumers with nothing pending.
+    pub async fn janitor_pass(
+        &self,
+        shard: u32,
+        stream: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), BackendError> {
+        loop {
+            let claim = self
+                .data
+                .claim_idle(
+                    stream,
+                    &self.config.group,
+                    &self.config.consumer,
+                    self.config.claim_idle,
+                    self.config.batch,
+                )
+                .await?;
+            let found = claim.claimed.len() + claim.deleted.len();
+            if !claim.deleted.is_empty() {
+                self.metrics
+                    .lost_trimmed
+                    .fetch_add(claim.deleted.len() as u64, Ordering::Relaxed);
+                warn!(count = claim.deleted.len(), stream, "claimed entries were trimmed before routing");
+            }
+            let mut routable = Vec::new();
+            for d in claim.claimed {
+                self.metrics.claimed.fetch_add(1, Ordering::Relaxed);
+                if d.deliveries > self.config.max_deliveries {
+                    let reason = format!(
+                        "delivered {} times (max_deliveries {})",
+                        d.deliveries, self.config.max_deliveries
+                    );
+                    if !self.dead_letter(stream, &d.entry, &reason, d.deliveries, stop).await {
+                        return Ok(());
+                    }
+                } else {
+                    routable.push(d.entry);
+                }
+            }
+            if !routable.is_empty() && !self.process(shard, stream, routable, stop).await {
+                return Ok(());
+            }
+            if found < self.config.batch || *stop.borrow() {
+                break;
+            }
+        }
+        let stats = self.data.group_stats(stream, &self.config.group).await?;
+        for c in stats.consumers {
+            if c.name != self.config.consumer
+                && c.pending == 0
+                && c.idle_ms >= self.config.consumer_gc_idle.as_millis() as u64
+            {
+                self.data
+                    .delete_consumer(stream, &self.config.group, &c.name)
+                    .await?;
+                info!(consumer = %c.name, stream, "removed idle consumer");
+            }
+        }
+        Ok(())
+    }
+}
