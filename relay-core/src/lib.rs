@@ -24,6 +24,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod eco2;
 pub mod error;

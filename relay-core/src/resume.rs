@@ -459,3 +459,394 @@ impl Resume {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    const E: Epoch = Epoch(42);
+
+    fn payload(o: u64) -> Payload {
+        Payload(Bytes::from(format!("j{{\"o\":{o}}}")))
+    }
+
+    fn rec(o: u64) -> Record {
+        Record {
+            offset: Offset(o),
+            payload: payload(o),
+        }
+    }
+
+    fn env(e: Epoch, o: u64) -> LiveEnvelope {
+        LiveEnvelope {
+            epoch: e,
+            record: rec(o),
+        }
+    }
+
+    /// The job as the backend holds it.
+    #[derive(Debug)]
+    struct Job {
+        epoch: Epoch,
+        applied: u64,
+        /// Keep at most this many history records (`None`: unbounded).
+        keep: Option<u64>,
+        /// Whether any read ever saw the history trimmed past what it asked for.
+        trimmed_seen: bool,
+    }
+
+    impl Job {
+        fn first(&self) -> u64 {
+            match self.keep {
+                Some(k) if self.applied > k => self.applied - k + 1,
+                _ => 1,
+            }
+        }
+        fn page(&mut self, after: Offset, limit: usize) -> HistoryPage {
+            if self.applied == 0 {
+                return HistoryPage::default();
+            }
+            let first = self.first();
+            if first > after.0 + 1 {
+                self.trimmed_seen = true;
+            }
+            let start = first.max(after.0 + 1);
+            let records = (start..=self.applied).take(limit).map(rec).collect();
+            HistoryPage {
+                epoch: Some(self.epoch),
+                top: Offset(self.applied),
+                first: Some(Offset(first)),
+                records,
+            }
+        }
+        fn state(&self) -> Option<JobState> {
+            (self.applied > 0).then(|| JobState {
+                epoch: self.epoch,
+                top: Offset(self.applied),
+                seq: self.applied,
+                record: rec(self.applied),
+            })
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Apply { drop: bool, dup: bool },
+        Deliver,
+        Serve { limit: usize },
+        /// Execute the outstanding read now, answer later.
+        Exec { limit: usize },
+        Reconnect,
+        Poll,
+        Republish(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (any::<bool>(), any::<bool>()).prop_map(|(d, u)| Op::Apply { drop: d && u, dup: u && !d }),
+            4 => Just(Op::Deliver),
+            2 => (1usize..5).prop_map(|limit| Op::Serve { limit }),
+            2 => (1usize..5).prop_map(|limit| Op::Exec { limit }),
+            1 => Just(Op::Reconnect),
+            1 => Just(Op::Poll),
+            1 => (1u64..50).prop_map(Op::Republish),
+        ]
+    }
+
+    #[derive(Debug)]
+    enum Answer {
+        History(HistoryPage),
+        State(Option<JobState>),
+    }
+
+    /// Drives a resume against a simulated job; returns the client's view.
+    struct Sim {
+        job: Job,
+        live: VecDeque<LiveEnvelope>,
+        r: Resume,
+        outstanding: Option<Action>,
+        /// The result of an executed, not yet answered read.
+        result: Option<Answer>,
+        /// The client's position as it sees it, from emits and snapshots.
+        client: Option<Position>,
+        emitted: Vec<Position>,
+        snapshots: Vec<Snapshot>,
+        total: u64,
+    }
+
+    impl Sim {
+        fn handle(&mut self, actions: Vec<Action>) {
+            for a in actions {
+                match a {
+                    Action::Emit(env) => {
+                        let pos = env.position();
+                        if let Some(c) = self.client {
+                            assert_eq!(c.epoch, pos.epoch, "epoch changed without snapshot");
+                            assert_eq!(pos.offset, c.offset.next(), "not contiguous: {c:?} -> {pos:?}");
+                        } else {
+                            assert_eq!(pos.offset, Offset(1), "new client must start at 1");
+                        }
+                        assert_eq!(env.record.payload, payload(pos.offset.0));
+                        self.client = Some(pos);
+                        self.emitted.push(pos);
+                    }
+                    Action::Snapshot(s) => {
+                        self.client = s.position();
+                        self.snapshots.push(s);
+                    }
+                    a @ (Action::ReadHistory { .. } | Action::ReadState) => {
+                        assert!(self.outstanding.is_none(), "two reads outstanding");
+                        self.outstanding = Some(a);
+                    }
+                }
+            }
+        }
+
+        fn apply(&mut self, drop: bool, dup: bool) {
+            if self.job.applied >= self.total {
+                return;
+            }
+            self.job.applied += 1;
+            let e = env(self.job.epoch, self.job.applied);
+            if !drop {
+                self.live.push_back(e.clone());
+                if dup {
+                    self.live.push_back(e);
+                }
+            }
+        }
+
+        fn exec(&mut self, limit: usize) {
+            if self.result.is_some() {
+                return;
+            }
+            self.result = match &self.outstanding {
+                Some(Action::ReadHistory { after }) => Some(Answer::History(self.job.page(*after, limit))),
+                Some(Action::ReadState) => Some(Answer::State(self.job.state())),
+                _ => None,
+            };
+        }
+
+        fn serve(&mut self, limit: usize) {
+            self.exec(limit);
+            self.outstanding = None;
+            let out = match self.result.take() {
+                Some(Answer::History(page)) => self.r.on_history(page),
+                Some(Answer::State(st)) => self.r.on_state(st),
+                None => return,
+            };
+            self.handle(out);
+        }
+
+        fn step(&mut self, op: Op) {
+            match op {
+                Op::Apply { drop, dup } => self.apply(drop, dup),
+                Op::Deliver => {
+                    if let Some(e) = self.live.pop_front() {
+                        let out = self.r.on_live(e);
+                        self.handle(out);
+                    }
+                }
+                Op::Serve { limit } => self.serve(limit),
+                Op::Exec { limit } => self.exec(limit),
+                Op::Reconnect => {
+                    self.live.clear(); // lost during the outage
+                    let out = self.r.on_reconnect();
+                    self.handle(out);
+                }
+                Op::Poll => {
+                    let out = self.r.poll();
+                    self.handle(out);
+                }
+                Op::Republish(o) => {
+                    if o <= self.job.applied {
+                        self.live.push_back(env(self.job.epoch, o));
+                    }
+                }
+            }
+        }
+
+        /// Applies the rest and lets everything settle, without polling:
+        /// a final re-publish of the last event (as a router redelivery would)
+        /// must be enough for gap detection to recover every lost message.
+        fn finish(&mut self) {
+            while self.job.applied < self.total {
+                self.apply(false, false);
+            }
+            if self.total > 0 {
+                self.live.push_back(env(self.job.epoch, self.total));
+            }
+            for _ in 0..10_000 {
+                if let Some(e) = self.live.pop_front() {
+                    let out = self.r.on_live(e);
+                    self.handle(out);
+                } else if self.outstanding.is_some() {
+                    self.serve(3);
+                } else {
+                    break;
+                }
+            }
+            assert!(self.outstanding.is_none() && self.live.is_empty());
+        }
+    }
+
+    fn sim(from: Option<Position>, pre: u64, total: u64, keep: Option<u64>) -> Sim {
+        let mut s = Sim {
+            job: Job {
+                epoch: E,
+                applied: pre,
+                keep,
+                trimmed_seen: false,
+            },
+            live: VecDeque::new(),
+            r: Resume::new(from).with_buffer_limit(8),
+            outstanding: None,
+            result: None,
+            client: from,
+            emitted: Vec::new(),
+            snapshots: Vec::new(),
+            total,
+        };
+        let out = s.r.start();
+        s.handle(out);
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Exact resume: every offset after the client's position exactly
+        /// once, in order, never a snapshot.
+        #[test]
+        fn exact_resume_any_interleaving(
+            total in 1u64..30,
+            pre_frac in 0.0f64..=1.0,
+            from_frac in proptest::option::of(0.0f64..=1.0),
+            ops in proptest::collection::vec(op(), 0..120),
+        ) {
+            let pre = (total as f64 * pre_frac) as u64;
+            let from = from_frac.map(|f| Position { epoch: E, offset: Offset((pre as f64 * f) as u64) });
+            // A client at offset 0 of a job with no history yet cannot hold an epoch.
+            let from = from.filter(|p| pre > 0 || p.offset.0 > 0);
+            let mut s = sim(from, pre, total, None);
+            for op in ops {
+                s.step(op);
+            }
+            s.finish();
+            let start = from.map(|p| p.offset.0).unwrap_or(0);
+            let got: Vec<u64> = s.emitted.iter().map(|p| p.offset.0).collect();
+            let want: Vec<u64> = (start + 1..=total).collect();
+            prop_assert_eq!(got, want);
+            prop_assert!(s.snapshots.is_empty(), "unexpected snapshot {:?}", s.snapshots);
+            prop_assert_eq!(s.r.position(), Some(Position { epoch: E, offset: Offset(total) }));
+        }
+
+        /// Trimmed history: a snapshot only when a read saw the history
+        /// trimmed past the client's position; afterwards gap-free to the end.
+        #[test]
+        fn trimmed_history_snapshots_only_when_needed(
+            total in 1u64..30,
+            keep in 1u64..8,
+            pre_frac in 0.0f64..=1.0,
+            from_frac in proptest::option::of(0.0f64..=1.0),
+            ops in proptest::collection::vec(op(), 0..120),
+        ) {
+            let pre = (total as f64 * pre_frac) as u64;
+            let from = from_frac
+                .map(|f| Position { epoch: E, offset: Offset((pre as f64 * f) as u64) })
+                .filter(|p| pre > 0 || p.offset.0 > 0);
+            let mut s = sim(from, pre, total, Some(keep));
+            for op in ops {
+                s.step(op);
+            }
+            s.finish();
+            if !s.job.trimmed_seen {
+                prop_assert!(s.snapshots.is_empty());
+            }
+            for snap in &s.snapshots {
+                prop_assert_eq!(snap.reason, SnapshotReason::Trimmed);
+            }
+            // Sim::handle checked contiguity after each snapshot.
+            prop_assert_eq!(s.client, Some(Position { epoch: E, offset: Offset(total) }));
+        }
+
+        /// A client from another epoch gets exactly one snapshot first, then
+        /// the rest gap-free.
+        #[test]
+        fn unknown_epoch_snapshot_then_gap_free(
+            total in 1u64..20,
+            pre in 1u64..20,
+            offset in 0u64..40,
+            ops in proptest::collection::vec(op(), 0..80),
+        ) {
+            let pre = pre.min(total);
+            let from = Some(Position { epoch: Epoch(7), offset: Offset(offset) });
+            let mut s = sim(from, pre, total, None);
+            for op in ops {
+                s.step(op);
+            }
+            s.finish();
+            prop_assert_eq!(s.snapshots.len(), 1);
+            prop_assert_eq!(s.snapshots[0].reason, SnapshotReason::EpochMismatch);
+            prop_assert_eq!(s.client, Some(Position { epoch: E, offset: Offset(total) }));
+        }
+    }
+
+    #[test]
+    fn new_client_of_unknown_job_waits_then_follows_live() {
+        let mut r = Resume::new(None);
+        assert_eq!(r.start(), vec![Action::ReadHistory { after: Offset(0) }]);
+        assert!(r.on_history(HistoryPage::default()).is_empty());
+        assert!(!r.is_known());
+        let out = r.on_live(env(E, 1));
+        assert_eq!(out, vec![Action::Emit(env(E, 1))]);
+        assert!(r.is_known());
+        // A gap asks for history.
+        assert_eq!(r.on_live(env(E, 3)), vec![Action::ReadHistory { after: Offset(1) }]);
+    }
+
+    #[test]
+    fn expired_history_and_state_gives_empty_snapshot() {
+        let mut r = Resume::new(Some(Position { epoch: E, offset: Offset(4) }));
+        r.start();
+        assert_eq!(r.on_history(HistoryPage::default()), vec![Action::ReadState]);
+        let out = r.on_state(None);
+        assert_eq!(
+            out,
+            vec![Action::Snapshot(Snapshot { reason: SnapshotReason::Expired, state: None })]
+        );
+        assert!(!r.is_known());
+    }
+
+    #[test]
+    fn client_ahead_of_history_gets_snapshot() {
+        let mut r = Resume::new(Some(Position { epoch: E, offset: Offset(9) }));
+        r.start();
+        let page = HistoryPage { epoch: Some(E), top: Offset(2), first: Some(Offset(1)), records: vec![] };
+        assert_eq!(r.on_history(page), vec![Action::ReadState]);
+        let st = JobState { epoch: E, top: Offset(2), seq: 2, record: rec(2) };
+        let out = r.on_state(Some(st.clone()));
+        assert_eq!(out[0], Action::Snapshot(Snapshot { reason: SnapshotReason::Ahead, state: Some(st) }));
+        assert_eq!(out[1], Action::ReadHistory { after: Offset(2) });
+    }
+
+    #[test]
+    fn epoch_change_mid_stream_snapshots() {
+        let mut r = Resume::new(None);
+        r.start();
+        let page = HistoryPage { epoch: Some(E), top: Offset(1), first: Some(Offset(1)), records: vec![rec(1)] };
+        assert_eq!(r.on_history(page).len(), 1);
+        // The history expired and was re-created with another epoch.
+        let e2 = Epoch(99);
+        assert_eq!(r.on_live(env(e2, 1)), vec![Action::ReadHistory { after: Offset(1) }]);
+        let page = HistoryPage { epoch: Some(e2), top: Offset(1), first: Some(Offset(1)), records: vec![rec(1)] };
+        assert_eq!(r.on_history(page), vec![Action::ReadState]);
+        let st = JobState { epoch: e2, top: Offset(1), seq: 1, record: rec(1) };
+        let out = r.on_state(Some(st));
+        assert!(matches!(&out[0], Action::Snapshot(s) if s.reason == SnapshotReason::EpochMismatch));
+        assert_eq!(r.position(), Some(Position { epoch: e2, offset: Offset(1) }));
+    }
+}

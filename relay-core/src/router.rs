@@ -121,6 +121,8 @@ pub struct RouterMetrics {
     pub claimed: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
+    /// Entries in all processed batches.
+    pub batch_entries: AtomicU64,
     /// Backend errors (each retried).
     pub errors: AtomicU64,
     /// Sum of apply+publish+ack latency, microseconds.
@@ -141,6 +143,7 @@ pub const BATCH_LATENCY_BOUNDS: [f64; 5] = [0.001, 0.005, 0.025, 0.1, 0.5];
 impl RouterMetrics {
     fn observe_batch(&self, size: usize, took: Duration) {
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_entries.fetch_add(size as u64, Ordering::Relaxed);
         self.batch_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         let i = BATCH_SIZE_BOUNDS

@@ -1,0 +1,588 @@
+//! Test harness (feature `test-util`): private `redis-server` processes with
+//! fault injection, and helpers for integration tests in any crate of the
+//! workspace.
+//!
+//! - [`RedisServer`] starts a private `redis-server` (from `PATH`, or the
+//!   binary named by `REDIS_SERVER_BIN`) on a free loopback port with its own
+//!   temporary directory, and kills it on drop. It can be killed (`kill -9`),
+//!   restarted on the same port and directory (so AOF data survives), have its
+//!   clients killed, and report `INFO commandstats`.
+//! - [`TestRedis`] is what most tests want: a private server, or, when the
+//!   `REDIS_URL` environment variable is set, that shared server with a unique
+//!   key prefix (fault injection then returns [`HarnessError`]).
+//!
+//! A missing `redis-server` binary is a loud panic, never a silent skip.
+//!
+//! ```no_run
+//! use relay_core::testing::TestRedis;
+//! # async fn demo() {
+//! let redis = TestRedis::get();
+//! let backend = redis.backend().await;
+//! let key = redis.key("jobs");
+//! # let _ = (backend, key);
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{AsyncConnectionConfig, Value};
+use tempfile::TempDir;
+
+use crate::backend::redis::RedisBackend;
+
+/// Environment variable naming the `redis-server` binary to use.
+pub const REDIS_SERVER_BIN_ENV: &str = "REDIS_SERVER_BIN";
+/// Environment variable pointing tests at an existing server instead.
+pub const REDIS_URL_ENV: &str = "REDIS_URL";
+
+/// How long a starting server may take to answer `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A harness operation that cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HarnessError(pub String);
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+impl From<redis::RedisError> for HarnessError {
+    fn from(e: redis::RedisError) -> Self {
+        HarnessError(format!("redis: {e}"))
+    }
+}
+
+/// A key prefix unique to this process and call, e.g. `t:4242:1712345678901:7:`.
+pub fn unique_prefix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() % 1_000_000_000_000)
+        .unwrap_or(0);
+    format!("t:{}:{nanos}:{n}:", std::process::id())
+}
+
+/// Options of a private server.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisServerOptions {
+    /// Enable the append-only file (with `appendfsync always`, so a
+    /// `kill -9` loses nothing acknowledged).
+    pub appendonly: bool,
+    /// Further `redis-server` arguments, e.g. `["--maxmemory", "64mb"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl RedisServerOptions {
+    /// Options with AOF enabled.
+    pub fn with_aof() -> Self {
+        Self {
+            appendonly: true,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// Call statistics of one command, from `INFO commandstats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CommandStat {
+    /// Number of calls.
+    pub calls: u64,
+    /// Total server CPU time, in microseconds.
+    pub usec: u64,
+    /// Calls that failed (Redis 7+; 0 otherwise).
+    pub failed_calls: u64,
+}
+
+/// A private `redis-server` process on a loopback port, killed on drop.
+pub struct RedisServer {
+    bin: PathBuf,
+    port: u16,
+    dir: TempDir,
+    opts: RedisServerOptions,
+    child: Mutex<Option<Child>>,
+}
+
+impl fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("dir", &self.dir.path())
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+/// Locates `redis-server`: `$REDIS_SERVER_BIN`, else the first on `PATH`.
+///
+/// # Panics
+/// When none is found, with instructions: tests that need Redis must fail
+/// loudly, never be skipped.
+pub fn redis_server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os(REDIS_SERVER_BIN_ENV) {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "{REDIS_SERVER_BIN_ENV}={} is not a file",
+            bin.display()
+        );
+        return bin;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("redis-server");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "redis-server not found: these tests need a real Redis (>= 7.0). Install it \
+         (`apt-get install redis-server`), set {REDIS_SERVER_BIN_ENV}=/path/to/redis-server, \
+         or set {REDIS_URL_ENV}=redis://host:port to use a running server"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
+}
+
+/// Sends `PING` over a raw socket; true on `+PONG`.
+fn answers_ping(port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        Err(_) => false,
+    }
+}
+
+impl RedisServer {
+    /// Starts a server with default options (no persistence).
+    ///
+    /// # Panics
+    /// When `redis-server` is missing or does not come up.
+    pub fn start() -> Self {
+        Self::start_with(RedisServerOptions::default())
+    }
+
+    /// Starts a server with `opts`.
+    ///
+    /// # Panics
+    /// When `redis-server` is missing or does not come up.
+    pub fn start_with(opts: RedisServerOptions) -> Self {
+        let bin = redis_server_bin();
+        let mut last_err = String::new();
+        // A free port can be taken between probing and binding: retry.
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new()
+                .prefix("relay-redis-")
+                .tempdir()
+                .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
+            let server = RedisServer {
+                bin: bin.clone(),
+                port: free_port(),
+                dir,
+                opts: opts.clone(),
+                child: Mutex::new(None),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("redis-server ({}) did not start: {last_err}", bin.display());
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            self.port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            self.dir.path().display().to_string(),
+            "--save".into(),
+            String::new(),
+            "--daemonize".into(),
+            "no".into(),
+            "--logfile".into(),
+            self.log_path().display().to_string(),
+            "--appendonly".into(),
+            if self.opts.appendonly { "yes" } else { "no" }.into(),
+        ];
+        if self.opts.appendonly {
+            args.extend(["--appendfsync".into(), "always".into()]);
+        }
+        args.extend(self.opts.extra_args.iter().cloned());
+        args
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn spawn(&self) -> Result<(), String> {
+        let mut child = Command::new(&self.bin)
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if answers_ping(self.port) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "exited with {status} on port {}; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no PING answer on port {} within {START_TIMEOUT:?}; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port (kept across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the server like `kill -9` (no save, no goodbye to clients
+    /// beyond the kernel closing their sockets). Idempotent.
+    pub fn stop(&self) {
+        let child = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills (if running) and starts the server again on the same port and
+    /// directory; with AOF enabled the data survives.
+    ///
+    /// # Panics
+    /// When the server does not come back.
+    pub fn restart(&self) {
+        self.stop();
+        // The old socket may linger briefly; redis-server binds with
+        // SO_REUSEADDR, but retry a few times anyway.
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("redis-server did not restart on port {}: {last}", self.port);
+    }
+
+    async fn admin(&self) -> Result<redis::aio::MultiplexedConnection, HarnessError> {
+        let client = redis::Client::open(self.url())?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Runs one command on a fresh connection.
+    pub async fn command(&self, args: &[&str]) -> Result<Value, HarnessError> {
+        let (name, rest) = args
+            .split_first()
+            .ok_or_else(|| HarnessError("empty command".into()))?;
+        let mut conn = self.admin().await?;
+        let mut cmd = redis::cmd(name);
+        cmd.arg(rest);
+        let v: Value = cmd.query_async(&mut conn).await?;
+        Ok(v)
+    }
+
+    /// `CLIENT KILL <filter...>`, e.g. `["TYPE", "pubsub"]`, `["TYPE",
+    /// "normal"]` or `["ADDR", "127.0.0.1:5555"]`. The harness's own
+    /// connection is skipped. Returns how many clients were killed.
+    pub async fn client_kill(&self, filter: &[&str]) -> Result<u64, HarnessError> {
+        let mut args = vec!["CLIENT", "KILL"];
+        args.extend_from_slice(filter);
+        match self.command(&args).await? {
+            Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+            Value::Okay => Ok(1),
+            other => Err(HarnessError(format!("CLIENT KILL answered {other:?}"))),
+        }
+    }
+
+    /// `INFO commandstats`, by lowercase command name (`evalsha`, `xadd`, …).
+    pub async fn info_commandstats(&self) -> Result<HashMap<String, CommandStat>, HarnessError> {
+        let v = self.command(&["INFO", "commandstats"]).await?;
+        let text = match &v {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::VerbatimString { text, .. } => text.clone(),
+            Value::SimpleString(s) => s.clone(),
+            other => return Err(HarnessError(format!("INFO answered {other:?}"))),
+        };
+        Ok(parse_commandstats(&text))
+    }
+
+    /// `CONFIG RESETSTAT` (zeroes the command statistics).
+    pub async fn reset_stats(&self) -> Result<(), HarnessError> {
+        self.command(&["CONFIG", "RESETSTAT"]).await.map(|_| ())
+    }
+
+    /// `FLUSHALL`.
+    pub async fn flushall(&self) -> Result<(), HarnessError> {
+        self.command(&["FLUSHALL"]).await.map(|_| ())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Parses `cmdstat_<name>:calls=N,usec=N,...` lines.
+pub fn parse_commandstats(text: &str) -> HashMap<String, CommandStat> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let Some((name, values)) = rest.split_once(':') else {
+            continue;
+        };
+        let mut stat = CommandStat::default();
+        for kv in values.split(',') {
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
+            let n = v.parse::<u64>().unwrap_or(0);
+            match k {
+                "calls" => stat.calls = n,
+                "usec" => stat.usec = n,
+                "failed_calls" => stat.failed_calls = n,
+                _ => {}
+            }
+        }
+        out.insert(name.to_ascii_lowercase(), stat);
+    }
+    out
+}
+
+/// A Redis for one test: a private server, or the shared server named by
+/// `REDIS_URL` (with a unique key prefix, and no fault injection).
+#[derive(Debug)]
+pub struct TestRedis {
+    server: Option<RedisServer>,
+    url: String,
+    prefix: String,
+}
+
+impl TestRedis {
+    /// The shared server if `REDIS_URL` is set, else a new private one.
+    ///
+    /// # Panics
+    /// When a private server is needed and `redis-server` is missing.
+    pub fn get() -> Self {
+        match std::env::var(REDIS_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Self {
+                server: None,
+                url,
+                prefix: unique_prefix(),
+            },
+            _ => Self::private(),
+        }
+    }
+
+    /// Always a new private server (for tests that inject faults).
+    pub fn private() -> Self {
+        Self::private_with(RedisServerOptions::default())
+    }
+
+    /// A new private server with options.
+    pub fn private_with(opts: RedisServerOptions) -> Self {
+        let server = RedisServer::start_with(opts);
+        Self {
+            url: server.url(),
+            server: Some(server),
+            prefix: unique_prefix(),
+        }
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The key prefix reserved for this test.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `prefix + name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Whether this is a private server (fault injection available).
+    pub fn is_private(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// The private server, or an error explaining why there is none.
+    pub fn server(&self) -> Result<&RedisServer, HarnessError> {
+        self.server.as_ref().ok_or_else(|| {
+            HarnessError(format!(
+                "this needs a private redis-server, but {REDIS_URL_ENV} points the tests at a \
+                 shared one ({}); unset {REDIS_URL_ENV} to run it",
+                self.url
+            ))
+        })
+    }
+
+    /// Connects a [`RedisBackend`].
+    ///
+    /// # Panics
+    /// When the server cannot be reached.
+    pub async fn backend(&self) -> RedisBackend {
+        RedisBackend::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+    }
+
+    /// Kills the server (see [`RedisServer::stop`]).
+    pub fn stop(&self) -> Result<(), HarnessError> {
+        self.server()?.stop();
+        Ok(())
+    }
+
+    /// Restarts the server (see [`RedisServer::restart`]).
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        self.server()?.restart();
+        Ok(())
+    }
+
+    /// See [`RedisServer::client_kill`].
+    pub async fn client_kill(&self, filter: &[&str]) -> Result<u64, HarnessError> {
+        self.server()?.client_kill(filter).await
+    }
+
+    /// See [`RedisServer::info_commandstats`] (works on a shared server too,
+    /// but then counts every client's commands).
+    pub async fn info_commandstats(&self) -> Result<HashMap<String, CommandStat>, HarnessError> {
+        match &self.server {
+            Some(s) => s.info_commandstats().await,
+            None => {
+                let client = redis::Client::open(self.url.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                let text: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut conn)
+                    .await?;
+                Ok(parse_commandstats(&text))
+            }
+        }
+    }
+
+    /// `FLUSHALL` on a private server (refused on a shared one).
+    pub async fn flushall(&self) -> Result<(), HarnessError> {
+        self.server()?.flushall().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_unique() {
+        assert_ne!(unique_prefix(), unique_prefix());
+    }
+
+    #[test]
+    fn parses_commandstats() {
+        let s = parse_commandstats(
+            "# Commandstats\r\ncmdstat_evalsha:calls=3,usec=90,usec_per_call=30.00,rejected_calls=0,failed_calls=1\r\ncmdstat_xadd:calls=7,usec=14\r\n",
+        );
+        assert_eq!(s["evalsha"].calls, 3);
+        assert_eq!(s["evalsha"].usec, 90);
+        assert_eq!(s["evalsha"].failed_calls, 1);
+        assert_eq!(s["xadd"].calls, 7);
+    }
+}

@@ -550,7 +550,7 @@ fn array_of(v: &Value) -> Option<&[Value]> {
     }
 }
 
-fn array(v: &Value, what: &str) -> BackendResult<&[Value]> {
+fn array<'a>(v: &'a Value, what: &str) -> BackendResult<&'a [Value]> {
     array_of(v).ok_or_else(|| protocol(format!("{what}: expected an array, got {v:?}")))
 }
 

@@ -1,0 +1,178 @@
+//! A typed, transport-independent stage pipeline.
+//!
+//! - [`Stage`]: one typed step (`Input` → `Output`, serde, with a `NAME`).
+//! - [`Pipeline`]: `Pipeline::new(a).then(b).then(c)` — each `then` only
+//!   compiles when the previous output type is the next input type.
+//! - [`Engine`]: runs one step of one job (a message [`Envelope`]) and tells
+//!   the transport what to do next ([`Disposition`]): forward to the next
+//!   stage, retry later, dead-letter, or nothing (job finished). It emits the
+//!   relay events, enforces the per-stage timeout, and makes redelivery
+//!   idempotent (a completed stage is never run twice; exactly one terminal
+//!   event per job).
+//!
+//! Transports ([`crate::transport`]) only move envelopes between stages.
+//!
+//! ```compile_fail
+//! # use pipeline_scan::pipeline::*;
+//! # use async_trait::async_trait;
+//! struct A; struct B;
+//! #[async_trait] impl Stage for A { type Input = u32; type Output = String; const NAME: &'static str = "a";
+//!   async fn run(&self, _: &StageContext, i: u32) -> Result<String, StageError> { Ok(i.to_string()) } }
+//! #[async_trait] impl Stage for B { type Input = u64; type Output = u64; const NAME: &'static str = "b";
+//!   async fn run(&self, _: &StageContext, i: u64) -> Result<u64, StageError> { Ok(i) } }
+//! let _ = Pipeline::new(A).then(B); // String does not feed u64: compile error
+//! ```
+
+mod engine;
+mod stage;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub use engine::{
+    Disposition, Engine, EngineConfig, Envelope, JobHooks, JobInfo, JobStore, PlainHooks,
+    RetryPolicy,
+};
+pub(crate) use stage::ErasedStage;
+pub use stage::{Stage, StageContext, StageError};
+
+/// An ordered, type-checked chain of stages from `I` to `O`.
+pub struct Pipeline<I, O> {
+    pub(crate) stages: Vec<Arc<dyn ErasedStage>>,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> std::fmt::Debug for Pipeline<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("stages", &self.stage_names())
+            .finish()
+    }
+}
+
+impl<I, O> Pipeline<I, O>
+where
+    I: 'static,
+    O: 'static,
+{
+    /// A pipeline of one stage.
+    pub fn new<S>(stage: S) -> Self
+    where
+        S: Stage<Input = I, Output = O>,
+    {
+        Self {
+            stages: vec![Arc::new(stage::Erased(stage))],
+            _types: PhantomData,
+        }
+    }
+
+    /// Appends a stage whose input is this pipeline's output.
+    pub fn then<S>(mut self, stage: S) -> Pipeline<I, S::Output>
+    where
+        S: Stage<Input = O>,
+    {
+        self.stages.push(Arc::new(stage::Erased(stage)));
+        Pipeline {
+            stages: self.stages,
+            _types: PhantomData,
+        }
+    }
+
+    /// Number of stages.
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Always false: a pipeline has at least one stage.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Stage names, in order.
+    pub fn stage_names(&self) -> Vec<&'static str> {
+        self.stages.iter().map(|s| s.name()).collect()
+    }
+}
+
+/// The event seq scheme of an `n`-stage pipeline (stage indices 1-based):
+/// queued 0; stage `i` started `10i`, completed `10i+1`, failed `10i+2`;
+/// job done `10(n+1)+1`; job failed `10(n+1)+9`. For the four scan stages this
+/// is exactly the eco2 scheme (vision 10/11/12 … done 51, failed 59).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqScheme {
+    stages: u64,
+}
+
+impl SeqScheme {
+    /// The scheme for `stages` stages.
+    pub fn new(stages: usize) -> Self {
+        Self {
+            stages: stages as u64,
+        }
+    }
+
+    /// The `queued` event.
+    pub fn queued(&self) -> u64 {
+        0
+    }
+
+    /// Stage `i` (1-based) started.
+    pub fn started(&self, i: usize) -> u64 {
+        10 * i as u64
+    }
+
+    /// Stage `i` (1-based) completed.
+    pub fn completed(&self, i: usize) -> u64 {
+        10 * i as u64 + 1
+    }
+
+    /// Stage `i` (1-based) failed for good.
+    pub fn failed(&self, i: usize) -> u64 {
+        10 * i as u64 + 2
+    }
+
+    /// The job's `done` (completed) event.
+    pub fn done(&self) -> u64 {
+        10 * (self.stages + 1) + 1
+    }
+
+    /// The job's terminal failure (`done` stage, status failed).
+    pub fn job_failed(&self) -> u64 {
+        10 * (self.stages + 1) + 9
+    }
+
+    /// Progress percentage when stage `i` (1-based) starts.
+    pub fn progress_started(&self, i: usize) -> u8 {
+        (100 * (i as u64 - 1).min(self.stages) / self.stages.max(1)) as u8
+    }
+
+    /// Progress percentage when stage `i` (1-based) completes.
+    pub fn progress_completed(&self, i: usize) -> u8 {
+        (100 * (i as u64).min(self.stages) / self.stages.max(1)) as u8
+    }
+}
+
+/// The stage name of the event the API emits when a job is accepted.
+pub const QUEUED_STAGE: &str = "queued";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_scheme_matches_eco2_for_four_stages() {
+        let s = SeqScheme::new(4);
+        for (i, name) in ["vision", "rule", "answer", "reward"].iter().enumerate() {
+            let i = i + 1;
+            assert_eq!(s.started(i), relay_core::eco2::seq_for(name, "started"));
+            assert_eq!(s.completed(i), relay_core::eco2::seq_for(name, "completed"));
+            assert_eq!(s.failed(i), relay_core::eco2::seq_for(name, "failed"));
+        }
+        assert_eq!(s.queued(), relay_core::eco2::seq_for("queued", "started"));
+        assert_eq!(s.done(), relay_core::eco2::seq_for("done", "completed"));
+        assert_eq!(s.job_failed(), relay_core::eco2::seq_for("done", "failed"));
+        assert_eq!(s.progress_started(1), 0);
+        assert_eq!(s.progress_completed(1), 25);
+        assert_eq!(s.progress_completed(4), 100);
+    }
+}

@@ -1,0 +1,220 @@
+//! Command-line plumbing shared by relay's binaries (feature `cli`):
+//! connection flags, logging setup, shutdown signals and Prometheus text.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::RedisBackend;
+use crate::backend::Backend;
+use crate::error::BackendError;
+use crate::event::Domain;
+use crate::keys::{KeySpace, Profile};
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Where the relay's data lives and which wire format it speaks.
+#[derive(Clone, Debug, Args)]
+pub struct ConnectionArgs {
+    /// Redis holding shard streams, state and history (`memory://` for an
+    /// in-process store, useful only inside one process).
+    #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Redis for Pub/Sub, when it is a different server (defaults to --redis-url).
+    #[arg(long, env = "RELAY_PUBSUB_URL")]
+    pub pubsub_url: Option<String>,
+    /// Wire format: `native` or `eco2` (the Python Eco² system's).
+    #[arg(long, env = "RELAY_PROFILE", default_value = "native")]
+    pub profile: Profile,
+    /// Event domain(s) (`scan`, `chat`, ...). Repeat or comma-separate.
+    #[arg(long = "domain", env = "RELAY_DOMAIN", default_value = "scan", value_delimiter = ',')]
+    pub domains: Vec<Domain>,
+    /// Number of shard streams per domain (must match the producers).
+    #[arg(long, env = "RELAY_SHARDS", default_value_t = 4)]
+    pub shards: u32,
+}
+
+impl ConnectionArgs {
+    /// The key space of each domain.
+    pub fn key_spaces(&self) -> Vec<KeySpace> {
+        self.domains
+            .iter()
+            .map(|d| KeySpace::new(self.profile, d.clone(), self.shards))
+            .collect()
+    }
+
+    /// The first domain's key space (for single-domain tools).
+    pub fn key_space(&self) -> KeySpace {
+        let domain = self
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Domain::new("scan").expect("literal is valid"));
+        KeySpace::new(self.profile, domain, self.shards)
+    }
+
+    /// Connects to the data server.
+    pub async fn connect(&self) -> Result<Arc<dyn Backend>, BackendError> {
+        connect(&self.redis_url).await
+    }
+
+    /// Connects to the pub/sub server if it differs from the data server.
+    pub async fn connect_pubsub(&self) -> Result<Option<Arc<dyn Backend>>, BackendError> {
+        match &self.pubsub_url {
+            Some(url) if url != &self.redis_url => Ok(Some(connect(url).await?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or `memory://`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    if url.starts_with("memory:") {
+        return Ok(Arc::new(MemoryBackend::new()));
+    }
+    Ok(Arc::new(RedisBackend::connect(url).await?))
+}
+
+/// Connects, retrying with backoff until it succeeds or `give_up` elapses.
+pub async fn connect_with_retry(
+    url: &str,
+    give_up: Duration,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    let deadline = tokio::time::Instant::now() + give_up;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match connect(url).await {
+            Ok(b) => return Ok(b),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, url, "cannot connect yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// A small writer for the Prometheus text exposition format.
+#[derive(Debug, Default)]
+pub struct PromText {
+    out: String,
+}
+
+impl PromText {
+    /// An empty document.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `# HELP` and `# TYPE` lines.
+    pub fn header(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self
+    }
+
+    /// Writes one sample with labels.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+        self
+    }
+
+    /// A counter or gauge with no labels, with its header.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
+        self.header(name, kind, help).sample(name, &[], value)
+    }
+
+    /// A histogram from per-bucket counts (`counts.len() == bounds.len() + 1`,
+    /// the last being +Inf) and the sum.
+    pub fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        counts: &[u64],
+        sum: f64,
+    ) -> &mut Self {
+        self.header(name, "histogram", help);
+        let mut cumulative = 0u64;
+        let bucket = format!("{name}_bucket");
+        for (i, c) in counts.iter().enumerate() {
+            cumulative += c;
+            let le = bounds
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".to_owned());
+            let mut l: Vec<(&str, &str)> = labels.to_vec();
+            l.push(("le", &le));
+            self.sample(&bucket, &l, cumulative as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, cumulative as f64);
+        self
+    }
+
+    /// The document.
+    pub fn finish(self) -> String {
+        self.out
+    }
+}

@@ -1,0 +1,110 @@
+//! `relay-router` configuration: every flag also reads `RELAY_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use relay_core::backend::ApplyOptions;
+use relay_core::cli::{ConnectionArgs, LogFormat};
+use relay_core::router::default_consumer_name;
+use relay_core::{KeySpace, RouterConfig};
+
+/// Routes job-progress events from Redis shard streams into per-job state,
+/// gap-free history and live Pub/Sub.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "relay-router", version, about, long_about = None)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+    /// Consumer group (default: `relay-router`, or `eventrouter` for eco2).
+    #[arg(long, env = "RELAY_GROUP")]
+    pub group: Option<String>,
+    /// This router's consumer name (default: $POD_NAME or $HOSTNAME, plus the pid).
+    #[arg(long, env = "RELAY_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Entries read and applied per round trip.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch: u64,
+    /// How long a read waits for new entries (ms).
+    #[arg(long, env = "RELAY_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+    /// Entries pending longer than this (ms) on any consumer are claimed.
+    #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// Deliveries after which an entry goes to the dead-letter stream.
+    #[arg(long, env = "RELAY_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
+    /// State TTL, seconds (reset on every update).
+    #[arg(long, env = "RELAY_STATE_TTL", default_value_t = 3600)]
+    pub state_ttl: u64,
+    /// History TTL, seconds (reset on every update).
+    #[arg(long, env = "RELAY_HISTORY_TTL", default_value_t = 3600)]
+    pub history_ttl: u64,
+    /// Maximum history entries kept per job.
+    #[arg(long, env = "RELAY_HISTORY_MAX", default_value_t = 1000)]
+    pub history_max: u64,
+    /// Address of the /metrics, /healthz and /readyz server.
+    #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Give up connecting at start after this many seconds.
+    #[arg(long, env = "RELAY_CONNECT_TIMEOUT_SECS", default_value_t = 300)]
+    pub connect_timeout_secs: u64,
+    /// eco2: do not publish routed JSON to `sse:events:{shard}` (only needed
+    /// while Python gateways still run).
+    #[arg(long, env = "RELAY_NO_ECO2_SHARD_CHANNEL")]
+    pub no_eco2_shard_channel: bool,
+}
+
+impl RouterArgs {
+    /// The engine configuration for one domain.
+    pub fn router_config(&self, keys: KeySpace) -> RouterConfig {
+        let mut c = RouterConfig::new(keys);
+        if let Some(g) = &self.group {
+            c.group = g.clone();
+        }
+        c.consumer = self.consumer.clone().unwrap_or_else(default_consumer_name);
+        c.batch = self.batch as usize;
+        c.block = Duration::from_millis(self.block_ms);
+        c.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        c.janitor_interval = Duration::from_millis((self.claim_idle_ms / 2).clamp(100, 5000));
+        c.max_deliveries = self.max_deliveries;
+        c.apply = ApplyOptions {
+            state_ttl: Duration::from_secs(self.state_ttl),
+            history_ttl: Duration::from_secs(self.history_ttl),
+            history_max: self.history_max.max(1),
+            publish: true,
+        };
+        c.eco2_shard_channel = !self.no_eco2_shard_channel;
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        RouterArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_map_to_config() {
+        let a = RouterArgs::parse_from([
+            "relay-router", "--profile", "eco2", "--batch", "64", "--claim-idle-ms", "2000",
+            "--history-max", "50", "--consumer", "r1",
+        ]);
+        let c = a.router_config(a.conn.key_space());
+        assert_eq!(c.group, "eventrouter");
+        assert_eq!(c.batch, 64);
+        assert_eq!(c.consumer, "r1");
+        assert_eq!(c.claim_idle, Duration::from_secs(2));
+        assert_eq!(c.apply.history_max, 50);
+        assert!(RouterArgs::try_parse_from(["relay-router", "--batch", "0"]).is_err());
+        assert!(RouterArgs::try_parse_from(["relay-router", "--profile", "x"]).is_err());
+    }
+}
