@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;

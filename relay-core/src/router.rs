@@ -69,6 +69,9 @@ pub struct RouterConfig {
     /// eco2: also publish routed JSON to `sse:events:{shard}` (for the
     /// Python gateways).
     pub eco2_shard_channel: bool,
+    /// Entries larger than this (all field names and values) are
+    /// dead-lettered instead of routed.
+    pub max_entry_bytes: usize,
 }
 
 impl RouterConfig {
@@ -89,6 +92,7 @@ impl RouterConfig {
             consumer_gc_idle: Duration::from_secs(3600),
             apply: ApplyOptions::default(),
             eco2_shard_channel: true,
+            max_entry_bytes: 1024 * 1024,
         }
     }
 }
@@ -464,6 +468,13 @@ impl Router {
     }
 
     fn decode(&self, entry: &StreamEntry) -> Result<(JobId, u64, Payload), String> {
+        let size: usize = entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > self.config.max_entry_bytes {
+            return Err(format!(
+                "entry is {size} bytes, over the {}-byte limit",
+                self.config.max_entry_bytes
+            ));
+        }
         match self.config.keys.profile() {
             Profile::Native => {
                 let e = parse_native(&entry.fields).map_err(|e| e.to_string())?;

@@ -322,11 +322,7 @@ impl RedisServer {
     /// Kills the server like `kill -9` (no save, no goodbye to clients
     /// beyond the kernel closing their sockets). Idempotent.
     pub fn stop(&self) {
-        let child = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();

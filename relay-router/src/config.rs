@@ -46,6 +46,9 @@ pub struct RouterArgs {
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Entries larger than this many bytes are dead-lettered.
+    #[arg(long, env = "RELAY_MAX_ENTRY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_entry_bytes: usize,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -78,6 +81,7 @@ impl RouterArgs {
             publish: true,
         };
         c.eco2_shard_channel = !self.no_eco2_shard_channel;
+        c.max_entry_bytes = self.max_entry_bytes;
         c
     }
 }

@@ -34,10 +34,9 @@ use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError,
 use tokio::sync::mpsc;
 
 use super::{
-    dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions,
-    ApplyResult, Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats,
-    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
-    SubscriberHandle,
+    dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions, ApplyResult,
+    Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats, HistoryPage,
+    JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber, SubscriberHandle,
 };
 use crate::codec::{Fields, Payload, Record};
 use crate::error::BackendError;
@@ -384,7 +383,10 @@ impl RedisBackend {
     /// Runs a blocking command on a dedicated connection, bounded by
     /// `block + block_margin`.
     async fn query_blocking(&self, cmd: &Cmd, block: Duration) -> Result<Value, BlockingError> {
-        let mut conn = self.checkout_blocking().await.map_err(BlockingError::Backend)?;
+        let mut conn = self
+            .checkout_blocking()
+            .await
+            .map_err(BlockingError::Backend)?;
         let limit = block + self.inner.config.block_margin;
         match tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Ok(Ok(Value::ServerError(e))) => {
@@ -640,7 +642,10 @@ fn find_field<'a>(pairs: &[(&'a Value, &'a Value)], name: &str) -> Option<&'a Va
 
 fn record_from_entry(e: StreamEntry) -> BackendResult<Record> {
     if e.id.seq != 0 {
-        return Err(protocol(format!("history entry id {} is not <offset>-0", e.id)));
+        return Err(protocol(format!(
+            "history entry id {} is not <offset>-0",
+            e.id
+        )));
     }
     let payload = e
         .fields
@@ -700,7 +705,11 @@ impl SubscriberHandle for RedisSubscriberHandle {
         if channels.is_empty() {
             return Ok(());
         }
-        self.sink.clone().unsubscribe(channels).await.map_err(map_err)
+        self.sink
+            .clone()
+            .unsubscribe(channels)
+            .await
+            .map_err(map_err)
     }
 }
 
@@ -789,7 +798,11 @@ impl Backend for RedisBackend {
 
     async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()> {
         let mut c = redis::cmd("XGROUP");
-        c.arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM");
+        c.arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM");
         match self.query(&c).await {
             Ok(_) => Ok(()),
             Err(e) if server_code(&e).as_deref() == Some("BUSYGROUP") => Ok(()),
@@ -855,9 +868,7 @@ impl Backend for RedisBackend {
             .arg(consumer)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg(count);
-        let v = self
-            .eval_one(script, c, Some((stream, group)))
-            .await?;
+        let v = self.eval_one(script, c, Some((stream, group))).await?;
         let a = array(&v, "claim reply")?;
         let (claimed, deleted) = match a {
             [c, d] => (array(c, "claimed")?, array(d, "deleted")?),
@@ -1168,7 +1179,10 @@ impl Backend for RedisBackend {
             .query_async(&mut self.conn())
             .await
             .map_err(|e| map_group_err(e, source, group))?;
-        stream_id_of(v.first().ok_or_else(|| protocol("empty dead-letter reply"))?)
+        stream_id_of(
+            v.first()
+                .ok_or_else(|| protocol("empty dead-letter reply"))?,
+        )
     }
 
     async fn range(
@@ -1279,7 +1293,10 @@ mod tests {
         let entries = xread_entries(&v).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, StreamId::new(1, 1));
-        assert_eq!(entries[0].fields, vec![("k".to_owned(), Bytes::from_static(b"v"))]);
+        assert_eq!(
+            entries[0].fields,
+            vec![("k".to_owned(), Bytes::from_static(b"v"))]
+        );
         assert!(entries[1].is_deleted());
         assert!(xread_entries(&Value::Nil).unwrap().is_empty());
     }

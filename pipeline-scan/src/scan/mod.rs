@@ -1,0 +1,143 @@
+//! The scan domain: Vision → Rule → Answer → Reward.
+//!
+//! [`pipeline`] builds the typed pipeline from the models and the rule set;
+//! [`ScanHooks`] stores the done result at `scan:result:{job}` (TTL 3600 s)
+//! before the `done` event and a failure result before the terminal `failed`.
+
+pub mod answer;
+pub mod openai;
+pub mod reward;
+pub mod rules;
+pub mod types;
+pub mod vision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use relay_core::{Backend, Domain, JobId, Publisher};
+use serde_json::Value;
+
+use crate::pipeline::{Engine, EngineConfig, JobHooks, JobInfo, Pipeline, StageError};
+pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, TemplateAnswer};
+pub use reward::RewardStage;
+pub use rules::{RuleSet, RuleStage};
+pub use types::{ScanOutcome, ScanRequest};
+pub use vision::{LatencyDist, OpenAiVision, SimulatedVision, Taxonomy, VisionModel, VisionStage};
+
+/// The event domain of scans.
+pub const DOMAIN: &str = "scan";
+/// Number of scan stages.
+pub const STAGES: usize = 4;
+/// How long results live.
+pub const RESULT_TTL: Duration = Duration::from_secs(3600);
+
+/// The result key of a job (`scan:result:{job}`).
+pub fn result_key(job: &JobId) -> String {
+    format!("{DOMAIN}:result:{job}")
+}
+
+/// The models and data the scan stages use.
+#[derive(Clone)]
+pub struct ScanModels {
+    /// The classifier.
+    pub vision: Arc<dyn VisionModel>,
+    /// The rules.
+    pub rules: Arc<RuleSet>,
+    /// The answer writer.
+    pub answer: Arc<dyn AnswerModel>,
+}
+
+impl std::fmt::Debug for ScanModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanModels")
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScanModels {
+    /// The simulator stack on the default dataset: [`SimulatedVision`] with
+    /// `latency`, the default rules and [`TemplateAnswer`].
+    pub fn simulated(latency: LatencyDist) -> Self {
+        Self {
+            vision: Arc::new(SimulatedVision::new(
+                Arc::new(Taxonomy::default_dataset()),
+                latency,
+            )),
+            rules: Arc::new(RuleSet::default_dataset()),
+            answer: Arc::new(TemplateAnswer),
+        }
+    }
+}
+
+/// The typed scan pipeline.
+pub fn pipeline(models: &ScanModels) -> Pipeline<ScanRequest, ScanOutcome> {
+    Pipeline::new(VisionStage::new(models.vision.clone()))
+        .then(RuleStage::new(models.rules.clone()))
+        .then(AnswerStage::new(models.answer.clone()))
+        .then(RewardStage)
+}
+
+/// Stores the job result before the terminal event (see the module docs).
+#[derive(Clone)]
+pub struct ScanHooks {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for ScanHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanHooks").finish_non_exhaustive()
+    }
+}
+
+impl ScanHooks {
+    /// Hooks storing results in `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    async fn store(&self, job: &JobId, result: &Value) -> Result<(), StageError> {
+        let raw = serde_json::to_vec(result).map_err(|e| StageError::fatal(e.to_string()))?;
+        self.backend
+            .set(&result_key(job), Bytes::from(raw), Some(RESULT_TTL))
+            .await
+            .map_err(|e| StageError::retryable(format!("result store: {e}")))
+    }
+}
+
+#[async_trait]
+impl JobHooks for ScanHooks {
+    async fn on_success(&self, job: &JobInfo, output: &Value) -> Result<Value, StageError> {
+        let outcome: ScanOutcome = serde_json::from_value(output.clone())
+            .map_err(|e| StageError::fatal(format!("reward output: {e}")))?;
+        let result = types::done_result(job.job_id.as_str(), &outcome);
+        self.store(&job.job_id, &result).await?;
+        Ok(result)
+    }
+
+    async fn on_failure(
+        &self,
+        job: &JobInfo,
+        stage: Option<&str>,
+        error: &str,
+    ) -> Result<Value, StageError> {
+        let result = types::failed_result(job.job_id.as_str(), stage, error);
+        self.store(&job.job_id, &result).await?;
+        Ok(result)
+    }
+}
+
+/// The scan engine: the pipeline of `models`, emitting through `publisher`
+/// (domain `scan`), results in the publisher's backend.
+pub fn engine(models: &ScanModels, publisher: Publisher, config: EngineConfig) -> Engine {
+    let hooks = Arc::new(ScanHooks::new(publisher.backend().clone()));
+    Engine::new(pipeline(models), publisher, hooks, config)
+}
+
+/// Engine defaults for the scan domain.
+pub fn engine_config() -> EngineConfig {
+    // DOMAIN is a valid name; `Domain::new` cannot fail on it.
+    EngineConfig::new(Domain::new(DOMAIN).unwrap_or_else(|_| unreachable!("valid domain")))
+}

@@ -1,0 +1,402 @@
+//! Fault tests of the real `relay-router` binary against private
+//! redis-servers: kill -9 mid-run, a dead consumer's pending entries, dropped
+//! connections and a Redis restart, poison entries, and the eco2 wire format.
+//!
+//! Every test checks the end state, not timings: every produced event is
+//! applied exactly once, history is gap-free, state holds the highest seq.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use relay_core::backend::{AppendRequest, Backend, ReadFrom};
+use relay_core::codec::{field, native_fields, Encoding};
+use relay_core::eco2::Eco2Entry;
+use relay_core::testing::{RedisServerOptions, TestRedis};
+use relay_core::{
+    Decoded, Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig, Stage,
+    Status,
+};
+
+/// A router process, killed (SIGKILL) when dropped.
+struct RouterProc {
+    child: Child,
+}
+
+impl RouterProc {
+    fn spawn(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_relay-router"))
+            .args([
+                "--redis-url", url, "--domain", domain, "--consumer", consumer,
+                "--metrics-addr", "127.0.0.1:0", "--block-ms", "200", "--claim-idle-ms", "1000",
+                "--batch", "128",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn relay-router");
+        Self { child }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait router")
+    }
+}
+
+impl Drop for RouterProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A domain no other test uses, so tests can share a `REDIS_URL` server.
+fn unique_domain() -> String {
+    let p: String = relay_core::testing::unique_prefix()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("t{p}")
+}
+
+fn keyspace(profile: Profile, domain: &str) -> KeySpace {
+    KeySpace::new(profile, Domain::new(domain).expect("domain"), 4)
+}
+
+/// Publishes `jobs × per_job` events (seq 1..=per_job) in shuffled batches.
+async fn produce(backend: Arc<dyn Backend>, keys: KeySpace, jobs: usize, per_job: u64, pace: Duration) {
+    let publisher = Publisher::new(backend, keys.clone(), PublisherConfig::default());
+    for seq in 1..=per_job {
+        let batch: Vec<Event> = (0..jobs)
+            .map(|j| {
+                let status = if seq == per_job { Status::Completed } else { Status::Progress };
+                let stage = if seq == per_job { "done" } else { "work" };
+                Event::new(keys.domain().as_str(), &format!("job-{j}"), seq, stage, status)
+                    .expect("event")
+                    .with_data(serde_json::json!({ "seq": seq }))
+            })
+            .collect();
+        // A producer retry: publishing twice must not duplicate anything.
+        for _ in 0..2 {
+            loop {
+                match publisher.publish_batch(&batch).await {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        tokio::time::sleep(pace).await;
+    }
+}
+
+/// Waits until every job's history holds seqs 1..=per_job exactly once at
+/// offsets 1..=per_job, and state = per_job; panics with details after `limit`.
+async fn await_complete(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per_job: u64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut problems = Vec::new();
+        for j in 0..jobs {
+            let job = JobId::new(format!("job-{j}")).expect("job");
+            let k = keys.job(&job);
+            let page = match backend.read_history(&k, Offset::ZERO, 10_000).await {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("{job}: {e}"));
+                    continue;
+                }
+            };
+            let mut seqs = BTreeMap::new();
+            for (i, r) in page.records.iter().enumerate() {
+                if r.offset.0 != i as u64 + 1 {
+                    problems.push(format!("{job}: offset {} at position {i}", r.offset));
+                }
+                let seq = match r.payload.decode() {
+                    Ok(Decoded::Native(e)) => e.seq,
+                    Ok(Decoded::Eco2(e)) => e.seq,
+                    Err(e) => panic!("undecodable history record: {e}"),
+                };
+                *seqs.entry(seq).or_insert(0) += 1;
+            }
+            if seqs.len() as u64 != per_job || seqs.values().any(|n| *n != 1) {
+                problems.push(format!("{job}: {} distinct seqs of {per_job}", seqs.len()));
+                continue;
+            }
+            match backend.get_state(&k).await {
+                Ok(Some(s)) if s.seq == per_job => {}
+                other => problems.push(format!("{job}: state {:?}", other.map(|s| s.map(|s| s.seq)))),
+            }
+        }
+        if problems.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("not complete after {limit:?}: {} problems, e.g. {:?}", problems.len(), &problems[..problems.len().min(5)]);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn await_drained(backend: &dyn Backend, keys: &KeySpace, group: &str, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let mut busy = 0;
+        for s in keys.shard_streams() {
+            match backend.group_stats(&s, group).await {
+                Ok(st) => busy += st.pending + st.lag.unwrap_or(1),
+                // No group yet: the router has not started on this shard.
+                Err(_) => busy += 1,
+            }
+        }
+        if busy == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{busy} entries still pending or unread");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_run_loses_nothing_and_applies_once() {
+    let redis = TestRedis::get();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let (jobs, per_job) = (200, 60);
+
+    let mut router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), jobs, per_job, Duration::from_millis(15)));
+    // Kill -9 three times while the producer runs, restarting with the same
+    // consumer name (it re-reads its own pending entries first).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        router.kill9();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    }
+    producer.await.expect("producer");
+    await_complete(backend.as_ref(), &keys, jobs, per_job, Duration::from_secs(60)).await;
+    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+    // Graceful shutdown exits 0.
+    assert!(router.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivor_claims_pending_of_dead_consumers() {
+    let redis = TestRedis::get();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let group = keys.default_group();
+
+    // A consumer that read entries and died: they sit in its pending list.
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    for s in keys.shard_streams() {
+        backend.ensure_group(&s, group).await.expect("group");
+    }
+    let events: Vec<Event> = (0..40)
+        .map(|j| Event::new(&domain, &format!("job-{j}"), 1, "done", Status::Completed).expect("event"))
+        .collect();
+    publisher.publish_batch(&events).await.expect("publish");
+    let mut ghost_pending = 0;
+    for s in keys.shard_streams() {
+        ghost_pending += backend
+            .read_group(&s, group, "ghost", ReadFrom::New, 1000, None)
+            .await
+            .expect("ghost read")
+            .len();
+    }
+    assert_eq!(ghost_pending, 40);
+
+    // Two routers share the group; one is killed mid-run.
+    let r1 = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let mut r2 = RouterProc::spawn(redis.url(), &domain, "r2", &[]);
+    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), 50, 40, Duration::from_millis(10)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r2.kill9();
+    producer.await.expect("producer");
+
+    // The ghost's job-0..39 seq 1 and everything r2 held are claimed by r1.
+    await_complete(backend.as_ref(), &keys, 50, 40, Duration::from_secs(60)).await;
+    await_drained(backend.as_ref(), &keys, group, Duration::from_secs(30)).await;
+    drop(r1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_client_kill_and_redis_restart_with_aof() {
+    let redis = TestRedis::private_with(RedisServerOptions::with_aof().args(["--appendfsync", "always"]));
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let (jobs, per_job) = (50, 40);
+
+    let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), jobs, per_job, Duration::from_millis(20)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let killed = redis.client_kill(&["TYPE", "normal"]).await.expect("client kill");
+    assert!(killed > 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.restart().expect("restart");
+    producer.await.expect("producer");
+    await_complete(backend.as_ref(), &keys, jobs, per_job, Duration::from_secs(60)).await;
+    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+}
+
+fn raw(fields: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
+    let redis = TestRedis::get();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let job = JobId::new("poisoned-job").expect("job");
+    let stream = keys.shard_stream(keys.shard_of(&job));
+    let good = |seq: u64| Event::new(&domain, job.as_str(), seq, "work", Status::Progress).expect("event");
+    let big_body = vec![b'x'; 2 * 1024 * 1024];
+    let entries = vec![
+        native_fields(&good(1), Encoding::MsgPack).expect("fields"),
+        raw(&[("seq", b"2"), ("enc", b"json"), ("body", b"{}")]),
+        raw(&[("job", job.as_str().as_bytes()), ("seq", b"three"), ("enc", b"json"), ("body", b"{}")]),
+        raw(&[("job", job.as_str().as_bytes()), ("seq", b"4"), ("enc", b"msgpack"), ("body", b"\xc1\xc1garbage")]),
+        raw(&[("job", job.as_str().as_bytes()), ("seq", b"5"), ("enc", b"json"), ("body", &big_body)]),
+        native_fields(&good(6), Encoding::Json).expect("fields"),
+    ];
+    for fields in entries {
+        backend
+            .append(AppendRequest { stream: stream.clone(), fields, maxlen: None, dedupe: None })
+            .await
+            .expect("xadd");
+    }
+    let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+
+    let page = backend.read_history(&keys.job(&job), Offset::ZERO, 100).await.expect("history");
+    let seqs: Vec<u64> = page
+        .records
+        .iter()
+        .map(|r| match r.payload.decode() {
+            Ok(Decoded::Native(e)) => e.seq,
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [1, 6]);
+
+    let dlq = backend.range(&keys.dlq_stream(), None, 100).await.expect("dlq");
+    let reasons: Vec<String> = dlq
+        .iter()
+        .map(|e| String::from_utf8_lossy(field(&e.fields, "reason").expect("reason")).into_owned())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].contains("missing field \"job\""), "{}", reasons[0]);
+    assert!(reasons[1].contains("seq"), "{}", reasons[1]);
+    assert!(reasons[2].contains("msgpack"), "{}", reasons[2]);
+    assert!(reasons[3].contains("limit"), "{}", reasons[3]);
+    for e in &dlq {
+        assert_eq!(field(&e.fields, "source").map(|v| v.as_ref()), Some(stream.as_bytes()));
+        assert!(field(&e.fields, "id").is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eco2_entries_route_byte_exact() {
+    // eco2 keys are fixed names (`scan:events:{shard}`, `scan:state:{job}`):
+    // a private server keeps this test isolated.
+    let redis = TestRedis::private();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = "scan";
+    let keys = keyspace(Profile::Eco2, domain);
+    let job = JobId::new("fc052f15-449f-4ce4-aa96-99d400ed7865").expect("job");
+    assert_eq!(keys.shard_of(&job), 0);
+
+    let mut sub = backend.subscriber().await.expect("subscriber");
+    sub.handle.subscribe(&["sse:events:0".to_owned()]).await.expect("subscribe");
+
+    // Exactly what the Python producer XADDs (queued omits the trace fields).
+    let python_entries: Vec<Vec<(&str, &str)>> = vec![
+        vec![("job_id", job.as_str()), ("stage", "queued"), ("status", "started"), ("seq", "0"),
+             ("ts", "1766899790.1"), ("progress", "0"), ("result", "")],
+        vec![("job_id", job.as_str()), ("stage", "vision"), ("status", "completed"), ("seq", "11"),
+             ("ts", "1766899796.475799"), ("progress", "25"), ("result", ""),
+             ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"), ("span_id", "00f067aa0ba902b7"),
+             ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+        vec![("job_id", job.as_str()), ("stage", "done"), ("status", "completed"), ("seq", "51"),
+             ("ts", "1766899801.2"), ("progress", "100"),
+             ("result", r#"{"task_id": "x", "status": "completed", "message": "종이류"}"#),
+             ("trace_id", ""), ("span_id", ""), ("traceparent", "")],
+    ];
+    let mut ids = Vec::new();
+    let redis_client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = redis_client.get_multiplexed_async_connection().await.expect("conn");
+    for e in &python_entries {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("scan:events:0").arg("MAXLEN").arg("~").arg(10000).arg("*");
+        for (k, v) in e {
+            cmd.arg(*k).arg(*v);
+        }
+        let id: String = cmd.query_async(&mut conn).await.expect("xadd");
+        ids.push(id);
+    }
+    let _router = RouterProc::spawn(redis.url(), domain, "r1", &["--profile", "eco2"]);
+
+    let expected_done = format!(
+        r#"{{"job_id":"{job}","stage":"done","status":"completed","seq":51,"ts":"1766899801.2","progress":100,"result":{{"task_id":"x","status":"completed","message":"종이류"}},"trace_id":"","span_id":"","traceparent":"","stream_id":"{}"}}"#,
+        ids[2]
+    );
+    let expected_vision = format!(
+        r#"{{"job_id":"{job}","stage":"vision","status":"completed","seq":11,"ts":"1766899796.475799","progress":25,"result":"","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","stream_id":"{}"}}"#,
+        ids[1]
+    );
+    let expected_queued = format!(
+        r#"{{"job_id":"{job}","stage":"queued","status":"started","seq":0,"ts":"1766899790.1","progress":0,"result":"","stream_id":"{}"}}"#,
+        ids[0]
+    );
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), sub.messages.recv())
+            .await
+            .expect("pub/sub message in time")
+            .expect("subscription open");
+        assert_eq!(msg.channel, "sse:events:0");
+        got.push(String::from_utf8(msg.payload.to_vec()).expect("utf8"));
+    }
+    assert_eq!(got, [expected_queued, expected_vision, expected_done.clone()]);
+
+    let state: String = redis::cmd("GET")
+        .arg(format!("scan:state:{job}"))
+        .query_async(&mut conn)
+        .await
+        .expect("state");
+    assert_eq!(state, expected_done);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("scan:state:{job}"))
+        .query_async(&mut conn)
+        .await
+        .expect("ttl");
+    assert!(ttl > 3500 && ttl <= 3600, "state TTL {ttl}");
+
+    // Our own eco2 producer writes the same shape, with failed = base + 2.
+    let failed = Eco2Entry::build(&job, &Stage::new("answer").expect("stage"), "failed",
+        relay_core::eco2::seq_for("answer", "failed"), "1.0", None, None, None);
+    assert_eq!(failed.seq, 32);
+    let mut by_name: HashMap<&str, &str> = HashMap::new();
+    for (k, v) in &failed.fields {
+        by_name.insert(k, v);
+    }
+    assert_eq!(by_name["seq"], "32");
+}

@@ -1,0 +1,154 @@
+//! Prometheus metrics of the gateway.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Why a connection ended (the `reason` label of `relay_sse_connections_closed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The terminal event (or a terminal snapshot) was delivered.
+    Done,
+    /// The client went away.
+    ClientGone,
+    /// The client did not read fast enough; it was disconnected to resume later.
+    SlowClient,
+    /// `--max-stream-secs` elapsed; the client reconnects and resumes.
+    MaxDuration,
+    /// The backend kept failing; the client reconnects and resumes.
+    BackendError,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::MaxDuration => "max_duration",
+            CloseReason::BackendError => "backend_error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// All gateway metrics. Cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open SSE connections (waiting for a job or streaming): for autoscaling.
+    pub active: Gauge,
+    /// SSE streams started (200 sent).
+    pub opened: Counter,
+    /// SSE streams ended, by reason.
+    pub closed: Family<Labels, Counter>,
+    /// Requests refused before streaming, by reason.
+    pub rejected: Family<Labels, Counter>,
+    /// Events written to clients (snapshots included).
+    pub delivered: Counter,
+    /// Resumes with a Last-Event-ID, by kind (`exact` or `snapshot`).
+    pub resumes: Family<Labels, Counter>,
+    /// Clients disconnected because their buffer overflowed.
+    pub slow_disconnects: Counter,
+    /// Subscriber connection re-establishments.
+    pub subscriber_reconnects: Counter,
+    /// 1 while the subscriber connection is up.
+    pub subscriber_up: Gauge,
+    /// History reads issued by resumes.
+    pub history_reads: Counter,
+    /// Live messages that could not be decoded.
+    pub bad_messages: Counter,
+    /// Seconds from the event's `ts` (producer publish) to the client write.
+    pub latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `relay_sse_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("relay_sse");
+        let m = Metrics {
+            active: Gauge::default(),
+            opened: Counter::default(),
+            closed: Family::default(),
+            rejected: Family::default(),
+            delivered: Counter::default(),
+            resumes: Family::default(),
+            slow_disconnects: Counter::default(),
+            subscriber_reconnects: Counter::default(),
+            subscriber_up: Gauge::default(),
+            history_reads: Counter::default(),
+            bad_messages: Counter::default(),
+            latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("active_connections", "Open SSE connections", m.active.clone());
+        registry.register("connections_opened", "SSE streams started", m.opened.clone());
+        registry.register("connections_closed", "SSE streams ended, by reason", m.closed.clone());
+        registry.register("rejected", "Requests refused before streaming, by reason", m.rejected.clone());
+        registry.register("events_delivered", "Events written to clients", m.delivered.clone());
+        registry.register("resumes", "Resumes with Last-Event-ID, by kind", m.resumes.clone());
+        registry.register(
+            "slow_client_disconnects",
+            "Clients disconnected on buffer overflow",
+            m.slow_disconnects.clone(),
+        );
+        registry.register(
+            "subscriber_reconnects",
+            "Subscriber connection re-establishments",
+            m.subscriber_reconnects.clone(),
+        );
+        registry.register("subscriber_up", "1 while the subscriber connection is up", m.subscriber_up.clone());
+        registry.register("history_reads", "History reads issued by resumes", m.history_reads.clone());
+        registry.register("bad_messages", "Undecodable live messages or records", m.bad_messages.clone());
+        registry.register(
+            "delivery_latency_seconds",
+            "Event ts (producer publish) to client write",
+            m.latency.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a closed stream.
+    pub fn close(&self, reason: CloseReason) {
+        self.closed.get_or_create(&vec![("reason", reason.as_str())]).inc();
+    }
+
+    /// Counts a refused request.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// Counts a resume (`snapshot == false`: exact).
+    pub fn resume(&self, snapshot: bool) {
+        let kind = if snapshot { "snapshot" } else { "exact" };
+        self.resumes.get_or_create(&vec![("kind", kind)]).inc();
+    }
+
+    /// The closed-stream count for a reason (for tests and the load tool).
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closed.get_or_create(&vec![("reason", reason.as_str())]).get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
