@@ -1,3 +1,5 @@
 //! `relay-suite`: the workspace's root package. It hosts the cross-crate
 //! integration tests (`tests/`), the criterion benchmarks (`benches/`) and the
-//! examples (`examples/`). It publishes nothing.
+//! examples (`examples/`), plus the measurement helpers they share.
+
+pub mod bench;

@@ -101,7 +101,11 @@ impl ScanApi {
         let backend = publisher.backend().clone();
         let keys = publisher.keys().clone();
         let engine_defaults = scan::engine_config();
-        let store = JobStore::new(backend.clone(), engine_defaults.domain, engine_defaults.record_ttl);
+        let store = JobStore::new(
+            backend.clone(),
+            engine_defaults.domain,
+            engine_defaults.record_ttl,
+        );
         let control = JobControl::new(
             publisher,
             store,
@@ -250,7 +254,11 @@ pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<(), ApiError>
         )
     };
     let denied = |why: String| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "IMAGE_URL_NOT_ALLOWED", why)
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IMAGE_URL_NOT_ALLOWED",
+            why,
+        )
     };
     if raw.len() > config.max_url_len {
         return Err(invalid("is too long"));
@@ -312,7 +320,11 @@ fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiErro
         ));
     }
     let req: ScanRequest = serde_json::from_value(value).map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_ERROR", e.to_string())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "VALIDATION_ERROR",
+            e.to_string(),
+        )
     })?;
     validate_image_url(&req.image_url, config)?;
     if let Some(model) = &req.model {
@@ -320,7 +332,10 @@ fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiErro
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "UNSUPPORTED_MODEL",
-                format!("model {model:?} is not supported; allowed: {}", config.models.join(", ")),
+                format!(
+                    "model {model:?} is not supported; allowed: {}",
+                    config.models.join(", ")
+                ),
             ));
         }
     }
@@ -342,14 +357,20 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
 }
 
 fn unavailable(code: &'static str, detail: String) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
 }
 
-async fn submit(State(api): State<ScanApi>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn submit(
+    State(api): State<ScanApi>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let user = user_id(&headers)?;
     let idem = idempotency(&headers)?;
     let raw = read_body(&headers, body, api.config.body_limit).await?;
@@ -410,7 +431,10 @@ async fn submit(State(api): State<ScanApi>, headers: HeaderMap, body: Body) -> R
     };
     if let Err(e) = queued {
         forget_idem(api.clone(), idem_key).await;
-        return Err(unavailable("EVENT_STORE_UNAVAILABLE", format!("cannot record the job: {e}")));
+        return Err(unavailable(
+            "EVENT_STORE_UNAVAILABLE",
+            format!("cannot record the job: {e}"),
+        ));
     }
 
     // 2. Enqueue; a failure ends the job with its terminal `failed` event.
@@ -441,10 +465,20 @@ async fn submit(State(api): State<ScanApi>, headers: HeaderMap, body: Body) -> R
 
 async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<Response, ApiError> {
     let job = JobId::new(job).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_JOB_ID", format!("invalid job id: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_JOB_ID",
+            format!("invalid job id: {e}"),
+        )
     })?;
-    let store_err = |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
-    if let Some(raw) = api.backend.get(&scan::result_key(&job)).await.map_err(store_err)? {
+    let store_err =
+        |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
+    if let Some(raw) = api
+        .backend
+        .get(&scan::result_key(&job))
+        .await
+        .map_err(store_err)?
+    {
         let mut resp = Response::new(Body::from(raw));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -452,7 +486,13 @@ async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<R
         );
         return Ok(resp);
     }
-    if api.backend.get(&job_marker(&job)).await.map_err(store_err)?.is_none() {
+    if api
+        .backend
+        .get(&job_marker(&job))
+        .await
+        .map_err(store_err)?
+        .is_none()
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "RESULT_NOT_FOUND",
@@ -498,7 +538,11 @@ mod tests {
             "not a url",
             "https://user:pw@example.com/a.jpg",
         ] {
-            assert_eq!(validate_image_url(bad, &c).unwrap_err().code, "INVALID_IMAGE_URL", "{bad}");
+            assert_eq!(
+                validate_image_url(bad, &c).unwrap_err().code,
+                "INVALID_IMAGE_URL",
+                "{bad}"
+            );
         }
         for private in [
             "http://127.0.0.1/a.jpg",

@@ -1,1 +1,22 @@
-//! Placeholder crate root; filled by its issue.
+//! # pipeline-scan
+//!
+//! A typed stage pipeline that runs in-process or over RabbitMQ, emitting
+//! relay progress events, and the scan domain built on it
+//! (Vision → Rule → Answer → Reward) with its HTTP API and workers.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`pipeline`] | `Stage`, `Pipeline::new(a).then(b)`, the step `Engine`, seq scheme, idempotency records |
+//! | [`transport`] | `Transport` trait; [`transport::inprocess`] and [`transport::amqp`] (queues, retries, DLQ, supervisor) |
+//! | [`scan`] | the scan stages, models (OpenAI-compatible and simulated), rule sets, results |
+//! | [`api`] | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` |
+//! | [`app`] | the `pipeline-scan` binary: flags and `run` |
+//! | [`metrics`] | worker Prometheus metrics |
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod app;
+pub mod metrics;
+pub mod pipeline;
+pub mod scan;
+pub mod transport;

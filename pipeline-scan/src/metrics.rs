@@ -60,7 +60,9 @@ impl Metrics {
         let mut registry = Registry::with_prefix("pipeline_scan");
         let stage_outcomes = Family::<StageOutcome, Counter>::default();
         let stage_seconds =
-            Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(stage_histogram);
+            Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                stage_histogram,
+            );
         let jobs = Family::<OutcomeLabel, Counter>::default();
         let reconnects = Counter::default();
         let dead_lettered = Counter::default();
@@ -70,7 +72,11 @@ impl Metrics {
             "Stage steps by outcome (completed, retried, failed, skipped, deferred)",
             stage_outcomes.clone(),
         );
-        registry.register("stage_duration_seconds", "Stage run time", stage_seconds.clone());
+        registry.register(
+            "stage_duration_seconds",
+            "Stage run time",
+            stage_seconds.clone(),
+        );
         registry.register("jobs", "Jobs finished by outcome", jobs.clone());
         registry.register(
             "transport_reconnects",
@@ -82,7 +88,11 @@ impl Metrics {
             "Messages moved to the dead-letter queue",
             dead_lettered.clone(),
         );
-        registry.register("in_flight_steps", "Steps currently running", in_flight.clone());
+        registry.register(
+            "in_flight_steps",
+            "Steps currently running",
+            in_flight.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             stage_outcomes,

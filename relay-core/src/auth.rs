@@ -100,7 +100,10 @@ pub fn issue(secret: &[u8], job: &JobId, ttl: Duration) -> String {
 /// Checks `token` (as presented, `None` when absent) for access to `job` at
 /// `now` (unix seconds). The signature is compared in constant time.
 pub fn verify(secret: &[u8], token: Option<&str>, job: &JobId, now: u64) -> Result<(), AuthError> {
-    let token = token.map(str::trim).filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+    let token = token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?;
     if token.len() > MAX_TOKEN_LEN {
         return Err(AuthError::Invalid);
     }
@@ -116,7 +119,9 @@ pub fn verify(secret: &[u8], token: Option<&str>, job: &JobId, now: u64) -> Resu
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or(AuthError::Invalid)?;
     let expiry: u64 = expiry.parse().map_err(|_| AuthError::Invalid)?;
-    let sig = URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| AuthError::Invalid)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| AuthError::Invalid)?;
     mac(secret, &token_job, expiry)
         .verify_slice(&sig)
         .map_err(|_| AuthError::Invalid)?;
@@ -141,19 +146,38 @@ mod tests {
     fn round_trip_and_errors() {
         let j = job("a.b:c-d_e");
         let t = issue(b"k", &j, Duration::from_secs(60));
-        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
         assert_eq!(verify(b"k", Some(&t), &j, now_unix()), Ok(()));
         assert_eq!(verify(b"k", Some(""), &j, 0), Err(AuthError::Missing));
-        assert_eq!(verify(b"k", Some("garbage"), &j, 0), Err(AuthError::Invalid));
-        assert_eq!(verify(b"k", Some("a.b.c.d"), &j, 0), Err(AuthError::Invalid));
-        assert_eq!(verify(b"k", Some(&"x".repeat(600)), &j, 0), Err(AuthError::Invalid));
+        assert_eq!(
+            verify(b"k", Some("garbage"), &j, 0),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            verify(b"k", Some("a.b.c.d"), &j, 0),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            verify(b"k", Some(&"x".repeat(600)), &j, 0),
+            Err(AuthError::Invalid)
+        );
         // Tampering with the expiry or the job breaks the signature.
         let t = issue_at(b"k", &j, 100);
         let parts: Vec<&str> = t.split('.').collect();
         let forged = format!("{}.{}.{}", parts[0], 999_999, parts[2]);
         assert_eq!(verify(b"k", Some(&forged), &j, 0), Err(AuthError::Invalid));
-        let forged = format!("{}.{}.{}", URL_SAFE_NO_PAD.encode("zzz"), parts[1], parts[2]);
-        assert_eq!(verify(b"k", Some(&forged), &job("zzz"), 0), Err(AuthError::Invalid));
+        let forged = format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode("zzz"),
+            parts[1],
+            parts[2]
+        );
+        assert_eq!(
+            verify(b"k", Some(&forged), &job("zzz"), 0),
+            Err(AuthError::Invalid)
+        );
         assert_eq!(verify(b"k", Some(&t), &j, 100), Err(AuthError::Expired));
         assert_eq!(AuthError::WrongJob.http_status(), 403);
         assert_eq!(AuthError::Expired.http_status(), 401);

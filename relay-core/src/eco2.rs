@@ -232,7 +232,7 @@ impl Eco2Entry {
 
 fn parse_python_ts(ts: &str) -> Option<u64> {
     let f: f64 = ts.parse().ok()?;
-    (f.is_finite() && f >= 0.0).then(|| (f * 1000.0) as u64)
+    (f.is_finite() && f >= 0.0).then_some((f * 1000.0) as u64)
 }
 
 fn push_json_str(out: &mut String, s: &str) {

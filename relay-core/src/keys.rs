@@ -61,11 +61,13 @@ pub fn shard_for(job_id: &str, shards: u32) -> u32 {
 /// The keys of one job's routed data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobKeys {
-    /// Hash: `epoch`, `top` (highest offset), `sq` (state seq), `s<seq>` → offset.
+    /// Hash: `epoch`, `top` (highest offset), `sq` (state seq), `so` (state
+    /// offset), `s<seq>` → offset.
     pub meta: String,
     /// String: the latest (highest-seq) record payload.
     pub state: String,
-    /// Stream: the history, entry id `<offset>-0`, field `p` = payload.
+    /// List: the retained history payloads, holding offsets
+    /// `top - LLEN + 1 ..= top` (trimmed from the head).
     pub hist: String,
     /// Pub/Sub channel carrying live envelopes for this job.
     pub live: String,

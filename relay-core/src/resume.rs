@@ -247,7 +247,8 @@ impl Resume {
             // Dropping is safe: another history read recovers it.
             self.reread = true;
         } else {
-            self.buffer.insert((epoch.0, record.offset.0), record.payload);
+            self.buffer
+                .insert((epoch.0, record.offset.0), record.payload);
         }
         if self.phase == Phase::Live {
             self.pump(&mut out);
@@ -534,11 +535,18 @@ mod tests {
 
     #[derive(Clone, Copy, Debug)]
     enum Op {
-        Apply { drop: bool, dup: bool },
+        Apply {
+            drop: bool,
+            dup: bool,
+        },
         Deliver,
-        Serve { limit: usize },
+        Serve {
+            limit: usize,
+        },
         /// Execute the outstanding read now, answer later.
-        Exec { limit: usize },
+        Exec {
+            limit: usize,
+        },
         Reconnect,
         Poll,
         Republish(u64),
@@ -586,7 +594,11 @@ mod tests {
                         let pos = env.position();
                         if let Some(c) = self.client {
                             assert_eq!(c.epoch, pos.epoch, "epoch changed without snapshot");
-                            assert_eq!(pos.offset, c.offset.next(), "not contiguous: {c:?} -> {pos:?}");
+                            assert_eq!(
+                                pos.offset,
+                                c.offset.next(),
+                                "not contiguous: {c:?} -> {pos:?}"
+                            );
                         } else {
                             assert_eq!(pos.offset, Offset(1), "new client must start at 1");
                         }
@@ -626,7 +638,9 @@ mod tests {
                 return;
             }
             self.result = match &self.outstanding {
-                Some(Action::ReadHistory { after }) => Some(Answer::History(self.job.page(*after, limit))),
+                Some(Action::ReadHistory { after }) => {
+                    Some(Answer::History(self.job.page(*after, limit)))
+                }
                 Some(Action::ReadState) => Some(Answer::State(self.job.state())),
                 _ => None,
             };
@@ -823,31 +837,62 @@ mod tests {
         assert_eq!(out, vec![Action::Emit(env(E, 1))]);
         assert!(r.is_known());
         // A gap asks for history.
-        assert_eq!(r.on_live(env(E, 3)), vec![Action::ReadHistory { after: Offset(1) }]);
+        assert_eq!(
+            r.on_live(env(E, 3)),
+            vec![Action::ReadHistory { after: Offset(1) }]
+        );
     }
 
     #[test]
     fn expired_history_and_state_gives_empty_snapshot() {
-        let mut r = Resume::new(Some(Position { epoch: E, offset: Offset(4) }));
+        let mut r = Resume::new(Some(Position {
+            epoch: E,
+            offset: Offset(4),
+        }));
         r.start();
-        assert_eq!(r.on_history(HistoryPage::default()), vec![Action::ReadState]);
+        assert_eq!(
+            r.on_history(HistoryPage::default()),
+            vec![Action::ReadState]
+        );
         let out = r.on_state(None);
         assert_eq!(
             out,
-            vec![Action::Snapshot(Snapshot { reason: SnapshotReason::Expired, state: None })]
+            vec![Action::Snapshot(Snapshot {
+                reason: SnapshotReason::Expired,
+                state: None
+            })]
         );
         assert!(!r.is_known());
     }
 
     #[test]
     fn client_ahead_of_history_gets_snapshot() {
-        let mut r = Resume::new(Some(Position { epoch: E, offset: Offset(9) }));
+        let mut r = Resume::new(Some(Position {
+            epoch: E,
+            offset: Offset(9),
+        }));
         r.start();
-        let page = HistoryPage { epoch: Some(E), top: Offset(2), first: Some(Offset(1)), records: vec![] };
+        let page = HistoryPage {
+            epoch: Some(E),
+            top: Offset(2),
+            first: Some(Offset(1)),
+            records: vec![],
+        };
         assert_eq!(r.on_history(page), vec![Action::ReadState]);
-        let st = JobState { epoch: E, top: Offset(2), seq: 2, record: rec(2) };
+        let st = JobState {
+            epoch: E,
+            top: Offset(2),
+            seq: 2,
+            record: rec(2),
+        };
         let out = r.on_state(Some(st.clone()));
-        assert_eq!(out[0], Action::Snapshot(Snapshot { reason: SnapshotReason::Ahead, state: Some(st) }));
+        assert_eq!(
+            out[0],
+            Action::Snapshot(Snapshot {
+                reason: SnapshotReason::Ahead,
+                state: Some(st)
+            })
+        );
         assert_eq!(out[1], Action::ReadHistory { after: Offset(2) });
     }
 
@@ -855,16 +900,42 @@ mod tests {
     fn epoch_change_mid_stream_snapshots() {
         let mut r = Resume::new(None);
         r.start();
-        let page = HistoryPage { epoch: Some(E), top: Offset(1), first: Some(Offset(1)), records: vec![rec(1)] };
+        let page = HistoryPage {
+            epoch: Some(E),
+            top: Offset(1),
+            first: Some(Offset(1)),
+            records: vec![rec(1)],
+        };
         assert_eq!(r.on_history(page).len(), 1);
         // The history expired and was re-created with another epoch.
         let e2 = Epoch(99);
-        assert_eq!(r.on_live(env(e2, 1)), vec![Action::ReadHistory { after: Offset(1) }]);
-        let page = HistoryPage { epoch: Some(e2), top: Offset(1), first: Some(Offset(1)), records: vec![rec(1)] };
+        assert_eq!(
+            r.on_live(env(e2, 1)),
+            vec![Action::ReadHistory { after: Offset(1) }]
+        );
+        let page = HistoryPage {
+            epoch: Some(e2),
+            top: Offset(1),
+            first: Some(Offset(1)),
+            records: vec![rec(1)],
+        };
         assert_eq!(r.on_history(page), vec![Action::ReadState]);
-        let st = JobState { epoch: e2, top: Offset(1), seq: 1, record: rec(1) };
+        let st = JobState {
+            epoch: e2,
+            top: Offset(1),
+            seq: 1,
+            record: rec(1),
+        };
         let out = r.on_state(Some(st));
-        assert!(matches!(&out[0], Action::Snapshot(s) if s.reason == SnapshotReason::EpochMismatch));
-        assert_eq!(r.position(), Some(Position { epoch: e2, offset: Offset(1) }));
+        assert!(
+            matches!(&out[0], Action::Snapshot(s) if s.reason == SnapshotReason::EpochMismatch)
+        );
+        assert_eq!(
+            r.position(),
+            Some(Position {
+                epoch: e2,
+                offset: Offset(1)
+            })
+        );
     }
 }

@@ -136,7 +136,9 @@ impl SseParser {
         let (field, value) = match line.find(':') {
             Some(0) => {
                 let c = &line[1..];
-                out.push(SseItem::Comment(c.strip_prefix(' ').unwrap_or(c).to_owned()));
+                out.push(SseItem::Comment(
+                    c.strip_prefix(' ').unwrap_or(c).to_owned(),
+                ));
                 return;
             }
             Some(i) => {
@@ -154,17 +156,13 @@ impl SseParser {
                 self.has_data = true;
             }
             "event" => self.event = Some(value.to_owned()),
-            "id" => {
-                if !value.contains('\0') {
-                    self.id = Some(value.to_owned());
-                    self.last_event_id = value.to_owned();
-                }
+            "id" if !value.contains('\0') => {
+                self.id = Some(value.to_owned());
+                self.last_event_id = value.to_owned();
             }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(ms) = value.parse() {
-                        out.push(SseItem::Retry(ms));
-                    }
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    out.push(SseItem::Retry(ms));
                 }
             }
             _ => {}
@@ -180,7 +178,9 @@ impl SseParser {
         self.has_data = false;
         out.push(SseItem::Event(SseEvent {
             id,
-            event: event.filter(|e| !e.is_empty()).unwrap_or_else(|| "message".into()),
+            event: event
+                .filter(|e| !e.is_empty())
+                .unwrap_or_else(|| "message".into()),
             data: std::mem::take(&mut self.data),
         }));
     }
@@ -195,7 +195,9 @@ pub struct SseReader<E> {
 
 impl<E> std::fmt::Debug for SseReader<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SseReader").field("parser", &self.parser).finish_non_exhaustive()
+        f.debug_struct("SseReader")
+            .field("parser", &self.parser)
+            .finish_non_exhaustive()
     }
 }
 
@@ -265,10 +267,17 @@ mod tests {
 
     #[test]
     fn cr_only_lines_bom_comments_retry() {
-        let items = parse_all(&[b"\xEF\xBB", b"\xBF: hi\rretry: 1500\rid: 5\revent: x\rdata\r\r"]);
+        let items = parse_all(&[
+            b"\xEF\xBB",
+            b"\xBF: hi\rretry: 1500\rid: 5\revent: x\rdata\r\r",
+        ]);
         assert_eq!(
             items,
-            vec![SseItem::Comment("hi".into()), SseItem::Retry(1500), ev(Some("5"), "x", "")]
+            vec![
+                SseItem::Comment("hi".into()),
+                SseItem::Retry(1500),
+                ev(Some("5"), "x", "")
+            ]
         );
     }
 

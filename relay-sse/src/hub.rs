@@ -114,7 +114,9 @@ pub(crate) struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("ready", &self.is_ready()).finish()
+        f.debug_struct("Hub")
+            .field("ready", &self.is_ready())
+            .finish()
     }
 }
 
@@ -176,7 +178,11 @@ impl Hub {
         let signal = Arc::new(Signal::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
-            let mut map = self.shared.clients.write().unwrap_or_else(|p| p.into_inner());
+            let mut map = self
+                .shared
+                .clients
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             map.entry(channel.clone()).or_default().insert(
                 id,
                 Slot {
@@ -379,7 +385,10 @@ async fn connect(
         while let Some(msg) = messages.recv().await {
             sh.last_msg.store(sh.now_ms(), Ordering::Release);
             if msg.channel == probe_channel {
-                if let Some(t) = std::str::from_utf8(&msg.payload).ok().and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(t) = std::str::from_utf8(&msg.payload)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     sh.probe_seen.fetch_max(t, Ordering::AcqRel);
                 }
                 continue;

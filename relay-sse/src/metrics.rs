@@ -95,12 +95,36 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
         };
-        registry.register("active_connections", "Open SSE connections", m.active.clone());
-        registry.register("connections_opened", "SSE streams started", m.opened.clone());
-        registry.register("connections_closed", "SSE streams ended, by reason", m.closed.clone());
-        registry.register("rejected", "Requests refused before streaming, by reason", m.rejected.clone());
-        registry.register("events_delivered", "Events written to clients", m.delivered.clone());
-        registry.register("resumes", "Resumes with Last-Event-ID, by kind", m.resumes.clone());
+        registry.register(
+            "active_connections",
+            "Open SSE connections",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections_opened",
+            "SSE streams started",
+            m.opened.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "SSE streams ended, by reason",
+            m.closed.clone(),
+        );
+        registry.register(
+            "rejected",
+            "Requests refused before streaming, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events written to clients",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "resumes",
+            "Resumes with Last-Event-ID, by kind",
+            m.resumes.clone(),
+        );
         registry.register(
             "slow_client_disconnects",
             "Clients disconnected on buffer overflow",
@@ -111,9 +135,21 @@ impl Metrics {
             "Subscriber connection re-establishments",
             m.subscriber_reconnects.clone(),
         );
-        registry.register("subscriber_up", "1 while the subscriber connection is up", m.subscriber_up.clone());
-        registry.register("history_reads", "History reads issued by resumes", m.history_reads.clone());
-        registry.register("bad_messages", "Undecodable live messages or records", m.bad_messages.clone());
+        registry.register(
+            "subscriber_up",
+            "1 while the subscriber connection is up",
+            m.subscriber_up.clone(),
+        );
+        registry.register(
+            "history_reads",
+            "History reads issued by resumes",
+            m.history_reads.clone(),
+        );
+        registry.register(
+            "bad_messages",
+            "Undecodable live messages or records",
+            m.bad_messages.clone(),
+        );
         registry.register(
             "delivery_latency_seconds",
             "Event ts (producer publish) to client write",
@@ -124,7 +160,9 @@ impl Metrics {
 
     /// Counts a closed stream.
     pub fn close(&self, reason: CloseReason) {
-        self.closed.get_or_create(&vec![("reason", reason.as_str())]).inc();
+        self.closed
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .inc();
     }
 
     /// Counts a refused request.
@@ -140,7 +178,9 @@ impl Metrics {
 
     /// The closed-stream count for a reason (for tests and the load tool).
     pub fn closed_count(&self, reason: CloseReason) -> u64 {
-        self.closed.get_or_create(&vec![("reason", reason.as_str())]).get()
+        self.closed
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .get()
     }
 
     /// The Prometheus text exposition.

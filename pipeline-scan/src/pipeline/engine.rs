@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use relay_core::{Backend, BackendError, Domain, Event, JobId, PublishError, Publisher, Status, TraceContext};
+use relay_core::{
+    Backend, BackendError, Domain, Event, JobId, PublishError, Publisher, Status, TraceContext,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -202,9 +204,26 @@ impl std::fmt::Debug for JobStore {
     }
 }
 
-/// Which terminal event a job got.
-const TERMINAL_DONE: &[u8] = b"done";
-const TERMINAL_FAILED: &[u8] = b"failed";
+/// A job's terminal outcome as recorded in its marker (so a redelivered
+/// step can re-emit exactly the same terminal event after a crash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    /// True for `done`, false for the terminal failure.
+    pub done: bool,
+    /// The failed stage (failures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The failure reason (failures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A completed stage's record: its output and its `completed` event data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StageRecord {
+    o: Value,
+    d: Value,
+}
 
 impl JobStore {
     /// A store in `backend` for `domain`, records living `ttl`.
@@ -229,57 +248,90 @@ impl JobStore {
         format!("pipeline:{}:{{{}}}:terminal", self.domain, job)
     }
 
-    /// The recorded output of a completed stage.
-    pub async fn completed_output(
+    /// The recorded output and `completed` event data of a completed stage.
+    pub async fn completed(
         &self,
         job: &JobId,
         stage: usize,
-    ) -> Result<Option<Value>, BackendError> {
+    ) -> Result<Option<(Value, Value)>, BackendError> {
         let Some(raw) = self.backend.get(&self.stage_key(job, stage)).await? else {
             return Ok(None);
         };
-        Ok(serde_json::from_slice(&raw).ok())
+        Ok(serde_json::from_slice::<StageRecord>(&raw)
+            .ok()
+            .map(|r| (r.o, r.d)))
     }
 
-    /// Records a stage's completion with its output.
+    /// Records a stage's completion with its output and event data.
     pub async fn record_completed(
         &self,
         job: &JobId,
         stage: usize,
         output: &Value,
+        data: &Value,
     ) -> Result<(), BackendError> {
-        let raw = serde_json::to_vec(output).unwrap_or_default();
+        let rec = StageRecord {
+            o: output.clone(),
+            d: data.clone(),
+        };
+        let raw = serde_json::to_vec(&rec).unwrap_or_default();
         self.backend
-            .set(&self.stage_key(job, stage), Bytes::from(raw), Some(self.ttl))
+            .set(
+                &self.stage_key(job, stage),
+                Bytes::from(raw),
+                Some(self.ttl),
+            )
             .await
     }
 
-    /// Claims the job's terminal outcome. Returns true when this outcome is
-    /// (or already was) the job's terminal one, false when the other one won.
-    async fn claim_terminal(&self, job: &JobId, outcome: &'static [u8]) -> Result<bool, BackendError> {
+    /// Claims the job's terminal outcome atomically (`SET NX`). Returns the
+    /// record in force: `record` itself when this call claimed it, or the
+    /// earlier one.
+    async fn claim_terminal(
+        &self,
+        job: &JobId,
+        record: TerminalRecord,
+    ) -> Result<TerminalRecord, BackendError> {
         let key = self.terminal_key(job);
+        let raw = serde_json::to_vec(&record).unwrap_or_default();
         if self
             .backend
-            .set_nx(&key, Bytes::from_static(outcome), Some(self.ttl))
+            .set_nx(&key, Bytes::from(raw), Some(self.ttl))
             .await?
         {
-            return Ok(true);
+            return Ok(record);
         }
-        Ok(self.backend.get(&key).await?.as_deref() == Some(outcome))
+        Ok(self.terminal_record(job).await?.unwrap_or(record))
+    }
+
+    /// The job's terminal record, if it has one.
+    pub async fn terminal_record(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<TerminalRecord>, BackendError> {
+        let Some(raw) = self.backend.get(&self.terminal_key(job)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&raw).unwrap_or(
+            TerminalRecord {
+                done: false,
+                stage: None,
+                error: Some("unreadable terminal record".into()),
+            },
+        )))
     }
 
     /// The job's terminal outcome if it has one: `Some(true)` done, `Some(false)` failed.
     pub async fn terminal(&self, job: &JobId) -> Result<Option<bool>, BackendError> {
-        Ok(self
-            .backend
-            .get(&self.terminal_key(job))
-            .await?
-            .map(|v| v.as_ref() == TERMINAL_DONE))
+        Ok(self.terminal_record(job).await?.map(|r| r.done))
     }
 
     /// Clears the terminal marker so a replayed job can finish (dead-letter replay).
     pub async fn clear_terminal(&self, job: &JobId) -> Result<(), BackendError> {
-        self.backend.delete(&[self.terminal_key(job)]).await.map(|_| ())
+        self.backend
+            .delete(&[self.terminal_key(job)])
+            .await
+            .map(|_| ())
     }
 }
 
@@ -310,7 +362,12 @@ fn backend_err(e: PublishError) -> String {
 
 impl JobControl {
     /// Lifecycle control for a pipeline of `stages` stages.
-    pub fn new(publisher: Publisher, store: JobStore, hooks: Arc<dyn JobHooks>, stages: usize) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        store: JobStore,
+        hooks: Arc<dyn JobHooks>,
+        stages: usize,
+    ) -> Self {
         let domain = publisher.keys().domain().clone();
         Self {
             publisher,
@@ -336,6 +393,7 @@ impl JobControl {
         &self.publisher
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn event(
         &self,
         job: &JobId,
@@ -375,7 +433,15 @@ impl JobControl {
 
     /// Emits the `queued` event (seq 0, progress 0).
     pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), String> {
-        let e = self.event(job, self.scheme.queued(), QUEUED_STAGE, Status::Started, 0, data, None)?;
+        let e = self.event(
+            job,
+            self.scheme.queued(),
+            QUEUED_STAGE,
+            Status::Started,
+            0,
+            data,
+            None,
+        )?;
         self.publish(e).await
     }
 
@@ -392,20 +458,41 @@ impl JobControl {
             Status::Completed => (self.scheme.completed(i), self.scheme.progress_completed(i)),
             _ => (self.scheme.failed(i), self.scheme.progress_started(i)),
         };
-        let e = self.event(&env.job_id, seq, name, status, progress, data, env.traceparent.as_deref())?;
+        let e = self.event(
+            &env.job_id,
+            seq,
+            name,
+            status,
+            progress,
+            data,
+            env.traceparent.as_deref(),
+        )?;
         self.publish(e).await
     }
 
     /// Finishes a job successfully: claims the terminal outcome, runs the
-    /// success hook (which stores the result) and emits `done`. Returns false
+    /// success hook (which stores the result) and emits `done`. Idempotent
+    /// (a repeat re-emits the same event, deduplicated by seq). Returns false
     /// when the job had already failed (nothing emitted).
-    pub async fn complete(&self, job: &JobInfo, output: &Value, trace: Option<&str>) -> Result<bool, String> {
-        if !self
+    pub async fn complete(
+        &self,
+        job: &JobInfo,
+        output: &Value,
+        trace: Option<&str>,
+    ) -> Result<bool, String> {
+        let claimed = self
             .store
-            .claim_terminal(&job.job_id, TERMINAL_DONE)
+            .claim_terminal(
+                &job.job_id,
+                TerminalRecord {
+                    done: true,
+                    stage: None,
+                    error: None,
+                },
+            )
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        if !claimed.done {
             return Ok(false);
         }
         let data = self
@@ -427,8 +514,9 @@ impl JobControl {
     }
 
     /// Fails a job for good: claims the terminal outcome, runs the failure
-    /// hook and emits the terminal `failed` event (stage `done`). Returns
-    /// false when the job had already completed (nothing emitted).
+    /// hook and emits the terminal `failed` event (stage `done`). Idempotent;
+    /// a repeat re-emits the first failure's event. Returns false when the
+    /// job had already completed (nothing emitted).
     pub async fn fail(
         &self,
         job: &JobInfo,
@@ -436,17 +524,25 @@ impl JobControl {
         error: &str,
         trace: Option<&str>,
     ) -> Result<bool, String> {
-        if !self
+        let claimed = self
             .store
-            .claim_terminal(&job.job_id, TERMINAL_FAILED)
+            .claim_terminal(
+                &job.job_id,
+                TerminalRecord {
+                    done: false,
+                    stage: stage.map(str::to_owned),
+                    error: Some(error.to_owned()),
+                },
+            )
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        if claimed.done {
             return Ok(false);
         }
+        let error = claimed.error.as_deref().unwrap_or(error);
         let data = self
             .hooks
-            .on_failure(job, stage, error)
+            .on_failure(job, claimed.stage.as_deref(), error)
             .await
             .map_err(|e| e.to_string())?;
         let e = self.event(
@@ -554,12 +650,17 @@ impl Engine {
             stage = stage.name(),
             attempt = env.attempt
         );
-        self.process_stage(stage, env, span.clone()).instrument(span).await
+        self.process_stage(stage, env, span.clone())
+            .instrument(span)
+            .await
     }
 
     fn defer(&self, env: Envelope, why: &str) -> Disposition {
         tracing::warn!(job = %env.job_id, stage = env.stage, error = why, "infrastructure failure; step deferred");
-        self.count(self.stages.get(env.stage).map(|s| s.name()).unwrap_or("?"), "deferred");
+        self.count(
+            self.stages.get(env.stage).map(|s| s.name()).unwrap_or("?"),
+            "deferred",
+        );
         Disposition::Retry {
             envelope: env,
             delay: self.config.retry.base_delay,
@@ -579,23 +680,39 @@ impl Engine {
             user_id: env.user_id.clone(),
         };
 
-        // A job that already has its terminal event needs nothing more.
-        match store.terminal(&env.job_id).await {
-            Ok(Some(_)) => {
-                tracing::info!("job already terminal; step skipped");
+        // A job that already reached its terminal outcome needs nothing more
+        // than (re-)emitting that outcome, in case a crash came between the
+        // claim and the event. Event publishing is idempotent per seq.
+        match store.terminal_record(&env.job_id).await {
+            Ok(Some(rec)) => {
+                tracing::info!(done = rec.done, "job already terminal; step skipped");
                 self.count(name, "skipped");
-                return Disposition::Finished;
+                return match self
+                    .reemit_terminal(&job, rec, env.traceparent.as_deref())
+                    .await
+                {
+                    Ok(()) => Disposition::Finished,
+                    Err(e) => self.defer(env, &e),
+                };
             }
             Ok(None) => {}
             Err(e) => return self.defer(env, &e.to_string()),
         }
 
-        // Redelivery of a completed stage: reuse its recorded output.
-        let output = match store.completed_output(&env.job_id, env.stage).await {
+        // Redelivery of a completed stage: reuse its recorded output and
+        // re-emit its `completed` event (covers a crash between the two).
+        let output = match store.completed(&env.job_id, env.stage).await {
             Err(e) => return self.defer(env, &e.to_string()),
-            Ok(Some(output)) => {
+            Ok(Some((output, data))) => {
                 tracing::info!("stage already completed; reusing its output");
                 self.count(name, "skipped");
+                if let Err(e) = self
+                    .control
+                    .stage_event(&env, name, Status::Completed, data)
+                    .await
+                {
+                    return self.defer(env, &e);
+                }
                 output
             }
             Ok(None) => {
@@ -620,19 +737,25 @@ impl Engine {
                     backend: store.backend().clone(),
                 };
                 let started = Instant::now();
-                let result = match tokio::time::timeout(timeout, stage.run_json(&ctx, env.input.clone())).await {
-                    Ok(r) => r,
-                    Err(_) => Err(StageError::retryable(format!(
-                        "stage {name} timed out after {} ms",
-                        timeout.as_millis()
-                    ))),
-                };
+                let result =
+                    match tokio::time::timeout(timeout, stage.run_json(&ctx, env.input.clone()))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(StageError::retryable(format!(
+                            "stage {name} timed out after {} ms",
+                            timeout.as_millis()
+                        ))),
+                    };
                 if let Some(m) = &self.metrics {
                     m.stage_duration(name, started.elapsed());
                 }
                 match result {
                     Ok((output, data)) => {
-                        if let Err(e) = store.record_completed(&env.job_id, env.stage, &output).await {
+                        if let Err(e) = store
+                            .record_completed(&env.job_id, env.stage, &output, &data)
+                            .await
+                        {
                             return self.defer(env, &e.to_string());
                         }
                         if let Err(e) = self
@@ -650,8 +773,6 @@ impl Engine {
             }
         };
 
-        // Re-emitting `completed` after a skip is harmless (idempotent per seq)
-        // and covers a crash between recording and emitting.
         if env.stage + 1 < self.stages.len() {
             return Disposition::Forward(Envelope {
                 job_id: env.job_id,
@@ -662,7 +783,11 @@ impl Engine {
                 traceparent: env.traceparent,
             });
         }
-        match self.control.complete(&job, &output, env.traceparent.as_deref()).await {
+        match self
+            .control
+            .complete(&job, &output, env.traceparent.as_deref())
+            .await
+        {
             Ok(done) => {
                 if done {
                     if let Some(m) = &self.metrics {
@@ -675,7 +800,40 @@ impl Engine {
         }
     }
 
-    async fn on_error(&self, env: Envelope, name: &'static str, job: &JobInfo, err: StageError) -> Disposition {
+    async fn reemit_terminal(
+        &self,
+        job: &JobInfo,
+        rec: TerminalRecord,
+        trace: Option<&str>,
+    ) -> Result<(), String> {
+        if rec.done {
+            let last = self.stages.len().saturating_sub(1);
+            let Some((output, _)) = self
+                .control
+                .store()
+                .completed(&job.job_id, last)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Ok(());
+            };
+            self.control.complete(job, &output, trace).await.map(|_| ())
+        } else {
+            let error = rec.error.clone().unwrap_or_default();
+            self.control
+                .fail(job, rec.stage.as_deref(), &error, trace)
+                .await
+                .map(|_| ())
+        }
+    }
+
+    async fn on_error(
+        &self,
+        env: Envelope,
+        name: &'static str,
+        job: &JobInfo,
+        err: StageError,
+    ) -> Disposition {
         if err.is_retryable() && env.attempt < self.config.retry.max_attempts {
             let delay = self.config.retry.delay_after(env.attempt);
             tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "stage failed; will retry");
@@ -689,9 +847,17 @@ impl Engine {
             };
         }
         tracing::error!(error = %err, "stage failed for good");
-        let reason = format!("stage {name} failed after {} attempt(s): {}", env.attempt, err.message());
+        let reason = format!(
+            "stage {name} failed after {} attempt(s): {}",
+            env.attempt,
+            err.message()
+        );
         let data = json!({ "error": err.message(), "attempt": env.attempt, "retryable": err.is_retryable() });
-        if let Err(e) = self.control.stage_event(&env, name, Status::Failed, data).await {
+        if let Err(e) = self
+            .control
+            .stage_event(&env, name, Status::Failed, data)
+            .await
+        {
             return self.defer(env, &e);
         }
         match self

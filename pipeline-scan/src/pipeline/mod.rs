@@ -30,8 +30,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 pub use engine::{
-    Disposition, Engine, EngineConfig, Envelope, JobHooks, JobInfo, JobStore, PlainHooks,
-    RetryPolicy,
+    Disposition, Engine, EngineConfig, Envelope, JobControl, JobHooks, JobInfo, JobStore,
+    PlainHooks, RetryPolicy, TerminalRecord,
 };
 pub(crate) use stage::ErasedStage;
 pub use stage::{Stage, StageContext, StageError};
@@ -45,7 +45,10 @@ pub struct Pipeline<I, O> {
 impl<I, O> std::fmt::Debug for Pipeline<I, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("stages", &self.stage_names())
+            .field(
+                "stages",
+                &self.stages.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -121,7 +121,11 @@ pub trait Stage: Send + Sync + 'static {
 pub(crate) trait ErasedStage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs the stage on JSON input; returns (output, completed-event data).
-    async fn run_json(&self, ctx: &StageContext, input: Value) -> Result<(Value, Value), StageError>;
+    async fn run_json(
+        &self,
+        ctx: &StageContext,
+        input: Value,
+    ) -> Result<(Value, Value), StageError>;
 }
 
 pub(crate) struct Erased<S>(pub S);
@@ -132,13 +136,18 @@ impl<S: Stage> ErasedStage for Erased<S> {
         S::NAME
     }
 
-    async fn run_json(&self, ctx: &StageContext, input: Value) -> Result<(Value, Value), StageError> {
+    async fn run_json(
+        &self,
+        ctx: &StageContext,
+        input: Value,
+    ) -> Result<(Value, Value), StageError> {
         let input: S::Input = serde_json::from_value(input)
             .map_err(|e| StageError::fatal(format!("invalid input for stage {}: {e}", S::NAME)))?;
         let output = self.0.run(ctx, input).await?;
         let data = S::event_data(&output);
-        let value = serde_json::to_value(&output)
-            .map_err(|e| StageError::fatal(format!("stage {} output not serializable: {e}", S::NAME)))?;
+        let value = serde_json::to_value(&output).map_err(|e| {
+            StageError::fatal(format!("stage {} output not serializable: {e}", S::NAME))
+        })?;
         Ok((value, data))
     }
 }

@@ -144,7 +144,12 @@ impl AnswerModel for OpenAiAnswer {
         let v = self.client.chat_json(messages, req.model).await?;
         let mut answer: FinalAnswer = serde_json::from_value(v)
             .map_err(|e| ModelError::Malformed(format!("final answer: {e}")))?;
-        if req.rules.is_none() && !answer.insufficiencies.iter().any(|s| s == NO_MATCHING_RULES) {
+        if req.rules.is_none()
+            && !answer
+                .insufficiencies
+                .iter()
+                .any(|s| s == NO_MATCHING_RULES)
+        {
             answer.insufficiencies.push(NO_MATCHING_RULES.to_owned());
         }
         Ok(answer)

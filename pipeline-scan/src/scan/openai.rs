@@ -77,7 +77,11 @@ pub struct OpenAiConfig {
 
 impl OpenAiConfig {
     /// Defaults: 30 s timeout, 2 retries, 500 ms backoff.
-    pub fn new(base_url: impl Into<String>, model: impl Into<String>, api_key: Option<String>) -> Self {
+    pub fn new(
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+        api_key: Option<String>,
+    ) -> Self {
         Self {
             base_url: base_url.into(),
             model: model.into(),
@@ -112,8 +116,15 @@ impl OpenAiClient {
     }
 
     /// Sends `messages` and returns the assistant message content parsed as JSON.
-    pub async fn chat_json(&self, messages: Value, model: Option<&str>) -> Result<Value, ModelError> {
-        let url = format!("{}/chat/completions", self.config.base_url.trim_end_matches('/'));
+    pub async fn chat_json(
+        &self,
+        messages: Value,
+        model: Option<&str>,
+    ) -> Result<Value, ModelError> {
+        let url = format!(
+            "{}/chat/completions",
+            self.config.base_url.trim_end_matches('/')
+        );
         let body = json!({
             "model": model.unwrap_or(&self.config.model),
             "messages": messages,
@@ -125,7 +136,11 @@ impl OpenAiClient {
         loop {
             let result = self.once(&url, &body).await;
             match result {
-                Err((err, retry_after)) if err.is_retryable() && !matches!(err, ModelError::Malformed(_)) && attempt < self.config.max_retries => {
+                Err((err, retry_after))
+                    if err.is_retryable()
+                        && !matches!(err, ModelError::Malformed(_))
+                        && attempt < self.config.max_retries =>
+                {
                     attempt += 1;
                     let wait = retry_after.unwrap_or(delay).min(Duration::from_secs(10));
                     tracing::warn!(error = %err, wait_ms = wait.as_millis() as u64, "model call failed; retrying");
@@ -159,7 +174,10 @@ impl OpenAiClient {
             };
             return Err((err, retry_after));
         }
-        let text = resp.text().await.map_err(|e| (classify_reqwest(&e), None))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| (classify_reqwest(&e), None))?;
         if !status.is_success() {
             return Err((
                 ModelError::Rejected {

@@ -203,7 +203,11 @@ pub struct RuleDoc {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -211,7 +215,14 @@ fn pairs(v: Option<&Value>) -> Vec<(String, String)> {
     v.and_then(Value::as_object)
         .map(|o| {
             o.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -243,7 +254,11 @@ impl RuleDoc {
             };
         }
         Self {
-            title: v.get("title").and_then(Value::as_str).unwrap_or(key).to_owned(),
+            title: v
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or(key)
+                .to_owned(),
             items: strings(v.get("applies_to")),
             steps: strings(v.get("steps")),
             exceptions: pairs(v.get("not_accepted")),

@@ -79,7 +79,12 @@ impl Taxonomy {
         let root = items
             .get("item_class_list")
             .and_then(|v| v.as_mapping())
-            .ok_or_else(|| perr("item_class_list", &"missing top-level item_class_list mapping"))?;
+            .ok_or_else(|| {
+                perr(
+                    "item_class_list",
+                    &"missing top-level item_class_list mapping",
+                )
+            })?;
         let mut entries = Vec::new();
         let text = |v: &serde_yaml::Value| v.as_str().map(str::to_owned);
         for (major, value) in root {
@@ -167,7 +172,10 @@ impl OpenAiVision {
     fn system_prompt(&self) -> String {
         let mut cats: Vec<String> = Vec::new();
         for c in &self.taxonomy.entries {
-            cats.push(format!("{} > {} > {}", c.major_category, c.middle_category, c.minor_category));
+            cats.push(format!(
+                "{} > {} > {}",
+                c.major_category, c.middle_category, c.minor_category
+            ));
         }
         format!(
             "You classify a photo of a waste item for disposal. Answer with one JSON object \
@@ -364,16 +372,26 @@ mod tests {
     fn latency_parses() {
         assert_eq!(
             "4500±1500".parse::<LatencyDist>(),
-            Ok(LatencyDist { mean_ms: 4500, jitter_ms: 1500 })
+            Ok(LatencyDist {
+                mean_ms: 4500,
+                jitter_ms: 1500
+            })
         );
         assert_eq!(
             "10+-5".parse::<LatencyDist>(),
-            Ok(LatencyDist { mean_ms: 10, jitter_ms: 5 })
+            Ok(LatencyDist {
+                mean_ms: 10,
+                jitter_ms: 5
+            })
         );
         assert_eq!("0".parse::<LatencyDist>(), Ok(LatencyDist::ZERO));
         assert!("abc".parse::<LatencyDist>().is_err());
         for _ in 0..100 {
-            let d = LatencyDist { mean_ms: 100, jitter_ms: 50 }.sample();
+            let d = LatencyDist {
+                mean_ms: 100,
+                jitter_ms: 50,
+            }
+            .sample();
             assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150));
         }
     }

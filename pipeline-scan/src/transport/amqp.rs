@@ -151,7 +151,11 @@ impl Topology {
 
     /// The work queue of stage `idx`.
     pub fn stage_queue(&self, idx: usize) -> String {
-        let stage = self.stages.get(idx).map(String::as_str).unwrap_or("unknown");
+        let stage = self
+            .stages
+            .get(idx)
+            .map(String::as_str)
+            .unwrap_or("unknown");
         format!("{}.{}", self.prefix, stage)
     }
 
@@ -200,7 +204,8 @@ impl Topology {
         };
         for i in 0..self.stages.len() {
             let queue = self.stage_queue(i);
-            ch.queue_declare(&queue, durable, FieldTable::default()).await?;
+            ch.queue_declare(&queue, durable, FieldTable::default())
+                .await?;
             for d in &self.retry_delays {
                 let mut args = FieldTable::default();
                 args.insert(
@@ -215,10 +220,12 @@ impl Topology {
                     "x-dead-letter-routing-key".into(),
                     AMQPValue::LongString(LongString::from(queue.as_str())),
                 );
-                ch.queue_declare(&self.retry_queue(i, *d), durable, args).await?;
+                ch.queue_declare(&self.retry_queue(i, *d), durable, args)
+                    .await?;
             }
         }
-        ch.queue_declare(&self.dlq(), durable, FieldTable::default()).await?;
+        ch.queue_declare(&self.dlq(), durable, FieldTable::default())
+            .await?;
         Ok(())
     }
 }
@@ -274,10 +281,16 @@ fn envelope_headers(env: &Envelope, topo: &Topology) -> FieldTable {
     h.insert(
         "x-stage".into(),
         AMQPValue::LongString(LongString::from(
-            topo.stages.get(env.stage).map(String::as_str).unwrap_or("unknown"),
+            topo.stages
+                .get(env.stage)
+                .map(String::as_str)
+                .unwrap_or("unknown"),
         )),
     );
-    h.insert("x-attempt".into(), AMQPValue::LongLongInt(i64::from(env.attempt)));
+    h.insert(
+        "x-attempt".into(),
+        AMQPValue::LongLongInt(i64::from(env.attempt)),
+    );
     h
 }
 
@@ -347,7 +360,8 @@ impl AmqpProducer {
                     continue;
                 }
             };
-            match publish_confirmed(&ch, &queue, &body, envelope_headers(env, &self.topology)).await {
+            match publish_confirmed(&ch, &queue, &body, envelope_headers(env, &self.topology)).await
+            {
                 Ok(()) => return Ok(()),
                 Err(e @ AmqpError::Rejected(_)) => return Err(e),
                 Err(e) => {
@@ -455,7 +469,12 @@ impl AmqpWorker {
             let ch = confirm_channel(&conn).await?;
             let prefetch = self.config.prefetch_for(name);
             ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            let tag = format!("{}-{}-{}", self.config.connection_name, name, uuid::Uuid::new_v4());
+            let tag = format!(
+                "{}-{}-{}",
+                self.config.connection_name,
+                name,
+                uuid::Uuid::new_v4()
+            );
             let consumer = ch
                 .basic_consume(
                     &self.topology.stage_queue(idx),
@@ -470,7 +489,13 @@ impl AmqpWorker {
                 channel: ch,
                 metrics: self.metrics.clone(),
             };
-            consumers.spawn(consume(ctx, consumer, tag, prefetch as usize, session_stop.clone()));
+            consumers.spawn(consume(
+                ctx,
+                consumer,
+                tag,
+                prefetch as usize,
+                session_stop.clone(),
+            ));
         }
         tracing::info!(stages = ?self.topology.stages, "amqp worker consuming");
 
@@ -565,7 +590,12 @@ async fn handle(ctx: &ConsumerCtx, delivery: Delivery) {
                 "x-reason".into(),
                 AMQPValue::LongString(LongString::from(format!("undecodable: {e}"))),
             );
-            finish(ctx, &delivery, publish_confirmed(ch, &ctx.topology.dlq(), &delivery.data, h).await).await;
+            finish(
+                ctx,
+                &delivery,
+                publish_confirmed(ch, &ctx.topology.dlq(), &delivery.data, h).await,
+            )
+            .await;
             return;
         }
     };

@@ -120,7 +120,7 @@ impl Inner {
     /// Drops expired keys now and then so unread keys do not accumulate.
     fn tick(&mut self, now: Instant) {
         self.ops += 1;
-        if self.ops % 4096 == 0 {
+        if self.ops.is_multiple_of(4096) {
             self.kv.retain(|_, e| e.live(now));
             self.meta.retain(|_, e| e.live(now));
             self.hist.retain(|_, e| e.live(now));

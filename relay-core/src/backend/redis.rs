@@ -66,6 +66,10 @@ pub struct RedisConfig {
     pub blocking_pool_idle: usize,
     /// Reconnect attempts of the shared connection before a command fails.
     pub reconnect_retries: usize,
+    /// Redis Cluster: apply each job in its own script call (a job's keys
+    /// share its `{job_id}` slot; different jobs' keys do not). On a single
+    /// server one call applies the whole batch, which is much cheaper.
+    pub cluster: bool,
 }
 
 impl Default for RedisConfig {
@@ -76,94 +80,144 @@ impl Default for RedisConfig {
             block_margin: Duration::from_secs(5),
             blocking_pool_idle: 16,
             reconnect_retries: 4,
+            cluster: false,
         }
     }
 }
 
 /// The apply script; see the module docs of [`crate::backend`].
 ///
-/// KEYS: meta, state, hist, live.
-/// ARGV: epoch candidate, history_max, history_ttl_ms, state_ttl_ms,
-/// meta_ttl_ms, publish (0/1), has_extra (0/1), extra channel, n, then n
-/// pairs (seq, payload).
-/// Returns `{epoch, off1, new1, off2, new2, ...}`.
+/// Applies any number of jobs in one call (one call per job on a cluster,
+/// where a job's keys share a slot but different jobs' keys do not).
+/// KEYS: per job meta, state, hist, live.
+/// ARGV: history_max, history_ttl_ms, state_ttl_ms, meta_ttl_ms, publish
+/// (0/1), now_ms, ttl refresh interval ms, then per job: epoch candidate,
+/// extra channel ('' = none), n, and n pairs (seq, payload).
+/// Returns per job `{epoch, off1, new1, off2, new2, ...}`.
+///
+/// History is a list holding offsets `top - LLEN + 1 ..= top`: RPUSH and
+/// LTRIM are far cheaper than stream appends, and the first retained offset
+/// is derived, never stored, so it cannot drift.
 const APPLY_LUA: &str = r#"
-local meta, state, hist, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local function seq_gt(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local m = redis.call('HMGET', meta, 'epoch', 'top', 'sq')
-local epoch = m[1]
-local top = 0
-local sq = m[3]
-if not epoch then
-  epoch = ARGV[1]
-  sq = false
-  -- a history without meta cannot be continued gap-free: start over
-  redis.call('DEL', hist)
-  redis.call('HSET', meta, 'epoch', epoch)
-else
-  top = tonumber(m[2]) or 0
-end
-local hist_max = ARGV[2]
-local publish = ARGV[6] == '1'
-local extra = nil
-if ARGV[7] == '1' then extra = ARGV[8] end
-local n = tonumber(ARGV[9])
-local out = {epoch}
-local best_seq, best_payload, best_off = nil, nil, nil
-local pubs = {}
-local i = 10
-for k = 1, n do
-  local seq, payload = ARGV[i], ARGV[i + 1]
-  i = i + 2
-  local f = 's' .. seq
-  local off = redis.call('HGET', meta, f)
-  local new = 0
-  if not off then
-    top = top + 1
-    off = string.format('%d', top)
-    redis.call('HSET', meta, f, off)
-    redis.call('XADD', hist, 'MAXLEN', '=', hist_max, off .. '-0', 'p', payload)
-    new = 1
-    if (not sq or seq_gt(seq, sq)) and (not best_seq or seq_gt(seq, best_seq)) then
-      best_seq, best_payload, best_off = seq, payload, off
+local hist_max = tonumber(ARGV[1])
+local hist_ttl, state_ttl, meta_ttl = ARGV[2], ARGV[3], ARGV[4]
+local publish = ARGV[5] == '1'
+local now = tonumber(ARGV[6])
+local refresh_every = tonumber(ARGV[7])
+local out = {}
+local a = 8
+for j = 0, #KEYS / 4 - 1 do
+  local meta, state, hist, live = KEYS[j * 4 + 1], KEYS[j * 4 + 2], KEYS[j * 4 + 3], KEYS[j * 4 + 4]
+  local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  -- one read for the job's meta and the dedupe entries of all its events
+  local fields = {'epoch', 'top', 'sq', 'rx'}
+  for k = 0, n - 1 do fields[5 + k] = 's' .. ARGV[a + 2 * k] end
+  local m = redis.call('HMGET', meta, unpack(fields))
+  local epoch, top, sq, rx = m[1], 0, m[3], tonumber(m[4]) or 0
+  local set = {}
+  if not epoch then
+    epoch = cand
+    sq = false
+    rx = 0
+    -- a history without meta cannot be continued gap-free: start over
+    redis.call('DEL', hist)
+    set[#set + 1] = 'epoch'
+    set[#set + 1] = epoch
+  else
+    top = tonumber(m[2]) or 0
+  end
+  local res = {epoch}
+  local push = {}
+  local seen = {}
+  local best_seq, best_payload, best_off = nil, nil, nil
+  for k = 1, n do
+    local seq, payload = ARGV[a], ARGV[a + 1]
+    a = a + 2
+    local off = m[4 + k] or seen[seq]
+    local new = 0
+    if not off then
+      top = top + 1
+      off = string.format('%d', top)
+      seen[seq] = off
+      set[#set + 1] = 's' .. seq
+      set[#set + 1] = off
+      new = 1
+      push[#push + 1] = payload
+      if (not sq or seq_gt(seq, sq)) and (not best_seq or seq_gt(seq, best_seq)) then
+        best_seq, best_payload, best_off = seq, payload, off
+      end
+    end
+    res[#res + 1] = off
+    res[#res + 1] = new
+    if publish then
+      redis.call('PUBLISH', live, epoch .. ':' .. off .. ':' .. payload)
+      if extra ~= '' then redis.call('PUBLISH', extra, payload) end
     end
   end
-  out[#out + 1] = off
-  out[#out + 1] = new
-  if publish then pubs[#pubs + 1] = {off, payload} end
-end
-if best_seq then
-  redis.call('SET', state, best_payload, 'PX', ARGV[4])
-  redis.call('HSET', meta, 'top', string.format('%d', top), 'sq', best_seq, 'so', best_off)
-else
-  redis.call('HSET', meta, 'top', string.format('%d', top))
-  redis.call('PEXPIRE', state, ARGV[4])
-end
-redis.call('PEXPIRE', meta, ARGV[5])
-redis.call('PEXPIRE', hist, ARGV[3])
-for _, p in ipairs(pubs) do
-  redis.call('PUBLISH', live, epoch .. ':' .. p[1] .. ':' .. p[2])
-  if extra then redis.call('PUBLISH', extra, p[2]) end
+  if #push > 0 then
+    local len = 0
+    for s = 1, #push, 1000 do
+      len = redis.call('RPUSH', hist, unpack(push, s, math.min(s + 999, #push)))
+    end
+    if len > hist_max then redis.call('LTRIM', hist, len - hist_max, -1) end
+    set[#set + 1] = 'top'
+    set[#set + 1] = string.format('%d', top)
+  end
+  if best_seq then
+    redis.call('SET', state, best_payload, 'PX', state_ttl)
+    set[#set + 1] = 'sq'
+    set[#set + 1] = best_seq
+    set[#set + 1] = 'so'
+    set[#set + 1] = best_off
+  end
+  -- TTLs are refreshed when due, not on every event: each refresh is two
+  -- more calls, and the bound only needs to hold to within refresh_every.
+  local refresh = now - rx >= refresh_every
+  if refresh then
+    set[#set + 1] = 'rx'
+    set[#set + 1] = string.format('%d', now)
+  end
+  if #set > 0 then redis.call('HSET', meta, unpack(set)) end
+  if refresh then
+    redis.call('PEXPIRE', meta, meta_ttl)
+    redis.call('PEXPIRE', hist, hist_ttl)
+    if not best_seq then redis.call('PEXPIRE', state, state_ttl) end
+  end
+  out[#out + 1] = res
 end
 return out
 "#;
 
+/// How often the apply script refreshes a busy job's TTLs: every 1/16 of the
+/// shortest TTL, so a key lives at least 15/16 of its TTL after its last
+/// update, for two script calls per refresh instead of per event.
+fn ttl_refresh_ms(shortest_ttl_ms: u64) -> u64 {
+    shortest_ttl_ms / 16
+}
+
 /// KEYS: meta, hist. ARGV: after, limit.
-/// Returns `{epoch|nil, top|nil, first id|nil, entries}`.
+/// Returns `{epoch|nil, top|nil, first|nil, start, payloads}`: the payloads
+/// have offsets `start, start + 1, ...`.
 const READ_HISTORY_LUA: &str = r#"
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'top')
-if not m[1] then return {false, false, false, {}} end
-local first = false
-local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if head[1] then first = head[1][1] end
+if not m[1] then return {false, false, false, 0, {}} end
+local top = tonumber(m[2]) or 0
+local len = redis.call('LLEN', KEYS[2])
+if len == 0 then return {m[1], m[2], false, 0, {}} end
+local first = top - len + 1
+local start = tonumber(ARGV[1]) + 1
+if start < first then start = first end
+local limit = tonumber(ARGV[2])
 local entries = {}
-if tonumber(ARGV[2]) > 0 then
-  entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+if limit > 0 and start <= top then
+  entries = redis.call('LRANGE', KEYS[2], start - first, start - first + limit - 1)
 end
-return {m[1], m[2], first, entries}
+return {m[1], m[2], string.format('%d', first), string.format('%d', start), entries}
 "#;
 
 /// KEYS: meta, state. Returns `{epoch, top, sq, so, state}` (nil when absent).
@@ -640,25 +694,6 @@ fn find_field<'a>(pairs: &[(&'a Value, &'a Value)], name: &str) -> Option<&'a Va
         .map(|(_, v)| *v)
 }
 
-fn record_from_entry(e: StreamEntry) -> BackendResult<Record> {
-    if e.id.seq != 0 {
-        return Err(protocol(format!(
-            "history entry id {} is not <offset>-0",
-            e.id
-        )));
-    }
-    let payload = e
-        .fields
-        .into_iter()
-        .find(|(k, _)| k == "p")
-        .map(|(_, v)| v)
-        .ok_or_else(|| protocol(format!("history entry {}-0 has no field p", e.id.ms)))?;
-    Ok(Record {
-        offset: Offset(e.id.ms),
-        payload: Payload(payload),
-    })
-}
-
 fn parse_apply(v: &Value, events: usize) -> BackendResult<ApplyResult> {
     let a = array(v, "apply reply")?;
     if a.len() != 1 + 2 * events {
@@ -999,32 +1034,53 @@ impl Backend for RedisBackend {
         let history_ttl = ms(opts.history_ttl);
         let state_ttl = ms(opts.state_ttl);
         let meta_ttl = history_ttl.max(state_ttl);
-        let cmds = jobs
-            .iter()
-            .map(|job| {
+        let call = |jobs: &[ApplyJob]| {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(script.get_hash()).arg(jobs.len() * 4);
+            for job in jobs {
                 let k = &job.keys;
-                let mut c = evalsha(script, &[&k.meta, &k.state, &k.hist, &k.live]);
+                c.arg(&k.meta).arg(&k.state).arg(&k.hist).arg(&k.live);
+            }
+            c.arg(opts.history_max)
+                .arg(history_ttl)
+                .arg(state_ttl)
+                .arg(meta_ttl)
+                .arg(if opts.publish { "1" } else { "0" })
+                .arg(crate::event::now_ms())
+                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
+            for job in jobs {
                 c.arg(job.epoch.0)
-                    .arg(opts.history_max)
-                    .arg(history_ttl)
-                    .arg(state_ttl)
-                    .arg(meta_ttl)
-                    .arg(if opts.publish { "1" } else { "0" });
-                match &job.extra_channel {
-                    Some(ch) => c.arg("1").arg(ch.as_str()),
-                    None => c.arg("0").arg(""),
-                };
-                c.arg(job.events.len());
+                    .arg(job.extra_channel.as_deref().unwrap_or(""))
+                    .arg(job.events.len());
                 for e in &job.events {
                     c.arg(e.seq).arg(&e.payload.0[..]);
                 }
-                c
-            })
-            .collect();
-        let results = self.eval_pipeline(script, cmds).await?;
+            }
+            c
+        };
+        // One call for the whole batch on a single server; on a cluster one
+        // call per job (its keys share the `{job_id}` slot), pipelined.
+        let cmds: Vec<Cmd> = if self.inner.config.cluster {
+            jobs.chunks(1).map(call).collect()
+        } else {
+            vec![call(&jobs)]
+        };
+        let replies = self.eval_pipeline(script, cmds).await?;
+        let mut per_job = Vec::with_capacity(jobs.len());
+        for r in replies {
+            let v = r.map_err(map_err)?;
+            per_job.extend(array(&v, "apply reply")?.iter().cloned());
+        }
+        if per_job.len() != jobs.len() {
+            return Err(protocol(format!(
+                "apply reply covers {} of {} jobs",
+                per_job.len(),
+                jobs.len()
+            )));
+        }
         jobs.iter()
-            .zip(results)
-            .map(|(job, r)| parse_apply(&r.map_err(map_err)?, job.events.len()))
+            .zip(per_job)
+            .map(|(job, r)| parse_apply(&r, job.events.len()))
             .collect()
     }
 
@@ -1130,24 +1186,28 @@ impl Backend for RedisBackend {
         c.arg(after.0).arg(limit);
         let v = self.eval_one(script, c, None).await?;
         let a = array(&v, "history reply")?;
-        let [epoch, top, first, entries] = a else {
-            return Err(protocol("history reply must have four parts"));
+        let [epoch, top, first, start, payloads] = a else {
+            return Err(protocol("history reply must have five parts"));
         };
         let Some(epoch) = opt_u64(epoch, "epoch")? else {
             return Ok(HistoryPage::default());
         };
-        let first = match first {
-            Value::Nil => None,
-            id => Some(Offset(stream_id_of(id)?.ms)),
-        };
-        let records = entries_of(entries)?
-            .into_iter()
-            .map(record_from_entry)
+        let start = opt_u64(start, "start")?.unwrap_or(0);
+        let records = array(payloads, "history payloads")?
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let payload = bytes_of(p).ok_or_else(|| protocol("history payload is not a string"))?;
+                Ok(Record {
+                    offset: Offset(start + i as u64),
+                    payload: Payload(Bytes::copy_from_slice(payload)),
+                })
+            })
             .collect::<BackendResult<Vec<_>>>()?;
         Ok(HistoryPage {
             epoch: Some(Epoch(epoch)),
             top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
-            first,
+            first: opt_u64(first, "first")?.map(Offset),
             records,
         })
     }

@@ -1,0 +1,479 @@
+//! The `pipeline-scan` binary as a library: flags (every one also from env
+//! `RELAY_*`), and [`run`] for the `api`, `worker` and `dlq` subcommands.
+//!
+//! The building blocks are public so other entry points (the all-in-one
+//! demo) compose the same parts: [`scan_models`] (models from flags),
+//! [`start_in_process`] (engine + in-process workers),
+//! [`ScanApi`](crate::api::ScanApi) (the HTTP routes) and [`metrics_router`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use relay_core::cli::{ConnectionArgs, LogFormat};
+use relay_core::{Backend, Publisher, PublisherConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiConfig, ScanApi};
+use crate::metrics::Metrics;
+use crate::pipeline::{Engine, EngineConfig, JobStore, RetryPolicy};
+use crate::scan::openai::{OpenAiClient, OpenAiConfig};
+use crate::scan::vision::TaxonomyError;
+use crate::scan::{
+    self, AnswerModel, LatencyDist, OpenAiAnswer, OpenAiVision, RuleSet, ScanModels,
+    SimulatedVision, Taxonomy, TemplateAnswer, VisionModel,
+};
+use crate::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Dlq, Topology};
+use crate::transport::inprocess::{InProcess, InProcessConfig};
+
+/// Why the binary stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad flag values.
+    #[error("config: {0}")]
+    Config(String),
+    /// Backend connection failed.
+    #[error("backend: {0}")]
+    Backend(#[from] relay_core::BackendError),
+    /// Broker failure.
+    #[error(transparent)]
+    Amqp(#[from] crate::transport::amqp::AmqpError),
+    /// Rules failed to load.
+    #[error(transparent)]
+    Rules(#[from] crate::scan::rules::RulesError),
+    /// Taxonomy failed to load.
+    #[error(transparent)]
+    Taxonomy(#[from] TaxonomyError),
+    /// Model client setup failed.
+    #[error(transparent)]
+    Model(#[from] crate::scan::openai::ModelError),
+    /// Listening or serving failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `pipeline-scan`: the scan pipeline's API, workers and DLQ tool.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline-scan", version, about)]
+pub struct Cli {
+    /// Backend, profile and shards.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Broker and retry settings.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Log format.
+    #[arg(
+        long,
+        env = "RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by API, worker and DLQ tool (they must agree on the topology).
+#[derive(Clone, Debug, Args)]
+pub struct PipelineArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "RELAY_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Queue name prefix (`scan` → `scan.vision`, `scan.rule`, …, `scan.dlq`).
+    #[arg(long, env = "RELAY_QUEUE_PREFIX", default_value = "scan")]
+    pub queue_prefix: String,
+    /// Attempts per stage before the job fails and the step is dead-lettered.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// First retry delay in ms (doubles per attempt).
+    #[arg(long, env = "RELAY_BACKOFF_MS", default_value_t = 1000)]
+    pub backoff_ms: u64,
+    /// Longest retry delay in ms.
+    #[arg(long, env = "RELAY_MAX_BACKOFF_MS", default_value_t = 30000)]
+    pub max_backoff_ms: u64,
+}
+
+impl PipelineArgs {
+    /// The retry policy.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            base_delay: Duration::from_millis(self.backoff_ms.max(1)),
+            max_delay: Duration::from_millis(self.max_backoff_ms.max(self.backoff_ms).max(1)),
+        }
+    }
+
+    /// The broker config.
+    pub fn amqp(&self) -> AmqpConfig {
+        AmqpConfig {
+            prefix: self.queue_prefix.clone(),
+            ..AmqpConfig::new(self.amqp_url.clone())
+        }
+    }
+
+    /// The scan topology.
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.queue_prefix,
+            &["vision", "rule", "answer", "reward"],
+            &self.retry(),
+        )
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the scan HTTP API (enqueues to RabbitMQ).
+    Api(ApiArgs),
+    /// Run the stage workers (consumes from RabbitMQ).
+    Worker(WorkerArgs),
+    /// Inspect, replay or purge the dead-letter queue.
+    Dlq {
+        /// The action.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// `api` flags.
+#[derive(Clone, Debug, Args)]
+pub struct ApiArgs {
+    /// Listen address.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+    /// Largest request body in bytes.
+    #[arg(long, env = "RELAY_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// Only accept image URLs on these hosts (and subdomains). Comma-separated.
+    #[arg(long, env = "RELAY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Accept private, loopback and link-local image hosts.
+    #[arg(long, env = "RELAY_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
+    /// Accepted `model` values. Comma-separated.
+    #[arg(
+        long,
+        env = "RELAY_MODELS",
+        value_delimiter = ',',
+        default_value = "gpt-4o-mini,gpt-4o,simulated"
+    )]
+    pub models: Vec<String>,
+}
+
+impl ApiArgs {
+    /// The API config.
+    pub fn config(&self) -> ApiConfig {
+        ApiConfig {
+            body_limit: self.body_limit,
+            allowed_hosts: self.allowed_hosts.clone(),
+            allow_private_hosts: self.allow_private_urls,
+            models: self.models.clone(),
+            ..ApiConfig::default()
+        }
+    }
+}
+
+/// Which vision implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VisionKind {
+    /// The deterministic simulator (no model).
+    Simulated,
+    /// An OpenAI-compatible API.
+    Openai,
+}
+
+/// Which answer implementation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AnswerKind {
+    /// The deterministic template composer.
+    Template,
+    /// An OpenAI-compatible API.
+    Openai,
+}
+
+/// Model and data flags (worker and demo).
+#[derive(Clone, Debug, Args)]
+pub struct ModelArgs {
+    /// Vision implementation.
+    #[arg(long, env = "RELAY_VISION", value_enum, default_value = "simulated")]
+    pub vision: VisionKind,
+    /// Simulator latency, `MS` or `MS±JITTER` (also `MS+-JITTER`).
+    #[arg(long, env = "RELAY_SIM_LATENCY_MS", default_value = "4500±1500")]
+    pub sim_latency_ms: LatencyDist,
+    /// Answer implementation.
+    #[arg(long, env = "RELAY_ANSWER", value_enum, default_value = "template")]
+    pub answer: AnswerKind,
+    /// OpenAI-compatible base URL.
+    #[arg(
+        long,
+        env = "RELAY_OPENAI_BASE_URL",
+        default_value = "https://api.openai.com/v1"
+    )]
+    pub openai_base_url: String,
+    /// Default model.
+    #[arg(long, env = "RELAY_OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    pub openai_model: String,
+    /// API key.
+    #[arg(long, env = "RELAY_OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// Per-request timeout, seconds.
+    #[arg(long, env = "RELAY_OPENAI_TIMEOUT_SECS", default_value_t = 30)]
+    pub openai_timeout_secs: u64,
+    /// Rules directory (own or eco2 format). Default: the embedded dataset.
+    #[arg(long, env = "RELAY_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Taxonomy file (`item_class_list.yaml` format). Default: embedded.
+    #[arg(long, env = "RELAY_TAXONOMY", requires = "situation_tags")]
+    pub taxonomy: Option<PathBuf>,
+    /// Situation tags file (`situation_tags.yaml` format). Default: embedded.
+    #[arg(long, env = "RELAY_SITUATION_TAGS", requires = "taxonomy")]
+    pub situation_tags: Option<PathBuf>,
+}
+
+/// `worker` flags.
+#[derive(Clone, Debug, Args)]
+pub struct WorkerArgs {
+    /// Models and data.
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// Prometheus `/metrics` (and `/healthz`) address.
+    #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    pub metrics_addr: SocketAddr,
+    /// Prefetch (= concurrency) per stage.
+    #[arg(long, env = "RELAY_PREFETCH", default_value_t = 8)]
+    pub prefetch: u16,
+    /// Per-stage prefetch, `stage=N`, comma-separated (e.g. `vision=32,reward=4`).
+    #[arg(long, env = "RELAY_STAGE_PREFETCH", value_delimiter = ',')]
+    pub stage_prefetch: Vec<String>,
+    /// Default stage timeout, seconds.
+    #[arg(long, env = "RELAY_STAGE_TIMEOUT_SECS", default_value_t = 60)]
+    pub stage_timeout_secs: u64,
+    /// Per-stage timeouts, `stage=SECS`, comma-separated.
+    #[arg(long, env = "RELAY_STAGE_TIMEOUTS", value_delimiter = ',')]
+    pub stage_timeouts: Vec<String>,
+}
+
+/// `dlq` actions.
+#[derive(Clone, Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print dead-lettered steps as JSON lines (they stay in the queue).
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Re-run dead-lettered steps from their failed stage.
+    Replay {
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Delete every dead-lettered step.
+    Purge,
+}
+
+fn pairs<T: std::str::FromStr>(items: &[String], what: &str) -> Result<Vec<(String, T)>, AppError> {
+    items
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let (k, v) = s.split_once('=').ok_or_else(|| {
+                AppError::Config(format!("{what}: expected stage=value, got {s:?}"))
+            })?;
+            let v = v
+                .trim()
+                .parse::<T>()
+                .map_err(|_| AppError::Config(format!("{what}: invalid value in {s:?}")))?;
+            Ok((k.trim().to_owned(), v))
+        })
+        .collect()
+}
+
+/// Builds the models from flags.
+pub fn scan_models(args: &ModelArgs) -> Result<ScanModels, AppError> {
+    let taxonomy = Arc::new(match (&args.taxonomy, &args.situation_tags) {
+        (Some(items), Some(tags)) => Taxonomy::load(items, tags)?,
+        _ => Taxonomy::default_dataset(),
+    });
+    let rules = Arc::new(match &args.rules_dir {
+        Some(dir) => RuleSet::load_dir(dir)?,
+        None => RuleSet::default_dataset(),
+    });
+    let client = || {
+        let mut c = OpenAiConfig::new(
+            args.openai_base_url.clone(),
+            args.openai_model.clone(),
+            args.openai_api_key.clone(),
+        );
+        c.timeout = Duration::from_secs(args.openai_timeout_secs.max(1));
+        OpenAiClient::new(c)
+    };
+    let vision: Arc<dyn VisionModel> = match args.vision {
+        VisionKind::Simulated => Arc::new(SimulatedVision::new(taxonomy, args.sim_latency_ms)),
+        VisionKind::Openai => Arc::new(OpenAiVision::new(client()?, taxonomy)),
+    };
+    let answer: Arc<dyn AnswerModel> = match args.answer {
+        AnswerKind::Template => Arc::new(TemplateAnswer),
+        AnswerKind::Openai => Arc::new(OpenAiAnswer::new(client()?)),
+    };
+    Ok(ScanModels {
+        vision,
+        rules,
+        answer,
+    })
+}
+
+/// The scan engine on `backend` with the connection's key space.
+pub fn scan_engine(
+    backend: Arc<dyn Backend>,
+    connection: &ConnectionArgs,
+    models: &ScanModels,
+    config: EngineConfig,
+) -> Engine {
+    let publisher = Publisher::new(backend, connection.key_space(), PublisherConfig::default());
+    scan::engine(models, publisher, config)
+}
+
+/// Starts the scan engine with in-process workers (the embedded mode the
+/// demo uses with a `MemoryBackend`): returns the engine and the transport,
+/// which is also what [`ScanApi`] submits to.
+pub fn start_in_process(
+    publisher: Publisher,
+    models: &ScanModels,
+    config: EngineConfig,
+    transport: InProcessConfig,
+) -> (Arc<Engine>, InProcess) {
+    let engine = Arc::new(scan::engine(models, publisher, config));
+    let inprocess = InProcess::start(engine.clone(), transport);
+    (engine, inprocess)
+}
+
+/// `/metrics` (Prometheus text) and `/healthz`.
+pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Runs the parsed command until it finishes or a shutdown signal arrives.
+pub async fn run(cli: Cli) -> Result<(), AppError> {
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        relay_core::cli::shutdown_signal().await;
+        signal.cancel();
+    });
+    run_until(cli, shutdown).await
+}
+
+/// Like [`run`], stopping when `shutdown` is cancelled (for tests).
+pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppError> {
+    let backend =
+        relay_core::cli::connect_with_retry(&cli.connection.redis_url, Duration::from_secs(30))
+            .await?;
+    match &cli.command {
+        Command::Api(args) => {
+            let publisher = Publisher::new(
+                backend,
+                cli.connection.key_space(),
+                PublisherConfig::default(),
+            );
+            let producer = Arc::new(AmqpProducer::new(
+                cli.pipeline.amqp(),
+                cli.pipeline.topology(),
+            ));
+            if let Err(e) = producer.connect().await {
+                tracing::warn!(error = %e, "broker not reachable yet; submissions will retry the connection");
+            }
+            let app = ScanApi::new(publisher, producer.clone(), args.config()).router();
+            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            tracing::info!(addr = %listener.local_addr()?, "scan api listening");
+            let stop = shutdown.clone();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await?;
+            producer.close().await;
+            Ok(())
+        }
+        Command::Worker(args) => {
+            let models = scan_models(&args.models)?;
+            let mut config = scan::engine_config();
+            config.retry = cli.pipeline.retry();
+            config.stage_timeout = Duration::from_secs(args.stage_timeout_secs.max(1));
+            config.stage_timeouts = pairs::<u64>(&args.stage_timeouts, "--stage-timeouts")?
+                .into_iter()
+                .map(|(k, v)| (k, Duration::from_secs(v.max(1))))
+                .collect();
+            let metrics = Arc::new(Metrics::new());
+            let engine = Arc::new(
+                scan_engine(backend, &cli.connection, &models, config)
+                    .with_metrics(metrics.clone()),
+            );
+            let mut amqp = cli.pipeline.amqp();
+            amqp.prefetch = args.prefetch.max(1);
+            amqp.stage_prefetch = pairs::<u16>(&args.stage_prefetch, "--stage-prefetch")?;
+            let worker = AmqpWorker::new(engine, amqp).with_metrics(metrics.clone());
+
+            let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
+            let stop = shutdown.clone();
+            let server = tokio::spawn(async move {
+                axum::serve(listener, metrics_router(metrics))
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            });
+            worker.run(shutdown.clone()).await;
+            tracing::info!("worker stopped; in-flight steps finished");
+            let _ = server.await;
+            Ok(())
+        }
+        Command::Dlq { action } => {
+            let dlq = Dlq::connect(&cli.pipeline.amqp(), cli.pipeline.topology()).await?;
+            match action {
+                DlqAction::List { limit } => {
+                    for entry in dlq.list(*limit).await? {
+                        println!("{}", serde_json::to_string(&entry).unwrap_or_default());
+                    }
+                }
+                DlqAction::Replay { limit } => {
+                    let engine_defaults = scan::engine_config();
+                    let store =
+                        JobStore::new(backend, engine_defaults.domain, engine_defaults.record_ttl);
+                    let n = dlq.replay(&store, *limit).await?;
+                    println!("replayed {n}");
+                }
+                DlqAction::Purge => {
+                    let n = dlq.purge().await?;
+                    println!("purged {n}");
+                }
+            }
+            dlq.close().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! `pipeline-scan`: scan API, stage workers and DLQ tool. See `pipeline_scan::app`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = pipeline_scan::app::Cli::parse();
+    relay_core::cli::init_tracing(cli.log_format);
+    pipeline_scan::app::run(cli).await?;
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! The scan HTTP API: bad input is rejected with JSON errors and nothing is
+//! enqueued; good input is queued; results; idempotency; broker failure.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use pipeline_scan::api::{ApiConfig, ScanApi};
+use pipeline_scan::app::start_in_process;
+use pipeline_scan::pipeline::Envelope;
+use pipeline_scan::scan::{self, LatencyDist, ScanModels};
+use pipeline_scan::transport::inprocess::InProcessConfig;
+use pipeline_scan::transport::{Transport, TransportError};
+use relay_core::{Backend, JobId, Profile, Status};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+#[derive(Default)]
+struct Recording {
+    submitted: Mutex<Vec<Envelope>>,
+    broken: AtomicBool,
+}
+
+#[async_trait]
+impl Transport for Recording {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    async fn submit(&self, envelope: Envelope) -> Result<(), TransportError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(TransportError::Connection("broker down".into()));
+        }
+        self.submitted.lock().unwrap().push(envelope);
+        Ok(())
+    }
+}
+
+struct Fixture {
+    backend: Arc<dyn Backend>,
+    transport: Arc<Recording>,
+    app: axum::Router,
+}
+
+fn fixture(config: ApiConfig) -> Fixture {
+    let backend = memory();
+    let transport = Arc::new(Recording::default());
+    let app = ScanApi::new(
+        publisher(backend.clone(), Profile::Native),
+        transport.clone(),
+        config,
+    )
+    .router();
+    Fixture {
+        backend,
+        transport,
+        app,
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, v)
+}
+
+fn post(body: impl Into<Body>, user: Option<&str>) -> Request<Body> {
+    let mut b = Request::post("/api/v1/scan").header("content-type", "application/json");
+    if let Some(u) = user {
+        b = b.header("x-user-id", u);
+    }
+    b.body(body.into()).unwrap()
+}
+
+fn ok_body() -> String {
+    json!({"image_url": "https://images.example.com/can.jpg", "user_input": "where?"}).to_string()
+}
+
+async fn assert_rejected(f: &Fixture, req: Request<Body>, status: StatusCode, code: &str) {
+    let (s, _, v) = call(&f.app, req).await;
+    assert_eq!(s, status, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    assert!(
+        f.transport.submitted.lock().unwrap().is_empty(),
+        "nothing enqueued"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_with_json_and_nothing_is_enqueued() {
+    let f = fixture(ApiConfig::default());
+    assert_rejected(
+        &f,
+        post(ok_body(), None),
+        StatusCode::UNAUTHORIZED,
+        "MISSING_USER_ID",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post(ok_body(), Some("bad user")),
+        StatusCode::BAD_REQUEST,
+        "INVALID_USER_ID",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post("{not json", Some("u1")),
+        StatusCode::BAD_REQUEST,
+        "INVALID_JSON",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post("", Some("u1")),
+        StatusCode::BAD_REQUEST,
+        "INVALID_JSON",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post(json!({"user_input": "x"}).to_string(), Some("u1")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post(json!({"image_url": 42}).to_string(), Some("u1")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert_rejected(
+        &f,
+        post("[1,2]", Some("u1")),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    for url in [
+        "ftp://example.com/a.jpg",
+        "file:///etc/passwd",
+        "no-scheme.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({"image_url": url}).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE_URL",
+        )
+        .await;
+    }
+    for url in [
+        "http://127.0.0.1/a.jpg",
+        "http://10.0.0.8/a.jpg",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/a.jpg",
+        "http://localhost/a.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({"image_url": url}).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IMAGE_URL_NOT_ALLOWED",
+        )
+        .await;
+    }
+    assert_rejected(
+        &f,
+        post(
+            json!({"image_url": "https://images.example.com/a.jpg", "model": "gpt-999"})
+                .to_string(),
+            Some("u1"),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "UNSUPPORTED_MODEL",
+    )
+    .await;
+    // 2 MiB body.
+    let big = json!({"image_url": "https://images.example.com/a.jpg", "user_input": "x".repeat(2 * 1024 * 1024)}).to_string();
+    assert_rejected(
+        &f,
+        post(big.clone(), Some("u1")),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    // Also without a Content-Length (streamed body).
+    let stream = futures::stream::iter(
+        big.into_bytes()
+            .chunks(64 * 1024)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    assert_rejected(
+        &f,
+        post(Body::from_stream(stream), Some("u1")),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+    )
+    .await;
+    let bad_key = Request::post("/api/v1/scan")
+        .header("x-user-id", "u1")
+        .header("x-idempotency-key", "has space")
+        .body(Body::from(ok_body()))
+        .unwrap();
+    assert_rejected(
+        &f,
+        bad_key,
+        StatusCode::BAD_REQUEST,
+        "INVALID_IDEMPOTENCY_KEY",
+    )
+    .await;
+    // Nothing reached the event store either.
+    let ks = keys(Profile::Native);
+    for s in ks.shard_streams() {
+        assert_eq!(f.backend.stream_len(&s).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn host_allow_list_and_private_opt_in() {
+    let f = fixture(ApiConfig {
+        allowed_hosts: vec!["images.example.com".into()],
+        ..ApiConfig::default()
+    });
+    assert_rejected(
+        &f,
+        post(
+            json!({"image_url": "https://evil.example.org/a.jpg"}).to_string(),
+            Some("u1"),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "IMAGE_URL_NOT_ALLOWED",
+    )
+    .await;
+    let (s, _, _) = call(&f.app, post(ok_body(), Some("u1"))).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let open = fixture(ApiConfig {
+        allow_private_hosts: true,
+        ..ApiConfig::default()
+    });
+    let (s, _, v) = call(
+        &open.app,
+        post(
+            json!({"image_url": "http://127.0.0.1:9/a.jpg"}).to_string(),
+            Some("u1"),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn submit_emits_queued_then_enqueues_and_returns_wire_shape() {
+    let f = fixture(ApiConfig::default());
+    let (s, _, v) = call(&f.app, post(ok_body(), Some("user-7"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let job = JobId::new(v["job_id"].as_str().unwrap()).unwrap();
+    assert_eq!(v["stream_url"], format!("/api/v1/scan/{job}/events"));
+    assert_eq!(v["result_url"], format!("/api/v1/scan/{job}/result"));
+    assert_eq!(v["status"], "queued");
+    let sub = f.transport.submitted.lock().unwrap().clone();
+    assert_eq!(sub.len(), 1);
+    assert_eq!(sub[0].job_id, job);
+    assert_eq!(sub[0].user_id, "user-7");
+    assert_eq!(sub[0].stage, 0);
+    assert_eq!(
+        sub[0].input["image_url"],
+        "https://images.example.com/can.jpg"
+    );
+    let evs = events(&f.backend, &keys(Profile::Native), &job).await;
+    assert_eq!(steps(&evs), pairs(&[("queued", "started")]));
+    assert_eq!(evs[0].seq, 0);
+
+    // Result while running: 202 + Retry-After.
+    let (s, h, v) = call(
+        &f.app,
+        Request::get(format!("/api/v1/scan/{job}/result"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(h.get("retry-after").unwrap(), "2");
+    assert_eq!(v["status"], "processing");
+    assert_eq!(v["current_stage"], "queued");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_response_and_enqueues_once() {
+    let f = fixture(ApiConfig::default());
+    let req = || {
+        Request::post("/api/v1/scan")
+            .header("x-user-id", "u1")
+            .header("x-idempotency-key", "abc-123")
+            .body(Body::from(ok_body()))
+            .unwrap()
+    };
+    let (s1, _, v1) = call(&f.app, req()).await;
+    let (s2, _, v2) = call(&f.app, req()).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(v1, v2);
+    assert_eq!(f.transport.submitted.lock().unwrap().len(), 1);
+    // Concurrent duplicates: still one job.
+    let f = fixture(ApiConfig::default());
+    let calls: Vec<_> = (0..8).map(|_| call(&f.app, req())).collect();
+    let results = futures::future::join_all(calls).await;
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .map(|(_, _, v)| v["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(f.transport.submitted.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn broker_failure_fails_the_job_instead_of_orphaning_it() {
+    let f = fixture(ApiConfig::default());
+    f.transport.broken.store(true, Ordering::SeqCst);
+    let (s, _, v) = call(&f.app, post(ok_body(), Some("u1"))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["code"], "QUEUE_UNAVAILABLE");
+    // Find the job through its events: queued, then the terminal failure.
+    let ks = keys(Profile::Native);
+    let mut all = Vec::new();
+    for stream in ks.shard_streams() {
+        for e in f.backend.range(&stream, None, 100).await.unwrap() {
+            all.push(relay_core::codec::parse_native(&e.fields).unwrap().event);
+        }
+    }
+    assert_eq!(
+        steps(&all),
+        pairs(&[("queued", "started"), ("done", "failed")])
+    );
+    assert_eq!(all[1].status, Status::Failed);
+    assert_eq!(all[1].seq, 59);
+    let job = all[0].job_id.clone();
+    let (s, _, v) = call(
+        &f.app,
+        Request::get(format!("/api/v1/scan/{job}/result"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "failed");
+    assert!(v["error"].as_str().unwrap().contains("enqueue failed"));
+}
+
+#[tokio::test]
+async fn result_route_404_and_invalid_job_id() {
+    let f = fixture(ApiConfig::default());
+    let (s, _, v) = call(
+        &f.app,
+        Request::get("/api/v1/scan/no-such-job-123/result")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], "RESULT_NOT_FOUND");
+    let (s, _, v) = call(
+        &f.app,
+        Request::get("/api/v1/scan/bad%20id!/result")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["code"], "INVALID_JOB_ID");
+    let long = "x".repeat(200);
+    let (s, _, v) = call(
+        &f.app,
+        Request::get(format!("/api/v1/scan/{long}/result"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["code"], "INVALID_JOB_ID");
+}
+
+#[tokio::test]
+async fn api_with_in_process_workers_serves_the_done_result() {
+    // The composition the demo uses: MemoryBackend + InProcess + API router.
+    let backend = memory();
+    let models = ScanModels::simulated(LatencyDist::ZERO);
+    let (engine, transport) = start_in_process(
+        publisher(backend.clone(), Profile::Native),
+        &models,
+        scan::engine_config(),
+        InProcessConfig::default(),
+    );
+    let app = ScanApi::new(
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(transport.clone()),
+        ApiConfig::default(),
+    )
+    .router();
+    let (s, _, v) = call(&app, post(ok_body(), Some("demo-user"))).await;
+    assert_eq!(s, StatusCode::OK);
+    let job = JobId::new(v["job_id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        wait_terminal(engine.control().store(), &job, Duration::from_secs(20)).await,
+        Some(true)
+    );
+    let (s, _, v) = call(
+        &app,
+        Request::get(format!("/api/v1/scan/{job}/result"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "completed");
+    assert_eq!(v["task_id"], job.as_str());
+    let evs = wait_done_event(
+        &backend,
+        &keys(Profile::Native),
+        &job,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(steps(&evs), full_scan_steps());
+    transport.shutdown().await;
+}

@@ -1,0 +1,417 @@
+//! The generic pipeline engine over the in-process transport (MemoryBackend).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pipeline_scan::pipeline::{
+    Disposition, Engine, EngineConfig, Envelope, JobStore, Pipeline, PlainHooks, RetryPolicy,
+};
+use pipeline_scan::transport::inprocess::{InProcess, InProcessConfig};
+use pipeline_scan::transport::Transport;
+use relay_core::{Domain, Profile, Status};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(max_attempts: u32) -> EngineConfig {
+    let mut c = EngineConfig::new(Domain::new("scan").unwrap());
+    c.retry = RetryPolicy {
+        max_attempts,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(40),
+    };
+    c
+}
+
+fn store(engine: &Engine) -> JobStore {
+    engine.control().store().clone()
+}
+
+#[tokio::test]
+async fn full_job_emits_every_stage_then_one_done_last() {
+    let backend = memory();
+    let runs = Arc::default();
+    let pipeline = Pipeline::new(AddOne {
+        runs: Arc::clone(&runs),
+    })
+    .then(Flaky::new(0, false))
+    .then(Shout);
+    assert_eq!(pipeline.stage_names(), ["add", "flaky", "shout"]);
+    let engine = Arc::new(Engine::new(
+        pipeline,
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    ));
+    let transport = InProcess::start(engine.clone(), InProcessConfig::default());
+    let job = job("full");
+    engine.control().queued(&job, json!(null)).await.unwrap();
+    transport
+        .submit(Envelope::first(job.clone(), "u1", json!(41)))
+        .await
+        .unwrap();
+    assert_eq!(wait_terminal(&store(&engine), &job, WAIT).await, Some(true));
+    let evs = wait_done_event(&backend, &keys(Profile::Native), &job, WAIT).await;
+    assert_eq!(
+        steps(&evs),
+        pairs(&[
+            ("queued", "started"),
+            ("add", "started"),
+            ("add", "completed"),
+            ("flaky", "started"),
+            ("flaky", "completed"),
+            ("shout", "started"),
+            ("shout", "completed"),
+            ("done", "completed"),
+        ])
+    );
+    let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [0, 10, 11, 20, 21, 30, 31, 41]);
+    let progress: Vec<Option<u8>> = evs.iter().map(|e| e.progress).collect();
+    assert_eq!(
+        progress,
+        [
+            Some(0),
+            Some(0),
+            Some(33),
+            Some(33),
+            Some(66),
+            Some(66),
+            Some(100),
+            Some(100)
+        ]
+    );
+    assert_eq!(evs.last().unwrap().data, json!("n=42!"));
+    assert_eq!(evs.iter().filter(|e| e.is_terminal()).count(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    transport.shutdown().await;
+}
+
+#[tokio::test]
+async fn retryable_failure_retries_with_backoff_without_failed_events() {
+    let backend = memory();
+    let flaky = Flaky::new(2, false);
+    let seen = flaky.attempts_seen.clone();
+    let engine = Arc::new(Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        })
+        .then(flaky)
+        .then(Shout),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    ));
+    let transport = InProcess::start(engine.clone(), InProcessConfig::default());
+    let job = job("retry");
+    transport
+        .submit(Envelope::first(job.clone(), "u1", json!(1)))
+        .await
+        .unwrap();
+    assert_eq!(wait_terminal(&store(&engine), &job, WAIT).await, Some(true));
+    assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
+    let evs = wait_done_event(&backend, &keys(Profile::Native), &job, WAIT).await;
+    assert!(
+        evs.iter().all(|e| e.status != Status::Failed),
+        "{:?}",
+        steps(&evs)
+    );
+    // The retried stage's `started` is emitted once (idempotent per seq).
+    assert_eq!(
+        evs.iter().filter(|e| e.stage.as_str() == "flaky").count(),
+        2,
+        "{:?}",
+        steps(&evs)
+    );
+    assert_eq!(evs.last().unwrap().stage.as_str(), "done");
+    assert!(transport.dead_letters().is_empty());
+    transport.shutdown().await;
+}
+
+#[test]
+fn backoff_is_exponential_and_capped() {
+    let p = RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(350),
+    };
+    assert_eq!(p.delay_after(1), Duration::from_millis(100));
+    assert_eq!(p.delay_after(2), Duration::from_millis(200));
+    assert_eq!(p.delay_after(3), Duration::from_millis(350));
+    assert_eq!(p.delay_after(30), Duration::from_millis(350));
+}
+
+#[tokio::test]
+async fn exhausted_retries_fail_the_job_once_and_dead_letter_then_replay_completes() {
+    let backend = memory();
+    // Fails 3 times: the 3 attempts are exhausted; the replay's run succeeds.
+    let flaky = Flaky::new(3, false);
+    let runs = flaky.runs.clone();
+    let engine = Arc::new(Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        })
+        .then(flaky)
+        .then(Shout),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    ));
+    let transport = InProcess::start(engine.clone(), InProcessConfig::default());
+    let job = job("dlq");
+    transport
+        .submit(Envelope::first(job.clone(), "u1", json!(5)))
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_terminal(&store(&engine), &job, WAIT).await,
+        Some(false)
+    );
+    let ks = keys(Profile::Native);
+    let evs = wait_done_event(&backend, &ks, &job, WAIT).await;
+    assert_eq!(
+        steps(&evs),
+        pairs(&[
+            ("add", "started"),
+            ("add", "completed"),
+            ("flaky", "started"),
+            ("flaky", "failed"),
+            ("done", "failed"),
+        ])
+    );
+    let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [10, 11, 20, 22, 49]);
+    assert_eq!(evs.last().unwrap().data["stage"], "flaky");
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+
+    // Dead-lettered with its last attempt.
+    let dead = {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let d = transport.dead_letters();
+            if !d.is_empty() || tokio::time::Instant::now() > deadline {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].envelope.stage, 1);
+    assert_eq!(dead[0].envelope.attempt, 3);
+    assert!(dead[0].reason.contains("flaky"), "{}", dead[0].reason);
+
+    // Replay re-runs the failed stage (not the completed one) and finishes.
+    assert_eq!(transport.replay_dead_letters().await.unwrap(), 1);
+    assert_eq!(wait_terminal(&store(&engine), &job, WAIT).await, Some(true));
+    let evs = {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let evs = events(&backend, &ks, &job).await;
+            if evs
+                .iter()
+                .any(|e| e.stage.as_str() == "done" && e.status == Status::Completed)
+                || tokio::time::Instant::now() > deadline
+            {
+                break evs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+    assert_eq!(evs.last().unwrap().stage.as_str(), "done");
+    assert_eq!(evs.last().unwrap().status, Status::Completed);
+    assert_eq!(evs.last().unwrap().data, json!("n=6!"));
+    transport.shutdown().await;
+}
+
+#[tokio::test]
+async fn fatal_error_fails_without_retry() {
+    let backend = memory();
+    let flaky = Flaky::new(1, true);
+    let runs = flaky.runs.clone();
+    let engine = Engine::new(
+        Pipeline::new(flaky).then(Shout),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(5),
+    );
+    let job = job("fatal");
+    let d = engine
+        .process(Envelope::first(job.clone(), "u", json!(1)))
+        .await;
+    assert!(matches!(d, Disposition::DeadLetter { .. }), "{d:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let evs = events(&backend, &keys(Profile::Native), &job).await;
+    assert_eq!(
+        steps(&evs),
+        pairs(&[
+            ("flaky", "started"),
+            ("flaky", "failed"),
+            ("done", "failed")
+        ])
+    );
+}
+
+#[tokio::test]
+async fn stage_timeout_is_retryable() {
+    let backend = memory();
+    let mut c = config(2);
+    c.stage_timeout = Duration::from_millis(50);
+    let engine = Engine::new(
+        Pipeline::new(Sleepy),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        c,
+    );
+    let job = job("timeout");
+    let d = engine
+        .process(Envelope::first(job.clone(), "u", json!(1)))
+        .await;
+    match d {
+        Disposition::Retry { envelope, .. } => assert_eq!(envelope.attempt, 2),
+        other => panic!("expected retry, got {other:?}"),
+    }
+    let d = engine
+        .process(Envelope {
+            attempt: 2,
+            ..Envelope::first(job.clone(), "u", json!(1))
+        })
+        .await;
+    match d {
+        Disposition::DeadLetter { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
+        other => panic!("expected dead letter, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn redelivered_steps_are_idempotent() {
+    let backend = memory();
+    let runs = Arc::default();
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::clone(&runs),
+        })
+        .then(Shout2),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    );
+    let job = job("redeliver");
+    let first = Envelope::first(job.clone(), "u", json!(1));
+    let a = engine.process(first.clone()).await;
+    // The same message delivered again (e.g. the ack was lost).
+    let b = engine.process(first).await;
+    assert_eq!(a, b, "same forward both times");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "a completed stage never runs twice"
+    );
+    let Disposition::Forward(next) = a else {
+        panic!("expected forward")
+    };
+    assert_eq!(engine.process(next.clone()).await, Disposition::Finished);
+    // Redelivery after the job finished: nothing more is emitted.
+    assert_eq!(engine.process(next).await, Disposition::Finished);
+    let evs = events(&backend, &keys(Profile::Native), &job).await;
+    assert_eq!(
+        steps(&evs),
+        pairs(&[
+            ("add", "started"),
+            ("add", "completed"),
+            ("shout2", "started"),
+            ("shout2", "completed"),
+            ("done", "completed"),
+        ])
+    );
+}
+
+/// Num → Text, for the two-stage idempotency test.
+struct Shout2;
+
+#[async_trait::async_trait]
+impl pipeline_scan::pipeline::Stage for Shout2 {
+    type Input = Num;
+    type Output = Text;
+    const NAME: &'static str = "shout2";
+    async fn run(
+        &self,
+        _ctx: &pipeline_scan::pipeline::StageContext,
+        input: Num,
+    ) -> Result<Text, pipeline_scan::pipeline::StageError> {
+        Ok(Text(format!("{}!", input.0)))
+    }
+}
+
+#[tokio::test]
+async fn undecodable_input_fails_the_job() {
+    let backend = memory();
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        }),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    );
+    let job = job("badinput");
+    let d = engine
+        .process(Envelope::first(
+            job.clone(),
+            "u",
+            json!({"not": "a number"}),
+        ))
+        .await;
+    assert!(matches!(d, Disposition::DeadLetter { .. }), "{d:?}");
+    let unknown = engine
+        .process(Envelope {
+            stage: 7,
+            ..Envelope::first(job.clone(), "u", json!(1))
+        })
+        .await;
+    assert!(matches!(unknown, Disposition::DeadLetter { .. }));
+    let evs = events(&backend, &keys(Profile::Native), &job).await;
+    assert_eq!(evs.iter().filter(|e| e.is_terminal()).count(), 1);
+}
+
+#[tokio::test]
+async fn many_concurrent_jobs_all_complete() {
+    let backend = memory();
+    let engine = Arc::new(Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        })
+        .then(Flaky::new(0, false))
+        .then(Shout),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    ));
+    let transport = InProcess::start(
+        engine.clone(),
+        InProcessConfig {
+            capacity: 4,
+            concurrency: 3,
+            stage_concurrency: vec![("shout".into(), 1)],
+        },
+    );
+    let jobs: Vec<_> = (0..50).map(|i| job(&format!("many{i}"))).collect();
+    for (i, j) in jobs.iter().enumerate() {
+        transport
+            .submit(Envelope::first(j.clone(), "u", json!(i)))
+            .await
+            .unwrap();
+    }
+    for j in &jobs {
+        assert_eq!(
+            wait_terminal(&store(&engine), j, WAIT).await,
+            Some(true),
+            "{j}"
+        );
+    }
+    transport.shutdown().await;
+}

@@ -1,0 +1,109 @@
+//! Command-line and environment configuration of the `relay-sse` binary.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_core::Profile;
+
+/// Which storage backend the gateway reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Redis (redis-rs): production.
+    Redis,
+    /// In-process memory backend (demo only: nothing else can publish to it).
+    Memory,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `relay-sse` flags; every flag can also be set from its `RELAY_*` variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "relay-sse",
+    version,
+    about = "relay SSE gateway: gap-free, resumable job-progress streams"
+)]
+pub struct Config {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Storage backend.
+    #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "redis")]
+    pub backend: BackendKind,
+    /// Redis URL for routed data (state, history).
+    #[arg(
+        long,
+        env = "RELAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Redis URL for Pub/Sub, when it is a different server.
+    #[arg(long, env = "RELAY_PUBSUB_URL")]
+    pub pubsub_url: Option<String>,
+    /// Wire profile of the deployment (native or eco2).
+    #[arg(long, env = "RELAY_PROFILE", default_value = "native")]
+    pub profile: Profile,
+    /// Event domain of the native routes and `/api/v1/stream`.
+    #[arg(long, env = "RELAY_DOMAIN", default_value = "scan")]
+    pub domain: String,
+    /// Number of shard streams (key space; must match the router).
+    #[arg(long, env = "RELAY_SHARDS", default_value_t = 4)]
+    pub shards: u32,
+    /// Seconds between comment heartbeats (fractions allowed).
+    #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 15.0)]
+    pub heartbeat_secs: f64,
+    /// Most concurrent SSE connections; beyond it: 503 with Retry-After.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long to wait for a job with no event yet before answering 404.
+    #[arg(long, env = "RELAY_PENDING_JOB_SECS", default_value_t = 10.0)]
+    pub pending_job_secs: f64,
+    /// Per-client buffer, in chunks; a client that lets it fill is disconnected.
+    #[arg(long, env = "RELAY_CLIENT_BUFFER", default_value_t = 256)]
+    pub client_buffer: usize,
+    /// Longest single stream; the client then reconnects and resumes.
+    #[arg(long, env = "RELAY_MAX_STREAM_SECS", default_value_t = 600.0)]
+    pub max_stream_secs: f64,
+    /// HMAC secret for stream tokens; without it the gateway is open.
+    #[arg(long, env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// Allowed CORS origin (repeatable; `*` for any).
+    #[arg(
+        long = "allow-origin",
+        env = "RELAY_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origin: Vec<String>,
+    /// Serve `/metrics` on this address too (besides the main listener).
+    #[arg(long, env = "RELAY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Serve a small demo page at `/`.
+    #[arg(long, env = "RELAY_DEMO_PAGE")]
+    pub demo_page: bool,
+    /// Log format.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// `retry:` hint sent to clients, in milliseconds.
+    #[arg(long, env = "RELAY_RETRY_MS", default_value_t = 2000)]
+    pub retry_ms: u64,
+    /// Subscriber liveness probe interval, in seconds.
+    #[arg(long, env = "RELAY_PROBE_SECS", default_value_t = 5.0)]
+    pub probe_secs: f64,
+    /// History records read per round trip during catch-up.
+    #[arg(long, env = "RELAY_HISTORY_PAGE", default_value_t = 256)]
+    pub history_page: usize,
+}
+
+/// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s)
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(1))
+}

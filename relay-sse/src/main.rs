@@ -1,0 +1,11 @@
+//! `relay-sse`: the SSE gateway binary. Parses flags and calls [`relay_sse::run`].
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = relay_sse::Config::parse();
+    relay_sse::init_logging(config.log_format);
+    relay_sse::run(config).await?;
+    Ok(())
+}

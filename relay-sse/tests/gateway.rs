@@ -1,0 +1,418 @@
+//! Gateway behaviour on the in-process memory backend.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::Backend;
+use relay_core::{auth, Event, JobId, Payload, Status};
+use relay_sse::client::SseItem;
+use relay_sse::{CloseReason, GatewayOptions};
+
+async fn gw_with(opts: GatewayOptions) -> (TestGateway, Arc<MemoryBackend>) {
+    let mem = Arc::new(MemoryBackend::new());
+    let b: Arc<dyn Backend> = mem.clone();
+    (TestGateway::start(b, opts).await, mem)
+}
+
+async fn gw() -> (TestGateway, Arc<MemoryBackend>) {
+    gw_with(opts()).await
+}
+
+#[tokio::test]
+async fn history_then_live_then_close_after_done() {
+    let (t, _) = gw().await;
+    let job = "job-live-1";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 6)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.headers["content-type"], "text/event-stream");
+    assert_eq!(c.headers["cache-control"], "no-cache");
+    assert_eq!(c.headers["x-accel-buffering"], "no");
+    assert_eq!(c.next_item().await, Some(SseItem::Retry(2000)));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(c.next_event().await.unwrap());
+    }
+    for n in 4..=6 {
+        t.apply(&step(job, n, 6)).await;
+    }
+    got.extend(c.collect().await); // ends after done
+    let offsets: Vec<u64> = got.iter().map(offset_of).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(got[5].event, "done");
+    assert_eq!(got[0].event, "vision");
+    assert_eq!(got[1].event, "rule");
+    let ev: Event = serde_json::from_str(&got[1].data).unwrap();
+    assert_eq!(ev.seq, 2);
+    let epoch = got[0].id.as_deref().unwrap().split(':').next().unwrap();
+    assert!(got
+        .iter()
+        .all(|e| e.id.as_deref().unwrap().starts_with(&format!("{epoch}:"))));
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+}
+
+#[tokio::test]
+async fn terminal_failure_is_named_failed() {
+    let (t, _) = gw().await;
+    let job = "job-fail-1";
+    t.apply(&step(job, 1, 5)).await;
+    t.apply(&Event::new("scan", job, 9, "done", Status::Failed).unwrap())
+        .await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let events = c.collect().await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].event, "failed");
+}
+
+#[tokio::test]
+async fn resume_exact_from_header_and_query_header_wins() {
+    let (t, _) = gw().await;
+    let job = "job-resume-1";
+    let mut epoch = None;
+    for n in 1..=5 {
+        epoch = Some(t.apply(&step(job, n, 5)).await.0);
+    }
+    let e = epoch.unwrap();
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    let mut c = connect(&url, Some(&format!("{e}:3"))).await;
+    let offs: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offs, [4, 5]);
+    // Query parameter alone.
+    let mut c = connect(&format!("{url}?last_event_id={e}:1"), None).await;
+    let offs: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offs, [2, 3, 4, 5]);
+    // Header wins over the query.
+    let mut c = connect(
+        &format!("{url}?last_event_id={e}:1"),
+        Some(&format!("{e}:4")),
+    )
+    .await;
+    let offs: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offs, [5]);
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_resumes_total{kind=\"exact\"} 3"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_epoch_gets_snapshot_then_continues() {
+    let (t, _) = gw().await;
+    let job = "job-snap-1";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 5)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), Some("12345:2")).await;
+    let snap = c.next_event().await.unwrap();
+    assert_eq!(snap.event, "snapshot");
+    let data: serde_json::Value = serde_json::from_str(&snap.data).unwrap();
+    assert_eq!(data["reason"], "epoch_mismatch");
+    assert_eq!(data["offset"], 3);
+    assert_eq!(data["state"]["seq"], 3);
+    assert_eq!(offset_of(&snap), 3);
+    t.apply(&step(job, 4, 5)).await;
+    t.apply(&step(job, 5, 5)).await;
+    let offs: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offs, [4, 5]);
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_resumes_total{kind=\"snapshot\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_while_idle() {
+    let (t, _) = gw().await;
+    let job = "job-hb-1";
+    t.apply(&step(job, 1, 5)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let mut comments = 0;
+    let mut events = 0;
+    while comments < 2 {
+        match c.next_item().await.unwrap() {
+            SseItem::Comment(_) => comments += 1,
+            SseItem::Event(_) => events += 1,
+            SseItem::Retry(_) => {}
+        }
+    }
+    assert_eq!(events, 1);
+}
+
+#[tokio::test]
+async fn unknown_job_404_after_pending_wait() {
+    let (t, _) = gw().await;
+    let c = connect(&t.url("/v1/jobs/never-seen/events"), None).await;
+    assert_eq!(c.status, 404);
+    assert_eq!(c.json()["code"], "JOB_NOT_FOUND");
+    assert_eq!(t.gateway.active_connections(), 0);
+}
+
+#[tokio::test]
+async fn job_appearing_during_pending_wait_streams() {
+    let (t, _) = gw_with(GatewayOptions {
+        pending_job: Duration::from_secs(20),
+        ..opts()
+    })
+    .await;
+    let job = "job-late-1";
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    let client = tokio::spawn(async move {
+        let mut c = connect(&url, None).await;
+        assert_eq!(c.status, 200);
+        c.collect().await.iter().map(offset_of).collect::<Vec<_>>()
+    });
+    wait_for(|| t.gateway.active_connections() == 1).await;
+    for n in 1..=3 {
+        t.apply(&step(job, n, 3)).await;
+    }
+    assert_eq!(client.await.unwrap(), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn connection_limit_503_before_streaming() {
+    let (t, _) = gw_with(GatewayOptions {
+        max_connections: 1,
+        ..opts()
+    })
+    .await;
+    let job = "job-limit-1";
+    t.apply(&step(job, 1, 5)).await;
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    let mut first = connect(&url, None).await;
+    assert_eq!(first.status, 200);
+    first.next_event().await.unwrap();
+    let second = connect(&url, None).await;
+    assert_eq!(second.status, 503);
+    assert_eq!(second.headers["retry-after"], "5");
+    drop(first);
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    let mut third = connect(&url, None).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(offset_of(&third.next_event().await.unwrap()), 1);
+}
+
+#[tokio::test]
+async fn auth_required_401_403_expired_and_ok() {
+    let secret = b"s3cret".to_vec();
+    let (t, _) = gw_with(GatewayOptions {
+        auth_secret: Some(secret.clone()),
+        ..opts()
+    })
+    .await;
+    let job = JobId::new("job-auth-1").unwrap();
+    t.apply(&step(job.as_str(), 1, 1)).await;
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    assert_eq!(connect(&url, None).await.status, 401);
+    assert_eq!(
+        connect(&format!("{url}?token=nope"), None).await.status,
+        401
+    );
+    let other = auth::issue(
+        &secret,
+        &JobId::new("job-other").unwrap(),
+        Duration::from_secs(60),
+    );
+    let c = connect(&format!("{url}?token={other}"), None).await;
+    assert_eq!(c.status, 403);
+    assert_eq!(c.json()["code"], "FORBIDDEN");
+    let expired = auth::issue_at(&secret, &job, 1);
+    let c = connect(&format!("{url}?token={expired}"), None).await;
+    assert_eq!(c.status, 401);
+    assert_eq!(c.json()["code"], "TOKEN_EXPIRED");
+    let good = auth::issue(&secret, &job, Duration::from_secs(60));
+    let mut c = connect_with(&url, |r| r.bearer_auth(&good)).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.collect().await.len(), 1);
+    let mut c = connect(&format!("{url}?token={good}"), None).await;
+    assert_eq!(c.collect().await.len(), 1);
+    // The state endpoint is guarded too.
+    assert_eq!(
+        connect(&t.url(&format!("/v1/jobs/{job}/state")), None)
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn cr_lf_nul_in_payload_are_encoded_safely() {
+    let (t, _) = gw().await;
+    let job = "job-crlf-1";
+    // Raw JSON with literal line breaks between tokens (valid JSON whitespace)
+    // and escaped ones inside strings.
+    let ev = Event::new("scan", job, 1, "vision", Status::Progress)
+        .unwrap()
+        .with_data(serde_json::json!({"text": "a\r\nb\nc\rd\u{0}e"}));
+    t.apply(&ev).await;
+    let raw_json = "{\"job_id\":\"job-crlf-1x\",\r\n\"stage\":\"done\",\n\"status\":\"completed\",\r\"seq\":2,\"stream_id\":\"1-0\"}";
+    apply_payload(
+        &*t.backend,
+        &t.keys,
+        &JobId::new(job).unwrap(),
+        2,
+        Payload(bytes(raw_json)),
+    )
+    .await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let events = c.collect().await;
+    assert_eq!(events.len(), 2);
+    let back: Event = serde_json::from_str(&events[0].data).unwrap();
+    assert_eq!(back.data["text"], "a\r\nb\nc\rd\u{0}e");
+    // Multi-line data arrives as several data: lines joined with \n.
+    let v: serde_json::Value = serde_json::from_str(&events[1].data).unwrap();
+    assert_eq!(v["stage"], "done");
+    assert_eq!(events[1].data.matches('\n').count(), 3);
+}
+
+#[tokio::test]
+async fn slow_client_is_disconnected_and_counted() {
+    let (t, _) = gw_with(GatewayOptions {
+        client_buffer: 2,
+        heartbeat: Duration::from_secs(60),
+        ..opts()
+    })
+    .await;
+    let job = "job-slow-1";
+    t.apply(&step(job, 1, 1000)).await;
+    // A client with a tiny receive window that never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stream = sock.connect(t.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(format!("GET /v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    wait_for(|| t.gateway.metrics().opened.get() == 1).await;
+    let big = "x".repeat(64 * 1024);
+    let mut n = 2;
+    tokio::time::timeout(LIMIT, async {
+        while t.gateway.metrics().slow_disconnects.get() == 0 {
+            let ev = step(job, n, 1_000_000).with_data(serde_json::json!({ "pad": big }));
+            t.apply(&ev).await;
+            n += 1;
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("slow client never disconnected");
+    assert_eq!(t.gateway.metrics().closed_count(CloseReason::SlowClient), 1);
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    // Meanwhile a normal client of the same job gets everything.
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let mut last = 0;
+    while last < n - 1 {
+        last = offset_of(&c.next_event().await.unwrap());
+    }
+    drop(stream);
+}
+
+#[tokio::test]
+async fn subscriber_loss_every_event_exactly_once() {
+    // No heartbeat polls: only the post-reconnect catch-up can recover.
+    let (t, mem) = gw_with(GatewayOptions {
+        heartbeat: Duration::from_secs(3600),
+        ..opts()
+    })
+    .await;
+    let jobs: Vec<String> = (0..4).map(|i| format!("job-kill-{i}")).collect();
+    let total = 40u64;
+    let mut clients = Vec::new();
+    for job in &jobs {
+        t.apply(&step(job, 1, total)).await;
+        let url = t.url(&format!("/v1/jobs/{job}/events"));
+        clients.push(tokio::spawn(async move {
+            let mut c = connect(&url, None).await;
+            c.collect().await.iter().map(offset_of).collect::<Vec<_>>()
+        }));
+    }
+    wait_for(|| t.gateway.metrics().opened.get() == jobs.len() as u64).await;
+    let mut pending: Option<u64> = None;
+    for n in 2..=total {
+        if n.is_multiple_of(10) || n == total - 2 {
+            if let Some(prev) = pending.take() {
+                wait_for(|| t.gateway.metrics().subscriber_reconnects.get() > prev).await;
+            }
+            pending = Some(t.gateway.metrics().subscriber_reconnects.get());
+            mem.kill_subscribers(); // the rounds published now are lost live
+        }
+        for job in &jobs {
+            t.apply(&step(job, n, total)).await;
+        }
+    }
+    for c in clients {
+        let offs = c.await.unwrap();
+        assert_eq!(offs, (1..=total).collect::<Vec<_>>());
+    }
+    assert!(t.gateway.metrics().subscriber_reconnects.get() >= 1);
+}
+
+#[tokio::test]
+async fn state_health_ready_metrics_endpoints() {
+    let (t, _) = gw().await;
+    let job = "job-state-1";
+    t.apply(&step(job, 1, 3)).await;
+    t.apply(&step(job, 2, 3)).await;
+    let c = connect(&t.url(&format!("/v1/jobs/{job}/state")), None).await;
+    assert_eq!(c.status, 200);
+    let v = c.json();
+    assert_eq!(v["offset"], 2);
+    assert_eq!(v["event"]["seq"], 2);
+    assert_eq!(v["job_id"], job);
+    assert_eq!(
+        connect(&t.url("/v1/jobs/nope/state"), None).await.status,
+        404
+    );
+    assert_eq!(
+        connect(&t.url("/v1/jobs/bad%20id/events"), None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(connect(&t.url("/healthz"), None).await.status, 200);
+    assert_eq!(connect(&t.url("/readyz"), None).await.status, 200);
+    let m = connect(&t.url("/metrics"), None).await;
+    let body = m.body.unwrap();
+    for name in [
+        "relay_sse_active_connections",
+        "relay_sse_connections_opened_total",
+        "relay_sse_events_delivered_total",
+        "relay_sse_slow_client_disconnects_total",
+        "relay_sse_subscriber_reconnects_total",
+        "relay_sse_delivery_latency_seconds_bucket",
+    ] {
+        assert!(body.contains(name), "{name} missing in {body}");
+    }
+    assert_eq!(connect(&t.url("/"), None).await.status, 404); // demo page off
+}
+
+#[tokio::test]
+async fn demo_page_and_cors() {
+    let (t, _) = gw_with(GatewayOptions {
+        demo_page: true,
+        allow_origins: vec!["http://app.example".into()],
+        ..opts()
+    })
+    .await;
+    let c = connect(&t.url("/"), None).await;
+    assert_eq!(c.status, 200);
+    assert!(c.body.unwrap().contains("EventSource"));
+    let job = "job-cors-1";
+    t.apply(&step(job, 1, 1)).await;
+    let c = connect_with(&t.url(&format!("/v1/jobs/{job}/events")), |r| {
+        r.header("Origin", "http://app.example")
+    })
+    .await;
+    assert_eq!(
+        c.headers["access-control-allow-origin"],
+        "http://app.example"
+    );
+}

@@ -1,0 +1,90 @@
+//! Measurement helpers shared by the benchmarks and the load tool: the CPU
+//! time of this process and of a redis-server, and `redis-benchmark`
+//! ceilings measured in the same run as the figure they bound.
+
+use std::process::Command;
+use std::time::Duration;
+
+use relay_core::testing::RedisServer;
+
+/// CPU time (user + system) this process has used so far.
+pub fn process_cpu() -> Duration {
+    // Fields 14 and 15 of /proc/self/stat are utime and stime in clock ticks
+    // (100 per second on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // after_comm starts at field 3 (state); utime is field 14 → index 11.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// CPU time (user + system) a redis-server has used so far (`INFO cpu`).
+pub async fn redis_cpu(server: &RedisServer) -> Duration {
+    let Ok(v) = server.command(&["INFO", "cpu"]).await else {
+        return Duration::ZERO;
+    };
+    let text = match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        _ => return Duration::ZERO,
+    };
+    let mut secs = 0.0;
+    for line in text.lines() {
+        if let Some((k, v)) = line.trim().split_once(':') {
+            if k == "used_cpu_user" || k == "used_cpu_sys" {
+                secs += v.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    Duration::from_secs_f64(secs)
+}
+
+/// The per-event Redis work of the apply step as one script: create the
+/// history, assign the next offset, remember the seq, append to the bounded
+/// history, write the state, publish. `redis-benchmark` runs it pipelined to
+/// give the ceiling the router is compared against.
+///
+/// KEYS[1] is the job's hash-tagged base name (redis-benchmark randomizes
+/// each `__rand_int__` separately, so the other keys are derived from it).
+pub const CEILING_SCRIPT: &str = r#"
+local meta, hist, state, live = KEYS[1] .. ':meta', KEYS[1] .. ':hist', KEYS[1] .. ':state', KEYS[1] .. ':live'
+local top = redis.call('HINCRBY', meta, 'top', 1)
+redis.call('HSETNX', meta, 'epoch', '1')
+redis.call('HSET', meta, 's' .. ARGV[1], top)
+redis.call('XADD', hist, 'MAXLEN', '1000', top .. '-0', 'p', ARGV[2])
+redis.call('SET', state, ARGV[2], 'PX', 3600000)
+redis.call('PEXPIRE', meta, 3600000)
+redis.call('PEXPIRE', hist, 3600000)
+redis.call('PUBLISH', live, ARGV[2])
+return top
+"#;
+
+/// Runs `redis-benchmark` pipelined EVALSHA of [`CEILING_SCRIPT`] against
+/// `port`; returns calls per second.
+pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32) -> Option<f64> {
+    let sha = match server.command(&["SCRIPT", "LOAD", CEILING_SCRIPT]).await.ok()? {
+        redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
+        redis::Value::SimpleString(s) => s,
+        _ => return None,
+    };
+    let payload = "x".repeat(160);
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-n", &requests.to_string(), "-c", "4", "-P", &pipeline.to_string()])
+        .args(["-r", "100000", "--csv"])
+        .args(["EVALSHA", &sha, "1", "{__rand_int__}"])
+        .args(["__rand_int__", &payload])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // CSV: "test","rps",... — the last line holds our command.
+    text.lines()
+        .filter_map(|l| l.split(',').nth(1))
+        .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+        .next_back()
+}
