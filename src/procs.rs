@@ -1,0 +1,131 @@
+//! Running the workspace's real binaries from tests, benchmarks and the load
+//! tool: locate them next to the current executable, spawn them with their
+//! flags, wait until they answer, and kill them (SIGKILL) on drop.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (`relay-router`, `relay-sse`, `relayctl`,
+/// `pipeline-scan`, `relay-load`), looked up in `$RELAY_BIN_DIR`, then in the
+/// target directory of the running test or bench (`target/<profile>/`).
+///
+/// # Panics
+/// When the binary does not exist: build it first (`cargo build --workspace`;
+/// `cargo test --workspace` builds every member's binaries before running).
+pub fn bin_path(name: &str) -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Ok(dir) = std::env::var("RELAY_BIN_DIR") {
+        candidates.push(PathBuf::from(dir).join(name));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+        for dir in exe.ancestors().skip(1).take(3) {
+            candidates.push(dir.join(name));
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "binary {name:?} not found (looked in {candidates:?}); run `cargo build --workspace` first"
+            )
+        })
+}
+
+/// A free loopback port (bound once, then released for the child to use).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A child process of one of the workspace binaries, killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Spawns `name` with `args` (stdout discarded, stderr inherited, logs at
+    /// `RUST_LOG=warn` unless `envs` sets it).
+    pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut p = Self {
+            name: name.to_owned(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(bin_path(&self.name));
+        cmd.args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        self.child = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)),
+        );
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().ok()
+    }
+
+    /// Kills (SIGKILL) and starts again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+///
+/// # Panics
+/// After `limit` without success.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
