@@ -11,6 +11,23 @@
 //!   `{"status":"processing","current_stage","progress"}` + `Retry-After: 2`
 //!   while running, 404 `RESULT_NOT_FOUND` when unknown.
 //!
+//! With [`ApiConfig::auth_secret`] set (`pipeline-scan api --auth-secret`,
+//! the same secret as `relay-sse --auth-secret`), the submit response also
+//! carries a gateway stream token for the new job, issued with
+//! [`relay_core::auth::issue_at`] (HMAC-SHA256 over job id and expiry):
+//!
+//! ```json
+//! {"job_id":"…","status":"queued",
+//!  "stream_url":"/api/v1/scan/{job}/events?token=<token>",
+//!  "result_url":"/api/v1/scan/{job}/result",
+//!  "token":"<token>","token_expires_at":1767000000}
+//! ```
+//!
+//! The token opens only that job's stream (another job: 403), until
+//! `token_expires_at` (unix seconds, [`ApiConfig::token_ttl`] after submit);
+//! send it as `?token=` (EventSource) or `Authorization: Bearer <token>`.
+//! Without a secret the response is exactly the eco2 shape.
+//!
 //! Every error is JSON `{"detail": "...", "code": "..."}`:
 //!
 //! | status | code | when |
@@ -39,7 +56,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use relay_core::{Backend, Decoded, JobId, KeySpace, Publisher};
+use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
 
 use crate::pipeline::{Envelope, JobControl, JobStore};
@@ -61,6 +78,12 @@ pub struct ApiConfig {
     pub models: Vec<String>,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// HMAC secret shared with the SSE gateway (`relay-sse --auth-secret`).
+    /// When set, a submission's response carries a stream token for its job
+    /// (see the module docs); `None`: no token (the gateway is open).
+    pub auth_secret: Option<Vec<u8>>,
+    /// How long an issued stream token is valid.
+    pub token_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +95,8 @@ impl Default for ApiConfig {
             allow_private_hosts: false,
             models: vec!["gpt-4o-mini".into(), "gpt-4o".into(), "simulated".into()],
             idempotency_ttl: Duration::from_secs(3600),
+            auth_secret: None,
+            token_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -378,12 +403,20 @@ async fn submit(
 
     let job = JobId::new(uuid::Uuid::new_v4().to_string())
         .map_err(|e| unavailable("INTERNAL", e.to_string()))?;
-    let response = json!({
+    let mut response = json!({
         "job_id": job.as_str(),
         "stream_url": format!("/api/v1/scan/{job}/events"),
         "result_url": format!("/api/v1/scan/{job}/result"),
         "status": "queued",
     });
+    if let Some(secret) = &api.config.auth_secret {
+        let expires = auth::now_unix().saturating_add(api.config.token_ttl.as_secs());
+        let token = auth::issue_at(secret, &job, expires);
+        // Tokens are URL-safe (base64url, digits and dots): no escaping needed.
+        response["stream_url"] = json!(format!("/api/v1/scan/{job}/events?token={token}"));
+        response["token"] = json!(token);
+        response["token_expires_at"] = json!(expires);
+    }
 
     let idem_key = idem.map(|k| idempotency_key(&user, &k));
     if let Some(key) = &idem_key {
@@ -450,6 +483,7 @@ async fn submit(
         let info = crate::pipeline::JobInfo {
             job_id: job.clone(),
             user_id: user,
+            run: 0,
         };
         let reason = format!("enqueue failed: {e}");
         if let Err(e2) = api.control.fail(&info, None, &reason, None).await {

@@ -1,5 +1,6 @@
 //! The `pipeline-scan` binary as a library: flags (every one also from env
-//! `RELAY_*`), and [`run`] for the `api`, `worker` and `dlq` subcommands.
+//! `RELAY_*`), and [`run`] for the `api`, `worker`, `dlq` and `demo`
+//! subcommands.
 //!
 //! The building blocks are public so other entry points (the all-in-one
 //! demo) compose the same parts: [`scan_models`] (models from flags),
@@ -24,7 +25,7 @@ use crate::scan::openai::{OpenAiClient, OpenAiConfig};
 use crate::scan::vision::TaxonomyError;
 use crate::scan::{
     self, AnswerModel, LatencyDist, OpenAiAnswer, OpenAiVision, RuleSet, ScanModels,
-    SimulatedVision, Taxonomy, TemplateAnswer, VisionModel,
+    SimulatedAnswer, SimulatedVision, Taxonomy, TemplateAnswer, VisionModel,
 };
 use crate::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Dlq, Topology};
 use crate::transport::inprocess::{InProcess, InProcessConfig};
@@ -144,6 +145,31 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Everything in one process on the in-process memory backend (router,
+    /// SSE gateway, scan API, workers with simulated models) and a browser
+    /// page at `/`. Needs no Redis and no RabbitMQ; `--redis-url` and the
+    /// broker flags are ignored.
+    Demo(DemoArgs),
+}
+
+/// `demo` flags.
+#[derive(Clone, Debug, Args)]
+pub struct DemoArgs {
+    /// Listen address (page, API and SSE routes).
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Simulated vision latency, `MS` or `MS±JITTER` (also `MS+-JITTER`).
+    #[arg(long, env = "RELAY_DEMO_VISION_LATENCY_MS", default_value = "1500±500")]
+    pub vision_latency_ms: LatencyDist,
+    /// Simulated answer latency, `MS` or `MS±JITTER`.
+    #[arg(long, env = "RELAY_DEMO_ANSWER_LATENCY_MS", default_value = "2000±500")]
+    pub answer_latency_ms: LatencyDist,
+    /// Rules directory (own or eco2 format). Default: the embedded dataset.
+    #[arg(long, env = "RELAY_RULES_DIR")]
+    pub rules_dir: Option<PathBuf>,
+    /// Require stream tokens (the API issues them, the gateway checks them).
+    #[arg(long, env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
 }
 
 /// `api` flags.
@@ -169,6 +195,13 @@ pub struct ApiArgs {
         default_value = "gpt-4o-mini,gpt-4o,simulated"
     )]
     pub models: Vec<String>,
+    /// HMAC secret shared with `relay-sse --auth-secret`: submissions return
+    /// a stream token for their job (`token`, and `stream_url` with `?token=`).
+    #[arg(long, env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// Lifetime of issued stream tokens, seconds.
+    #[arg(long, env = "RELAY_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub token_ttl_secs: u64,
 }
 
 impl ApiArgs {
@@ -179,6 +212,12 @@ impl ApiArgs {
             allowed_hosts: self.allowed_hosts.clone(),
             allow_private_hosts: self.allow_private_urls,
             models: self.models.clone(),
+            auth_secret: self
+                .auth_secret
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.clone().into_bytes()),
+            token_ttl: Duration::from_secs(self.token_ttl_secs.max(1)),
             ..ApiConfig::default()
         }
     }
@@ -214,6 +253,10 @@ pub struct ModelArgs {
     /// Answer implementation.
     #[arg(long, env = "RELAY_ANSWER", value_enum, default_value = "template")]
     pub answer: AnswerKind,
+    /// Latency added to the template answer (the answer simulator), `MS` or
+    /// `MS±JITTER`; `0`: none.
+    #[arg(long, env = "RELAY_ANSWER_LATENCY_MS", default_value = "0")]
+    pub answer_latency_ms: LatencyDist,
     /// OpenAI-compatible base URL.
     #[arg(
         long,
@@ -262,6 +305,12 @@ pub struct WorkerArgs {
     /// Per-stage timeouts, `stage=SECS`, comma-separated.
     #[arg(long, env = "RELAY_STAGE_TIMEOUTS", value_delimiter = ',')]
     pub stage_timeouts: Vec<String>,
+    /// Simulated extra latency per stage, `stage=MS` or `stage=MS±JITTER`,
+    /// comma-separated (load tests, e.g. `rule=50±20,answer=6700±2000`).
+    /// Reported with the simulator's own time as `model_ms` in each stage's
+    /// `completed` event data.
+    #[arg(long, env = "RELAY_SIM_STAGE_LATENCY_MS", value_delimiter = ',')]
+    pub sim_stage_latency_ms: Vec<String>,
 }
 
 /// `dlq` actions.
@@ -324,6 +373,9 @@ pub fn scan_models(args: &ModelArgs) -> Result<ScanModels, AppError> {
         VisionKind::Openai => Arc::new(OpenAiVision::new(client()?, taxonomy)),
     };
     let answer: Arc<dyn AnswerModel> = match args.answer {
+        AnswerKind::Template if args.answer_latency_ms != LatencyDist::ZERO => {
+            Arc::new(SimulatedAnswer::new(args.answer_latency_ms))
+        }
         AnswerKind::Template => Arc::new(TemplateAnswer),
         AnswerKind::Openai => Arc::new(OpenAiAnswer::new(client()?)),
     };
@@ -393,6 +445,24 @@ pub async fn run(cli: Cli) -> Result<(), AppError> {
 
 /// Like [`run`], stopping when `shutdown` is cancelled (for tests).
 pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppError> {
+    if let Command::Demo(args) = &cli.command {
+        let config = crate::demo::DemoConfig {
+            listen: args.listen,
+            keys: cli.connection.key_space(),
+            vision_latency: args.vision_latency_ms,
+            answer_latency: args.answer_latency_ms,
+            rules: Arc::new(match &args.rules_dir {
+                Some(dir) => RuleSet::load_dir(dir)?,
+                None => RuleSet::default_dataset(),
+            }),
+            auth_secret: args
+                .auth_secret
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.clone().into_bytes()),
+        };
+        return crate::demo::run(config, shutdown).await;
+    }
     let backend =
         relay_core::cli::connect_with_retry(&cli.connection.redis_url, Duration::from_secs(30))
             .await?;
@@ -429,6 +499,8 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 .into_iter()
                 .map(|(k, v)| (k, Duration::from_secs(v.max(1))))
                 .collect();
+            config.simulated_latency =
+                pairs::<LatencyDist>(&args.sim_stage_latency_ms, "--sim-stage-latency-ms")?;
             let metrics = Arc::new(Metrics::new());
             let engine = Arc::new(
                 scan_engine(backend, &cli.connection, &models, config)
@@ -475,5 +547,6 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             dlq.close().await;
             Ok(())
         }
+        Command::Demo(_) => Ok(()),
     }
 }

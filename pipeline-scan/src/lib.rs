@@ -11,11 +11,13 @@
 //! | [`scan`] | the scan stages, models (OpenAI-compatible and simulated), rule sets, results |
 //! | [`api`] | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` |
 //! | [`app`] | the `pipeline-scan` binary: flags and `run` |
+//! | [`demo`] | `pipeline-scan demo`: everything in one process on the memory backend, with a browser page |
 //! | [`metrics`] | worker Prometheus metrics |
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod app;
+pub mod demo;
 pub mod metrics;
 pub mod pipeline;
 pub mod scan;

@@ -225,6 +225,35 @@ async fn exhausted_retries_fail_the_job_once_and_dead_letter_then_replay_complet
     assert_eq!(evs.last().unwrap().stage.as_str(), "done");
     assert_eq!(evs.last().unwrap().status, Status::Completed);
     assert_eq!(evs.last().unwrap().data, json!("n=6!"));
+    // The replay is run 1: every seq shifted by the run stride (100), so the
+    // restarted stage's `started` is a new event and `done` outranks `failed`.
+    assert_eq!(
+        steps(&evs[5..]),
+        pairs(&[
+            ("flaky", "started"),
+            ("flaky", "completed"),
+            ("shout", "started"),
+            ("shout", "completed"),
+            ("done", "completed"),
+        ])
+    );
+    let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [10, 11, 20, 22, 49, 120, 121, 130, 131, 141]);
+    // So the router's state (highest seq wins) ends at the replay's `done`.
+    let router = relay_core::Router::new(backend.clone(), relay_core::RouterConfig::new(ks.clone()))
+        .spawn();
+    let state = {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let st = backend.get_state(&ks.job(&job)).await.unwrap();
+            if st.as_ref().is_some_and(|s| s.seq == 141) || tokio::time::Instant::now() > deadline {
+                break st.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert_eq!(state.seq, 141);
+    router.shutdown().await;
     transport.shutdown().await;
 }
 

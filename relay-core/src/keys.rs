@@ -59,16 +59,20 @@ pub fn shard_for(job_id: &str, shards: u32) -> u32 {
 }
 
 /// The keys of one job's routed data.
+///
+/// Everything the router keeps for a job lives in ONE hash, so applying an
+/// event costs one read and one write however much it updates: `epoch`,
+/// `top` (highest offset), `hf` (first retained history offset), `sq`/`so`/
+/// `st` (state seq, offset and payload), `rx` (when TTLs were last
+/// refreshed), `s<seq>` → offset (idempotency) and `h<offset>` → payload (the
+/// bounded history).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobKeys {
-    /// Hash: `epoch`, `top` (highest offset), `sq` (state seq), `so` (state
-    /// offset), `s<seq>` → offset.
+    /// The job hash (see above).
     pub meta: String,
-    /// String: the latest (highest-seq) record payload.
-    pub state: String,
-    /// List: the retained history payloads, holding offsets
-    /// `top - LLEN + 1 ..= top` (trimmed from the head).
-    pub hist: String,
+    /// eco2 only: the Python system's state string (`{domain}:state:{job}`),
+    /// written with every state change beside the hash's copy.
+    pub state: Option<String>,
     /// Pub/Sub channel carrying live envelopes for this job.
     pub live: String,
 }
@@ -144,12 +148,11 @@ impl KeySpace {
     pub fn job(&self, job: &JobId) -> JobKeys {
         let base = format!("relay:{}:{{{}}}", self.domain, job);
         JobKeys {
-            meta: format!("{base}:meta"),
+            meta: format!("{base}:job"),
             state: match self.profile {
-                Profile::Native => format!("{base}:state"),
-                Profile::Eco2 => format!("{}:state:{job}", self.domain),
+                Profile::Native => None,
+                Profile::Eco2 => Some(format!("{}:state:{job}", self.domain)),
             },
-            hist: format!("{base}:hist"),
             live: format!("{base}:live"),
         }
     }
@@ -199,9 +202,8 @@ mod tests {
         let ks = KeySpace::new(Profile::Native, Domain::new("scan").unwrap(), 4);
         let job = JobId::new("job-1").unwrap();
         let k = ks.job(&job);
-        assert_eq!(k.meta, "relay:scan:{job-1}:meta");
-        assert_eq!(k.state, "relay:scan:{job-1}:state");
-        assert_eq!(k.hist, "relay:scan:{job-1}:hist");
+        assert_eq!(k.meta, "relay:scan:{job-1}:job");
+        assert_eq!(k.state, None);
         assert_eq!(k.live, "relay:scan:{job-1}:live");
         assert_eq!(ks.shard_stream(3), "relay:scan:events:3");
     }
@@ -211,7 +213,7 @@ mod tests {
         let ks = KeySpace::new(Profile::Eco2, Domain::new("scan").unwrap(), 4);
         let job = JobId::new("abc-123").unwrap();
         assert_eq!(ks.shard_stream(2), "scan:events:2");
-        assert_eq!(ks.job(&job).state, "scan:state:abc-123");
+        assert_eq!(ks.job(&job).state.as_deref(), Some("scan:state:abc-123"));
         assert_eq!(ks.eco2_shard_channel(2), "sse:events:2");
         assert_eq!(ks.publish_marker(&job, "vision", 10), "published:abc-123:vision:10");
         assert_eq!(ks.default_group(), "eventrouter");

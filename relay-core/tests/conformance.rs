@@ -64,8 +64,7 @@ impl Fixture {
         let base = format!("{}{{{name}}}", self.prefix);
         JobKeys {
             meta: format!("{base}:meta"),
-            state: format!("{base}:state"),
-            hist: format!("{base}:hist"),
+            state: Some(format!("{base}:state")),
             live: format!("{base}:live"),
         }
     }
@@ -1220,8 +1219,7 @@ mod redis_faults {
         let base = format!("{}{{job}}", redis.prefix());
         let k = JobKeys {
             meta: format!("{base}:meta"),
-            state: format!("{base}:state"),
-            hist: format!("{base}:hist"),
+            state: Some(format!("{base}:state")),
             live: format!("{base}:live"),
         };
         let r = b

@@ -90,6 +90,18 @@ pub enum Command {
     },
     /// Pending, lag and dead-letter size per shard.
     Stats,
+    /// Issue a stream access token for a job (what the gateway's
+    /// `--auth-secret` checks). Needs no Redis.
+    Token {
+        /// Job id.
+        job: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        /// HMAC secret shared with the gateways.
+        #[arg(long = "auth-secret", env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+        secret: String,
+    },
     /// Manage the dead-letter stream.
     Dlq {
         #[command(subcommand)]
@@ -120,6 +132,9 @@ pub enum DlqAction {
 
 /// Runs one relayctl command, writing to `out`.
 pub async fn run(args: CtlArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    if let Command::Token { job, ttl, secret } = &args.command {
+        return token(out, job, *ttl, secret, args.json);
+    }
     let backend = args
         .conn
         .connect()
@@ -153,12 +168,40 @@ pub async fn run(args: CtlArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<
             timeout_secs,
         } => ctx.tail(out, &job, after, timeout_secs).await,
         Command::Stats => ctx.stats(out).await,
+        // Handled above, before connecting; kept for exhaustiveness.
+        Command::Token { job, ttl, secret } => token(out, &job, ttl, &secret, ctx.json),
         Command::Dlq { action } => match action {
             DlqAction::List { limit } => ctx.dlq_list(out, limit).await,
             DlqAction::Replay { ids } => ctx.dlq_replay(out, &ids).await,
             DlqAction::Purge { ids } => ctx.dlq_purge(out, &ids).await,
         },
     }
+}
+
+/// `relayctl token`: prints a token for `job` valid for `ttl` seconds.
+fn token(
+    out: &mut (dyn Write + Send),
+    job: &str,
+    ttl: u64,
+    secret: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    if secret.is_empty() {
+        bail!("--auth-secret (or RELAY_AUTH_SECRET) must not be empty");
+    }
+    if ttl == 0 {
+        bail!("--ttl must be at least 1 second");
+    }
+    let job = JobId::new(job).map_err(|e| anyhow!("invalid job id: {e}"))?;
+    let expires = relay_core::auth::now_unix().saturating_add(ttl);
+    let token = relay_core::auth::issue_at(secret.as_bytes(), &job, expires);
+    if json {
+        let v = json!({"job_id": job.as_str(), "token": token, "expires_at": expires, "ttl": ttl});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{token}")?;
+    }
+    Ok(())
 }
 
 struct Ctx {

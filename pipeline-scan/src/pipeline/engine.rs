@@ -31,6 +31,18 @@ pub struct Envelope {
     /// W3C traceparent of the submitting request, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The job's run: 0 for the original run, +1 for each dead-letter replay.
+    /// Every event of run `r` has its seq shifted by `r ×`
+    /// [`SeqScheme::run_stride`], so a replayed run's events are new events
+    /// (not deduplicated against the failed run's) and its terminal event
+    /// outranks the earlier `failed` in the router state (see
+    /// [`SeqScheme::in_run`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Envelope {
@@ -43,7 +55,15 @@ impl Envelope {
             attempt: 1,
             input,
             traceparent: None,
+            run: 0,
         }
+    }
+
+    /// This dead-lettered step prepared for a replay: the next run, attempt 1.
+    pub fn into_replay(mut self) -> Self {
+        self.run = self.run.saturating_add(1);
+        self.attempt = 1;
+        self
     }
 }
 
@@ -91,6 +111,9 @@ pub struct EngineConfig {
     pub stage_timeouts: Vec<(String, Duration)>,
     /// How long stage completion records and terminal markers live.
     pub record_ttl: Duration,
+    /// Simulated extra latency per stage name (load tests: a stand-in for
+    /// model or database time). Counted in the stage's `model_ms`.
+    pub simulated_latency: Vec<(String, crate::scan::LatencyDist)>,
 }
 
 impl EngineConfig {
@@ -103,6 +126,7 @@ impl EngineConfig {
             stage_timeout: Duration::from_secs(60),
             stage_timeouts: Vec::new(),
             record_ttl: Duration::from_secs(7200),
+            simulated_latency: Vec::new(),
         }
     }
 
@@ -147,6 +171,8 @@ pub struct JobInfo {
     pub job_id: JobId,
     /// The submitting user.
     pub user_id: String,
+    /// The run (0, or the number of dead-letter replays; see [`Envelope::run`]).
+    pub run: u32,
 }
 
 /// Domain hooks at the end of a job.
@@ -216,6 +242,10 @@ pub struct TerminalRecord {
     /// The failure reason (failures only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The run that reached this outcome (its terminal event's seq is shifted
+    /// by it; see [`Envelope::run`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
 }
 
 /// A completed stage's record: its output and its `completed` event data.
@@ -317,6 +347,7 @@ impl JobStore {
                 done: false,
                 stage: None,
                 error: Some("unreadable terminal record".into()),
+                run: 0,
             },
         )))
     }
@@ -458,6 +489,7 @@ impl JobControl {
             Status::Completed => (self.scheme.completed(i), self.scheme.progress_completed(i)),
             _ => (self.scheme.failed(i), self.scheme.progress_started(i)),
         };
+        let seq = self.scheme.in_run(seq, env.run);
         let e = self.event(
             &env.job_id,
             seq,
@@ -488,6 +520,7 @@ impl JobControl {
                     done: true,
                     stage: None,
                     error: None,
+                    run: job.run,
                 },
             )
             .await
@@ -502,7 +535,7 @@ impl JobControl {
             .map_err(|e| e.to_string())?;
         let e = self.event(
             &job.job_id,
-            self.scheme.done(),
+            self.scheme.in_run(self.scheme.done(), claimed.run),
             relay_core::event::DONE_STAGE,
             Status::Completed,
             100,
@@ -532,6 +565,7 @@ impl JobControl {
                     done: false,
                     stage: stage.map(str::to_owned),
                     error: Some(error.to_owned()),
+                    run: job.run,
                 },
             )
             .await
@@ -547,7 +581,7 @@ impl JobControl {
             .map_err(|e| e.to_string())?;
         let e = self.event(
             &job.job_id,
-            self.scheme.job_failed(),
+            self.scheme.in_run(self.scheme.job_failed(), claimed.run),
             relay_core::event::DONE_STAGE,
             Status::Failed,
             100,
@@ -635,6 +669,7 @@ impl Engine {
             let job = JobInfo {
                 job_id: env.job_id.clone(),
                 user_id: env.user_id.clone(),
+                run: env.run,
             };
             if let Err(e) = self.control.fail(&job, None, &reason, None).await {
                 return self.defer(env, &e);
@@ -678,6 +713,7 @@ impl Engine {
         let job = JobInfo {
             job_id: env.job_id.clone(),
             user_id: env.user_id.clone(),
+            run: env.run,
         };
 
         // A job that already reached its terminal outcome needs nothing more
@@ -737,16 +773,38 @@ impl Engine {
                     backend: store.backend().clone(),
                 };
                 let started = Instant::now();
-                let result =
-                    match tokio::time::timeout(timeout, stage.run_json(&ctx, env.input.clone()))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(StageError::retryable(format!(
-                            "stage {name} timed out after {} ms",
-                            timeout.as_millis()
-                        ))),
+                let extra = self
+                    .config
+                    .simulated_latency
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, l)| l.sample());
+                let run = async {
+                    if let Some(d) = extra {
+                        super::simulate_latency(d).await;
+                    }
+                    stage.run_json(&ctx, env.input.clone()).await
+                };
+                let (result, model_ms) =
+                    match tokio::time::timeout(timeout, super::measure_simulated(run)).await {
+                        Ok((r, ms)) => (r, ms),
+                        Err(_) => (
+                            Err(StageError::retryable(format!(
+                                "stage {name} timed out after {} ms",
+                                timeout.as_millis()
+                            ))),
+                            0,
+                        ),
                     };
+                // Simulated model time goes into the `completed` data.
+                let result = result.map(|(output, mut data)| {
+                    if model_ms > 0 {
+                        if let Value::Object(map) = &mut data {
+                            map.insert("model_ms".into(), json!(model_ms));
+                        }
+                    }
+                    (output, data)
+                });
                 if let Some(m) = &self.metrics {
                     m.stage_duration(name, started.elapsed());
                 }
@@ -781,6 +839,7 @@ impl Engine {
                 attempt: 1,
                 input: output,
                 traceparent: env.traceparent,
+                run: env.run,
             });
         }
         match self

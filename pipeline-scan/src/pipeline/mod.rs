@@ -144,6 +144,38 @@ impl SeqScheme {
         10 * (self.stages + 1) + 9
     }
 
+    /// The seq distance between two runs of a job: the smallest power of ten
+    /// above [`job_failed`](Self::job_failed) (100 for the scan pipeline).
+    pub fn run_stride(&self) -> u64 {
+        let mut stride = 10;
+        while stride <= self.job_failed() {
+            stride *= 10;
+        }
+        stride
+    }
+
+    /// `seq` as emitted in run `run` of a job (0: the original run; `r`: the
+    /// `r`-th dead-letter replay): `seq + run × run_stride`.
+    ///
+    /// Why runs shift seqs: a replay happens after the job's terminal
+    /// `failed` (seq 59 for scans) was published. Re-using the original seqs
+    /// would make the publisher and the router drop the replay's events as
+    /// duplicates of the failed run's (the restarted stage's `started`), and
+    /// the replay's `done` (51) would rank below `failed` (59), so the router
+    /// state — which keeps the highest seq (G3) — would keep saying `failed`
+    /// after the job completed. Shifted, run `r`'s events are new (job, seq)
+    /// pairs appended after the failed run's in the history, and its terminal
+    /// event has the highest seq of the job, so the state, the `/state`
+    /// route, the result API and a gateway snapshot all agree on the outcome.
+    /// Run 0 is exactly the eco2 scheme; stage, status, progress and the SSE
+    /// event names are unchanged in every run, so eco2 clients (which read
+    /// those, not seq) work unchanged. A replay of the same dead letter twice
+    /// (crash between re-enqueue and ack) uses the same run, so its events
+    /// deduplicate.
+    pub fn in_run(&self, seq: u64, run: u32) -> u64 {
+        seq + u64::from(run) * self.run_stride()
+    }
+
     /// Progress percentage when stage `i` (1-based) starts.
     pub fn progress_started(&self, i: usize) -> u8 {
         (100 * (i as u64 - 1).min(self.stages) / self.stages.max(1)) as u8
@@ -157,6 +189,28 @@ impl SeqScheme {
 
 /// The stage name of the event the API emits when a job is accepted.
 pub const QUEUED_STAGE: &str = "queued";
+
+tokio::task_local! {
+    static SIMULATED_MS: Arc<std::sync::atomic::AtomicU64>;
+}
+
+/// Sleeps `d` as **simulated** model time of the running stage (simulators
+/// call this instead of `tokio::time::sleep`). The engine adds the stage's
+/// total to its `completed` event data as `model_ms`, so a load test knows
+/// how much of a job's time was simulated model work.
+pub async fn simulate_latency(d: std::time::Duration) {
+    tokio::time::sleep(d).await;
+    let _ = SIMULATED_MS.try_with(|ms| {
+        ms.fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed)
+    });
+}
+
+/// Runs `f` and returns its output with the simulated time it recorded.
+pub(crate) async fn measure_simulated<F: std::future::Future>(f: F) -> (F::Output, u64) {
+    let ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out = SIMULATED_MS.scope(ms.clone(), f).await;
+    (out, ms.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 #[cfg(test)]
 mod tests {
@@ -174,6 +228,11 @@ mod tests {
         assert_eq!(s.queued(), relay_core::eco2::seq_for("queued", "started"));
         assert_eq!(s.done(), relay_core::eco2::seq_for("done", "completed"));
         assert_eq!(s.job_failed(), relay_core::eco2::seq_for("done", "failed"));
+        assert_eq!(s.run_stride(), 100);
+        assert_eq!(s.in_run(s.done(), 0), 51);
+        assert_eq!(s.in_run(s.done(), 1), 151);
+        assert!(s.in_run(s.queued(), 1) > s.job_failed());
+        assert_eq!(SeqScheme::new(9).run_stride(), 1000);
         assert_eq!(s.progress_started(1), 0);
         assert_eq!(s.progress_completed(1), 25);
         assert_eq!(s.progress_completed(4), 100);

@@ -3,6 +3,8 @@
 //! - [`TemplateAnswer`]: deterministic composition of the matched rule
 //!   document into numbered steps and a short answer; when no rules matched
 //!   it says so and reports the shortcoming `no_matching_rules`.
+//! - [`SimulatedAnswer`]: the template composer behind a configurable
+//!   latency (demo and load tests).
 //! - [`OpenAiAnswer`]: an OpenAI-compatible model writes the answer from the
 //!   same inputs (JSON object reply with the [`FinalAnswer`] fields).
 
@@ -15,6 +17,7 @@ use serde_json::{json, Value};
 use super::openai::{ModelError, OpenAiClient};
 use super::rules::RuleDoc;
 use super::types::{Answered, FinalAnswer, Ruled, VisionResult};
+use super::vision::LatencyDist;
 use crate::pipeline::{Stage, StageContext, StageError};
 
 /// The shortcoming reported when no rule document matched.
@@ -109,6 +112,29 @@ impl TemplateAnswer {
 impl AnswerModel for TemplateAnswer {
     async fn answer(&self, req: AnswerRequest<'_>) -> Result<FinalAnswer, ModelError> {
         Ok(Self::compose(&req))
+    }
+}
+
+/// The answer **simulator**: [`TemplateAnswer`]'s deterministic composition
+/// delivered after a configurable delay, standing in for a language model's
+/// latency in the demo and in load tests. It does not call any model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimulatedAnswer {
+    latency: LatencyDist,
+}
+
+impl SimulatedAnswer {
+    /// A simulator sleeping `latency` per answer.
+    pub fn new(latency: LatencyDist) -> Self {
+        Self { latency }
+    }
+}
+
+#[async_trait]
+impl AnswerModel for SimulatedAnswer {
+    async fn answer(&self, req: AnswerRequest<'_>) -> Result<FinalAnswer, ModelError> {
+        crate::pipeline::simulate_latency(self.latency.sample()).await;
+        Ok(TemplateAnswer::compose(&req))
     }
 }
 

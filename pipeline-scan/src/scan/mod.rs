@@ -20,7 +20,7 @@ use relay_core::{Backend, Domain, JobId, Publisher};
 use serde_json::Value;
 
 use crate::pipeline::{Engine, EngineConfig, JobHooks, JobInfo, Pipeline, StageError};
-pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, TemplateAnswer};
+pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, SimulatedAnswer, TemplateAnswer};
 pub use reward::RewardStage;
 pub use rules::{RuleSet, RuleStage};
 pub use types::{ScanOutcome, ScanRequest};

@@ -4,8 +4,9 @@
 //!   passed as `image_url` content; the reply must be the JSON object
 //!   `{"classification":{…},"situation_tags":[…]}`).
 //! - [`SimulatedVision`]: **a simulator, not a model**. It derives a
-//!   classification deterministically from the image URL (a hash picks an
-//!   entry of the taxonomy) and sleeps a configurable latency, for demos and
+//!   classification deterministically from the image URL (the taxonomy item
+//!   named in it, e.g. `…/cardboard-box.jpg`, else a hash picks an entry)
+//!   and sleeps a configurable latency, for demos and
 //!   load tests without any model. A URL containing `unknown-item` yields an
 //!   unknown category (to exercise the "no rules" path).
 
@@ -280,7 +281,24 @@ impl SimulatedVision {
         Self { taxonomy, latency }
     }
 
-    /// The classification for a URL, without the delay.
+    /// The taxonomy item named in the URL (`-`, `_`, `+` and `%20` read as
+    /// spaces, case-insensitive; the longest name wins), e.g.
+    /// `…/clear-water-bottle.jpg` → `clear water bottle`.
+    fn named_in(&self, image_url: &str) -> Option<&Classification> {
+        let text = image_url
+            .to_lowercase()
+            .replace("%20", " ")
+            .replace(['-', '_', '+'], " ");
+        self.taxonomy
+            .entries
+            .iter()
+            .filter(|e| !e.minor_category.is_empty())
+            .filter(|e| text.contains(&e.minor_category.to_lowercase()))
+            .max_by_key(|e| e.minor_category.len())
+    }
+
+    /// The classification for a URL, without the delay: the taxonomy item
+    /// named in the URL if any, else one picked by a hash of the URL.
     pub fn classify_now(&self, image_url: &str) -> VisionResult {
         if image_url.contains("unknown-item") || self.taxonomy.entries.is_empty() {
             return VisionResult {
@@ -293,7 +311,9 @@ impl SimulatedVision {
             };
         }
         let h = fnv1a(image_url.as_bytes());
-        let entry = &self.taxonomy.entries[(h % self.taxonomy.entries.len() as u64) as usize];
+        let entry = self.named_in(image_url).unwrap_or_else(|| {
+            &self.taxonomy.entries[(h % self.taxonomy.entries.len() as u64) as usize]
+        });
         let mut tags = Vec::new();
         if !self.taxonomy.tags.is_empty() {
             let n = self.taxonomy.tags.len() as u64;
@@ -314,7 +334,7 @@ impl SimulatedVision {
 #[async_trait]
 impl VisionModel for SimulatedVision {
     async fn classify(&self, req: VisionRequest<'_>) -> Result<VisionResult, ModelError> {
-        tokio::time::sleep(self.latency.sample()).await;
+        crate::pipeline::simulate_latency(self.latency.sample()).await;
         Ok(self.classify_now(req.image_url))
     }
 }
@@ -405,6 +425,9 @@ mod tests {
         assert_eq!(a, sim.classify_now("https://example.com/a.jpg"));
         assert!(tax.entries.contains(&a.classification));
         assert!(a.situation_tags.iter().all(|t| tax.tags.contains(t)));
+        let named = sim.classify_now("https://example.com/items/Clear-Water_Bottle.jpg");
+        assert_eq!(named.classification.minor_category, "clear water bottle");
+        assert_eq!(named.classification.middle_category, "clear_pet");
         let u = sim.classify_now("https://example.com/unknown-item.jpg");
         assert_eq!(u.classification.major_category, "unknown");
     }

@@ -196,6 +196,19 @@ impl Topology {
         out
     }
 
+    /// Deletes every queue of the topology (test and tooling teardown; the
+    /// messages in them are lost).
+    pub async fn delete_all(&self, config: &AmqpConfig) -> Result<(), AmqpError> {
+        let conn = connect(config, "teardown").await?;
+        let ch = conn.create_channel().await?;
+        for q in self.all_queues() {
+            ch.queue_delete(&q, lapin::options::QueueDeleteOptions::default())
+                .await?;
+        }
+        let _ = conn.close(200, "teardown done").await;
+        Ok(())
+    }
+
     /// Declares every queue (idempotent).
     pub async fn declare(&self, ch: &Channel) -> Result<(), AmqpError> {
         let durable = QueueDeclareOptions {
@@ -774,8 +787,9 @@ impl Dlq {
     }
 
     /// Re-enqueues up to `limit` dead-lettered steps at their failed stage
-    /// with attempt 1, clearing each job's terminal marker in `store` first so
-    /// the job can finish. Undecodable messages stay in the DLQ. Returns how
+    /// as the job's next run (attempt 1, seqs shifted by
+    /// [`SeqScheme::in_run`](crate::pipeline::SeqScheme::in_run)), clearing
+    /// each job's terminal marker in `store` first so the job can finish. Undecodable messages stay in the DLQ. Returns how
     /// many were replayed.
     pub async fn replay(&self, store: &JobStore, limit: usize) -> Result<usize, AmqpError> {
         let ch = self.conn.create_channel().await?;
@@ -791,14 +805,14 @@ impl Dlq {
             seen += 1;
             let d = msg.delivery;
             // Undecodable: left unacked, returned to the queue when the channel closes.
-            let Ok(mut env) = serde_json::from_slice::<Envelope>(&d.data) else {
+            let Ok(env) = serde_json::from_slice::<Envelope>(&d.data) else {
                 continue;
             };
+            let env = env.into_replay();
             store
                 .clear_terminal(&env.job_id)
                 .await
                 .map_err(|e| AmqpError::Store(e.to_string()))?;
-            env.attempt = 1;
             let body = serde_json::to_vec(&env)?;
             publish_confirmed(
                 &self.channel,

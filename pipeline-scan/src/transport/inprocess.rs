@@ -108,14 +108,16 @@ impl InProcess {
         lock(&self.inner.dlq).clone()
     }
 
-    /// Re-runs every dead-lettered step from its failed stage (attempt 1),
-    /// clearing the job's terminal marker so it can complete. Returns how many
-    /// were replayed.
+    /// Re-runs every dead-lettered step from its failed stage as the job's
+    /// next run (attempt 1, seqs shifted: see
+    /// [`SeqScheme::in_run`](crate::pipeline::SeqScheme::in_run)), clearing
+    /// the job's terminal marker so it can complete. Returns how many were
+    /// replayed.
     pub async fn replay_dead_letters(&self) -> Result<usize, TransportError> {
         let letters: Vec<DeadLetter> = std::mem::take(&mut *lock(&self.inner.dlq));
         let n = letters.len();
         for letter in letters {
-            let mut env = letter.envelope;
+            let env = letter.envelope.into_replay();
             self.inner
                 .engine
                 .control()
@@ -123,7 +125,6 @@ impl InProcess {
                 .clear_terminal(&env.job_id)
                 .await
                 .map_err(|e| TransportError::Connection(e.to_string()))?;
-            env.attempt = 1;
             send(&self.inner, env).await?;
         }
         Ok(n)

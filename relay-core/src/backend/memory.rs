@@ -24,7 +24,7 @@ use super::{
     HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
     SubscriberHandle,
 };
-use crate::codec::{Fields, LiveEnvelope, Payload, Record};
+use crate::codec::{Fields, LiveEnvelope, Record};
 use crate::error::BackendError;
 use crate::event::{now_ms, Epoch, Offset};
 use crate::keys::JobKeys;
@@ -56,8 +56,7 @@ struct Shared {
 struct Inner {
     streams: HashMap<String, StreamData>,
     kv: HashMap<String, Expiring<Bytes>>,
-    meta: HashMap<String, Expiring<Meta>>,
-    hist: HashMap<String, Expiring<VecDeque<Record>>>,
+    jobs: HashMap<String, Expiring<JobData>>,
     subs: HashMap<u64, mpsc::Sender<PubSubMessage>>,
     channels: HashMap<String, HashSet<u64>>,
     sub_channels: HashMap<u64, HashSet<String>>,
@@ -75,13 +74,14 @@ impl<T> Expiring<T> {
     }
 }
 
+/// One job hash (see [`JobKeys`]): meta, idempotency map, history, state.
 #[derive(Default)]
-struct Meta {
+struct JobData {
     epoch: u64,
     top: u64,
-    state_seq: Option<u64>,
-    state_offset: u64,
+    state: Option<(u64, Record)>,
     seen: HashMap<u64, u64>,
+    hist: VecDeque<Record>,
 }
 
 #[derive(Default)]
@@ -122,8 +122,7 @@ impl Inner {
         self.ops += 1;
         if self.ops.is_multiple_of(4096) {
             self.kv.retain(|_, e| e.live(now));
-            self.meta.retain(|_, e| e.live(now));
-            self.hist.retain(|_, e| e.live(now));
+            self.jobs.retain(|_, e| e.live(now));
         }
     }
 
@@ -209,57 +208,46 @@ impl Inner {
     }
 
     fn apply_job(&mut self, job: ApplyJob, opts: &ApplyOptions, now: Instant) -> ApplyResult {
-        let meta_ttl = opts.history_ttl.max(opts.state_ttl);
+        let ttl = opts.history_ttl.max(opts.state_ttl);
         let keys = job.keys;
-        let meta = self
-            .meta
+        let data = self
+            .jobs
             .entry(keys.meta.clone())
             .or_insert_with(|| Expiring {
-                value: Meta::default(),
+                value: JobData::default(),
                 expires: Some(now),
             });
-        if !meta.live(now) {
-            *meta = Expiring {
-                value: Meta {
+        if !data.live(now) {
+            *data = Expiring {
+                value: JobData {
                     epoch: job.epoch.0,
-                    ..Meta::default()
+                    ..JobData::default()
                 },
                 expires: None,
             };
         }
-        let hist = self
-            .hist
-            .entry(keys.hist.clone())
-            .or_insert_with(|| Expiring {
-                value: VecDeque::new(),
-                expires: None,
-            });
-        if !hist.live(now) {
-            *hist = Expiring {
-                value: VecDeque::new(),
-                expires: None,
-            };
-        }
-        let epoch = meta.value.epoch;
+        let d = &mut data.value;
+        let epoch = d.epoch;
         let mut applied = Vec::with_capacity(job.events.len());
-        let mut best: Option<(u64, u64, Payload)> = None;
+        let mut best: Option<(u64, Record)> = None;
         let mut publishes = Vec::new();
         for ev in job.events {
-            let (offset, new) = match meta.value.seen.get(&ev.seq) {
+            let (offset, new) = match d.seen.get(&ev.seq) {
                 Some(off) => (*off, false),
                 None => {
-                    meta.value.top += 1;
-                    let off = meta.value.top;
-                    meta.value.seen.insert(ev.seq, off);
-                    hist.value.push_back(Record {
+                    d.top += 1;
+                    let off = d.top;
+                    d.seen.insert(ev.seq, off);
+                    let record = Record {
                         offset: Offset(off),
                         payload: ev.payload.clone(),
-                    });
-                    while hist.value.len() as u64 > opts.history_max {
-                        hist.value.pop_front();
+                    };
+                    d.hist.push_back(record.clone());
+                    while d.hist.len() as u64 > opts.history_max {
+                        d.hist.pop_front();
                     }
-                    if best.as_ref().is_none_or(|(s, _, _)| ev.seq > *s) {
-                        best = Some((ev.seq, off, ev.payload.clone()));
+                    if best.as_ref().is_none_or(|(s, _)| ev.seq > *s) {
+                        best = Some((ev.seq, record));
                     }
                     (off, true)
                 }
@@ -282,23 +270,31 @@ impl Inner {
                 new,
             });
         }
-        if let Some((seq, off, payload)) = best {
-            if meta.value.state_seq.is_none_or(|s| seq > s) {
-                meta.value.state_seq = Some(seq);
-                meta.value.state_offset = off;
-                self.kv.insert(
-                    keys.state.clone(),
-                    Expiring {
-                        value: payload.0,
-                        expires: Some(now + opts.state_ttl),
-                    },
-                );
+        let mut state_update = None;
+        if let Some((seq, record)) = best {
+            if d.state.as_ref().is_none_or(|(s, _)| seq > *s) {
+                state_update = Some(record.payload.0.clone());
+                d.state = Some((seq, record));
             }
         }
-        meta.expires = Some(now + meta_ttl);
-        hist.expires = Some(now + opts.history_ttl);
-        if let Some(state) = self.kv.get_mut(&keys.state) {
-            state.expires = Some(now + opts.state_ttl);
+        data.expires = Some(now + ttl);
+        if let Some(state_key) = &keys.state {
+            match state_update {
+                Some(value) => {
+                    self.kv.insert(
+                        state_key.clone(),
+                        Expiring {
+                            value,
+                            expires: Some(now + opts.state_ttl),
+                        },
+                    );
+                }
+                None => {
+                    if let Some(state) = self.kv.get_mut(state_key) {
+                        state.expires = Some(now + opts.state_ttl);
+                    }
+                }
+            }
         }
         for (ch, payload) in publishes {
             self.publish(&ch, payload);
@@ -703,23 +699,17 @@ impl Backend for MemoryBackend {
     async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let Some(state) = get_live(&mut inner.kv, &keys.state, now).cloned() else {
+        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
             return Ok(None);
         };
-        let Some(meta) = get_live(&mut inner.meta, &keys.meta, now) else {
-            return Ok(None);
-        };
-        let Some(seq) = meta.state_seq else {
+        let Some((seq, record)) = &d.state else {
             return Ok(None);
         };
         Ok(Some(JobState {
-            epoch: Epoch(meta.epoch),
-            top: Offset(meta.top),
-            seq,
-            record: Record {
-                offset: Offset(meta.state_offset),
-                payload: Payload(state),
-            },
+            epoch: Epoch(d.epoch),
+            top: Offset(d.top),
+            seq: *seq,
+            record: record.clone(),
         }))
     }
 
@@ -731,23 +721,15 @@ impl Backend for MemoryBackend {
     ) -> BackendResult<HistoryPage> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let (epoch, top) = match get_live(&mut inner.meta, &keys.meta, now) {
-            Some(m) => (Some(Epoch(m.epoch)), Offset(m.top)),
-            None => (None, Offset::ZERO),
-        };
-        let Some(hist) = get_live(&mut inner.hist, &keys.hist, now) else {
-            return Ok(HistoryPage {
-                epoch,
-                top,
-                first: None,
-                records: Vec::new(),
-            });
+        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
+            return Ok(HistoryPage::default());
         };
         Ok(HistoryPage {
-            epoch,
-            top,
-            first: hist.front().map(|r| r.offset),
-            records: hist
+            epoch: Some(Epoch(d.epoch)),
+            top: Offset(d.top),
+            first: d.hist.front().map(|r| r.offset),
+            records: d
+                .hist
                 .iter()
                 .filter(|r| r.offset > after)
                 .take(limit)
@@ -856,8 +838,7 @@ impl Backend for MemoryBackend {
         for k in keys {
             let mut hit = false;
             hit |= inner.kv.remove(k).is_some_and(|e| e.live(now));
-            hit |= inner.meta.remove(k).is_some_and(|e| e.live(now));
-            hit |= inner.hist.remove(k).is_some_and(|e| e.live(now));
+            hit |= inner.jobs.remove(k).is_some_and(|e| e.live(now));
             hit |= inner.streams.remove(k).is_some();
             n += u64::from(hit);
         }

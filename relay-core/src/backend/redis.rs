@@ -85,60 +85,57 @@ impl Default for RedisConfig {
     }
 }
 
-/// The apply script; see the module docs of [`crate::backend`].
+/// The apply script; see the module docs of [`crate::backend`] and the job
+/// hash layout in [`JobKeys`].
 ///
 /// Applies any number of jobs in one call (one call per job on a cluster,
 /// where a job's keys share a slot but different jobs' keys do not).
-/// KEYS: per job meta, state, hist, live.
-/// ARGV: history_max, history_ttl_ms, state_ttl_ms, meta_ttl_ms, publish
+/// KEYS: per job the hash, the eco2 state string ('' key name when none:
+/// then it is not touched) and the live channel name.
+/// ARGV: history_max, ttl_ms (hash), state_ttl_ms (eco2 string), publish
 /// (0/1), now_ms, ttl refresh interval ms, then per job: epoch candidate,
 /// extra channel ('' = none), n, and n pairs (seq, payload).
 /// Returns per job `{epoch, off1, new1, off2, new2, ...}`.
 ///
-/// History is a list holding offsets `top - LLEN + 1 ..= top`: RPUSH and
-/// LTRIM are far cheaper than stream appends, and the first retained offset
-/// is derived, never stored, so it cannot drift.
+/// Per job the script makes one HMGET (meta and the dedupe entries of all
+/// its events), one HSET (offsets, history, state, top) and one PUBLISH per
+/// event: Redis CPU per event is dominated by the number of calls.
 const APPLY_LUA: &str = r#"
 local function seq_gt(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
 local hist_max = tonumber(ARGV[1])
-local hist_ttl, state_ttl, meta_ttl = ARGV[2], ARGV[3], ARGV[4]
-local publish = ARGV[5] == '1'
-local now = tonumber(ARGV[6])
-local refresh_every = tonumber(ARGV[7])
+local ttl, state_ttl = ARGV[2], ARGV[3]
+local publish = ARGV[4] == '1'
+local now = tonumber(ARGV[5])
+local refresh_every = tonumber(ARGV[6])
 local out = {}
-local a = 8
-for j = 0, #KEYS / 4 - 1 do
-  local meta, state, hist, live = KEYS[j * 4 + 1], KEYS[j * 4 + 2], KEYS[j * 4 + 3], KEYS[j * 4 + 4]
+local a = 7
+for j = 0, #KEYS / 3 - 1 do
+  local job, state, live = KEYS[j * 3 + 1], KEYS[j * 3 + 2], KEYS[j * 3 + 3]
   local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
-  -- one read for the job's meta and the dedupe entries of all its events
-  local fields = {'epoch', 'top', 'sq', 'rx'}
-  for k = 0, n - 1 do fields[5 + k] = 's' .. ARGV[a + 2 * k] end
-  local m = redis.call('HMGET', meta, unpack(fields))
-  local epoch, top, sq, rx = m[1], 0, m[3], tonumber(m[4]) or 0
+  local fields = {'epoch', 'top', 'hf', 'sq', 'rx'}
+  for k = 0, n - 1 do fields[6 + k] = 's' .. ARGV[a + 2 * k] end
+  local m = redis.call('HMGET', job, unpack(fields))
+  local epoch, top, hf, sq, rx = m[1], tonumber(m[2]) or 0, tonumber(m[3]) or 1, m[4], tonumber(m[5]) or 0
   local set = {}
   if not epoch then
     epoch = cand
-    sq = false
-    rx = 0
-    -- a history without meta cannot be continued gap-free: start over
-    redis.call('DEL', hist)
     set[#set + 1] = 'epoch'
     set[#set + 1] = epoch
-  else
-    top = tonumber(m[2]) or 0
+    set[#set + 1] = 'hf'
+    set[#set + 1] = '1'
   end
   local res = {epoch}
-  local push = {}
   local seen = {}
+  local pushed = 0
   local best_seq, best_payload, best_off = nil, nil, nil
   for k = 1, n do
     local seq, payload = ARGV[a], ARGV[a + 1]
     a = a + 2
-    local off = m[4 + k] or seen[seq]
+    local off = m[5 + k] or seen[seq]
     local new = 0
     if not off then
       top = top + 1
@@ -146,8 +143,10 @@ for j = 0, #KEYS / 4 - 1 do
       seen[seq] = off
       set[#set + 1] = 's' .. seq
       set[#set + 1] = off
+      set[#set + 1] = 'h' .. off
+      set[#set + 1] = payload
       new = 1
-      push[#push + 1] = payload
+      pushed = pushed + 1
       if (not sq or seq_gt(seq, sq)) and (not best_seq or seq_gt(seq, best_seq)) then
         best_seq, best_payload, best_off = seq, payload, off
       end
@@ -159,34 +158,40 @@ for j = 0, #KEYS / 4 - 1 do
       if extra ~= '' then redis.call('PUBLISH', extra, payload) end
     end
   end
-  if #push > 0 then
-    local len = 0
-    for s = 1, #push, 1000 do
-      len = redis.call('RPUSH', hist, unpack(push, s, math.min(s + 999, #push)))
-    end
-    if len > hist_max then redis.call('LTRIM', hist, len - hist_max, -1) end
+  if pushed > 0 then
     set[#set + 1] = 'top'
     set[#set + 1] = string.format('%d', top)
+    if top - hf + 1 > hist_max then
+      local new_hf = top - hist_max + 1
+      local drop = {}
+      for o = hf, new_hf - 1 do drop[#drop + 1] = 'h' .. string.format('%d', o) end
+      for s = 1, #drop, 1000 do
+        redis.call('HDEL', job, unpack(drop, s, math.min(s + 999, #drop)))
+      end
+      set[#set + 1] = 'hf'
+      set[#set + 1] = string.format('%d', new_hf)
+    end
   end
   if best_seq then
-    redis.call('SET', state, best_payload, 'PX', state_ttl)
     set[#set + 1] = 'sq'
     set[#set + 1] = best_seq
     set[#set + 1] = 'so'
     set[#set + 1] = best_off
+    set[#set + 1] = 'st'
+    set[#set + 1] = best_payload
+    if state ~= '' then redis.call('SET', state, best_payload, 'PX', state_ttl) end
   end
-  -- TTLs are refreshed when due, not on every event: each refresh is two
-  -- more calls, and the bound only needs to hold to within refresh_every.
+  -- TTLs are refreshed when due, not on every event: a refresh is another
+  -- call, and the bound only needs to hold to within refresh_every.
   local refresh = now - rx >= refresh_every
   if refresh then
     set[#set + 1] = 'rx'
     set[#set + 1] = string.format('%d', now)
   end
-  if #set > 0 then redis.call('HSET', meta, unpack(set)) end
+  if #set > 0 then redis.call('HSET', job, unpack(set)) end
   if refresh then
-    redis.call('PEXPIRE', meta, meta_ttl)
-    redis.call('PEXPIRE', hist, hist_ttl)
-    if not best_seq then redis.call('PEXPIRE', state, state_ttl) end
+    redis.call('PEXPIRE', job, ttl)
+    if state ~= '' and not best_seq then redis.call('PEXPIRE', state, state_ttl) end
   end
   out[#out + 1] = res
 end
@@ -195,35 +200,35 @@ return out
 
 /// How often the apply script refreshes a busy job's TTLs: every 1/16 of the
 /// shortest TTL, so a key lives at least 15/16 of its TTL after its last
-/// update, for two script calls per refresh instead of per event.
+/// update, for one extra call per refresh instead of per event.
 fn ttl_refresh_ms(shortest_ttl_ms: u64) -> u64 {
     shortest_ttl_ms / 16
 }
 
-/// KEYS: meta, hist. ARGV: after, limit.
-/// Returns `{epoch|nil, top|nil, first|nil, start, payloads}`: the payloads
-/// have offsets `start, start + 1, ...`.
+/// KEYS: job hash. ARGV: after, limit.
+/// Returns `{epoch|nil, top, first|nil, start, payloads}`: the payloads have
+/// offsets `start, start + 1, ...`.
 const READ_HISTORY_LUA: &str = r#"
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'top')
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'hf')
 if not m[1] then return {false, false, false, 0, {}} end
 local top = tonumber(m[2]) or 0
-local len = redis.call('LLEN', KEYS[2])
-if len == 0 then return {m[1], m[2], false, 0, {}} end
-local first = top - len + 1
+local first = tonumber(m[3]) or 1
+if top < first then return {m[1], m[2], false, 0, {}} end
 local start = tonumber(ARGV[1]) + 1
 if start < first then start = first end
-local limit = tonumber(ARGV[2])
+local last = math.min(top, start + tonumber(ARGV[2]) - 1)
 local entries = {}
-if limit > 0 and start <= top then
-  entries = redis.call('LRANGE', KEYS[2], start - first, start - first + limit - 1)
+if last >= start then
+  local names = {}
+  for o = start, last do names[#names + 1] = 'h' .. string.format('%d', o) end
+  entries = redis.call('HMGET', KEYS[1], unpack(names))
 end
 return {m[1], m[2], string.format('%d', first), string.format('%d', start), entries}
 "#;
 
-/// KEYS: meta, state. Returns `{epoch, top, sq, so, state}` (nil when absent).
+/// KEYS: job hash. Returns `{epoch, top, sq, so, st}` (nil when absent).
 const GET_STATE_LUA: &str = r#"
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'top', 'sq', 'so')
-return {m[1], m[2], m[3], m[4], redis.call('GET', KEYS[2])}
+return redis.call('HMGET', KEYS[1], 'epoch', 'top', 'sq', 'so', 'st')
 "#;
 
 /// KEYS: marker, stream. ARGV: ttl_ms, maxlen ('' = none), fields...
@@ -1033,18 +1038,19 @@ impl Backend for RedisBackend {
         let script = &self.inner.scripts.apply;
         let history_ttl = ms(opts.history_ttl);
         let state_ttl = ms(opts.state_ttl);
-        let meta_ttl = history_ttl.max(state_ttl);
+        let job_ttl = history_ttl.max(state_ttl);
         let call = |jobs: &[ApplyJob]| {
             let mut c = redis::cmd("EVALSHA");
-            c.arg(script.get_hash()).arg(jobs.len() * 4);
+            c.arg(script.get_hash()).arg(jobs.len() * 3);
             for job in jobs {
                 let k = &job.keys;
-                c.arg(&k.meta).arg(&k.state).arg(&k.hist).arg(&k.live);
+                c.arg(&k.meta)
+                    .arg(k.state.as_deref().unwrap_or(""))
+                    .arg(&k.live);
             }
             c.arg(opts.history_max)
-                .arg(history_ttl)
+                .arg(job_ttl)
                 .arg(state_ttl)
-                .arg(meta_ttl)
                 .arg(if opts.publish { "1" } else { "0" })
                 .arg(crate::event::now_ms())
                 .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
@@ -1155,7 +1161,7 @@ impl Backend for RedisBackend {
 
     async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
         let script = &self.inner.scripts.get_state;
-        let c = evalsha(script, &[&keys.meta, &keys.state]);
+        let c = evalsha(script, &[&keys.meta]);
         let v = self.eval_one(script, c, None).await?;
         let a = array(&v, "state reply")?;
         let [epoch, top, sq, so, state] = a else {
@@ -1182,7 +1188,7 @@ impl Backend for RedisBackend {
         limit: usize,
     ) -> BackendResult<HistoryPage> {
         let script = &self.inner.scripts.read_history;
-        let mut c = evalsha(script, &[&keys.meta, &keys.hist]);
+        let mut c = evalsha(script, &[&keys.meta]);
         c.arg(after.0).arg(limit);
         let v = self.eval_one(script, c, None).await?;
         let a = array(&v, "history reply")?;
@@ -1195,15 +1201,13 @@ impl Backend for RedisBackend {
         let start = opt_u64(start, "start")?.unwrap_or(0);
         let records = array(payloads, "history payloads")?
             .iter()
+            .map_while(bytes_of)
             .enumerate()
-            .map(|(i, p)| {
-                let payload = bytes_of(p).ok_or_else(|| protocol("history payload is not a string"))?;
-                Ok(Record {
-                    offset: Offset(start + i as u64),
-                    payload: Payload(Bytes::copy_from_slice(payload)),
-                })
+            .map(|(i, payload)| Record {
+                offset: Offset(start + i as u64),
+                payload: Payload(Bytes::copy_from_slice(payload)),
             })
-            .collect::<BackendResult<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         Ok(HistoryPage {
             epoch: Some(Epoch(epoch)),
             top: Offset(opt_u64(top, "top")?.unwrap_or(0)),

@@ -1,0 +1,150 @@
+//! The all-in-one demo (`pipeline-scan demo`): the router, the SSE gateway,
+//! the scan API and in-process workers with simulated models, on the
+//! in-process [`MemoryBackend`], in one process — no Redis, no RabbitMQ.
+//!
+//! One listener serves:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | the demo page: submit an image URL, watch the stages arrive live |
+//! | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` | the scan API ([`ScanApi`]) |
+//! | `GET /api/v1/scan/{job}/events`, `GET /v1/jobs/{job}/events`, … | the SSE gateway ([`relay_sse::Gateway`]) |
+//! | `/healthz`, `/readyz`, `/metrics` | the gateway's |
+//!
+//! The models are the simulators ([`SimulatedVision`]: a deterministic
+//! classification derived from the URL, [`SimulatedAnswer`]: the template
+//! composer), each behind a configurable latency so the stages are visible
+//! arriving one by one. The image URL is never fetched, so private and
+//! loopback URLs are accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::{Backend, KeySpace, Publisher, PublisherConfig, Router, RouterConfig};
+use relay_sse::{Gateway, GatewayOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiConfig, ScanApi};
+use crate::app::{start_in_process, AppError};
+use crate::scan::{
+    self, LatencyDist, RuleSet, ScanModels, SimulatedAnswer, SimulatedVision, Taxonomy,
+};
+use crate::transport::inprocess::InProcessConfig;
+
+/// The demo page served at `/`.
+pub const PAGE: &str = include_str!("../static/demo.html");
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Key space (profile and shards; domain `scan`).
+    pub keys: KeySpace,
+    /// Simulated vision latency.
+    pub vision_latency: LatencyDist,
+    /// Simulated answer latency.
+    pub answer_latency: LatencyDist,
+    /// The rule set (default: the embedded dataset).
+    pub rules: Arc<RuleSet>,
+    /// Stream token secret (API issues, gateway checks); `None`: open.
+    pub auth_secret: Option<Vec<u8>>,
+}
+
+/// The demo's simulated models.
+pub fn models(config: &DemoConfig) -> ScanModels {
+    ScanModels {
+        vision: Arc::new(SimulatedVision::new(
+            Arc::new(Taxonomy::default_dataset()),
+            config.vision_latency,
+        )),
+        rules: config.rules.clone(),
+        answer: Arc::new(SimulatedAnswer::new(config.answer_latency)),
+    }
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+/// Runs the demo until `shutdown` is cancelled: binds, prints the URL to
+/// open on stdout, serves, then drains the workers and the router.
+pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+
+    // 1. The router turns the shard streams into state, history and live feed.
+    let mut router_config = RouterConfig::new(config.keys.clone());
+    router_config.block = Duration::from_millis(250);
+    let router = Router::new(backend.clone(), router_config).spawn();
+
+    // 2. The gateway streams them (native and eco2 routes).
+    let gateway = Gateway::new(
+        backend.clone(),
+        GatewayOptions {
+            profile: config.keys.profile(),
+            domain: scan::DOMAIN.into(),
+            shards: config.keys.shards(),
+            auth_secret: config.auth_secret.clone(),
+            ..GatewayOptions::default()
+        },
+    )
+    .map_err(|e| AppError::Config(e.to_string()))?;
+
+    // 3. Workers and API on the in-process transport.
+    let publisher = Publisher::new(
+        backend.clone(),
+        config.keys.clone(),
+        PublisherConfig::default(),
+    );
+    let (_engine, workers) = start_in_process(
+        publisher.clone(),
+        &models(&config),
+        scan::engine_config(),
+        InProcessConfig::default(),
+    );
+    let api = ScanApi::new(
+        publisher,
+        Arc::new(workers.clone()),
+        ApiConfig {
+            // Nothing fetches the image URL here (simulated vision).
+            allow_private_hosts: true,
+            auth_secret: config.auth_secret.clone(),
+            ..ApiConfig::default()
+        },
+    );
+
+    let app = gateway
+        .router()
+        .merge(api.router())
+        .route("/", get(page))
+        .route("/index.html", get(page));
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, vision = %config.vision_latency, answer = %config.answer_latency, "demo listening");
+    println!("relay scan demo: open http://{addr}/  (Ctrl-C to stop)");
+
+    let stop = shutdown.clone();
+    let gw = gateway.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            // End open streams so the graceful shutdown does not wait on them.
+            gw.shutdown();
+        })
+        .await;
+    workers.shutdown().await;
+    router.shutdown().await;
+    served?;
+    Ok(())
+}

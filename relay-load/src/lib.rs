@@ -1,0 +1,403 @@
+//! # relay-load
+//!
+//! The k6-equivalent load tool of the relay workspace.
+//!
+//! - `relay-load scan`: ramping virtual users (`--stages 30s:50,90s:50,30s:0`)
+//!   submit scans to the scan API and follow each job's SSE stream to its
+//!   terminal event (or poll the result with `--mode poll`), then think
+//!   1–3 s. Reports completion, req/min, submit / first-event / E2E
+//!   latencies, per-stage durations, duplicate and missing events, and the
+//!   relay overhead: E2E minus the job's simulated model time (`model_ms`
+//!   in the stage events).
+//! - `relay-load relay`: producers publish at `--rate` through the real
+//!   router to SSE clients on the gateway; reports delivered events/s,
+//!   publish→client latency p50/p99/p999, loss and duplicates, CPU per
+//!   event, next to the same run against a raw loopback TCP/HTTP echo (the
+//!   ceiling of the SSE path) and `redis-benchmark` ceilings for the Redis
+//!   work.
+//!
+//! Targets: a deployment by URL (`--api-url`, `--sse-url`, `--redis-url`), or
+//! `--spawn` to start redis-server, `relay-router`, `relay-sse`,
+//! `pipeline-scan api` and `pipeline-scan worker`(s) on loopback.
+//! Output: a progress bar, a table on stdout, `--json`, `--html` (inline SVG).
+
+pub mod echo;
+pub mod relay;
+pub mod report;
+pub mod scan;
+pub mod spawn;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::report::Report;
+use crate::spawn::{Deployment, ScanSpawn};
+
+/// `relay-load`: load scenarios for relay (every flag also from `RELAY_LOAD_*`).
+#[derive(Debug, Parser)]
+#[command(name = "relay-load", version, about)]
+pub struct Cli {
+    /// Target and output flags.
+    #[command(flatten)]
+    pub common: Common,
+    /// The scenario.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Flags every scenario takes.
+#[derive(Clone, Debug, Args)]
+pub struct Common {
+    /// Start a private deployment on loopback instead of using URLs.
+    #[arg(long, env = "RELAY_LOAD_SPAWN", global = true)]
+    pub spawn: bool,
+    /// Scan API base URL.
+    #[arg(long, env = "RELAY_LOAD_API_URL", default_value = "http://127.0.0.1:8000", global = true)]
+    pub api_url: String,
+    /// SSE gateway base URL.
+    #[arg(long, env = "RELAY_LOAD_SSE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub sse_url: String,
+    /// Redis URL (relay scenario producers).
+    #[arg(long, env = "RELAY_LOAD_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    pub redis_url: String,
+    /// Shard streams (must match the router and gateway).
+    #[arg(long, env = "RELAY_LOAD_SHARDS", default_value_t = 4, global = true)]
+    pub shards: u32,
+    /// `--spawn`: the router's batch size.
+    #[arg(long, env = "RELAY_LOAD_ROUTER_BATCH", default_value_t = 256, global = true)]
+    pub router_batch: u32,
+    /// Write the report as JSON here.
+    #[arg(long, env = "RELAY_LOAD_JSON", global = true)]
+    pub json: Option<PathBuf>,
+    /// Write the HTML report (inline SVG charts) here.
+    #[arg(long, env = "RELAY_LOAD_HTML", global = true)]
+    pub html: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, env = "RELAY_LOAD_QUIET", global = true)]
+    pub quiet: bool,
+}
+
+/// Scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Ramping VUs: submit a scan, follow its stream to the end, think.
+    Scan(scan::ScanArgs),
+    /// Producers → router → gateway → SSE clients at a target rate.
+    Relay(relay::RelayArgs),
+    /// Write a report from synthetic data (checks the HTML/SVG output).
+    DemoReport,
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    if quiet {
+        pb.set_draw_target(ProgressDrawTarget::hidden());
+    } else {
+        pb.set_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    }
+    pb.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Runs the parsed command; returns the report (also printed and written).
+pub async fn run(cli: Cli) -> anyhow::Result<Report> {
+    let report = match &cli.scenario {
+        Scenario::Scan(args) => run_scan(&cli.common, args).await?,
+        Scenario::Relay(args) => run_relay(&cli.common, args).await?,
+        Scenario::DemoReport => report::synthetic(),
+    };
+    emit(&cli.common, &report)?;
+    Ok(report)
+}
+
+/// Prints the table and writes `--json` / `--html`.
+pub fn emit(common: &Common, report: &Report) -> anyhow::Result<()> {
+    println!("{}", report.table());
+    if let Some(p) = &common.json {
+        std::fs::write(p, serde_json::to_vec_pretty(report)?)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &common.html {
+        std::fs::write(p, report.to_html())?;
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}
+
+fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
+    let mut env = spawn::versions();
+    env.push(("target".into(), if spawned { "spawned on loopback".into() } else { "external URLs".into() }));
+    env.push(("sse url".into(), dep.sse_url.clone()));
+    if let Some(a) = &dep.api_url {
+        env.push(("api url".into(), a.clone()));
+    }
+    env.push(("redis url".into(), dep.redis_url.clone()));
+    if let Some(q) = &dep.queue_prefix {
+        env.push(("queue prefix".into(), q.clone()));
+    }
+    env
+}
+
+/// The `scan` scenario.
+pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<Report> {
+    let dep = if common.spawn {
+        let s = ScanSpawn {
+            amqp_url: args.amqp_url.clone(),
+            workers: args.workers,
+            sim_latency_ms: args.sim_latency_ms.clone(),
+            sim_stage_latency_ms: args.sim_stage_latency_ms.clone(),
+            stage_prefetch: args.stage_prefetch.clone(),
+        };
+        let shards = common.shards;
+        let batch = common.router_batch;
+        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, Some(&s))).await??
+    } else {
+        Deployment::external(common.redis_url.clone(), common.sse_url.clone(), Some(common.api_url.clone()))
+    };
+    let target = scan::Target {
+        api_url: dep.api_url.clone().unwrap_or_else(|| common.api_url.clone()),
+        sse_url: dep.sse_url.clone(),
+    };
+    let live = Arc::new(scan::Live::default());
+    let total = args.stages.total();
+    let pb = bar(
+        common.quiet,
+        total.as_secs().max(1),
+        "{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}",
+    );
+    let ticker = {
+        let (pb, live) = (pb.clone(), live.clone());
+        let t0 = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                pb.set_position(t0.elapsed().as_secs().min(pb.length().unwrap_or(0)));
+                let done = live.done.load(Ordering::Relaxed);
+                let ok = live.ok.load(Ordering::Relaxed);
+                pb.set_message(format!(
+                    "VUs {} | in flight {} | iterations {} | completed {:.1} %",
+                    live.vus.load(Ordering::Relaxed),
+                    live.inflight.load(Ordering::Relaxed),
+                    done,
+                    if done == 0 { 100.0 } else { 100.0 * ok as f64 / done as f64 }
+                ));
+            }
+        })
+    };
+    let (its, levels, run_time) = scan::run_vus(args, target, live).await;
+    ticker.abort();
+    pb.finish_and_clear();
+    let (fig, e2e, tl) = scan::aggregate(args, &its, &levels, run_time);
+    let mut env = environment(&dep, common.spawn);
+    if common.spawn {
+        env.push(("workers".into(), format!(
+            "{} × pipeline-scan worker (AMQP), prefetch {}",
+            args.workers, args.stage_prefetch
+        )));
+        env.push(("simulated latency".into(), format!(
+            "vision {} ms, {}",
+            args.sim_latency_ms, args.sim_stage_latency_ms
+        )));
+    }
+    Ok(Report {
+        scenario: "scan".into(),
+        title: format!("relay-load scan: {} VUs ({})", fig.max_vus, fig.stages),
+        command: command_line(),
+        started_unix: unix_now(),
+        environment: env,
+        summary: scan::summary_rows(&fig),
+        figures: serde_json::to_value(&fig)?,
+        latency_label: "E2E latency".into(),
+        level_label: "VUs".into(),
+        latency: e2e.summary(),
+        timeline: tl.windows(),
+        histogram: e2e.buckets(40),
+    })
+}
+
+/// `redis-benchmark` ceilings for the relay's per-event Redis work on the
+/// spawned server: XADD (producer), the apply script (router), combined.
+async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let xadd = tokio::task::spawn_blocking({
+        let port = server.port().to_string();
+        move || {
+            let o = std::process::Command::new("redis-benchmark")
+                .args(["-h", "127.0.0.1", "-p", &port, "-n", "200000", "-c", "4", "-P", "64", "-r", "100000", "--csv"])
+                .args(["XADD", "ceiling:{__rand_int__}", "*", "job", "j", "seq", "1", "enc", "msgpack", "body"])
+                .arg("x".repeat(160))
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split(',').nth(1))
+                .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
+                .next_back()
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let eval = relay_suite::bench::evalsha_ceiling(server, 100_000, 64).await;
+    if let Some(x) = xadd {
+        out.push(("redis-benchmark XADD -P 64 (ops/s)".into(), x));
+    }
+    if let Some(e) = eval {
+        out.push(("redis-benchmark EVALSHA apply script -P 64 (ops/s)".into(), e));
+    }
+    if let (Some(x), Some(e)) = (xadd, eval) {
+        out.push(("combined XADD + apply (events/s)".into(), 1.0 / (1.0 / x + 1.0 / e)));
+    }
+    out
+}
+
+/// The `relay` scenario.
+pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Result<Report> {
+    let dep = if common.spawn {
+        let shards = common.shards;
+        let batch = common.router_batch;
+        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, None)).await??
+    } else {
+        Deployment::external(common.redis_url.clone(), common.sse_url.clone(), None)
+    };
+    let keys = relay::key_space(&args.domain, common.shards)?;
+    let publisher = relay::publisher(&dep.redis_url, keys).await?;
+    let mut pids = dep.pids();
+    if let Some(r) = &dep.redis {
+        if let Ok(redis::Value::BulkString(b)) = r.command(&["INFO", "server"]).await {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            if let Some(pid) = text.lines().find_map(|l| l.trim().strip_prefix("process_id:")) {
+                if let Ok(pid) = pid.trim().parse() {
+                    pids.push(("redis-server".into(), pid));
+                }
+            }
+        }
+    }
+    let progress = Arc::new(AtomicU64::new(0));
+    let expected = if args.rate == 0 { 0 } else { (args.rate as f64 * args.duration_secs) as u64 };
+    let pb = bar(
+        common.quiet,
+        expected.max(1),
+        "{elapsed_precise} [{bar:30}] {pos} events delivered {per_sec} {msg}",
+    );
+    let ticker = {
+        let (pb, progress) = (pb.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                pb.set_position(progress.load(Ordering::Relaxed));
+            }
+        })
+    };
+    pb.set_message("(relay)");
+    let sse = dep.sse_url.clone();
+    let (fig, lat, tl) = relay::run_path(
+        args,
+        "relay",
+        Arc::new(relay::RelaySink(publisher)),
+        move |job| format!("{sse}/v1/jobs/{job}/events"),
+        pids,
+        progress.clone(),
+    )
+    .await;
+    let mut paths = vec![fig.clone()];
+    if !args.no_ceiling {
+        progress.store(0, Ordering::Relaxed);
+        pb.set_message("(loopback echo ceiling)");
+        let echo = echo::Echo::start().await?;
+        let url = echo.url();
+        let (efig, _, _) = relay::run_path(
+            args,
+            "echo ceiling",
+            Arc::new(echo::EchoSink(echo)),
+            move |job| format!("{url}/e/{job}"),
+            Vec::new(),
+            progress.clone(),
+        )
+        .await;
+        paths.push(efig);
+    }
+    ticker.abort();
+    pb.finish_and_clear();
+    let ceilings = match &dep.redis {
+        Some(server) => redis_ceilings(server).await,
+        None => Vec::new(),
+    };
+    let mut summary = vec![
+        ("producers / clients / jobs".to_owned(), format!(
+            "{} / {} / {}",
+            args.producers,
+            args.clients,
+            args.jobs.unwrap_or(args.clients)
+        )),
+        ("duration".into(), format!("{} s publishing", args.duration_secs)),
+    ];
+    for p in &paths {
+        summary.extend(relay::summary_rows(p));
+    }
+    if let Some(e) = paths.get(1) {
+        summary.push((
+            "relay / echo delivered".into(),
+            format!("{:.1} %", 100.0 * fig.delivered_per_s / e.delivered_per_s.max(1e-9)),
+        ));
+        summary.push((
+            "relay p99 − echo p99".into(),
+            format!("{:.3} ms", fig.latency.p99_ms - e.latency.p99_ms),
+        ));
+    }
+    for (k, v) in &ceilings {
+        summary.push((k.clone(), format!("{v:.0}")));
+    }
+    if let Some((_, c)) = ceilings.iter().find(|(k, _)| k.starts_with("combined")) {
+        summary.push(("relay delivered / Redis ceiling".into(), format!("{:.1} %", 100.0 * fig.delivered_per_s / c)));
+    }
+    let env = environment(&dep, common.spawn);
+    Ok(Report {
+        scenario: "relay".into(),
+        title: format!(
+            "relay-load relay: {} ev/s target, {} clients",
+            if args.rate == 0 { "unthrottled".to_string() } else { args.rate.to_string() },
+            args.clients
+        ),
+        command: command_line(),
+        started_unix: unix_now(),
+        environment: env,
+        summary,
+        figures: serde_json::json!({ "paths": paths, "redis_ceilings": ceilings }),
+        latency_label: "publish→client latency".into(),
+        level_label: "events/s delivered".into(),
+        latency: lat.summary(),
+        timeline: {
+            // Level = events delivered in the window.
+            tl.windows()
+                .into_iter()
+                .map(|mut w| {
+                    w.level = w.count as f64;
+                    w
+                })
+                .collect()
+        },
+        histogram: lat.buckets(40),
+    })
+}

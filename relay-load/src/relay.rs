@@ -1,0 +1,453 @@
+//! The `relay` scenario: N producers publish at a target rate through the
+//! real router (Redis shard streams → apply → Pub/Sub) to M SSE clients on
+//! the gateway. Every event carries its publish time (`data.t_us`, µs since
+//! the epoch, same host clock); clients record publish→client latency in an
+//! HDR histogram, and count loss and duplicates per job.
+//!
+//! The same producers and clients then run against [`echo`](crate::echo): a
+//! raw loopback TCP/HTTP server that frames the same events as SSE and fans
+//! them out directly — the ceiling of the SSE path on this machine.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_sse::client::{SseItem, SseReader};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};
+
+/// `relay` flags.
+#[derive(Clone, Debug, Args)]
+pub struct RelayArgs {
+    /// Target publish rate, events/s over all producers (0: as fast as possible).
+    #[arg(long, env = "RELAY_LOAD_RATE", default_value_t = 10_000)]
+    pub rate: u64,
+    /// Publishing time, seconds.
+    #[arg(long, env = "RELAY_LOAD_DURATION_SECS", default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Producer tasks.
+    #[arg(long, env = "RELAY_LOAD_PRODUCERS", default_value_t = 4)]
+    pub producers: usize,
+    /// SSE clients.
+    #[arg(long, env = "RELAY_LOAD_CLIENTS", default_value_t = 100)]
+    pub clients: usize,
+    /// Jobs (clients are spread over them; default: one per client).
+    #[arg(long, env = "RELAY_LOAD_JOBS")]
+    pub jobs: Option<usize>,
+    /// Most events per publish call (batching when behind schedule).
+    #[arg(long, env = "RELAY_LOAD_BATCH", default_value_t = 256)]
+    pub batch: usize,
+    /// Padding bytes in each event's data.
+    #[arg(long, env = "RELAY_LOAD_PAYLOAD_BYTES", default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Latencies of events published in the first seconds are not recorded.
+    #[arg(long, env = "RELAY_LOAD_WARMUP_SECS", default_value_t = 1.0)]
+    pub warmup_secs: f64,
+    /// Event domain (must be the gateway's `--domain`).
+    #[arg(long, env = "RELAY_LOAD_DOMAIN", default_value = "scan")]
+    pub domain: String,
+    /// Skip the loopback echo ceiling run.
+    #[arg(long, env = "RELAY_LOAD_NO_CEILING")]
+    pub no_ceiling: bool,
+    /// How long clients may take to drain after publishing stops, seconds.
+    #[arg(long, env = "RELAY_LOAD_DRAIN_SECS", default_value_t = 30.0)]
+    pub drain_secs: f64,
+}
+
+/// One client's tally.
+#[derive(Debug, Default)]
+struct ClientTally {
+    lat: Lat,
+    tl: Option<Timeline>,
+    received: u64,
+    duplicates: u64,
+    last_seq: u64,
+    got_terminal: bool,
+    first_arrival: Option<Instant>,
+    last_arrival: Option<Instant>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    seq: u64,
+    stage: String,
+    #[serde(default)]
+    data: ProbeData,
+}
+
+#[derive(Deserialize, Default)]
+struct ProbeData {
+    #[serde(default)]
+    t_us: u64,
+}
+
+/// Figures of one run (relay or echo ceiling).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RelayFigures {
+    /// What ran: `relay` or `echo ceiling`.
+    pub path: String,
+    /// Target rate (0 = unthrottled).
+    pub target_rate: u64,
+    /// Events published.
+    pub published: u64,
+    /// Published per second (publishing window).
+    pub publish_rate: f64,
+    /// Events delivered to clients (all clients).
+    pub delivered: u64,
+    /// Delivered per second (first publish → last delivery).
+    pub delivered_per_s: f64,
+    /// Expected deliveries (published × clients per job).
+    pub expected: u64,
+    /// Events never delivered to a client that should have had them.
+    pub lost: u64,
+    /// Events delivered twice to the same client.
+    pub duplicates: u64,
+    /// Clients that did not see the terminal event.
+    pub unterminated_clients: u64,
+    /// Client errors (first few).
+    pub errors: Vec<String>,
+    /// Publish → client latency.
+    pub latency: LatSummary,
+    /// CPU seconds per process over the run.
+    pub cpu_s: Vec<(String, f64)>,
+    /// CPU µs per delivered event per process.
+    pub cpu_us_per_event: Vec<(String, f64)>,
+}
+
+/// How producers hand events to the system under test.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Publishes a batch (in order).
+    async fn publish(&self, events: &[Event]) -> anyhow::Result<()>;
+}
+
+/// Publishing through relay (`Publisher` on Redis).
+pub struct RelaySink(pub Publisher);
+
+#[async_trait::async_trait]
+impl Sink for RelaySink {
+    async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
+        if events.len() == 1 {
+            self.0.publish(&events[0]).await?;
+        } else {
+            self.0.publish_batch(events).await?;
+        }
+        Ok(())
+    }
+}
+
+fn job_name(run: &str, j: usize) -> String {
+    format!("rl-{run}-{j}")
+}
+
+/// Runs producers and clients against `events_url(job)`; `pids` are the
+/// processes whose CPU is reported.
+pub async fn run_path(
+    args: &RelayArgs,
+    path: &str,
+    sink: Arc<dyn Sink>,
+    events_url: impl Fn(&str) -> String,
+    pids: Vec<(String, u32)>,
+    progress: Arc<AtomicU64>,
+) -> (RelayFigures, Lat, Timeline) {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let jobs = args.jobs.unwrap_or(args.clients).clamp(1, args.clients.max(1));
+    let domain = args.domain.clone();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients + 16)
+        .tcp_nodelay(true)
+        .build()
+        .expect("http client");
+    let t0 = Instant::now();
+    let warm_until_us = Arc::new(AtomicU64::new(u64::MAX));
+    let cpu_before: Vec<_> = pids.iter().map(|(_, p)| crate::stats::pid_cpu(*p)).collect();
+    let own_before = relay_suite::bench::process_cpu();
+
+    // Clients first (the gateway waits for jobs with no events yet).
+    let mut clients = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let job = job_name(&run, c % jobs);
+        let url = events_url(&job);
+        let client = client.clone();
+        let warm = warm_until_us.clone();
+        let progress = progress.clone();
+        let drain = Duration::from_secs_f64(args.duration_secs + args.drain_secs + 30.0);
+        clients.push(tokio::spawn(async move {
+            let mut t = ClientTally {
+                tl: Some(Timeline::new(1.0)),
+                ..Default::default()
+            };
+            let mut seen: Vec<bool> = Vec::new();
+            let deadline = tokio::time::Instant::now() + drain;
+            let resp = match tokio::time::timeout_at(deadline, client.get(&url).header("Accept", "text/event-stream").send()).await {
+                Ok(Ok(r)) if r.status().is_success() => r,
+                Ok(Ok(r)) => {
+                    t.error = Some(format!("HTTP {}", r.status()));
+                    return t;
+                }
+                Ok(Err(e)) => {
+                    t.error = Some(e.to_string());
+                    return t;
+                }
+                Err(_) => {
+                    t.error = Some("timeout".into());
+                    return t;
+                }
+            };
+            let mut reader = SseReader::new(resp.bytes_stream());
+            loop {
+                let item = match tokio::time::timeout_at(deadline, reader.next_item()).await {
+                    Ok(Some(Ok(i))) => i,
+                    Ok(Some(Err(e))) => {
+                        t.error = Some(e.to_string());
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        t.error = Some("drain timeout".into());
+                        break;
+                    }
+                };
+                let SseItem::Event(ev) = item else { continue };
+                let now = unix_us();
+                let arrival = Instant::now();
+                let Ok(p) = serde_json::from_str::<Probe>(&ev.data) else { continue };
+                let i = p.seq as usize;
+                if seen.len() <= i {
+                    seen.resize(i + 1024, false);
+                }
+                if seen[i] {
+                    t.duplicates += 1;
+                    continue;
+                }
+                seen[i] = true;
+                if p.stage == relay_core::event::DONE_STAGE {
+                    t.got_terminal = true;
+                    t.last_seq = p.seq;
+                    break;
+                }
+                t.received += 1;
+                progress.fetch_add(1, Ordering::Relaxed);
+                t.first_arrival.get_or_insert(arrival);
+                t.last_arrival = Some(arrival);
+                if p.data.t_us >= warm.load(Ordering::Relaxed) {
+                    let us = now.saturating_sub(p.data.t_us);
+                    t.lat.record_us(us);
+                    if let Some(tl) = &mut t.tl {
+                        tl.record(arrival.duration_since(t0).as_secs_f64(), us);
+                    }
+                }
+            }
+            // Missing = seqs 1..last_seq not seen.
+            if t.got_terminal {
+                let missing = (1..t.last_seq as usize).filter(|s| !seen.get(*s).copied().unwrap_or(false)).count();
+                t.last_seq = missing as u64; // reuse: missing count
+            } else {
+                t.last_seq = u64::MAX;
+            }
+            t
+        }));
+    }
+    // Let the clients connect and subscribe (resume makes this race safe anyway).
+    tokio::time::sleep(Duration::from_millis(500 + 2 * args.clients as u64)).await;
+
+    let start = Instant::now();
+    warm_until_us.store(unix_us() + (args.warmup_secs * 1e6) as u64, Ordering::Relaxed);
+    let published = Arc::new(AtomicU64::new(0));
+    let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
+    let dur = Duration::from_secs_f64(args.duration_secs);
+    let pad = "x".repeat(args.payload_bytes);
+    let mut producers = Vec::new();
+    let nprod = args.producers.max(1);
+    for p in 0..nprod {
+        let my_jobs: Vec<String> = (0..jobs).filter(|j| j % nprod == p).map(|j| job_name(&run, j)).collect();
+        if my_jobs.is_empty() {
+            continue;
+        }
+        let sink = sink.clone();
+        let published = published.clone();
+        let pad = pad.clone();
+        let domain = domain.clone();
+        let batch = args.batch.max(1);
+        producers.push(tokio::spawn(async move {
+            let mut seqs = vec![0u64; my_jobs.len()];
+            let mut next = 0usize;
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut buf = Vec::with_capacity(batch);
+            loop {
+                let el = start.elapsed();
+                if el >= dur {
+                    break;
+                }
+                let due = if per_producer_rate <= 0.0 {
+                    sent + batch as u64
+                } else {
+                    (per_producer_rate * el.as_secs_f64()) as u64
+                };
+                if due <= sent {
+                    tick.tick().await;
+                    continue;
+                }
+                let n = ((due - sent) as usize).min(batch);
+                buf.clear();
+                let t_us = unix_us();
+                for _ in 0..n {
+                    let j = next % my_jobs.len();
+                    next += 1;
+                    seqs[j] += 1;
+                    let e = Event::new(&domain, &my_jobs[j], seqs[j], "load", Status::Progress)
+                        .expect("valid event")
+                        .with_data(serde_json::json!({ "t_us": t_us, "pad": pad }));
+                    buf.push(e);
+                }
+                if sink.publish(&buf).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    for _ in 0..n {
+                        // Roll back so seqs stay gap-free.
+                        next -= 1;
+                        seqs[next % my_jobs.len()] -= 1;
+                    }
+                    continue;
+                }
+                sent += n as u64;
+                published.fetch_add(n as u64, Ordering::Relaxed);
+                if per_producer_rate <= 0.0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // Terminal event per job (closes the streams).
+            let done: Vec<Event> = my_jobs
+                .iter()
+                .zip(&seqs)
+                .map(|(job, s)| {
+                    Event::new(&domain, job, s + 1, relay_core::event::DONE_STAGE, Status::Completed)
+                        .expect("valid event")
+                        .with_data(serde_json::json!({ "t_us": unix_us() }))
+                })
+                .collect();
+            for chunk in done.chunks(256) {
+                let mut tries = 0;
+                while sink.publish(chunk).await.is_err() && tries < 50 {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            seqs
+        }));
+    }
+    let mut per_job_published = 0u64;
+    for p in producers {
+        if let Ok(seqs) = p.await {
+            per_job_published += seqs.iter().sum::<u64>();
+        }
+    }
+    let publish_time = start.elapsed();
+    let _ = per_job_published;
+    let published = published.load(Ordering::Relaxed);
+
+    let mut lat = Lat::new();
+    let mut tl = Timeline::new(1.0);
+    let mut f = RelayFigures {
+        path: path.to_owned(),
+        target_rate: args.rate,
+        published,
+        publish_rate: round3(published as f64 / publish_time.as_secs_f64().max(1e-9)),
+        ..Default::default()
+    };
+    let mut last_arrival = start;
+    let clients_per_job = |j: usize| (0..args.clients.max(1)).filter(|c| c % jobs == j).count() as u64;
+    // Expected deliveries = Σ over clients of the events of its job = published × clients/jobs.
+    let _ = clients_per_job;
+    for c in clients {
+        let Ok(t) = c.await else { continue };
+        lat.merge(&t.lat);
+        if let Some(ctl) = &t.tl {
+            tl.merge(ctl);
+        }
+        f.delivered += t.received;
+        f.duplicates += t.duplicates;
+        if t.got_terminal {
+            f.lost += t.last_seq;
+        } else {
+            f.unterminated_clients += 1;
+        }
+        if let Some(e) = t.error {
+            if f.errors.len() < 5 {
+                f.errors.push(e);
+            }
+        }
+        if let Some(a) = t.last_arrival {
+            last_arrival = last_arrival.max(a);
+        }
+    }
+    let jobs_u = jobs as u64;
+    let clients_u = args.clients.max(1) as u64;
+    f.expected = if clients_u % jobs_u == 0 {
+        published * (clients_u / jobs_u)
+    } else {
+        f.delivered + f.lost
+    };
+    // Undelivered events of clients without a terminal count as lost too.
+    if f.expected > f.delivered + f.lost {
+        f.lost = f.expected - f.delivered;
+    }
+    let window = last_arrival.duration_since(start).as_secs_f64().max(1e-9);
+    f.delivered_per_s = round3(f.delivered as f64 / window);
+    f.latency = lat.summary();
+    let own = relay_suite::bench::process_cpu().saturating_sub(own_before);
+    let mut cpu: Vec<(String, f64)> = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((n, p), b)| (n.clone(), crate::stats::pid_cpu(*p).saturating_sub(b).as_secs_f64()))
+        .collect();
+    cpu.push(("relay-load (producers + clients)".into(), own.as_secs_f64()));
+    f.cpu_us_per_event = cpu
+        .iter()
+        .map(|(n, s)| (n.clone(), round3(s * 1e6 / f.delivered.max(1) as f64)))
+        .collect();
+    f.cpu_s = cpu.into_iter().map(|(n, s)| (n, round3(s))).collect();
+    let _ = t0;
+    (f, lat, tl)
+}
+
+/// The key space producers publish into.
+pub fn key_space(domain: &str, shards: u32) -> anyhow::Result<KeySpace> {
+    Ok(KeySpace::new(Profile::Native, Domain::new(domain)?, shards))
+}
+
+/// A publisher on `redis_url`.
+pub async fn publisher(redis_url: &str, keys: KeySpace) -> anyhow::Result<Publisher> {
+    let backend = relay_core::cli::connect(redis_url).await?;
+    Ok(Publisher::new(backend, keys, PublisherConfig::default()))
+}
+
+/// Summary rows for one path's figures.
+pub fn summary_rows(f: &RelayFigures) -> Vec<(String, String)> {
+    let p = &f.path;
+    let mut rows = vec![
+        (format!("[{p}] target rate"), if f.target_rate == 0 { "unthrottled".into() } else { format!("{} ev/s", f.target_rate) }),
+        (format!("[{p}] published"), format!("{} ({:.0} ev/s)", f.published, f.publish_rate)),
+        (format!("[{p}] delivered"), format!("{} ({:.0} ev/s)", f.delivered, f.delivered_per_s)),
+        (format!("[{p}] lost / duplicates"), format!("{} / {}", f.lost, f.duplicates)),
+        (
+            format!("[{p}] publish→client p50 / p99 / p999"),
+            format!("{:.3} / {:.3} / {:.3} ms", f.latency.p50_ms, f.latency.p99_ms, f.latency.p999_ms),
+        ),
+    ];
+    if f.unterminated_clients > 0 {
+        rows.push((format!("[{p}] clients without terminal"), f.unterminated_clients.to_string()));
+    }
+    for e in &f.errors {
+        rows.push((format!("[{p}] client error"), e.clone()));
+    }
+    for (n, us) in &f.cpu_us_per_event {
+        rows.push((format!("[{p}] CPU µs/event {n}"), format!("{us:.2}")));
+    }
+    rows
+}

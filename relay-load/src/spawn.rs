@@ -1,0 +1,183 @@
+//! `--spawn`: a private deployment on loopback — redis-server (free port,
+//! temp dir, like the test harness), `relay-router`, `relay-sse`, and for
+//! scans `pipeline-scan api` plus `pipeline-scan worker`(s) over RabbitMQ
+//! (127.0.0.1:5672 by default) with a unique queue prefix. Everything is
+//! killed when the [`Deployment`] drops.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_core::testing::RedisServer;
+use relay_suite::procs::{free_port, wait_for_port, Proc};
+
+/// Where the system under test lives.
+#[derive(Debug)]
+pub struct Deployment {
+    /// Redis URL.
+    pub redis_url: String,
+    /// Gateway base URL (`http://127.0.0.1:PORT`).
+    pub sse_url: String,
+    /// Scan API base URL (scan deployments).
+    pub api_url: Option<String>,
+    /// The private redis-server, when spawned.
+    pub redis: Option<RedisServer>,
+    /// Spawned processes by role.
+    pub procs: Vec<(String, Proc)>,
+    /// Queue prefix of the spawned workers.
+    pub queue_prefix: Option<String>,
+}
+
+/// What to spawn for scans.
+#[derive(Clone, Debug)]
+pub struct ScanSpawn {
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Vision simulator latency (`MS±JITTER`).
+    pub sim_latency_ms: String,
+    /// Extra simulated latency per stage (`stage=MS±J,...`).
+    pub sim_stage_latency_ms: String,
+    /// Prefetch per stage (`stage=N,...`).
+    pub stage_prefetch: String,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Deployment {
+    /// An existing deployment given by URLs.
+    pub fn external(redis_url: String, sse_url: String, api_url: Option<String>) -> Self {
+        Self {
+            redis_url,
+            sse_url: sse_url.trim_end_matches('/').to_owned(),
+            api_url: api_url.map(|u| u.trim_end_matches('/').to_owned()),
+            redis: None,
+            procs: Vec::new(),
+            queue_prefix: None,
+        }
+    }
+
+    /// Spawns redis-server, router and gateway (and the scan API and workers
+    /// when `scan` is given) and waits until each listens.
+    pub fn spawn(shards: u32, router_batch: u32, scan: Option<&ScanSpawn>) -> anyhow::Result<Self> {
+        let redis = RedisServer::start();
+        let redis_url = redis.url();
+        let shards_s = shards.to_string();
+        let common = ["--redis-url", redis_url.as_str(), "--shards", shards_s.as_str()];
+        let mut procs = Vec::new();
+
+        let router_metrics = free_port();
+        let rm = addr(router_metrics).to_string();
+        let batch = router_batch.to_string();
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend(["--metrics-addr", rm.as_str(), "--batch", batch.as_str(), "--block-ms", "1000"]);
+        procs.push(("relay-router".to_owned(), Proc::spawn("relay-router", &args, &[])));
+        wait_for_port(addr(router_metrics), Duration::from_secs(30));
+
+        let sse_port = free_port();
+        let listen = addr(sse_port).to_string();
+        let mut args: Vec<&str> = common.to_vec();
+        args.extend(["--listen", listen.as_str(), "--max-connections", "20000", "--pending-job-secs", "30"]);
+        procs.push(("relay-sse".to_owned(), Proc::spawn("relay-sse", &args, &[])));
+        wait_for_port(addr(sse_port), Duration::from_secs(30));
+
+        let mut api_url = None;
+        let mut queue_prefix = None;
+        if let Some(s) = scan {
+            let prefix = format!("load{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+            for i in 0..s.workers.max(1) {
+                let metrics = addr(free_port()).to_string();
+                let mut args: Vec<&str> = common.to_vec();
+                args.extend([
+                    "--amqp-url",
+                    s.amqp_url.as_str(),
+                    "--queue-prefix",
+                    prefix.as_str(),
+                    "worker",
+                    "--metrics-addr",
+                    metrics.as_str(),
+                    "--sim-latency-ms",
+                    s.sim_latency_ms.as_str(),
+                ]);
+                if !s.sim_stage_latency_ms.is_empty() {
+                    args.extend(["--sim-stage-latency-ms", s.sim_stage_latency_ms.as_str()]);
+                }
+                if !s.stage_prefetch.is_empty() {
+                    args.extend(["--stage-prefetch", s.stage_prefetch.as_str()]);
+                }
+                procs.push((format!("pipeline-scan worker {i}"), Proc::spawn("pipeline-scan", &args, &[])));
+            }
+            let api_port = free_port();
+            let listen = addr(api_port).to_string();
+            let mut args: Vec<&str> = common.to_vec();
+            args.extend([
+                "--amqp-url",
+                s.amqp_url.as_str(),
+                "--queue-prefix",
+                prefix.as_str(),
+                "api",
+                "--listen",
+                listen.as_str(),
+            ]);
+            procs.push(("pipeline-scan api".to_owned(), Proc::spawn("pipeline-scan", &args, &[])));
+            wait_for_port(addr(api_port), Duration::from_secs(30));
+            api_url = Some(format!("http://{listen}"));
+            queue_prefix = Some(prefix);
+        }
+        Ok(Self {
+            redis_url,
+            sse_url: format!("http://127.0.0.1:{sse_port}"),
+            api_url,
+            redis: Some(redis),
+            procs,
+            queue_prefix,
+        })
+    }
+
+    /// (role, pid) of every spawned process.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.procs
+            .iter()
+            .filter_map(|(n, p)| p.pid().map(|pid| (n.clone(), pid)))
+            .collect()
+    }
+}
+
+/// `redis-server --version` and `rabbitmqctl version` (best effort).
+pub fn versions() -> Vec<(String, String)> {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unavailable".into())
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let redis = run("redis-server", &["--version"]);
+    let redis = redis
+        .split_whitespace()
+        .find(|w| w.starts_with("v="))
+        .map(|v| v.trim_start_matches("v=").to_owned())
+        .unwrap_or(redis);
+    vec![
+        ("cores".into(), cores),
+        ("cpu".into(), cpu),
+        ("redis-server".into(), redis),
+        ("rabbitmq".into(), run("rabbitmqctl", &["version"])),
+    ]
+}

@@ -1,0 +1,75 @@
+//! Smoke tests of the real binary with `--spawn` (a private redis-server,
+//! `relay-router`, `relay-sse`, and for scans `pipeline-scan api` + worker
+//! on RabbitMQ at 127.0.0.1:5672 — skipped when no broker listens there).
+//! Needs the workspace binaries built (`cargo test --workspace` builds them).
+
+use std::process::Command;
+use std::time::Duration;
+
+fn relay_load(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("out.json");
+    let html = dir.path().join("out.html");
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .args(["--spawn", "--quiet", "--json"])
+        .arg(&json)
+        .arg("--html")
+        .arg(&html)
+        .args(args)
+        .output()
+        .expect("run relay-load");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "relay-load failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::metadata(&html).expect("html written").len() > 1000);
+    println!("{stdout}");
+    serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json")
+}
+
+#[test]
+fn relay_spawn_low_rate_is_lossless() {
+    let r = relay_load(&["relay", "--rate", "500", "--duration-secs", "3", "--clients", "10", "--warmup-secs", "0.5"]);
+    let paths = r["figures"]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 2, "relay and echo ceiling");
+    for p in paths {
+        let name = p["path"].as_str().unwrap_or("?");
+        assert!(p["published"].as_u64().unwrap_or(0) > 1000, "{name}: published {p}");
+        assert_eq!(p["delivered"], p["expected"], "{name}: {p}");
+        assert_eq!(p["lost"], 0, "{name}: {p}");
+        assert_eq!(p["duplicates"], 0, "{name}: {p}");
+        assert_eq!(p["unterminated_clients"], 0, "{name}: {p}");
+    }
+}
+
+#[test]
+fn scan_spawn_handful_of_vus_completes() {
+    if std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().expect("addr"), Duration::from_millis(500)).is_err() {
+        eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
+        return;
+    }
+    let r = relay_load(&[
+        "scan",
+        "--stages",
+        "2s:5,6s:5,1s:0",
+        "--think-ms",
+        "100-300",
+        "--sim-latency-ms",
+        "100±20",
+        "--sim-stage-latency-ms",
+        "rule=5,answer=150±30,reward=5",
+        "--iteration-timeout-secs",
+        "20",
+    ]);
+    let f = &r["figures"];
+    assert!(f["iterations"].as_u64().unwrap_or(0) >= 10, "{f}");
+    assert_eq!(f["completion_pct"].as_f64(), Some(100.0), "{f}");
+    assert_eq!(f["duplicates"], 0, "{f}");
+    assert_eq!(f["missing"], 0, "{f}");
+    // model_ms arrives in the stage events: model time ≈ 260 ms per job.
+    let model = f["model"]["p50_ms"].as_f64().unwrap_or(0.0);
+    assert!((150.0..400.0).contains(&model), "model p50 {model}");
+    assert!(f["overhead"]["count"].as_u64().unwrap_or(0) >= 10, "{f}");
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# relay's test command: installs what a fresh Debian machine lacks, makes sure
+# the services the tests talk to are up, then runs the whole workspace's tests.
+#
+#   scripts/test.sh              # everything (lint + tests)
+#   RELAY_SKIP_LINT=1 scripts/test.sh
+#
+# The tests start their own private redis-server processes (from PATH or
+# $REDIS_SERVER_BIN) on free ports; RabbitMQ is shared on 127.0.0.1:5672
+# (guest/guest) and every test uses its own queue prefix.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+if [ -d tests/browser ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
+if [ -d tests/browser ] && ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! rabbit_up; then
+  log "starting RabbitMQ"
+  $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 90); do rabbit_up && break; sleep 1; done
+  rabbit_up || { echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1; }
+  $SUDO rabbitmqctl await_startup >/dev/null 2>&1 || true
+fi
+
+if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
+  log "installing browser-test dependencies"
+  (cd tests/browser && { npm ci --no-audit --no-fund || npm install --no-audit --no-fund; })
+fi
+
+if [ -z "${RELAY_SKIP_LINT:-}" ]; then
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy"
+  cargo clippy --workspace --all-targets --all-features -- -D warnings
+fi
+
+log "cargo test --workspace"
+# Build every member's binaries first: end-to-end tests spawn them.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast

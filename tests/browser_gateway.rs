@@ -1,0 +1,238 @@
+//! Browser test: headless Debian Chromium (driven by playwright-core from
+//! `tests/browser/`) loads `relay-sse --demo-page`, follows a job, the
+//! gateway is SIGKILLed and restarted on the same port mid-job, and the page
+//! still shows every stage exactly once and `done`: the browser's own
+//! EventSource reconnects with Last-Event-ID.
+//!
+//! Needs `/usr/bin/chromium` (or `$CHROMIUM_BIN`) and `node`/`npm`;
+//! `scripts/test.sh` installs them. The test runs `npm ci` in `tests/browser/`
+//! itself when `node_modules` is missing. A missing browser is a loud
+//! failure, never a silent skip.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_core::backend::Backend;
+use relay_core::testing::TestRedis;
+use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_suite::procs::{free_port, wait_for_port, Proc};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+}
+
+/// `npm ci` (or `npm install` without a lock file match) when the harness's
+/// dependencies are missing, so a fresh clone works.
+fn ensure_node_modules() {
+    let dir = browser_dir();
+    if dir.join("node_modules/playwright-core").is_dir() {
+        return;
+    }
+    let run = |args: &[&str]| {
+        Command::new("npm")
+            .args(args)
+            .args(["--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        run(&["ci"]) || run(&["install"]),
+        "cannot install the browser harness (npm ci in {}); is npm installed?",
+        dir.display()
+    );
+}
+
+fn chromium() -> String {
+    let bin = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&bin).exists(),
+        "{bin} is missing: install Debian's chromium (`apt-get install -y chromium`; scripts/test.sh does)"
+    );
+    bin
+}
+
+/// The node script, stepped over stdin/stdout (one JSON object per line).
+struct Script {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Script {
+    fn start(url: &str, job: &str, shot: &Path) -> Self {
+        let mut child = Command::new("node")
+            .arg(browser_dir().join("gateway_demo.mjs"))
+            .args([url, job])
+            .arg(shot)
+            .env("CHROMIUM_BIN", chromium())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node (is nodejs installed?)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, stdin, stdout }
+    }
+
+    /// The next JSON line (blocking; the script has its own time limits).
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read script output");
+        assert!(n > 0, "the browser script exited early");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad script output {line:?}: {e}"))
+    }
+
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("write to script");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Waits until the page shows at least `n` rows.
+    async fn wait_rows(&mut self, n: usize) -> Value {
+        self.send(&format!("wait {n}"));
+        let v = tokio::task::block_in_place(|| self.read());
+        assert_eq!(v["phase"], "rows");
+        assert_eq!(v["ok"], true, "the page never showed {n} rows: {v}");
+        v
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The stages of the followed job, in publish order (seq = index + 1).
+const STAGES: [(&str, Status); 10] = [
+    ("queued", Status::Started),
+    ("vision", Status::Started),
+    ("vision", Status::Completed),
+    ("rule", Status::Started),
+    ("rule", Status::Completed),
+    ("answer", Status::Started),
+    ("answer", Status::Completed),
+    ("reward", Status::Started),
+    ("reward", Status::Completed),
+    ("done", Status::Completed),
+];
+
+fn event(job: &str, i: usize) -> Event {
+    let (stage, status) = STAGES[i];
+    Event::new("scan", job, i as u64 + 1, stage, status)
+        .expect("event")
+        .with_progress(((i + 1) * 100 / STAGES.len()) as u8)
+        .with_data(serde_json::json!({"step": i + 1, "detail": format!("{stage} {status}")}))
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    tokio::task::spawn_blocking(move || wait_for_port(addr, LIMIT))
+        .await
+        .expect("wait_for_port");
+    let http = reqwest::Client::new();
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("gateway never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
+    chromium();
+    ensure_node_modules();
+    let redis = TestRedis::private();
+    let url = redis.url().to_owned();
+    let _router = Proc::spawn(
+        "relay-router",
+        &["--redis-url", &url, "--consumer", "r1", "--metrics-addr", "127.0.0.1:0", "--block-ms", "200"],
+        &[],
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr: SocketAddr = listen.parse().expect("addr");
+    let mut gateway = Proc::spawn(
+        "relay-sse",
+        &[
+            "--listen", &listen, "--redis-url", &url, "--demo-page", "--retry-ms", "300",
+            "--heartbeat-secs", "1", "--pending-job-secs", "30",
+        ],
+        &[],
+    );
+    wait_ready(addr).await;
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
+    let publisher = Publisher::new(backend, keys, PublisherConfig::default());
+    let job = "browser-job-1";
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser/gateway_demo.png");
+
+    let mut script = Script::start(&format!("http://{listen}"), job, &shot);
+    let loaded = tokio::task::block_in_place(|| script.read());
+    assert_eq!(loaded["phase"], "loaded", "{loaded}");
+
+    // The page waits on a job with no event yet; the first stages stream live.
+    for i in 0..4 {
+        publisher.publish(&event(job, i)).await.expect("publish");
+    }
+    script.wait_rows(4).await;
+
+    // SIGKILL the gateway mid-job; publish while it is down; restart it on
+    // the same port. The browser's EventSource reconnects by itself.
+    gateway.kill9();
+    for i in 4..7 {
+        publisher.publish(&event(job, i)).await.expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gateway.restart();
+    wait_ready(addr).await;
+    script.wait_rows(7).await;
+    for i in 7..STAGES.len() {
+        publisher.publish(&event(job, i)).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    script.send("finish");
+    let result = tokio::task::block_in_place(|| script.read());
+    assert_eq!(result["phase"], "result", "{result}");
+    assert_eq!(result["ok"], true, "the page did not finish: {result}");
+    assert_eq!(result["state"]["finished"], "completed", "{result}");
+    let rows = result["rows"].as_array().expect("rows");
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["offset"].as_str().unwrap_or("").to_owned(),
+                r["stage"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, (stage, status))| ((i + 1).to_string(), stage.to_string(), status.as_str().to_owned()))
+        .collect();
+    assert_eq!(got, want, "every stage exactly once, in order, ending with done");
+    assert!(
+        result["state"]["reconnects"].as_u64().unwrap_or(0) >= 1,
+        "the EventSource reconnected after the restart: {result}"
+    );
+    eprintln!("browser: {} rows, screenshot at {}", rows.len(), shot.display());
+}
