@@ -42,8 +42,16 @@ fn pipeline_args(name: &str) -> PipelineArgs {
 /// Global flags for a `pipeline-scan` process, then the subcommand's.
 fn scan_args(redis: &str, profile: &str, p: &PipelineArgs, sub: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = [
-        "--redis-url", redis, "--profile", profile, "--amqp-url", &p.amqp_url,
-        "--queue-prefix", &p.queue_prefix, "--backoff-ms", BACKOFF_MS,
+        "--redis-url",
+        redis,
+        "--profile",
+        profile,
+        "--amqp-url",
+        &p.amqp_url,
+        "--queue-prefix",
+        &p.queue_prefix,
+        "--backoff-ms",
+        BACKOFF_MS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -153,12 +161,21 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
     // Vision takes 3 s, so the kill lands while the stage is running.
     let mut worker_a = spawn(
         "pipeline-scan",
-        &scan_args(&url, "native", &p, &[
-            "worker", "--metrics-addr", "127.0.0.1:0", "--sim-latency-ms", "3000",
-        ]),
+        &scan_args(
+            &url,
+            "native",
+            &p,
+            &[
+                "worker",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--sim-latency-ms",
+                "3000",
+            ],
+        ),
     );
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _api = spawn(
+    let api_proc = spawn(
         "pipeline-scan",
         &scan_args(&url, "native", &p, &["api", "--listen", &api.to_string()]),
     );
@@ -171,7 +188,10 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
     let job = JobId::new(body["job_id"].as_str().expect("job_id")).expect("job id");
 
     // Worker A has started vision: kill -9 it mid-stage.
-    wait_events(&backend, &ks, &job, "vision started", |e| has(e, "vision", "started")).await;
+    wait_events(&backend, &ks, &job, "vision started", |e| {
+        has(e, "vision", "started")
+    })
+    .await;
     worker_a.kill9();
     let evs = stream_events(&backend, &ks, &job).await;
     assert!(
@@ -181,11 +201,20 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
     );
 
     // A new worker gets the redelivered message and finishes the job.
-    let _worker_b = spawn(
+    let worker_b = spawn(
         "pipeline-scan",
-        &scan_args(&url, "native", &p, &[
-            "worker", "--metrics-addr", "127.0.0.1:0", "--sim-latency-ms", "100",
-        ]),
+        &scan_args(
+            &url,
+            "native",
+            &p,
+            &[
+                "worker",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--sim-latency-ms",
+                "100",
+            ],
+        ),
     );
     let evs = wait_events(&backend, &ks, &job, "done", |e| has(e, "done", "completed")).await;
     // Give a duplicate (the failure this test hunts) a moment to be appended.
@@ -237,6 +266,7 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
     .expect("result JSON");
     assert_eq!(result["status"], "completed");
     assert_eq!(result["reward"]["character_id"], character);
+    drop((worker_b, api_proc));
     teardown(&p).await;
 }
 
@@ -249,8 +279,16 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     let _router = Proc::spawn(
         "relay-router",
         &[
-            "--redis-url", &url, "--profile", "eco2", "--consumer", "r1", "--metrics-addr",
-            "127.0.0.1:0", "--block-ms", "200",
+            "--redis-url",
+            &url,
+            "--profile",
+            "eco2",
+            "--consumer",
+            "r1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--block-ms",
+            "200",
         ],
         &[],
     );
@@ -258,32 +296,63 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     let _gateway = Proc::spawn(
         "relay-sse",
         &[
-            "--listen", &sse.to_string(), "--redis-url", &url, "--profile", "eco2",
-            "--auth-secret", secret, "--pending-job-secs", "30",
+            "--listen",
+            &sse.to_string(),
+            "--redis-url",
+            &url,
+            "--profile",
+            "eco2",
+            "--auth-secret",
+            secret,
+            "--pending-job-secs",
+            "30",
         ],
         &[],
     );
-    let _worker = spawn(
+    let worker = spawn(
         "pipeline-scan",
-        &scan_args(&url, "eco2", &p, &[
-            "worker", "--metrics-addr", "127.0.0.1:0", "--sim-latency-ms", "50",
-        ]),
+        &scan_args(
+            &url,
+            "eco2",
+            &p,
+            &[
+                "worker",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--sim-latency-ms",
+                "50",
+            ],
+        ),
     );
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let _api = spawn(
+    let api_proc = spawn(
         "pipeline-scan",
-        &scan_args(&url, "eco2", &p, &[
-            "api", "--listen", &api.to_string(), "--auth-secret", secret,
-        ]),
+        &scan_args(
+            &url,
+            "eco2",
+            &p,
+            &["api", "--listen", &api.to_string(), "--auth-secret", secret],
+        ),
     );
     wait_port(api).await;
     wait_port(sse).await;
 
-    let body = submit(api, "e2e-user", "https://images.example.com/items/newspaper.jpg").await;
+    let body = submit(
+        api,
+        "e2e-user",
+        "https://images.example.com/items/newspaper.jpg",
+    )
+    .await;
     let job = body["job_id"].as_str().expect("job_id").to_owned();
-    let token = body["token"].as_str().expect("token (auth is on)").to_owned();
+    let token = body["token"]
+        .as_str()
+        .expect("token (auth is on)")
+        .to_owned();
     let stream_url = body["stream_url"].as_str().expect("stream_url").to_owned();
-    assert_eq!(stream_url, format!("/api/v1/scan/{job}/events?token={token}"));
+    assert_eq!(
+        stream_url,
+        format!("/api/v1/scan/{job}/events?token={token}")
+    );
     assert_eq!(body["result_url"], format!("/api/v1/scan/{job}/result"));
     assert_eq!(body["status"], "queued");
 
@@ -316,18 +385,29 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         names,
-        ["queued", "vision", "vision", "rule", "rule", "answer", "answer", "reward", "reward", "done"]
+        [
+            "queued", "vision", "vision", "rule", "rule", "answer", "answer", "reward", "reward",
+            "done"
+        ]
     );
     let mut seqs = Vec::new();
     for ev in &events {
         let id = ev.id.as_deref().expect("id");
         let (ms, n) = id.split_once('-').expect("stream id");
-        assert!(ms.parse::<u64>().is_ok() && n.parse::<u64>().is_ok(), "{id}");
+        assert!(
+            ms.parse::<u64>().is_ok() && n.parse::<u64>().is_ok(),
+            "{id}"
+        );
         let data: Value = serde_json::from_str(&ev.data).expect("routed JSON");
         assert_eq!(data["job_id"], job.as_str());
         assert_eq!(data["stage"], ev.event);
         assert_eq!(data["stream_id"], id);
-        assert!(data["ts"].as_str().is_some_and(|t| t.parse::<f64>().is_ok()), "{data}");
+        assert!(
+            data["ts"]
+                .as_str()
+                .is_some_and(|t| t.parse::<f64>().is_ok()),
+            "{data}"
+        );
         seqs.push(data["seq"].as_u64().expect("integer seq"));
     }
     assert_eq!(seqs, [0, 10, 11, 20, 21, 30, 31, 40, 41, 51]);
@@ -337,16 +417,39 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     assert_eq!(done["status"], "completed");
     assert_eq!(done["progress"], 100);
     let result = &done["result"];
-    let mut fields: Vec<&str> = result.as_object().expect("result object").keys().map(String::as_str).collect();
+    let mut fields: Vec<&str> = result
+        .as_object()
+        .expect("result object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     fields.sort_unstable();
-    assert_eq!(fields, ["error", "message", "pipeline_result", "reward", "status", "task_id"]);
+    assert_eq!(
+        fields,
+        [
+            "error",
+            "message",
+            "pipeline_result",
+            "reward",
+            "status",
+            "task_id"
+        ]
+    );
     assert_eq!(result["task_id"], job.as_str());
     assert_eq!(result["status"], "completed");
     assert!(result["error"].is_null());
     let pr = &result["pipeline_result"];
-    let mut pr_fields: Vec<&str> = pr.as_object().expect("pipeline_result").keys().map(String::as_str).collect();
+    let mut pr_fields: Vec<&str> = pr
+        .as_object()
+        .expect("pipeline_result")
+        .keys()
+        .map(String::as_str)
+        .collect();
     pr_fields.sort_unstable();
-    assert_eq!(pr_fields, ["classification_result", "disposal_rules", "final_answer"]);
+    assert_eq!(
+        pr_fields,
+        ["classification_result", "disposal_rules", "final_answer"]
+    );
     let c = &pr["classification_result"]["classification"];
     for k in ["major_category", "middle_category", "minor_category"] {
         assert!(c[k].is_string(), "{c}");
@@ -354,7 +457,9 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     assert_eq!(c["minor_category"], "newspaper");
     assert!(pr["classification_result"]["situation_tags"].is_array());
     assert!(pr["disposal_rules"].is_object());
-    assert!(pr["final_answer"]["user_answer"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(pr["final_answer"]["user_answer"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
     assert!(result["reward"]["character_id"].is_string());
 
     // The result API serves the same result.
@@ -367,5 +472,6 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
         .await
         .expect("result JSON");
     assert_eq!(&stored, result);
+    drop((worker, api_proc));
     teardown(&p).await;
 }

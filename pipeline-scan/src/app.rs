@@ -5,7 +5,7 @@
 //! The building blocks are public so other entry points (the all-in-one
 //! demo) compose the same parts: [`scan_models`] (models from flags),
 //! [`start_in_process`] (engine + in-process workers),
-//! [`ScanApi`](crate::api::ScanApi) (the HTTP routes) and [`metrics_router`].
+//! [`ScanApi`] (the HTTP routes) and [`metrics_router`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

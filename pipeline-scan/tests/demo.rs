@@ -109,9 +109,14 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
         format!("/api/v1/scan/{job}/events?token={token}")
     );
     // The token is the gateway's HMAC token for exactly this job.
-    assert!(relay_core::auth::verify(&secret, Some(&token), &job, relay_core::auth::now_unix()).is_ok());
+    assert!(
+        relay_core::auth::verify(&secret, Some(&token), &job, relay_core::auth::now_unix()).is_ok()
+    );
     let other = JobId::new("another-job-1234").expect("job id");
-    assert!(relay_core::auth::verify(&secret, Some(&token), &other, relay_core::auth::now_unix()).is_err());
+    assert!(
+        relay_core::auth::verify(&secret, Some(&token), &other, relay_core::auth::now_unix())
+            .is_err()
+    );
 
     // Without the token the gateway refuses; with it the whole job streams.
     let denied = http
@@ -121,13 +126,18 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
         .expect("get");
     assert_eq!(denied.status(), 401);
     let wrong = http
-        .get(format!("{base}/api/v1/scan/another-job-1234/events?token={token}"))
+        .get(format!(
+            "{base}/api/v1/scan/another-job-1234/events?token={token}"
+        ))
         .send()
         .await
         .expect("get");
     assert_eq!(wrong.status(), 403);
     let stream = http
-        .get(format!("{base}{}", body["stream_url"].as_str().expect("url")))
+        .get(format!(
+            "{base}{}",
+            body["stream_url"].as_str().expect("url")
+        ))
         .send()
         .await
         .expect("stream");
@@ -136,12 +146,16 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
-        ["queued", "vision", "vision", "rule", "rule", "answer", "answer", "reward", "reward", "done"]
+        [
+            "queued", "vision", "vision", "rule", "rule", "answer", "answer", "reward", "reward",
+            "done"
+        ]
     );
     let done = &events.last().expect("done").1;
     assert_eq!(done["data"]["status"], "completed");
     assert_eq!(
-        done["data"]["pipeline_result"]["classification_result"]["classification"]["minor_category"],
+        done["data"]["pipeline_result"]["classification_result"]["classification"]
+            ["minor_category"],
         "glass jar"
     );
     // Bearer works too.
@@ -253,8 +267,8 @@ async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
     .expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or("");
-    let seen: Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("bad script output {stdout:?}: {e}"));
+    let seen: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("bad script output {stdout:?}: {e}"));
     assert!(out.status.success(), "script failed: {seen}");
     assert_eq!(seen["state"], "done", "{seen}");
 
@@ -294,10 +308,16 @@ async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
     assert_eq!(seen["resultVisible"], true);
     let result = &seen["result"];
     let text = |k: &str| result[k].as_str().unwrap_or("").to_owned();
-    assert!(text("classification").contains("clear water bottle"), "{result}");
+    assert!(
+        text("classification").contains("clear water bottle"),
+        "{result}"
+    );
     assert!(text("rules").contains("Clear PET bottles"), "{result}");
     assert!(text("answer").contains("clear water bottle"), "{result}");
-    assert!(text("reward").contains("Clearwater the Bottle Sprite"), "{result}");
+    assert!(
+        text("reward").contains("Clearwater the Bottle Sprite"),
+        "{result}"
+    );
     assert!(result["failure"].is_null(), "{result}");
     assert_eq!(seen["raw"]["status"], "completed");
     assert_eq!(seen["raw"]["task_id"], seen["job"]);

@@ -240,8 +240,8 @@ async fn exhausted_retries_fail_the_job_once_and_dead_letter_then_replay_complet
     let seqs: Vec<u64> = evs.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [10, 11, 20, 22, 49, 120, 121, 130, 131, 141]);
     // So the router's state (highest seq wins) ends at the replay's `done`.
-    let router = relay_core::Router::new(backend.clone(), relay_core::RouterConfig::new(ks.clone()))
-        .spawn();
+    let router =
+        relay_core::Router::new(backend.clone(), relay_core::RouterConfig::new(ks.clone())).spawn();
     let state = {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {

@@ -294,6 +294,9 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
             }
         }
     }
+    if let Some(r) = &dep.redis {
+        let _ = r.reset_stats().await;
+    }
     let progress = Arc::new(AtomicU64::new(0));
     let expected = if args.rate == 0 { 0 } else { (args.rate as f64 * args.duration_secs) as u64 };
     let pb = bar(
@@ -321,6 +324,17 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         progress.clone(),
     )
     .await;
+    // Where Redis spent its time during the relay run (INFO commandstats).
+    let mut commandstats: Vec<(String, u64, f64)> = Vec::new();
+    if let Some(r) = &dep.redis {
+        if let Ok(stats) = r.info_commandstats().await {
+            commandstats = stats
+                .into_iter()
+                .map(|(k, v)| (k, v.calls, v.usec as f64 / fig.delivered.max(1) as f64))
+                .collect();
+            commandstats.sort_by(|a, b| b.2.total_cmp(&a.2));
+        }
+    }
     let mut paths = vec![fig.clone()];
     if !args.no_ceiling {
         progress.store(0, Ordering::Relaxed);
@@ -366,6 +380,9 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
             format!("{:.3} ms", fig.latency.p99_ms - e.latency.p99_ms),
         ));
     }
+    for (cmd, calls, us) in commandstats.iter().take(6) {
+        summary.push((format!("Redis µs/event {cmd}"), format!("{us:.2} ({calls} calls)")));
+    }
     for (k, v) in &ceilings {
         summary.push((k.clone(), format!("{v:.0}")));
     }
@@ -384,7 +401,11 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         started_unix: unix_now(),
         environment: env,
         summary,
-        figures: serde_json::json!({ "paths": paths, "redis_ceilings": ceilings }),
+        figures: serde_json::json!({
+            "paths": paths,
+            "redis_ceilings": ceilings,
+            "redis_commandstats_us_per_event": commandstats,
+        }),
         latency_label: "publish→client latency".into(),
         level_label: "events/s delivered".into(),
         latency: lat.summary(),

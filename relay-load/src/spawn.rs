@@ -19,10 +19,11 @@ pub struct Deployment {
     pub sse_url: String,
     /// Scan API base URL (scan deployments).
     pub api_url: Option<String>,
+    /// Spawned processes by role (declared before `redis`: fields drop in
+    /// order, so the processes are killed before their Redis goes away).
+    pub procs: Vec<(String, Proc)>,
     /// The private redis-server, when spawned.
     pub redis: Option<RedisServer>,
-    /// Spawned processes by role.
-    pub procs: Vec<(String, Proc)>,
     /// Queue prefix of the spawned workers.
     pub queue_prefix: Option<String>,
 }

@@ -12,6 +12,34 @@
 //!
 //! Transports ([`crate::transport`]) only move envelopes between stages.
 //!
+//! ## Dead-letter replay: runs
+//!
+//! A job whose stage exhausted its attempts ends with its terminal `failed`
+//! event and its step is dead-lettered. Replaying it (`pipeline-scan dlq
+//! replay`, [`InProcess::replay_dead_letters`](crate::transport::inprocess::InProcess::replay_dead_letters))
+//! starts the job's next **run**: [`Envelope::run`] + 1, attempt 1, the
+//! terminal marker cleared, from the failed stage (completed stages are not
+//! redone). Every event of run `r` has seq `base + r × stride`
+//! ([`SeqScheme::in_run`]; stride 100 for the scan pipeline), e.g. a scan
+//! whose answer stage failed and was replayed once emits
+//! `… 30 answer started, 32 answer failed, 59 failed`, then
+//! `130 answer started, 131 answer completed, 140/141 reward, 151 done`.
+//!
+//! Consequences, all deliberate:
+//! - the replay's events are appended after the failed run's in the job's
+//!   history (nothing is rewritten; history stays an honest log), none is
+//!   dropped as a duplicate of the failed run's;
+//! - the router state (highest seq wins, G3) ends at the replay's terminal
+//!   event (151 > 59), so `/v1/jobs/{job}/state`, the result API's 202 body,
+//!   a gateway snapshot and the stored `scan:result:{job}` agree;
+//! - an SSE client that saw `failed` and reconnects with its `Last-Event-ID`
+//!   receives exactly the replay's events and its `done`;
+//! - stage names, statuses, progress and SSE event names are those of run 0,
+//!   so eco2 clients (which key on stage/status, not seq) work unchanged;
+//!   run 0 is exactly the eco2 seq scheme;
+//! - replaying the same dead letter twice (a crash between re-enqueue and
+//!   ack) yields the same run, so its events deduplicate by (job, seq).
+//!
 //! ```compile_fail
 //! # use pipeline_scan::pipeline::*;
 //! # use async_trait::async_trait;
@@ -200,9 +228,8 @@ tokio::task_local! {
 /// how much of a job's time was simulated model work.
 pub async fn simulate_latency(d: std::time::Duration) {
     tokio::time::sleep(d).await;
-    let _ = SIMULATED_MS.try_with(|ms| {
-        ms.fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed)
-    });
+    let _ = SIMULATED_MS
+        .try_with(|ms| ms.fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed));
 }
 
 /// Runs `f` and returns its output with the simulated time it recorded.

@@ -199,8 +199,8 @@ fn classify_reqwest(e: &reqwest::Error) -> ModelError {
     }
 }
 
-/// Extracts and parses `choices[0].message.content` (tolerating a fenced
-/// ```json block around the object).
+/// Extracts and parses `choices[0].message.content` (tolerating a fenced `json`
+/// code block around the object).
 pub fn parse_completion(text: &str) -> Result<Value, ModelError> {
     let v: Value = serde_json::from_str(text)
         .map_err(|e| ModelError::Malformed(format!("body is not JSON: {e}")))?;

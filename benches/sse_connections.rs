@@ -1,0 +1,416 @@
+//! SSE gateway load: N concurrent SSE connections to ONE `relay-sse`
+//! process, each receiving 1 event/s, through the real path
+//! (`Publisher` → Redis stream → `relay-router` → Pub/Sub → `relay-sse` →
+//! client). Reports the gateway's RSS per idle connection, publish →
+//! client-read latency (HdrHistogram: p50/p90/p99/max), delivered vs
+//! expected events, gaps, and the CPU of gateway, router and Redis.
+//!
+//! ```text
+//! cargo build --release -p relay-router -p relay-sse --bins
+//! cargo bench --bench sse_connections -- --connections 15000 --jobs 15000 --secs 30
+//! ```
+//!
+//! Flags (after `--`): `--connections N` (15000), `--jobs J` (= N: one job
+//! per connection, the realistic worst case for the router; fewer jobs means
+//! N/J subscribers per job), `--secs S` (30, load phase), `--clients P`
+//! (client processes, 4: the per-process fd limit is 20,000), `--gateway-arg
+//! A` (repeatable, extra relay-sse flags).
+//!
+//! The client side runs in child processes (this binary re-executed with
+//! `SSE_CONNS_CHILD=1`), each holding N/P connections, parsing the raw SSE
+//! bytes with `relay_sse::client`. Every event carries its publish time in
+//! microseconds; the client records `read time - publish time`.
+//! No assertions: a measurement tool. Bounded: it stops by itself.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use relay_core::backend::Backend;
+use relay_core::testing::TestRedis;
+use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_sse::client::{SseItem, SseParser};
+use relay_suite::procs::{free_port, wait_for_port, Proc};
+
+const CHILD_ENV: &str = "SSE_CONNS_CHILD";
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn job_name(j: usize) -> String {
+    format!("conn-job-{j:05}")
+}
+
+/// RSS of a process in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of a process.
+fn cpu_of(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((t(11) + t(12)) * 10)
+}
+
+fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        child_main();
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| -> Option<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let connections: usize = flag("--connections").and_then(|v| v.parse().ok()).unwrap_or(15_000);
+    let jobs: usize = flag("--jobs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(connections)
+        .clamp(1, connections);
+    let secs: u64 = flag("--secs").and_then(|v| v.parse().ok()).unwrap_or(30);
+    let clients: usize = flag("--clients").and_then(|v| v.parse().ok()).unwrap_or(4).max(1);
+    let gateway_extra: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--gateway-arg")
+        .filter_map(|(i, _)| args.get(i + 1).cloned())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(parent(connections, jobs, secs, clients, gateway_extra));
+}
+
+async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gateway_extra: Vec<String>) {
+    println!("sse_connections: {connections} connections, {jobs} jobs ({} subscribers/job), {secs} s at 1 event/s per job, {clients} client processes",
+        connections / jobs);
+    let redis = TestRedis::private();
+    let url = redis.url().to_owned();
+    let router = Proc::spawn(
+        "relay-router",
+        &["--redis-url", &url, "--consumer", "r1", "--metrics-addr", "127.0.0.1:0", "--block-ms", "100"],
+        &[],
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let max_conn = (connections + 1000).to_string();
+    let mut gw_args: Vec<&str> = vec!["--listen", &listen, "--redis-url", &url, "--max-connections", &max_conn];
+    gw_args.extend(gateway_extra.iter().map(String::as_str));
+    let gateway = Proc::spawn("relay-sse", &gw_args, &[]);
+    let gw_pid = gateway.pid().expect("gateway pid");
+    let router_pid = router.pid().expect("router pid");
+    let addr = listen.parse().expect("addr");
+    wait_for_port(addr, Duration::from_secs(30));
+
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let event = |j: usize, seq: u64| {
+        Event::new("scan", &job_name(j), seq, "work", Status::Progress)
+            .expect("event")
+            .with_data(serde_json::json!({ "sent_us": now_us() }))
+    };
+    // Every job exists before the clients connect (seq 1, routed).
+    for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Event> = chunk.iter().map(|&j| event(j, 1)).collect();
+        publisher.publish_batch(&batch).await.expect("publish");
+    }
+    let last = relay_core::JobId::new(job_name(jobs - 1)).expect("job");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while backend.get_state(&keys.job(&last)).await.ok().flatten().is_none() {
+        assert!(Instant::now() < deadline, "router did not route the first events");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before = rss_kib(gw_pid);
+
+    // Client processes: connection i follows job i % jobs.
+    let exe = std::env::current_exe().expect("current exe");
+    let per = connections.div_ceil(clients);
+    let mut children = Vec::new();
+    for c in 0..clients {
+        let from = c * per;
+        let to = ((c + 1) * per).min(connections);
+        if from >= to {
+            break;
+        }
+        let child = Command::new(&exe)
+            .env(CHILD_ENV, "1")
+            .args([listen.clone(), from.to_string(), to.to_string(), jobs.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn client process");
+        children.push(child);
+    }
+    let t_connect = Instant::now();
+    let mut readers: Vec<BufReader<std::process::ChildStdout>> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("stdout")))
+        .collect();
+    let mut connected = 0usize;
+    let mut failed = 0usize;
+    for r in readers.iter_mut() {
+        let line = tokio::task::block_in_place(|| {
+            let mut l = String::new();
+            let _ = r.read_line(&mut l);
+            l
+        });
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.first() == Some(&"ready") {
+            connected += parts.get(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            failed += parts.get(2).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        }
+    }
+    let connect_time = t_connect.elapsed();
+    // Let allocations settle, then measure the idle footprint.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_idle = rss_kib(gw_pid);
+    let per_conn = (rss_idle.saturating_sub(rss_before)) as f64 * 1024.0 / connected.max(1) as f64;
+    println!(
+        "connected {connected} (failed {failed}) in {:.1} s; gateway RSS {} MiB → {} MiB idle: {:.0} B = {:.1} KiB per idle connection",
+        connect_time.as_secs_f64(),
+        rss_before / 1024,
+        rss_idle / 1024,
+        per_conn,
+        per_conn / 1024.0
+    );
+
+    // Load: every job gets 1 event/s, spread evenly over each second.
+    let ticks_per_sec = 100usize;
+    let per_tick = jobs.div_ceil(ticks_per_sec);
+    let gw_cpu0 = cpu_of(gw_pid);
+    let router_cpu0 = cpu_of(router_pid);
+    let redis_cpu0 = match redis.server() {
+        Ok(s) => relay_suite::bench::redis_cpu(s).await,
+        Err(_) => Duration::ZERO,
+    };
+    let t0 = Instant::now();
+    let mut interval = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec as u64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut published = 0u64;
+    for s in 0..secs {
+        let seq = s + 2;
+        for t in 0..ticks_per_sec {
+            interval.tick().await;
+            let from = t * per_tick;
+            let to = ((t + 1) * per_tick).min(jobs);
+            if from >= to {
+                continue;
+            }
+            let batch: Vec<Event> = (from..to).map(|j| event(j, seq)).collect();
+            publisher.publish_batch(&batch).await.expect("publish");
+            published += batch.len() as u64;
+        }
+    }
+    let wall = t0.elapsed();
+    // Give the tail time to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gw_cpu = cpu_of(gw_pid).saturating_sub(gw_cpu0);
+    let router_cpu = cpu_of(router_pid).saturating_sub(router_cpu0);
+    let redis_cpu = match redis.server() {
+        Ok(s) => relay_suite::bench::redis_cpu(s).await.saturating_sub(redis_cpu0),
+        Err(_) => Duration::ZERO,
+    };
+    let rss_load = rss_kib(gw_pid);
+
+    // Collect the clients' histograms.
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let (mut received, mut gaps, mut closed) = (0u64, 0u64, 0u64);
+    for (child, r) in children.iter_mut().zip(readers.iter_mut()) {
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = writeln!(stdin, "stop");
+            let _ = stdin.flush();
+        }
+        tokio::task::block_in_place(|| loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            let p: Vec<&str> = l.split_whitespace().collect();
+            match p.first().copied() {
+                Some("h") => {
+                    if let (Some(v), Some(c)) = (p.get(1).and_then(|v| v.parse().ok()), p.get(2).and_then(|v| v.parse().ok())) {
+                        let _ = hist.record_n(v, c);
+                    }
+                }
+                Some("stats") => {
+                    let n = |i: usize| p.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    received += n(1);
+                    gaps += n(2);
+                    closed += n(3);
+                }
+                Some("end") => break,
+                _ => {}
+            }
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let expected = published * (connections as u64) / (jobs as u64);
+    let ms = |v: u64| v as f64 / 1000.0;
+    println!(
+        "load: {published} events published in {:.1} s ({:.0}/s), {} deliveries expected, {received} received ({:.3}%), gaps {gaps}, streams closed early {closed}",
+        wall.as_secs_f64(),
+        published as f64 / wall.as_secs_f64(),
+        expected,
+        received as f64 * 100.0 / expected.max(1) as f64
+    );
+    println!(
+        "latency publish→client read: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+        ms(hist.value_at_quantile(0.50)),
+        ms(hist.value_at_quantile(0.90)),
+        ms(hist.value_at_quantile(0.99)),
+        ms(hist.value_at_quantile(0.999)),
+        ms(hist.max()),
+        hist.len()
+    );
+    let pct = |d: Duration| d.as_secs_f64() * 100.0 / wall.as_secs_f64();
+    println!(
+        "cpu during load (% of one core): gateway {:.0}%, router {:.0}%, redis {:.0}%; gateway {:.1} µs CPU per delivered event; gateway RSS under load {} MiB",
+        pct(gw_cpu),
+        pct(router_cpu),
+        pct(redis_cpu),
+        gw_cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
+        rss_load / 1024
+    );
+    drop(gateway);
+    drop(router);
+}
+
+/// Client process: holds connections `from..to` (connection i follows job
+/// i % jobs); prints `ready OK FAILED` once every connection has its first
+/// event; on `stop` (or EOF) prints its histogram (`h value count`),
+/// `stats received gaps closed` and `end`.
+fn child_main() {
+    let a: Vec<String> = std::env::args().collect();
+    let addr = a.get(1).cloned().unwrap_or_default();
+    let num = |i: usize| a.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let (from, to, jobs) = (num(2), num(3), num(4).max(1));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let hist = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        ));
+        let received = Arc::new(AtomicU64::new(0));
+        let gaps = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
+        let ready = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        // Bounded connect concurrency (the listen backlog is finite).
+        let sem = Arc::new(tokio::sync::Semaphore::new(200));
+        for i in from..to {
+            let url = format!("http://{addr}/v1/jobs/{}/events", job_name(i % jobs));
+            let (http, hist, received, gaps, closed, ready, failed, sem) = (
+                http.clone(), hist.clone(), received.clone(), gaps.clone(), closed.clone(),
+                ready.clone(), failed.clone(), sem.clone(),
+            );
+            tokio::spawn(async move {
+                let permit = sem.acquire_owned().await.ok();
+                let resp = match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => r,
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                let mut body = resp.bytes_stream();
+                let mut parser = SseParser::new();
+                let mut last_seq = 0u64;
+                let mut first = true;
+                let mut permit = permit;
+                while let Some(Ok(chunk)) = body.next().await {
+                    for item in parser.push(&chunk) {
+                        let SseItem::Event(e) = item else { continue };
+                        let now = now_us();
+                        let v: serde_json::Value = match serde_json::from_str(&e.data) {
+                            Ok(v) => v,
+                            Err(_) => continue,
+                        };
+                        let seq = v["seq"].as_u64().unwrap_or(0);
+                        if first {
+                            first = false;
+                            permit.take();
+                            ready.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            received.fetch_add(1, Ordering::Relaxed);
+                            if let Some(sent) = v["data"]["sent_us"].as_u64() {
+                                let _ = hist.lock().map(|mut h| h.record(now.saturating_sub(sent).max(1)));
+                            }
+                        }
+                        if last_seq != 0 && seq != last_seq + 1 {
+                            gaps.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last_seq = seq;
+                    }
+                }
+                closed.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let total = (to - from) as u64;
+        let t = Instant::now();
+        while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < total
+            && t.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("ready {} {}", ready.load(Ordering::Relaxed), total - ready.load(Ordering::Relaxed));
+        let _ = std::io::stdout().flush();
+        // Wait for "stop" (or EOF) without blocking the runtime.
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut l = String::new();
+            let _ = std::io::stdin().read_line(&mut l);
+        })
+        .await;
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        if let Ok(h) = hist.lock() {
+            for v in h.iter_recorded() {
+                let _ = writeln!(out, "h {} {}", v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "stats {} {} {}",
+            received.load(Ordering::Relaxed),
+            gaps.load(Ordering::Relaxed),
+            closed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "end");
+        let _ = out.flush();
+    });
+}
