@@ -42,7 +42,11 @@ pub fn init_tracing(format: LogFormat) {
 pub struct ConnectionArgs {
     /// Redis holding shard streams, state and history (`memory://` for an
     /// in-process store, useful only inside one process).
-    #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "RELAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Redis for Pub/Sub, when it is a different server (defaults to --redis-url).
     #[arg(long, env = "RELAY_PUBSUB_URL")]
@@ -51,7 +55,12 @@ pub struct ConnectionArgs {
     #[arg(long, env = "RELAY_PROFILE", default_value = "native")]
     pub profile: Profile,
     /// Event domain(s) (`scan`, `chat`, ...). Repeat or comma-separate.
-    #[arg(long = "domain", env = "RELAY_DOMAIN", default_value = "scan", value_delimiter = ',')]
+    #[arg(
+        long = "domain",
+        env = "RELAY_DOMAIN",
+        default_value = "scan",
+        value_delimiter = ','
+    )]
     pub domains: Vec<Domain>,
     /// Number of shard streams per domain (must match the producers).
     #[arg(long, env = "RELAY_SHARDS", default_value_t = 4)]
@@ -170,7 +179,10 @@ impl PromText {
                 if i > 0 {
                     self.out.push(',');
                 }
-                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
                 let _ = write!(self.out, "{k}=\"{v}\"");
             }
             self.out.push('}');

@@ -57,7 +57,9 @@ impl FromStr for Encoding {
         match s {
             "msgpack" => Ok(Encoding::MsgPack),
             "json" => Ok(Encoding::Json),
-            other => Err(CodecError::UnknownEncoding(other.chars().take(40).collect())),
+            other => Err(CodecError::UnknownEncoding(
+                other.chars().take(40).collect(),
+            )),
         }
     }
 }
@@ -86,7 +88,10 @@ pub fn field<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a Bytes>
     fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-fn text_field<'a>(fields: &'a [(String, Bytes)], name: &'static str) -> Result<&'a str, CodecError> {
+fn text_field<'a>(
+    fields: &'a [(String, Bytes)],
+    name: &'static str,
+) -> Result<&'a str, CodecError> {
     let raw = field(fields, name).ok_or(CodecError::MissingField(name))?;
     std::str::from_utf8(raw).map_err(|_| CodecError::Utf8(name))
 }
@@ -113,10 +118,19 @@ impl NativeEntry {
 pub fn native_fields(event: &Event, enc: Encoding) -> Result<Fields, CodecError> {
     let body = encode_event(event, enc)?;
     Ok(vec![
-        ("job".into(), Bytes::copy_from_slice(event.job_id.as_str().as_bytes())),
+        (
+            "job".into(),
+            Bytes::copy_from_slice(event.job_id.as_str().as_bytes()),
+        ),
         ("seq".into(), Bytes::from(event.seq.to_string())),
-        ("stage".into(), Bytes::copy_from_slice(event.stage.as_str().as_bytes())),
-        ("status".into(), Bytes::from_static(event.status.as_str().as_bytes())),
+        (
+            "stage".into(),
+            Bytes::copy_from_slice(event.stage.as_str().as_bytes()),
+        ),
+        (
+            "status".into(),
+            Bytes::from_static(event.status.as_str().as_bytes()),
+        ),
         ("ts".into(), Bytes::from(event.ts.to_string())),
         ("enc".into(), Bytes::from_static(enc.as_str().as_bytes())),
         ("body".into(), Bytes::from(body)),
@@ -136,7 +150,9 @@ pub fn parse_native(fields: &[(String, Bytes)]) -> Result<NativeEntry, CodecErro
         Some(_) => text_field(fields, "enc")?.parse()?,
         None => Encoding::MsgPack,
     };
-    let body = field(fields, "body").ok_or(CodecError::MissingField("body"))?.clone();
+    let body = field(fields, "body")
+        .ok_or(CodecError::MissingField("body"))?
+        .clone();
     let event = decode_event(&body, enc)?;
     if event.job_id != job {
         return Err(CodecError::Mismatch("job"));
@@ -225,7 +241,10 @@ impl Payload {
     /// Decodes the payload, whatever its profile.
     pub fn decode(&self) -> Result<Decoded, CodecError> {
         match self.0.first() {
-            Some(b'm') => Ok(Decoded::Native(decode_event(&self.0[1..], Encoding::MsgPack)?)),
+            Some(b'm') => Ok(Decoded::Native(decode_event(
+                &self.0[1..],
+                Encoding::MsgPack,
+            )?)),
             Some(b'j') => Ok(Decoded::Native(decode_event(&self.0[1..], Encoding::Json)?)),
             Some(b'{') => Ok(Decoded::Eco2(Eco2Routed::parse(&self.0)?)),
             _ => Err(CodecError::Envelope("unknown payload tag")),
@@ -326,11 +345,17 @@ mod tests {
         let e = ev();
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f.retain(|(k, _)| k != "job");
-        assert!(matches!(parse_native(&f), Err(CodecError::MissingField("job"))));
+        assert!(matches!(
+            parse_native(&f),
+            Err(CodecError::MissingField("job"))
+        ));
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[1].1 = Bytes::from_static(b"ten");
-        assert!(matches!(parse_native(&f), Err(CodecError::InvalidField { field: "seq", .. })));
+        assert!(matches!(
+            parse_native(&f),
+            Err(CodecError::InvalidField { field: "seq", .. })
+        ));
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[1].1 = Bytes::from_static(b"12");
@@ -338,11 +363,17 @@ mod tests {
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[6].1 = Bytes::from_static(b"\xc1garbage");
-        assert!(matches!(parse_native(&f), Err(CodecError::MsgPackDecode(_))));
+        assert!(matches!(
+            parse_native(&f),
+            Err(CodecError::MsgPackDecode(_))
+        ));
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[5].1 = Bytes::from_static(b"xml");
-        assert!(matches!(parse_native(&f), Err(CodecError::UnknownEncoding(_))));
+        assert!(matches!(
+            parse_native(&f),
+            Err(CodecError::UnknownEncoding(_))
+        ));
     }
 
     #[test]

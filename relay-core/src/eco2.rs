@@ -215,12 +215,19 @@ impl Eco2Entry {
                 .unwrap_or("")
         };
         let status: Status = self.status.parse()?;
-        let mut e = Event::new(domain, self.job_id.as_str(), self.seq, self.stage.as_str(), status)?;
+        let mut e = Event::new(
+            domain,
+            self.job_id.as_str(),
+            self.seq,
+            self.stage.as_str(),
+            status,
+        )?;
         e.ts = parse_python_ts(get("ts")).unwrap_or(e.ts);
         e.progress = get("progress").parse::<u8>().ok();
         let result = get("result");
         if !result.is_empty() {
-            e.data = serde_json::from_str(result).unwrap_or(serde_json::Value::String(result.into()));
+            e.data =
+                serde_json::from_str(result).unwrap_or(serde_json::Value::String(result.into()));
         }
         let tp = get("traceparent");
         if !tp.is_empty() {
@@ -346,7 +353,10 @@ mod tests {
             ("result", ""),
             ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),
             ("span_id", "00f067aa0ba902b7"),
-            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         ]))
         .unwrap();
         assert_eq!(
@@ -381,15 +391,29 @@ mod tests {
     #[test]
     fn bad_entries_are_typed_errors() {
         assert!(matches!(
-            Eco2Entry::parse(&raw(&[("stage", "vision"), ("status", "started"), ("seq", "1")])),
+            Eco2Entry::parse(&raw(&[
+                ("stage", "vision"),
+                ("status", "started"),
+                ("seq", "1")
+            ])),
             Err(CodecError::MissingField("job_id"))
         ));
         assert!(matches!(
-            Eco2Entry::parse(&raw(&[("job_id", "abc-123"), ("stage", "v"), ("status", "s"), ("seq", "x")])),
+            Eco2Entry::parse(&raw(&[
+                ("job_id", "abc-123"),
+                ("stage", "v"),
+                ("status", "s"),
+                ("seq", "x")
+            ])),
             Err(CodecError::InvalidField { field: "seq", .. })
         ));
         assert!(matches!(
-            Eco2Entry::parse(&raw(&[("job_id", "bad id"), ("stage", "v"), ("status", "s"), ("seq", "1")])),
+            Eco2Entry::parse(&raw(&[
+                ("job_id", "bad id"),
+                ("stage", "v"),
+                ("status", "s"),
+                ("seq", "1")
+            ])),
             Err(CodecError::Validation(_))
         ));
         let bad = vec![("job_id".to_string(), Bytes::from_static(b"\xff"))];
@@ -399,9 +423,21 @@ mod tests {
     #[test]
     fn build_omits_trace_when_absent() {
         let job = JobId::new("abc-123").unwrap();
-        let e = Eco2Entry::build(&job, &Stage::new("queued").unwrap(), "started", 0, "1.0", None, None, None);
+        let e = Eco2Entry::build(
+            &job,
+            &Stage::new("queued").unwrap(),
+            "started",
+            0,
+            "1.0",
+            None,
+            None,
+            None,
+        );
         let names: Vec<_> = e.fields.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["job_id", "stage", "status", "seq", "ts", "progress", "result"]);
+        assert_eq!(
+            names,
+            ["job_id", "stage", "status", "seq", "ts", "progress", "result"]
+        );
         let reparsed = Eco2Entry::parse(&e.to_fields()).unwrap();
         assert_eq!(reparsed, e);
     }

@@ -40,7 +40,9 @@ impl FromStr for Profile {
         match s {
             "native" => Ok(Profile::Native),
             "eco2" => Ok(Profile::Eco2),
-            other => Err(format!("unknown profile {other:?} (expected native or eco2)")),
+            other => Err(format!(
+                "unknown profile {other:?} (expected native or eco2)"
+            )),
         }
     }
 }
@@ -184,14 +186,28 @@ mod tests {
     #[test]
     fn wire_md_shard_vectors() {
         let cases = [
-            ("fc052f15-449f-4ce4-aa96-99d400ed7865", 0x9c7f94569f848894u64, 0, 4),
-            ("904fb02f-3e06-482c-b271-e641d3275d6b", 0xe20260c44d1ca55d, 1, 5),
+            (
+                "fc052f15-449f-4ce4-aa96-99d400ed7865",
+                0x9c7f94569f848894u64,
+                0,
+                4,
+            ),
+            (
+                "904fb02f-3e06-482c-b271-e641d3275d6b",
+                0xe20260c44d1ca55d,
+                1,
+                5,
+            ),
             ("abc-123", 0x6351623c8cef86fe, 2, 6),
             ("test-job", 0x28688d1dc6243795, 1, 5),
         ];
         for (job, head, m4, m8) in cases {
             let d = Md5::digest(job.as_bytes());
-            assert_eq!(u64::from_be_bytes(d[..8].try_into().unwrap()), head, "{job}");
+            assert_eq!(
+                u64::from_be_bytes(d[..8].try_into().unwrap()),
+                head,
+                "{job}"
+            );
             assert_eq!(shard_for(job, 4), m4, "{job} % 4");
             assert_eq!(shard_for(job, 8), m8, "{job} % 8");
         }
@@ -215,7 +231,10 @@ mod tests {
         assert_eq!(ks.shard_stream(2), "scan:events:2");
         assert_eq!(ks.job(&job).state.as_deref(), Some("scan:state:abc-123"));
         assert_eq!(ks.eco2_shard_channel(2), "sse:events:2");
-        assert_eq!(ks.publish_marker(&job, "vision", 10), "published:abc-123:vision:10");
+        assert_eq!(
+            ks.publish_marker(&job, "vision", 10),
+            "published:abc-123:vision:10"
+        );
         assert_eq!(ks.default_group(), "eventrouter");
     }
 }

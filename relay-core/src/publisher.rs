@@ -118,7 +118,10 @@ impl Publisher {
     /// Publishes many events in one pipelined round trip. Validation happens
     /// first for all of them: one invalid event fails the call and appends
     /// nothing.
-    pub async fn publish_batch(&self, events: &[Event]) -> Result<Vec<AppendOutcome>, PublishError> {
+    pub async fn publish_batch(
+        &self,
+        events: &[Event],
+    ) -> Result<Vec<AppendOutcome>, PublishError> {
         let reqs = events
             .iter()
             .map(|e| self.request(e))

@@ -739,7 +739,10 @@ impl Router {
                 self.metrics
                     .lost_trimmed
                     .fetch_add(claim.deleted.len() as u64, Ordering::Relaxed);
-                warn!(count = claim.deleted.len(), stream, "claimed entries were trimmed before routing");
+                warn!(
+                    count = claim.deleted.len(),
+                    stream, "claimed entries were trimmed before routing"
+                );
             }
             let mut routable = Vec::new();
             for d in claim.claimed {
@@ -749,7 +752,10 @@ impl Router {
                         "delivered {} times (max_deliveries {})",
                         d.deliveries, self.config.max_deliveries
                     );
-                    if !self.dead_letter(stream, &d.entry, &reason, d.deliveries, stop).await {
+                    if !self
+                        .dead_letter(stream, &d.entry, &reason, d.deliveries, stop)
+                        .await
+                    {
                         return Ok(());
                     }
                 } else {

@@ -99,8 +99,17 @@ mod tests {
     #[test]
     fn flags_map_to_config() {
         let a = RouterArgs::parse_from([
-            "relay-router", "--profile", "eco2", "--batch", "64", "--claim-idle-ms", "2000",
-            "--history-max", "50", "--consumer", "r1",
+            "relay-router",
+            "--profile",
+            "eco2",
+            "--batch",
+            "64",
+            "--claim-idle-ms",
+            "2000",
+            "--history-max",
+            "50",
+            "--consumer",
+            "r1",
         ]);
         let c = a.router_config(a.conn.key_space());
         assert_eq!(c.group, "eventrouter");

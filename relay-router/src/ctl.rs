@@ -99,7 +99,11 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         ttl: u64,
         /// HMAC secret shared with the gateways.
-        #[arg(long = "auth-secret", env = "RELAY_AUTH_SECRET", hide_env_values = true)]
+        #[arg(
+            long = "auth-secret",
+            env = "RELAY_AUTH_SECRET",
+            hide_env_values = true
+        )]
         secret: String,
     },
     /// Manage the dead-letter stream.
@@ -159,7 +163,10 @@ pub async fn run(args: CtlArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<
             status,
             progress,
             data,
-        } => ctx.publish(out, &job, seq, &stage, status, progress, data).await,
+        } => {
+            ctx.publish(out, &job, seq, &stage, status, progress, data)
+                .await
+        }
         Command::State { job } => ctx.state(out, &job).await,
         Command::History { job, after, limit } => ctx.history(out, &job, after, limit).await,
         Command::Tail {
@@ -216,7 +223,8 @@ fn record_json(r: &Record) -> serde_json::Value {
     match r.payload.decode() {
         Ok(Decoded::Native(e)) => json!({"offset": r.offset.0, "event": e}),
         Ok(Decoded::Eco2(e)) => {
-            let v: serde_json::Value = serde_json::from_slice(&e.raw).unwrap_or(serde_json::Value::Null);
+            let v: serde_json::Value =
+                serde_json::from_slice(&e.raw).unwrap_or(serde_json::Value::Null);
             json!({"offset": r.offset.0, "event": v})
         }
         Err(err) => json!({"offset": r.offset.0, "error": err.to_string()}),
@@ -232,16 +240,15 @@ fn record_line(r: &Record) -> String {
             e.stage,
             e.status,
             e.progress.map(|p| format!("{p}%")).unwrap_or_default(),
-            if e.data.is_null() { String::new() } else { e.data.to_string() }
+            if e.data.is_null() {
+                String::new()
+            } else {
+                e.data.to_string()
+            }
         ),
         Ok(Decoded::Eco2(e)) => format!(
             "{:>6}  {:>6}  {:<10} {:<10} {:>4}  {}",
-            r.offset.0,
-            e.seq,
-            e.stage,
-            e.status,
-            "",
-            e.stream_id
+            r.offset.0, e.seq, e.stage, e.status, "", e.stream_id
         ),
         Err(err) => format!("{:>6}  undecodable: {err}", r.offset.0),
     }
@@ -275,10 +282,18 @@ impl Ctx {
         if let Some(d) = data {
             e.data = serde_json::from_str(&d).context("--data must be JSON")?;
         }
-        let p = Publisher::new(self.backend.clone(), self.keys.clone(), PublisherConfig::default());
+        let p = Publisher::new(
+            self.backend.clone(),
+            self.keys.clone(),
+            PublisherConfig::default(),
+        );
         let r = p.publish(&e).await?;
         if self.json {
-            writeln!(out, "{}", json!({"id": r.id.to_string(), "duplicate": r.duplicate}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"id": r.id.to_string(), "duplicate": r.duplicate})
+            )?;
         } else if r.duplicate {
             writeln!(out, "duplicate of {} (nothing appended)", r.id)?;
         } else {
@@ -298,7 +313,11 @@ impl Ctx {
             v["top"] = json!(s.top.0);
             writeln!(out, "{v}")?;
         } else {
-            writeln!(out, "job {job}  epoch {}  top offset {}  state seq {}", s.epoch, s.top, s.seq)?;
+            writeln!(
+                out,
+                "job {job}  epoch {}  top offset {}  state seq {}",
+                s.epoch, s.top, s.seq
+            )?;
             writeln!(out, "{RECORD_HEADER}")?;
             writeln!(out, "{}", record_line(&s.record))?;
         }
@@ -363,7 +382,9 @@ impl Ctx {
             // Subscribe first, then catch up from history: nothing published
             // in between can be missed, and offsets drop the overlap.
             let mut sub = self.backend.subscriber().await?;
-            sub.handle.subscribe(std::slice::from_ref(&keys.live)).await?;
+            sub.handle
+                .subscribe(std::slice::from_ref(&keys.live))
+                .await?;
             let mut need_history = true;
             loop {
                 if need_history {
@@ -379,7 +400,12 @@ impl Ctx {
                         epoch = page.epoch.or(epoch);
                         if let Some(first) = page.first {
                             if first.0 > last.0 + 1 {
-                                writeln!(out, "-- offsets {}..{} were trimmed from history", last.0 + 1, first.0 - 1)?;
+                                writeln!(
+                                    out,
+                                    "-- offsets {}..{} were trimmed from history",
+                                    last.0 + 1,
+                                    first.0 - 1
+                                )?;
                             }
                         }
                         let n = page.records.len();
@@ -420,7 +446,12 @@ impl Ctx {
     }
 
     /// Prints a record; true when it is the terminal event.
-    fn emit(&self, out: &mut (dyn Write + Send), r: &Record, last: &mut Offset) -> anyhow::Result<bool> {
+    fn emit(
+        &self,
+        out: &mut (dyn Write + Send),
+        r: &Record,
+        last: &mut Offset,
+    ) -> anyhow::Result<bool> {
         if r.offset <= *last {
             return Ok(false);
         }
@@ -443,7 +474,11 @@ impl Ctx {
                 Err(relay_core::BackendError::NoGroup { .. }) => Default::default(),
                 Err(e) => return Err(e.into()),
             };
-            let length = if st.length == 0 { self.backend.stream_len(&stream).await? } else { st.length };
+            let length = if st.length == 0 {
+                self.backend.stream_len(&stream).await?
+            } else {
+                st.length
+            };
             rows.push((shard, stream, length, st));
         }
         let dlq = self.backend.stream_len(&self.keys.dlq_stream()).await?;
@@ -456,11 +491,24 @@ impl Ctx {
                                "name": c.name, "pending": c.pending, "idle_ms": c.idle_ms})).collect::<Vec<_>>()})
                 })
                 .collect();
-            writeln!(out, "{}", json!({"group": self.group, "shards": shards, "dlq": dlq}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"group": self.group, "shards": shards, "dlq": dlq})
+            )?;
             return Ok(());
         }
-        writeln!(out, "group {}  dead-letter stream {} : {dlq} entries", self.group, self.keys.dlq_stream())?;
-        writeln!(out, "{:<5} {:<28} {:>9} {:>8} {:>8} {:>9}", "SHARD", "STREAM", "LENGTH", "PENDING", "LAG", "CONSUMERS")?;
+        writeln!(
+            out,
+            "group {}  dead-letter stream {} : {dlq} entries",
+            self.group,
+            self.keys.dlq_stream()
+        )?;
+        writeln!(
+            out,
+            "{:<5} {:<28} {:>9} {:>8} {:>8} {:>9}",
+            "SHARD", "STREAM", "LENGTH", "PENDING", "LAG", "CONSUMERS"
+        )?;
         for (shard, stream, length, st) in &rows {
             writeln!(
                 out,
@@ -473,7 +521,11 @@ impl Ctx {
                 st.consumers.len()
             )?;
             for c in &st.consumers {
-                writeln!(out, "        consumer {:<30} pending {:>6}  idle {:>8} ms", c.name, c.pending, c.idle_ms)?;
+                writeln!(
+                    out,
+                    "        consumer {:<30} pending {:>6}  idle {:>8} ms",
+                    c.name, c.pending, c.idle_ms
+                )?;
             }
         }
         Ok(())
@@ -503,16 +555,35 @@ impl Ctx {
     }
 
     async fn dlq_list(&self, out: &mut (dyn Write + Send), limit: usize) -> anyhow::Result<()> {
-        let entries = self.backend.range(&self.keys.dlq_stream(), None, limit).await?;
+        let entries = self
+            .backend
+            .range(&self.keys.dlq_stream(), None, limit)
+            .await?;
         if self.json {
             let v: Vec<_> = entries.iter().map(entry_json).collect();
             writeln!(out, "{}", serde_json::Value::Array(v))?;
             return Ok(());
         }
-        writeln!(out, "{:<22} {:<22} {:<24} {:>4}  REASON", "DLQ ID", "ORIGINAL ID", "SOURCE", "DELIV")?;
+        writeln!(
+            out,
+            "{:<22} {:<22} {:<24} {:>4}  REASON",
+            "DLQ ID", "ORIGINAL ID", "SOURCE", "DELIV"
+        )?;
         for e in &entries {
-            let f = |k: &str| field(&e.fields, k).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-            writeln!(out, "{:<22} {:<22} {:<24} {:>4}  {}", e.id, f("id"), f("source"), f("deliveries"), f("reason"))?;
+            let f = |k: &str| {
+                field(&e.fields, k)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            writeln!(
+                out,
+                "{:<22} {:<22} {:<24} {:>4}  {}",
+                e.id,
+                f("id"),
+                f("source"),
+                f("deliveries"),
+                f("reason")
+            )?;
         }
         writeln!(out, "{} entries", entries.len())?;
         Ok(())
@@ -537,7 +608,12 @@ impl Ctx {
             }
             let r = self
                 .backend
-                .append(AppendRequest { stream: source.clone(), fields, maxlen: None, dedupe: None })
+                .append(AppendRequest {
+                    stream: source.clone(),
+                    fields,
+                    maxlen: None,
+                    dedupe: None,
+                })
                 .await?;
             self.backend.delete_entries(&dlq, &[e.id]).await?;
             replayed += 1;
@@ -557,7 +633,11 @@ impl Ctx {
         let dlq = self.keys.dlq_stream();
         let entries = self.dlq_entries(ids).await?;
         let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
-        let n = if ids.is_empty() { 0 } else { self.backend.delete_entries(&dlq, &ids).await? };
+        let n = if ids.is_empty() {
+            0
+        } else {
+            self.backend.delete_entries(&dlq, &ids).await?
+        };
         if self.json {
             writeln!(out, "{}", json!({"purged": n}))?;
         } else {

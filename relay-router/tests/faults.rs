@@ -27,12 +27,25 @@ struct RouterProc {
 
 impl RouterProc {
     fn spawn(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_relay-router"))
-            .args([
-                "--redis-url", url, "--domain", domain, "--consumer", consumer,
-                "--metrics-addr", "127.0.0.1:0", "--block-ms", "200", "--claim-idle-ms", "1000",
-                "--batch", "128",
-            ])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-router"));
+        cmd.args([
+            "--redis-url",
+            url,
+            "--domain",
+            domain,
+            "--consumer",
+            consumer,
+            "--block-ms",
+            "200",
+            "--claim-idle-ms",
+            "1000",
+            "--batch",
+            "128",
+        ]);
+        if !extra.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let child = cmd
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -75,16 +88,32 @@ fn keyspace(profile: Profile, domain: &str) -> KeySpace {
 }
 
 /// Publishes `jobs × per_job` events (seq 1..=per_job) in shuffled batches.
-async fn produce(backend: Arc<dyn Backend>, keys: KeySpace, jobs: usize, per_job: u64, pace: Duration) {
+async fn produce(
+    backend: Arc<dyn Backend>,
+    keys: KeySpace,
+    jobs: usize,
+    per_job: u64,
+    pace: Duration,
+) {
     let publisher = Publisher::new(backend, keys.clone(), PublisherConfig::default());
     for seq in 1..=per_job {
         let batch: Vec<Event> = (0..jobs)
             .map(|j| {
-                let status = if seq == per_job { Status::Completed } else { Status::Progress };
+                let status = if seq == per_job {
+                    Status::Completed
+                } else {
+                    Status::Progress
+                };
                 let stage = if seq == per_job { "done" } else { "work" };
-                Event::new(keys.domain().as_str(), &format!("job-{j}"), seq, stage, status)
-                    .expect("event")
-                    .with_data(serde_json::json!({ "seq": seq }))
+                Event::new(
+                    keys.domain().as_str(),
+                    &format!("job-{j}"),
+                    seq,
+                    stage,
+                    status,
+                )
+                .expect("event")
+                .with_data(serde_json::json!({ "seq": seq }))
             })
             .collect();
         // A producer retry: publishing twice must not duplicate anything.
@@ -102,7 +131,13 @@ async fn produce(backend: Arc<dyn Backend>, keys: KeySpace, jobs: usize, per_job
 
 /// Waits until every job's history holds seqs 1..=per_job exactly once at
 /// offsets 1..=per_job, and state = per_job; panics with details after `limit`.
-async fn await_complete(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per_job: u64, limit: Duration) {
+async fn await_complete(
+    backend: &dyn Backend,
+    keys: &KeySpace,
+    jobs: usize,
+    per_job: u64,
+    limit: Duration,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let mut problems = Vec::new();
@@ -134,14 +169,21 @@ async fn await_complete(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per
             }
             match backend.get_state(&k).await {
                 Ok(Some(s)) if s.seq == per_job => {}
-                other => problems.push(format!("{job}: state {:?}", other.map(|s| s.map(|s| s.seq)))),
+                other => problems.push(format!(
+                    "{job}: state {:?}",
+                    other.map(|s| s.map(|s| s.seq))
+                )),
             }
         }
         if problems.is_empty() {
             return;
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("not complete after {limit:?}: {} problems, e.g. {:?}", problems.len(), &problems[..problems.len().min(5)]);
+            panic!(
+                "not complete after {limit:?}: {} problems, e.g. {:?}",
+                problems.len(),
+                &problems[..problems.len().min(5)]
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -161,7 +203,10 @@ async fn await_drained(backend: &dyn Backend, keys: &KeySpace, group: &str, limi
         if busy == 0 {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{busy} entries still pending or unread");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{busy} entries still pending or unread"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -175,7 +220,13 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
     let (jobs, per_job) = (200, 60);
 
     let mut router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
-    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), jobs, per_job, Duration::from_millis(15)));
+    let producer = tokio::spawn(produce(
+        backend.clone(),
+        keys.clone(),
+        jobs,
+        per_job,
+        Duration::from_millis(15),
+    ));
     // Kill -9 three times while the producer runs, restarting with the same
     // consumer name (it re-reads its own pending entries first).
     for _ in 0..3 {
@@ -185,8 +236,21 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
         router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
     }
     producer.await.expect("producer");
-    await_complete(backend.as_ref(), &keys, jobs, per_job, Duration::from_secs(60)).await;
-    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+    await_complete(
+        backend.as_ref(),
+        &keys,
+        jobs,
+        per_job,
+        Duration::from_secs(60),
+    )
+    .await;
+    await_drained(
+        backend.as_ref(),
+        &keys,
+        keys.default_group(),
+        Duration::from_secs(30),
+    )
+    .await;
     // Graceful shutdown exits 0.
     assert!(router.terminate().success());
 }
@@ -205,7 +269,9 @@ async fn survivor_claims_pending_of_dead_consumers() {
         backend.ensure_group(&s, group).await.expect("group");
     }
     let events: Vec<Event> = (0..40)
-        .map(|j| Event::new(&domain, &format!("job-{j}"), 1, "done", Status::Completed).expect("event"))
+        .map(|j| {
+            Event::new(&domain, &format!("job-{j}"), 1, "done", Status::Completed).expect("event")
+        })
         .collect();
     publisher.publish_batch(&events).await.expect("publish");
     let mut ghost_pending = 0;
@@ -221,7 +287,13 @@ async fn survivor_claims_pending_of_dead_consumers() {
     // Two routers share the group; one is killed mid-run.
     let r1 = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
     let mut r2 = RouterProc::spawn(redis.url(), &domain, "r2", &[]);
-    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), 50, 40, Duration::from_millis(10)));
+    let producer = tokio::spawn(produce(
+        backend.clone(),
+        keys.clone(),
+        50,
+        40,
+        Duration::from_millis(10),
+    ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     r2.kill9();
     producer.await.expect("producer");
@@ -234,22 +306,45 @@ async fn survivor_claims_pending_of_dead_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_client_kill_and_redis_restart_with_aof() {
-    let redis = TestRedis::private_with(RedisServerOptions::with_aof().args(["--appendfsync", "always"]));
+    let redis =
+        TestRedis::private_with(RedisServerOptions::with_aof().args(["--appendfsync", "always"]));
     let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (50, 40);
 
     let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
-    let producer = tokio::spawn(produce(backend.clone(), keys.clone(), jobs, per_job, Duration::from_millis(20)));
+    let producer = tokio::spawn(produce(
+        backend.clone(),
+        keys.clone(),
+        jobs,
+        per_job,
+        Duration::from_millis(20),
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let killed = redis.client_kill(&["TYPE", "normal"]).await.expect("client kill");
+    let killed = redis
+        .client_kill(&["TYPE", "normal"])
+        .await
+        .expect("client kill");
     assert!(killed > 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart().expect("restart");
     producer.await.expect("producer");
-    await_complete(backend.as_ref(), &keys, jobs, per_job, Duration::from_secs(60)).await;
-    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+    await_complete(
+        backend.as_ref(),
+        &keys,
+        jobs,
+        per_job,
+        Duration::from_secs(60),
+    )
+    .await;
+    await_drained(
+        backend.as_ref(),
+        &keys,
+        keys.default_group(),
+        Duration::from_secs(30),
+    )
+    .await;
 }
 
 fn raw(fields: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
@@ -267,26 +362,56 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("poisoned-job").expect("job");
     let stream = keys.shard_stream(keys.shard_of(&job));
-    let good = |seq: u64| Event::new(&domain, job.as_str(), seq, "work", Status::Progress).expect("event");
+    let good =
+        |seq: u64| Event::new(&domain, job.as_str(), seq, "work", Status::Progress).expect("event");
     let big_body = vec![b'x'; 2 * 1024 * 1024];
     let entries = vec![
         native_fields(&good(1), Encoding::MsgPack).expect("fields"),
         raw(&[("seq", b"2"), ("enc", b"json"), ("body", b"{}")]),
-        raw(&[("job", job.as_str().as_bytes()), ("seq", b"three"), ("enc", b"json"), ("body", b"{}")]),
-        raw(&[("job", job.as_str().as_bytes()), ("seq", b"4"), ("enc", b"msgpack"), ("body", b"\xc1\xc1garbage")]),
-        raw(&[("job", job.as_str().as_bytes()), ("seq", b"5"), ("enc", b"json"), ("body", &big_body)]),
+        raw(&[
+            ("job", job.as_str().as_bytes()),
+            ("seq", b"three"),
+            ("enc", b"json"),
+            ("body", b"{}"),
+        ]),
+        raw(&[
+            ("job", job.as_str().as_bytes()),
+            ("seq", b"4"),
+            ("enc", b"msgpack"),
+            ("body", b"\xc1\xc1garbage"),
+        ]),
+        raw(&[
+            ("job", job.as_str().as_bytes()),
+            ("seq", b"5"),
+            ("enc", b"json"),
+            ("body", &big_body),
+        ]),
         native_fields(&good(6), Encoding::Json).expect("fields"),
     ];
     for fields in entries {
         backend
-            .append(AppendRequest { stream: stream.clone(), fields, maxlen: None, dedupe: None })
+            .append(AppendRequest {
+                stream: stream.clone(),
+                fields,
+                maxlen: None,
+                dedupe: None,
+            })
             .await
             .expect("xadd");
     }
     let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
-    await_drained(backend.as_ref(), &keys, keys.default_group(), Duration::from_secs(30)).await;
+    await_drained(
+        backend.as_ref(),
+        &keys,
+        keys.default_group(),
+        Duration::from_secs(30),
+    )
+    .await;
 
-    let page = backend.read_history(&keys.job(&job), Offset::ZERO, 100).await.expect("history");
+    let page = backend
+        .read_history(&keys.job(&job), Offset::ZERO, 100)
+        .await
+        .expect("history");
     let seqs: Vec<u64> = page
         .records
         .iter()
@@ -297,18 +422,28 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
         .collect();
     assert_eq!(seqs, [1, 6]);
 
-    let dlq = backend.range(&keys.dlq_stream(), None, 100).await.expect("dlq");
+    let dlq = backend
+        .range(&keys.dlq_stream(), None, 100)
+        .await
+        .expect("dlq");
     let reasons: Vec<String> = dlq
         .iter()
         .map(|e| String::from_utf8_lossy(field(&e.fields, "reason").expect("reason")).into_owned())
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
-    assert!(reasons[0].contains("missing field \"job\""), "{}", reasons[0]);
+    assert!(
+        reasons[0].contains("missing field \"job\""),
+        "{}",
+        reasons[0]
+    );
     assert!(reasons[1].contains("seq"), "{}", reasons[1]);
     assert!(reasons[2].contains("msgpack"), "{}", reasons[2]);
     assert!(reasons[3].contains("limit"), "{}", reasons[3]);
     for e in &dlq {
-        assert_eq!(field(&e.fields, "source").map(|v| v.as_ref()), Some(stream.as_bytes()));
+        assert_eq!(
+            field(&e.fields, "source").map(|v| v.as_ref()),
+            Some(stream.as_bytes())
+        );
         assert!(field(&e.fields, "id").is_some());
     }
 }
@@ -325,27 +460,66 @@ async fn eco2_entries_route_byte_exact() {
     assert_eq!(keys.shard_of(&job), 0);
 
     let mut sub = backend.subscriber().await.expect("subscriber");
-    sub.handle.subscribe(&["sse:events:0".to_owned()]).await.expect("subscribe");
+    sub.handle
+        .subscribe(&["sse:events:0".to_owned()])
+        .await
+        .expect("subscribe");
 
     // Exactly what the Python producer XADDs (queued omits the trace fields).
     let python_entries: Vec<Vec<(&str, &str)>> = vec![
-        vec![("job_id", job.as_str()), ("stage", "queued"), ("status", "started"), ("seq", "0"),
-             ("ts", "1766899790.1"), ("progress", "0"), ("result", "")],
-        vec![("job_id", job.as_str()), ("stage", "vision"), ("status", "completed"), ("seq", "11"),
-             ("ts", "1766899796.475799"), ("progress", "25"), ("result", ""),
-             ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"), ("span_id", "00f067aa0ba902b7"),
-             ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
-        vec![("job_id", job.as_str()), ("stage", "done"), ("status", "completed"), ("seq", "51"),
-             ("ts", "1766899801.2"), ("progress", "100"),
-             ("result", r#"{"task_id": "x", "status": "completed", "message": "종이류"}"#),
-             ("trace_id", ""), ("span_id", ""), ("traceparent", "")],
+        vec![
+            ("job_id", job.as_str()),
+            ("stage", "queued"),
+            ("status", "started"),
+            ("seq", "0"),
+            ("ts", "1766899790.1"),
+            ("progress", "0"),
+            ("result", ""),
+        ],
+        vec![
+            ("job_id", job.as_str()),
+            ("stage", "vision"),
+            ("status", "completed"),
+            ("seq", "11"),
+            ("ts", "1766899796.475799"),
+            ("progress", "25"),
+            ("result", ""),
+            ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("span_id", "00f067aa0ba902b7"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ],
+        vec![
+            ("job_id", job.as_str()),
+            ("stage", "done"),
+            ("status", "completed"),
+            ("seq", "51"),
+            ("ts", "1766899801.2"),
+            ("progress", "100"),
+            (
+                "result",
+                r#"{"task_id": "x", "status": "completed", "message": "종이류"}"#,
+            ),
+            ("trace_id", ""),
+            ("span_id", ""),
+            ("traceparent", ""),
+        ],
     ];
     let mut ids = Vec::new();
     let redis_client = redis::Client::open(redis.url()).expect("client");
-    let mut conn = redis_client.get_multiplexed_async_connection().await.expect("conn");
+    let mut conn = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
     for e in &python_entries {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg("scan:events:0").arg("MAXLEN").arg("~").arg(10000).arg("*");
+        cmd.arg("scan:events:0")
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10000)
+            .arg("*");
         for (k, v) in e {
             cmd.arg(*k).arg(*v);
         }
@@ -375,7 +549,10 @@ async fn eco2_entries_route_byte_exact() {
         assert_eq!(msg.channel, "sse:events:0");
         got.push(String::from_utf8(msg.payload.to_vec()).expect("utf8"));
     }
-    assert_eq!(got, [expected_queued, expected_vision, expected_done.clone()]);
+    assert_eq!(
+        got,
+        [expected_queued, expected_vision, expected_done.clone()]
+    );
 
     let state: String = redis::cmd("GET")
         .arg(format!("scan:state:{job}"))
@@ -391,12 +568,148 @@ async fn eco2_entries_route_byte_exact() {
     assert!(ttl > 3500 && ttl <= 3600, "state TTL {ttl}");
 
     // Our own eco2 producer writes the same shape, with failed = base + 2.
-    let failed = Eco2Entry::build(&job, &Stage::new("answer").expect("stage"), "failed",
-        relay_core::eco2::seq_for("answer", "failed"), "1.0", None, None, None);
+    let failed = Eco2Entry::build(
+        &job,
+        &Stage::new("answer").expect("stage"),
+        "failed",
+        relay_core::eco2::seq_for("answer", "failed"),
+        "1.0",
+        None,
+        None,
+        None,
+    );
     assert_eq!(failed.seq, 32);
     let mut by_name: HashMap<&str, &str> = HashMap::new();
     for (k, v) in &failed.fields {
         by_name.insert(k, v);
     }
     assert_eq!(by_name["seq"], "32");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
+    let data = TestRedis::private();
+    let pubsub = TestRedis::private();
+    let data_backend: Arc<dyn Backend> = Arc::new(data.backend().await);
+    let pubsub_backend: Arc<dyn Backend> = Arc::new(pubsub.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let job = JobId::new("split-job").expect("job");
+    let mut sub = pubsub_backend.subscriber().await.expect("subscriber");
+    sub.handle
+        .subscribe(&[keys.job(&job).live])
+        .await
+        .expect("subscribe");
+
+    let _router = RouterProc::spawn(data.url(), &domain, "r1", &["--pubsub-url", pubsub.url()]);
+    let publisher = Publisher::new(
+        data_backend.clone(),
+        keys.clone(),
+        PublisherConfig::default(),
+    );
+    for seq in 1..=5 {
+        let e = Event::new(&domain, job.as_str(), seq, "work", Status::Progress).expect("event");
+        publisher.publish(&e).await.expect("publish");
+    }
+    let mut offsets = Vec::new();
+    while offsets.len() < 5 {
+        let msg = tokio::time::timeout(Duration::from_secs(20), sub.messages.recv())
+            .await
+            .expect("live message in time")
+            .expect("subscription open");
+        let env = relay_core::LiveEnvelope::decode(&msg.payload).expect("envelope");
+        offsets.push(env.record.offset.0);
+    }
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    let state = data_backend
+        .get_state(&keys.job(&job))
+        .await
+        .expect("state")
+        .expect("some state");
+    assert_eq!(state.seq, 5);
+    // Nothing routed lands on the pub/sub server.
+    assert!(pubsub_backend
+        .get_state(&keys.job(&job))
+        .await
+        .expect("state")
+        .is_none());
+}
+
+async fn readyz(port: u16) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn await_readyz(port: u16, want: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if readyz(port).await == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis_and_the_router_keeps_running() {
+    let redis = TestRedis::private_with(RedisServerOptions::with_aof());
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let port = relay_suite_free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut router = RouterProc::spawn(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
+    await_readyz(port, 200).await;
+    redis.stop().expect("stop");
+    await_readyz(port, 503).await;
+    redis.restart().expect("restart");
+    await_readyz(port, 200).await;
+    // Still routing after the outage.
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let job = JobId::new("after-outage").expect("job");
+    let mut published = false;
+    for _ in 0..50 {
+        let e = Event::new(&domain, job.as_str(), 1, "done", Status::Completed).expect("event");
+        if publisher.publish(&e).await.is_ok() {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while backend
+        .get_state(&keys.job(&job))
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not routed after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(router.terminate().success());
+}
+
+fn relay_suite_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

@@ -19,10 +19,9 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use super::{
-    dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions,
-    ApplyResult, Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats,
-    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
-    SubscriberHandle,
+    dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions, ApplyResult,
+    Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats, HistoryPage,
+    JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber, SubscriberHandle,
 };
 use crate::codec::{Fields, LiveEnvelope, Record};
 use crate::error::BackendError;
@@ -549,7 +548,12 @@ impl Backend for MemoryBackend {
                 let mut inner = self.lock();
                 let data = inner.group_mut(stream, group)?;
                 let last = data.groups.get(group).map(|g| g.last_delivered);
-                last.is_some_and(|l| data.entries.range(StreamId::new(l.ms, l.seq.saturating_add(1))..).next().is_some())
+                last.is_some_and(|l| {
+                    data.entries
+                        .range(StreamId::new(l.ms, l.seq.saturating_add(1))..)
+                        .next()
+                        .is_some()
+                })
             };
             if !has_new {
                 let _ = tokio::time::timeout(deadline - now, notified).await;

@@ -365,19 +365,27 @@ pub trait Backend: Send + Sync + 'static {
     async fn group_stats(&self, stream: &str, group: &str) -> BackendResult<GroupStats>;
 
     /// Removes a consumer from a group; returns its pending count at removal.
-    async fn delete_consumer(&self, stream: &str, group: &str, consumer: &str)
-        -> BackendResult<u64>;
+    async fn delete_consumer(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+    ) -> BackendResult<u64>;
 
     /// Applies a batch (see the module docs); one result per job, in order.
-    async fn apply(&self, jobs: Vec<ApplyJob>, opts: &ApplyOptions)
-        -> BackendResult<Vec<ApplyResult>>;
+    async fn apply(
+        &self,
+        jobs: Vec<ApplyJob>,
+        opts: &ApplyOptions,
+    ) -> BackendResult<Vec<ApplyResult>>;
 
     /// Publishes messages, pipelined.
     async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()>;
 
     /// Publishes one message.
     async fn publish(&self, channel: &str, payload: Bytes) -> BackendResult<()> {
-        self.publish_batch(vec![(channel.to_owned(), payload)]).await
+        self.publish_batch(vec![(channel.to_owned(), payload)])
+            .await
     }
 
     /// Opens a multiplexed subscriber connection.
