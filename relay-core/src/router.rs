@@ -340,68 +340,127 @@ impl Router {
         warn!(error = %e, op = what, "backend error, retrying");
     }
 
+    /// One shard: drain this consumer's own pending entries synchronously,
+    /// then read new entries in a pipeline (the next read is in flight while
+    /// the previous batch is applied), until shutdown or an error, which
+    /// starts over from the pending list.
     async fn shard_loop(self, shard: u32, stop: watch::Receiver<bool>) {
         let stream = self.config.keys.shard_stream(shard);
         if !self.ensure_group(&stream, &stop).await {
             return;
         }
-        let mut from = ReadFrom::Pending;
         let mut backoff = Backoff::new();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            let block = (from == ReadFrom::New).then_some(self.config.block);
-            let read = self
-                .data
-                .read_group(
-                    &stream,
-                    &self.config.group,
-                    &self.config.consumer,
-                    from,
-                    self.config.batch,
-                    block,
-                )
-                .await;
-            let entries = match read {
-                Ok(entries) => {
-                    backoff.reset();
-                    self.metrics.set_connected(true);
-                    entries
-                }
+        while !*stop.borrow() {
+            let healthy = match self.drain_pending(shard, &stream, &stop).await {
+                Ok(true) => self.pipelined_new(shard, &stream, &stop).await,
+                Ok(false) => break,
+                Err(e) => Err(e),
+            };
+            match healthy {
+                Ok(()) => backoff.reset(),
                 Err(BackendError::NoGroup { .. }) => {
                     // The stream or group was deleted (e.g. FLUSHALL or a
                     // restart without persistence): recreate and re-read.
                     if !self.ensure_group(&stream, &stop).await {
                         break;
                     }
-                    from = ReadFrom::Pending;
-                    continue;
                 }
                 Err(e) => {
                     self.on_error("read_group", &e);
                     backoff.wait().await;
-                    // After a reconnect our pending list may hold entries we
-                    // never finished: re-read them first.
-                    from = ReadFrom::Pending;
-                    continue;
                 }
-            };
-            if entries.is_empty() {
-                if from == ReadFrom::Pending {
-                    from = ReadFrom::New;
-                }
-                continue;
-            }
-            let n = entries.len();
-            if !self.process(shard, &stream, entries, &stop).await {
-                break;
-            }
-            if from == ReadFrom::Pending && n < self.config.batch {
-                from = ReadFrom::New;
             }
         }
         debug!(shard, "shard reader stopped");
+    }
+
+    /// Reads and routes this consumer's pending entries until none are left.
+    /// `Ok(false)`: stopped by shutdown.
+    async fn drain_pending(
+        &self,
+        shard: u32,
+        stream: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<bool, BackendError> {
+        loop {
+            if *stop.borrow() {
+                return Ok(false);
+            }
+            let entries = self
+                .data
+                .read_group(
+                    stream,
+                    &self.config.group,
+                    &self.config.consumer,
+                    ReadFrom::Pending,
+                    self.config.batch,
+                    None,
+                )
+                .await?;
+            self.metrics.set_connected(true);
+            let n = entries.len();
+            if n == 0 {
+                return Ok(true);
+            }
+            if !self.process(shard, stream, entries, stop).await {
+                return Ok(false);
+            }
+            if n < self.config.batch {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Reads new entries while a separate task routes the previous batch.
+    /// Returns `Ok` on shutdown, the read error otherwise (after the routing
+    /// task has finished what it was given).
+    async fn pipelined_new(
+        &self,
+        shard: u32,
+        stream: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), BackendError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamEntry>>(1);
+        let worker = {
+            let router = self.clone();
+            let stream = stream.to_owned();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while let Some(entries) = rx.recv().await {
+                    if !router.process(shard, &stream, entries, &stop).await {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = loop {
+            if *stop.borrow() {
+                break Ok(());
+            }
+            let read = self
+                .data
+                .read_group(
+                    stream,
+                    &self.config.group,
+                    &self.config.consumer,
+                    ReadFrom::New,
+                    self.config.batch,
+                    Some(self.config.block),
+                )
+                .await;
+            match read {
+                Ok(entries) => {
+                    self.metrics.set_connected(true);
+                    if !entries.is_empty() && tx.send(entries).await.is_err() {
+                        break Ok(()); // the routing task stopped (shutdown)
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(tx);
+        let _ = worker.await;
+        result
     }
 
     /// Routes one batch: decode, dead-letter poison, apply, publish, ack.
