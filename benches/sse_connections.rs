@@ -86,13 +86,18 @@ fn main() {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let connections: usize = flag("--connections").and_then(|v| v.parse().ok()).unwrap_or(15_000);
+    let connections: usize = flag("--connections")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15_000);
     let jobs: usize = flag("--jobs")
         .and_then(|v| v.parse().ok())
         .unwrap_or(connections)
         .clamp(1, connections);
     let secs: u64 = flag("--secs").and_then(|v| v.parse().ok()).unwrap_or(30);
-    let clients: usize = flag("--clients").and_then(|v| v.parse().ok()).unwrap_or(4).max(1);
+    let clients: usize = flag("--clients")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+        .max(1);
     let gateway_extra: Vec<String> = args
         .iter()
         .enumerate()
@@ -100,27 +105,49 @@ fn main() {
         .filter_map(|(i, _)| args.get(i + 1).cloned())
         .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(parent(connections, jobs, secs, clients, gateway_extra));
 }
 
-async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gateway_extra: Vec<String>) {
+async fn parent(
+    connections: usize,
+    jobs: usize,
+    secs: u64,
+    clients: usize,
+    gateway_extra: Vec<String>,
+) {
     println!("sse_connections: {connections} connections, {jobs} jobs ({} subscribers/job), {secs} s at 1 event/s per job, {clients} client processes",
         connections / jobs);
     let redis = TestRedis::private();
     let url = redis.url().to_owned();
     let router = Proc::spawn(
         "relay-router",
-        &["--redis-url", &url, "--consumer", "r1", "--metrics-addr", "127.0.0.1:0", "--block-ms", "100"],
+        &[
+            "--redis-url",
+            &url,
+            "--consumer",
+            "r1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--block-ms",
+            "100",
+        ],
         &[],
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let max_conn = (connections + 1000).to_string();
-    let mut gw_args: Vec<&str> = vec!["--listen", &listen, "--redis-url", &url, "--max-connections", &max_conn];
+    let mut gw_args: Vec<&str> = vec![
+        "--listen",
+        &listen,
+        "--redis-url",
+        &url,
+        "--max-connections",
+        &max_conn,
+    ];
     gw_args.extend(gateway_extra.iter().map(String::as_str));
     let gateway = Proc::spawn("relay-sse", &gw_args, &[]);
     let gw_pid = gateway.pid().expect("gateway pid");
@@ -143,8 +170,17 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
     }
     let last = relay_core::JobId::new(job_name(jobs - 1)).expect("job");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while backend.get_state(&keys.job(&last)).await.ok().flatten().is_none() {
-        assert!(Instant::now() < deadline, "router did not route the first events");
+    while backend
+        .get_state(&keys.job(&last))
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "router did not route the first events"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -162,7 +198,12 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
         }
         let child = Command::new(&exe)
             .env(CHILD_ENV, "1")
-            .args([listen.clone(), from.to_string(), to.to_string(), jobs.to_string()])
+            .args([
+                listen.clone(),
+                from.to_string(),
+                to.to_string(),
+                jobs.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -185,8 +226,14 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
         });
         let parts: Vec<&str> = line.split_whitespace().collect();
         if parts.first() == Some(&"ready") {
-            connected += parts.get(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-            failed += parts.get(2).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            connected += parts
+                .get(1)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            failed += parts
+                .get(2)
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
         }
     }
     let connect_time = t_connect.elapsed();
@@ -206,6 +253,10 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
     // Load: every job gets 1 event/s, spread evenly over each second.
     let ticks_per_sec = 100usize;
     let per_tick = jobs.div_ceil(ticks_per_sec);
+    let child_pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let clients_cpu = || child_pids.iter().map(|p| cpu_of(*p)).sum::<Duration>();
+    let clients_cpu0 = clients_cpu();
+    let self_cpu0 = relay_suite::bench::process_cpu();
     let gw_cpu0 = cpu_of(gw_pid);
     let router_cpu0 = cpu_of(router_pid);
     let redis_cpu0 = match redis.server() {
@@ -216,6 +267,7 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
     let mut interval = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec as u64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut published = 0u64;
+    let inflight = Arc::new(tokio::sync::Semaphore::new(8));
     for s in 0..secs {
         let seq = s + 2;
         for t in 0..ticks_per_sec {
@@ -226,8 +278,15 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
                 continue;
             }
             let batch: Vec<Event> = (from..to).map(|j| event(j, seq)).collect();
-            publisher.publish_batch(&batch).await.expect("publish");
             published += batch.len() as u64;
+            // Pipelined: a few batches in flight, so the publisher keeps the
+            // schedule instead of waiting one round trip per tick.
+            let permit = inflight.clone().acquire_owned().await.expect("semaphore");
+            let p = publisher.clone();
+            tokio::spawn(async move {
+                p.publish_batch(&batch).await.expect("publish");
+                drop(permit);
+            });
         }
     }
     let wall = t0.elapsed();
@@ -236,10 +295,14 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
     let gw_cpu = cpu_of(gw_pid).saturating_sub(gw_cpu0);
     let router_cpu = cpu_of(router_pid).saturating_sub(router_cpu0);
     let redis_cpu = match redis.server() {
-        Ok(s) => relay_suite::bench::redis_cpu(s).await.saturating_sub(redis_cpu0),
+        Ok(s) => relay_suite::bench::redis_cpu(s)
+            .await
+            .saturating_sub(redis_cpu0),
         Err(_) => Duration::ZERO,
     };
     let rss_load = rss_kib(gw_pid);
+    let clients_cpu_used = clients_cpu().saturating_sub(clients_cpu0);
+    let self_cpu = relay_suite::bench::process_cpu().saturating_sub(self_cpu0);
 
     // Collect the clients' histograms.
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
@@ -257,7 +320,10 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
             let p: Vec<&str> = l.split_whitespace().collect();
             match p.first().copied() {
                 Some("h") => {
-                    if let (Some(v), Some(c)) = (p.get(1).and_then(|v| v.parse().ok()), p.get(2).and_then(|v| v.parse().ok())) {
+                    if let (Some(v), Some(c)) = (
+                        p.get(1).and_then(|v| v.parse().ok()),
+                        p.get(2).and_then(|v| v.parse().ok()),
+                    ) {
                         let _ = hist.record_n(v, c);
                     }
                 }
@@ -301,8 +367,23 @@ async fn parent(connections: usize, jobs: usize, secs: u64, clients: usize, gate
         gw_cpu.as_secs_f64() * 1e6 / received.max(1) as f64,
         rss_load / 1024
     );
+    println!(
+        "load generator on the same 2 cores: client processes {:.0}%, publisher {:.0}%",
+        pct(clients_cpu_used),
+        pct(self_cpu)
+    );
     drop(gateway);
     drop(router);
+}
+
+/// The unsigned integer right after `key` in `text`.
+fn num_field(text: &str, key: &str) -> Option<u64> {
+    let at = text.find(key)? + key.len();
+    let digits: &str = &text[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
 }
 
 /// Client process: holds connections `from..to` (connection i follows job
@@ -336,8 +417,14 @@ fn child_main() {
         for i in from..to {
             let url = format!("http://{addr}/v1/jobs/{}/events", job_name(i % jobs));
             let (http, hist, received, gaps, closed, ready, failed, sem) = (
-                http.clone(), hist.clone(), received.clone(), gaps.clone(), closed.clone(),
-                ready.clone(), failed.clone(), sem.clone(),
+                http.clone(),
+                hist.clone(),
+                received.clone(),
+                gaps.clone(),
+                closed.clone(),
+                ready.clone(),
+                failed.clone(),
+                sem.clone(),
             );
             tokio::spawn(async move {
                 let permit = sem.acquire_owned().await.ok();
@@ -357,19 +444,20 @@ fn child_main() {
                     for item in parser.push(&chunk) {
                         let SseItem::Event(e) = item else { continue };
                         let now = now_us();
-                        let v: serde_json::Value = match serde_json::from_str(&e.data) {
-                            Ok(v) => v,
-                            Err(_) => continue,
-                        };
-                        let seq = v["seq"].as_u64().unwrap_or(0);
+                        // Cheap field extraction (the client must not be
+                        // the bottleneck on a 2-core box).
+                        let seq = num_field(&e.data, "\"seq\":").unwrap_or(0);
+                        let sent = num_field(&e.data, "\"sent_us\":");
                         if first {
                             first = false;
                             permit.take();
                             ready.fetch_add(1, Ordering::Relaxed);
                         } else {
                             received.fetch_add(1, Ordering::Relaxed);
-                            if let Some(sent) = v["data"]["sent_us"].as_u64() {
-                                let _ = hist.lock().map(|mut h| h.record(now.saturating_sub(sent).max(1)));
+                            if let Some(sent) = sent {
+                                let _ = hist
+                                    .lock()
+                                    .map(|mut h| h.record(now.saturating_sub(sent).max(1)));
                             }
                         }
                         if last_seq != 0 && seq != last_seq + 1 {
@@ -388,7 +476,11 @@ fn child_main() {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        println!("ready {} {}", ready.load(Ordering::Relaxed), total - ready.load(Ordering::Relaxed));
+        println!(
+            "ready {} {}",
+            ready.load(Ordering::Relaxed),
+            total - ready.load(Ordering::Relaxed)
+        );
         let _ = std::io::stdout().flush();
         // Wait for "stop" (or EOF) without blocking the runtime.
         let _ = tokio::task::spawn_blocking(|| {

@@ -81,13 +81,20 @@ impl Script {
             .expect("spawn node (is nodejs installed?)");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Self { child, stdin, stdout }
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     /// The next JSON line (blocking; the script has its own time limits).
     fn read(&mut self) -> Value {
         let mut line = String::new();
-        let n = self.stdout.read_line(&mut line).expect("read script output");
+        let n = self
+            .stdout
+            .read_line(&mut line)
+            .expect("read script output");
         assert!(n > 0, "the browser script exited early");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad script output {line:?}: {e}"))
     }
@@ -163,7 +170,16 @@ async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
     let url = redis.url().to_owned();
     let _router = Proc::spawn(
         "relay-router",
-        &["--redis-url", &url, "--consumer", "r1", "--metrics-addr", "127.0.0.1:0", "--block-ms", "200"],
+        &[
+            "--redis-url",
+            &url,
+            "--consumer",
+            "r1",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--block-ms",
+            "200",
+        ],
         &[],
     );
     let port = free_port();
@@ -172,8 +188,17 @@ async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
     let mut gateway = Proc::spawn(
         "relay-sse",
         &[
-            "--listen", &listen, "--redis-url", &url, "--demo-page", "--retry-ms", "300",
-            "--heartbeat-secs", "1", "--pending-job-secs", "30",
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--demo-page",
+            "--retry-ms",
+            "300",
+            "--heartbeat-secs",
+            "1",
+            "--pending-job-secs",
+            "30",
         ],
         &[],
     );
@@ -227,12 +252,25 @@ async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
     let want: Vec<(String, String, String)> = STAGES
         .iter()
         .enumerate()
-        .map(|(i, (stage, status))| ((i + 1).to_string(), stage.to_string(), status.as_str().to_owned()))
+        .map(|(i, (stage, status))| {
+            (
+                (i + 1).to_string(),
+                stage.to_string(),
+                status.as_str().to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(got, want, "every stage exactly once, in order, ending with done");
+    assert_eq!(
+        got, want,
+        "every stage exactly once, in order, ending with done"
+    );
     assert!(
         result["state"]["reconnects"].as_u64().unwrap_or(0) >= 1,
         "the EventSource reconnected after the restart: {result}"
     );
-    eprintln!("browser: {} rows, screenshot at {}", rows.len(), shot.display());
+    eprintln!(
+        "browser: {} rows, screenshot at {}",
+        rows.len(),
+        shot.display()
+    );
 }

@@ -57,25 +57,55 @@ impl Stack {
         let router = Proc::spawn(
             "relay-router",
             &[
-                "--redis-url", &url, "--profile", &profile_s, "--consumer", "r1",
-                "--metrics-addr", "127.0.0.1:0", "--block-ms", "200", "--claim-idle-ms", "1000",
+                "--redis-url",
+                &url,
+                "--profile",
+                &profile_s,
+                "--consumer",
+                "r1",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--block-ms",
+                "200",
+                "--claim-idle-ms",
+                "1000",
             ],
             &[],
         );
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<&str> = vec![
-            "--listen", &listen, "--redis-url", &url, "--profile", &profile_s,
+            "--listen",
+            &listen,
+            "--redis-url",
+            &url,
+            "--profile",
+            &profile_s,
             // Clients connect before their job's first event: wait long.
-            "--pending-job-secs", "60", "--heartbeat-secs", "1", "--probe-secs", "0.5",
-            "--retry-ms", "200", "--max-connections", "5000",
+            "--pending-job-secs",
+            "60",
+            "--heartbeat-secs",
+            "1",
+            "--probe-secs",
+            "0.5",
+            "--retry-ms",
+            "200",
+            "--max-connections",
+            "5000",
         ];
         args.extend_from_slice(gateway_extra);
         let gateway = Proc::spawn("relay-sse", &args, &[]);
         let addr: SocketAddr = listen.parse().expect("addr");
         let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
         let keys = KeySpace::new(profile, Domain::new("scan").expect("domain"), 4);
-        let s = Self { redis, router, gateway, addr, backend, keys };
+        let s = Self {
+            redis,
+            router,
+            gateway,
+            addr,
+            backend,
+            keys,
+        };
         s.wait_gateway_ready().await;
         s
     }
@@ -107,7 +137,11 @@ impl Stack {
     }
 
     /// SIGKILL the gateway and start it again on the same port.
-    async fn kill_and_restart_gateway(&mut self, down_for: Duration, publish_while_down: impl std::future::Future<Output = ()>) {
+    async fn kill_and_restart_gateway(
+        &mut self,
+        down_for: Duration,
+        publish_while_down: impl std::future::Future<Output = ()>,
+    ) {
         self.gateway.kill9();
         publish_while_down.await;
         tokio::time::sleep(down_for).await;
@@ -122,14 +156,20 @@ fn step(job: &str, n: u64, total: u64) -> Event {
         return Event::new("scan", job, n, "done", Status::Completed)
             .expect("event")
             .with_progress(100)
-            .with_data(serde_json::json!({"n": n, "result": {"answer": "종이류: 깨끗이 펴서 배출"}}));
+            .with_data(
+                serde_json::json!({"n": n, "result": {"answer": "종이류: 깨끗이 펴서 배출"}}),
+            );
     }
     if n == 1 {
         return Event::new("scan", job, n, "queued", Status::Started).expect("event");
     }
     let stages = ["vision", "rule", "answer", "reward"];
     let stage = stages[((n as usize - 2) / 2) % stages.len()];
-    let status = if n % 2 == 0 { Status::Started } else { Status::Completed };
+    let status = if n.is_multiple_of(2) {
+        Status::Started
+    } else {
+        Status::Completed
+    };
     Event::new("scan", job, n, stage, status)
         .expect("event")
         .with_progress((n * 100 / total) as u8)
@@ -174,14 +214,22 @@ struct Seen {
 /// Follows `url` until the terminal event, reconnecting with Last-Event-ID
 /// after drops, gateway deaths and stream ends. Feeds the raw body bytes to
 /// [`SseParser`] in random slices.
-async fn follow(http: reqwest::Client, url: String, plan: ClientPlan, terminal: &'static [&'static str]) -> Result<Seen, String> {
+async fn follow(
+    http: reqwest::Client,
+    url: String,
+    plan: ClientPlan,
+    terminal: &'static [&'static str],
+) -> Result<Seen, String> {
     let mut rng = Rng(plan.seed | 1);
     let mut seen = Seen::default();
     let mut last_id: Option<String> = None;
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
         if tokio::time::Instant::now() > deadline {
-            return Err(format!("no terminal event after {LIMIT:?}; saw {} events", seen.events.len()));
+            return Err(format!(
+                "no terminal event after {LIMIT:?}; saw {} events",
+                seen.events.len()
+            ));
         }
         let mut req = http.get(&url);
         if let Some(id) = &last_id {
@@ -221,7 +269,11 @@ async fn follow(http: reqwest::Client, url: String, plan: ClientPlan, terminal: 
             // Chunk boundaries anywhere: feed random slices (often 1–3 bytes).
             let mut rest = &bytes[..];
             while !rest.is_empty() {
-                let max = if rng.below(4) == 0 { 3 } else { rest.len() as u64 };
+                let max = if rng.below(4) == 0 {
+                    3
+                } else {
+                    rest.len() as u64
+                };
                 let n = (1 + rng.below(max)) as usize;
                 let (piece, tail) = rest.split_at(n.min(rest.len()));
                 rest = tail;
@@ -249,6 +301,13 @@ async fn follow(http: reqwest::Client, url: String, plan: ClientPlan, terminal: 
     }
 }
 
+/// A running client: (job index, kind, task).
+type ClientTask = (
+    usize,
+    &'static str,
+    tokio::task::JoinHandle<Result<Seen, String>>,
+);
+
 /// Checks one native-profile client's events: offsets 1..=total in order
 /// under one epoch, seqs 1..=total, the last one `done`, data intact.
 fn check_native(job: &str, seen: &Seen, total: u64) -> Result<(), String> {
@@ -261,13 +320,22 @@ fn check_native(job: &str, seen: &Seen, total: u64) -> Result<(), String> {
             return Err(format!("epoch changed: {id}"));
         }
         let off: u64 = off.parse().map_err(|_| format!("bad offset in {id}"))?;
-        let ev: Event = serde_json::from_str(&e.data).map_err(|err| format!("bad data {err}: {}", e.data))?;
+        let ev: Event =
+            serde_json::from_str(&e.data).map_err(|err| format!("bad data {err}: {}", e.data))?;
         let want = step(job, off, total);
-        if ev.job_id.as_str() != job || ev.seq != off || ev.stage != want.stage || ev.status != want.status || ev.data != want.data {
+        if ev.job_id.as_str() != job
+            || ev.seq != off
+            || ev.stage != want.stage
+            || ev.status != want.status
+            || ev.data != want.data
+        {
             return Err(format!("offset {off}: got {ev:?}, want {want:?}"));
         }
         if e.event != want.stage.as_str() {
-            return Err(format!("offset {off}: event name {} != stage {}", e.event, want.stage));
+            return Err(format!(
+                "offset {off}: event name {} != stage {}",
+                e.event, want.stage
+            ));
         }
         offsets.push(off);
     }
@@ -280,7 +348,9 @@ fn check_native(job: &str, seen: &Seen, total: u64) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss() {
-    tokio::time::timeout(TEST_LIMIT, full_run()).await.expect("test hung");
+    tokio::time::timeout(TEST_LIMIT, full_run())
+        .await
+        .expect("test hung");
 }
 
 async fn full_run() {
@@ -288,7 +358,11 @@ async fn full_run() {
     const TOTAL: u64 = 12;
     const STAGGER: usize = 5;
     let mut stack = Stack::start(Profile::Native, &[]).await;
-    let publisher = Publisher::new(stack.backend.clone(), stack.keys.clone(), PublisherConfig::default());
+    let publisher = Publisher::new(
+        stack.backend.clone(),
+        stack.keys.clone(),
+        PublisherConfig::default(),
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -296,18 +370,33 @@ async fn full_run() {
     let job_name = |j: usize| format!("e2e-job-{j:03}");
     let events_url = |s: &Stack, j: usize| s.url(&format!("/v1/jobs/{}/events", job_name(j)));
 
-    let mut clients: Vec<(usize, &'static str, tokio::task::JoinHandle<Result<Seen, String>>)> = Vec::new();
-    let spawn_client = |clients: &mut Vec<_>, j: usize, kind: &'static str, plan: ClientPlan, url: String| {
-        let http = http.clone();
-        clients.push((j, kind, tokio::spawn(follow(http, url, plan, &["done"]))));
-    };
+    let mut clients: Vec<ClientTask> = Vec::new();
+    let spawn_client =
+        |clients: &mut Vec<_>, j: usize, kind: &'static str, plan: ClientPlan, url: String| {
+            let http = http.clone();
+            clients.push((j, kind, tokio::spawn(follow(http, url, plan, &["done"]))));
+        };
     // Before: every job has a client waiting before its first event; half
     // of the jobs also one that drops every few events and resumes.
     for j in 0..JOBS {
         let url = events_url(&stack, j);
-        spawn_client(&mut clients, j, "before", ClientPlan { drop_every: None, crlf: j % 3 == 0, seed: j as u64 + 1 }, url.clone());
+        spawn_client(
+            &mut clients,
+            j,
+            "before",
+            ClientPlan {
+                drop_every: None,
+                crlf: j % 3 == 0,
+                seed: j as u64 + 1,
+            },
+            url.clone(),
+        );
         if j % 2 == 0 {
-            let plan = ClientPlan { drop_every: Some(2 + j % 4), crlf: j % 4 == 0, seed: 1000 + j as u64 };
+            let plan = ClientPlan {
+                drop_every: Some(2 + j % 4),
+                crlf: j % 4 == 0,
+                seed: 1000 + j as u64,
+            };
             spawn_client(&mut clients, j, "dropper", plan, url);
         }
     }
@@ -318,7 +407,9 @@ async fn full_run() {
         let batch: Vec<Event> = (0..JOBS)
             .filter_map(|j| {
                 let n = round as i64 - (j % STAGGER) as i64 + 1;
-                (1..=TOTAL as i64).contains(&n).then(|| step(&job_name(j), n as u64, TOTAL))
+                (1..=TOTAL as i64)
+                    .contains(&n)
+                    .then(|| step(&job_name(j), n as u64, TOTAL))
             })
             .collect();
         let publish = async {
@@ -327,11 +418,19 @@ async fn full_run() {
         match round {
             // The gateway dies (SIGKILL) with hundreds of streams open; a
             // round is published while it is down; it restarts on its port.
-            3 | 11 => stack.kill_and_restart_gateway(Duration::from_millis(150), publish).await,
+            3 | 11 => {
+                stack
+                    .kill_and_restart_gateway(Duration::from_millis(150), publish)
+                    .await
+            }
             // The gateway's subscriber connection is killed and the round
             // is published right away: those Pub/Sub messages are lost.
             6 | 9 => {
-                let killed = stack.redis.client_kill(&["TYPE", "pubsub"]).await.expect("client kill");
+                let killed = stack
+                    .redis
+                    .client_kill(&["TYPE", "pubsub"])
+                    .await
+                    .expect("client kill");
                 assert!(killed >= 1, "the gateway has a subscriber connection");
                 publish.await;
             }
@@ -341,11 +440,19 @@ async fn full_run() {
         for j in 0..JOBS {
             let published = round as i64 - (j % STAGGER) as i64 + 1;
             if published == TOTAL as i64 / 2 {
-                let plan = ClientPlan { drop_every: (j % 5 == 0).then_some(3), crlf: j % 2 == 1, seed: 2000 + j as u64 };
+                let plan = ClientPlan {
+                    drop_every: (j % 5 == 0).then_some(3),
+                    crlf: j % 2 == 1,
+                    seed: 2000 + j as u64,
+                };
                 spawn_client(&mut clients, j, "during", plan, events_url(&stack, j));
             }
             if published == TOTAL as i64 {
-                let plan = ClientPlan { drop_every: None, crlf: j % 2 == 0, seed: 3000 + j as u64 };
+                let plan = ClientPlan {
+                    drop_every: None,
+                    crlf: j % 2 == 0,
+                    seed: 3000 + j as u64,
+                };
                 spawn_client(&mut clients, j, "after", plan, events_url(&stack, j));
             }
         }
@@ -353,7 +460,11 @@ async fn full_run() {
     }
     // And a late wave after everything is done.
     for j in (0..JOBS).step_by(7) {
-        let plan = ClientPlan { drop_every: Some(4), crlf: true, seed: 4000 + j as u64 };
+        let plan = ClientPlan {
+            drop_every: Some(4),
+            crlf: true,
+            seed: 4000 + j as u64,
+        };
         spawn_client(&mut clients, j, "late", plan, events_url(&stack, j));
     }
 
@@ -374,10 +485,18 @@ async fn full_run() {
             Err(e) => failures.push(format!("{} ({kind}): {e}", job_name(j))),
         }
     }
-    assert!(failures.is_empty(), "{} of {n_clients} clients failed, e.g. {:#?}", failures.len(), &failures[..failures.len().min(8)]);
+    assert!(
+        failures.is_empty(),
+        "{} of {n_clients} clients failed, e.g. {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(8)]
+    );
     eprintln!("e2e: {n_clients} clients {kinds:?}, {reconnects} reconnects, all got {TOTAL} events exactly once");
     // Both faults really cut streams (the clients resumed).
-    assert!(reconnects > JOBS, "gateway kills forced the open clients to resume ({reconnects})");
+    assert!(
+        reconnects > JOBS,
+        "gateway kills forced the open clients to resume ({reconnects})"
+    );
     let _ = stack.router.terminate();
 }
 
@@ -386,20 +505,33 @@ async fn full_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eco2_producer_entries_reach_sse_clients_with_wire_md_framing() {
-    tokio::time::timeout(TEST_LIMIT, eco2_run()).await.expect("test hung");
+    tokio::time::timeout(TEST_LIMIT, eco2_run())
+        .await
+        .expect("test hung");
 }
 
 async fn eco2_run() {
     let stack = Stack::start(Profile::Eco2, &[]).await;
     // WIRE.md's test vector: shard 0 of 4.
     let job = "fc052f15-449f-4ce4-aa96-99d400ed7865";
-    assert_eq!(stack.keys.shard_of(&relay_core::JobId::new(job).expect("job")), 0);
+    assert_eq!(
+        stack
+            .keys
+            .shard_of(&relay_core::JobId::new(job).expect("job")),
+        0
+    );
     let client = redis::Client::open(stack.redis.url()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
     let trace = [
         ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),
         ("span_id", "00f067aa0ba902b7"),
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ];
     // (stage, status, seq, progress, result) in the producer's field order;
     // `queued` (the API's event) has no trace fields.
@@ -408,32 +540,72 @@ async fn eco2_run() {
         ("vision", "started", "10", "10", ""),
         ("vision", "completed", "11", "25", ""),
         ("rule", "started", "20", "", ""),
-        ("rule", "completed", "21", "50", r#"{"rules": ["깨끗이 헹구기"]}"#),
+        (
+            "rule",
+            "completed",
+            "21",
+            "50",
+            r#"{"rules": ["깨끗이 헹구기"]}"#,
+        ),
         ("answer", "started", "30", "60", ""),
         ("answer", "completed", "31", "75", ""),
         ("reward", "started", "40", "80", ""),
         ("reward", "completed", "41", "90", ""),
-        ("done", "completed", "51", "100", r#"{"task_id": "x", "status": "completed", "message": "종이류"}"#),
+        (
+            "done",
+            "completed",
+            "51",
+            "100",
+            r#"{"task_id": "x", "status": "completed", "message": "종이류"}"#,
+        ),
     ];
     // A client is already waiting when the first entry lands.
     let url = stack.url(&format!("/api/v1/scan/{job}/events"));
     let http = reqwest::Client::new();
-    let plan = ClientPlan { drop_every: None, crlf: false, seed: 7 };
-    let early = tokio::spawn(follow(http.clone(), url.clone(), plan.clone(), &["done", "error"]));
+    let plan = ClientPlan {
+        drop_every: None,
+        crlf: false,
+        seed: 7,
+    };
+    let early = tokio::spawn(follow(
+        http.clone(),
+        url.clone(),
+        plan.clone(),
+        &["done", "error"],
+    ));
     let dropper = tokio::spawn(follow(
         http.clone(),
         url.clone(),
-        ClientPlan { drop_every: Some(3), crlf: true, seed: 9 },
+        ClientPlan {
+            drop_every: Some(3),
+            crlf: true,
+            seed: 9,
+        },
         &["done", "error"],
     ));
 
     let mut ids = Vec::new();
     for (i, (stage, status, seq, progress, result)) in entries.iter().enumerate() {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg("scan:events:0").arg("MAXLEN").arg("~").arg(10000).arg("*");
-        cmd.arg("job_id").arg(job).arg("stage").arg(*stage).arg("status").arg(*status);
-        cmd.arg("seq").arg(*seq).arg("ts").arg(format!("1766899796.{:06}", 475_799 + i));
-        cmd.arg("progress").arg(*progress).arg("result").arg(*result);
+        cmd.arg("scan:events:0")
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10000)
+            .arg("*");
+        cmd.arg("job_id")
+            .arg(job)
+            .arg("stage")
+            .arg(*stage)
+            .arg("status")
+            .arg(*status);
+        cmd.arg("seq")
+            .arg(*seq)
+            .arg("ts")
+            .arg(format!("1766899796.{:06}", 475_799 + i));
+        cmd.arg("progress")
+            .arg(*progress)
+            .arg("result")
+            .arg(*result);
         if *stage != "queued" {
             for (k, v) in trace {
                 cmd.arg(k).arg(v);
@@ -471,14 +643,28 @@ async fn eco2_run() {
     let as_tuples = |seen: &Seen| -> Vec<(String, String, String)> {
         seen.events
             .iter()
-            .map(|e| (e.id.clone().unwrap_or_default(), e.event.clone(), e.data.clone()))
+            .map(|e| {
+                (
+                    e.id.clone().unwrap_or_default(),
+                    e.event.clone(),
+                    e.data.clone(),
+                )
+            })
             .collect()
     };
     let early = early.await.expect("task").expect("early client");
-    assert_eq!(as_tuples(&early), expected, "early client: WIRE.md framing, byte-exact data");
+    assert_eq!(
+        as_tuples(&early),
+        expected,
+        "early client: WIRE.md framing, byte-exact data"
+    );
     let dropper = dropper.await.expect("task").expect("dropping client");
     assert!(dropper.connections > 1);
-    assert_eq!(as_tuples(&dropper), expected, "resuming by stream id: no duplicate, no gap");
+    assert_eq!(
+        as_tuples(&dropper),
+        expected,
+        "resuming by stream id: no duplicate, no gap"
+    );
 
     // A client after the job: the whole job replayed; and the raw framing.
     let resp = http.get(&url).send().await.expect("request");
@@ -487,26 +673,53 @@ async fn eco2_run() {
     assert_eq!(resp.headers()["cache-control"], "no-cache");
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     let body = resp.text().await.expect("body");
-    let frames: Vec<&str> = body.split("\n\n").filter(|f| f.starts_with("id: ")).collect();
+    let frames: Vec<&str> = body
+        .split("\n\n")
+        .filter(|f| f.starts_with("id: "))
+        .collect();
     assert_eq!(frames.len(), expected.len(), "{body}");
     for (frame, (id, stage, data)) in frames.iter().zip(&expected) {
         assert_eq!(*frame, format!("id: {id}\nevent: {stage}\ndata: {data}"));
     }
     // Resume from the middle with the eco2 Last-Event-ID (a stream id).
-    let resp = http.get(&url).header("Last-Event-ID", &ids[4]).send().await.expect("request");
+    let resp = http
+        .get(&url)
+        .header("Last-Event-ID", &ids[4])
+        .send()
+        .await
+        .expect("request");
     let body = resp.text().await.expect("body");
-    let got: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let got: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
     let want: Vec<&str> = ids[5..].iter().map(String::as_str).collect();
     assert_eq!(got, want);
 
     // The eco2 stream route and a failed job (`event: error`, terminal).
     let failed_job = "904fb02f-3e06-482c-b271-e641d3275d6b";
-    for (stage, status, seq) in [("queued", "started", "0"), ("vision", "started", "10"), ("vision", "failed", "12")] {
+    for (stage, status, seq) in [
+        ("queued", "started", "0"),
+        ("vision", "started", "10"),
+        ("vision", "failed", "12"),
+    ] {
         let _: String = redis::cmd("XADD")
-            .arg("scan:events:1").arg("*")
-            .arg("job_id").arg(failed_job).arg("stage").arg(stage).arg("status").arg(status)
-            .arg("seq").arg(seq).arg("ts").arg("1766899800.5").arg("progress").arg("")
-            .arg("result").arg("")
+            .arg("scan:events:1")
+            .arg("*")
+            .arg("job_id")
+            .arg(failed_job)
+            .arg("stage")
+            .arg(stage)
+            .arg("status")
+            .arg(status)
+            .arg("seq")
+            .arg(seq)
+            .arg("ts")
+            .arg("1766899800.5")
+            .arg("progress")
+            .arg("")
+            .arg("result")
+            .arg("")
             .query_async(&mut conn)
             .await
             .expect("xadd");
@@ -525,7 +738,11 @@ async fn eco2_run() {
     assert_eq!(last["status"], "failed");
     assert_eq!(last["seq"], 12);
     // Short job ids are refused the Python way.
-    let r = http.get(stack.url("/api/v1/scan/short/events")).send().await.expect("request");
+    let r = http
+        .get(stack.url("/api/v1/scan/short/events"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["code"], "INVALID_JOB_ID");
@@ -536,18 +753,29 @@ async fn eco2_run() {
 
 fn relayctl_token(job: &str, secret: &str, json: bool) -> String {
     let mut cmd = std::process::Command::new(relay_suite::procs::bin_path("relayctl"));
-    cmd.args(["token", job, "--ttl", "600"]).env("RELAY_AUTH_SECRET", secret).env("RUST_LOG", "warn");
+    cmd.args(["token", job, "--ttl", "600"])
+        .env("RELAY_AUTH_SECRET", secret)
+        .env("RUST_LOG", "warn");
     if json {
         cmd.arg("--json");
     }
     let out = cmd.output().expect("run relayctl");
-    assert!(out.status.success(), "relayctl token failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "relayctl token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayctl_token_opens_the_authenticated_gateway() {
-    tokio::time::timeout(TEST_LIMIT, auth_run()).await.expect("test hung");
+    tokio::time::timeout(TEST_LIMIT, auth_run())
+        .await
+        .expect("test hung");
 }
 
 async fn auth_run() {
@@ -556,7 +784,8 @@ async fn auth_run() {
     let job = "auth-job-1";
     let token = relayctl_token(job, secret, false);
     let other = relayctl_token("auth-job-2", secret, false);
-    let json: serde_json::Value = serde_json::from_str(&relayctl_token(job, secret, true)).expect("--json output");
+    let json: serde_json::Value =
+        serde_json::from_str(&relayctl_token(job, secret, true)).expect("--json output");
     assert_eq!(json["job_id"], job);
     assert_eq!(json["ttl"], 600);
     let now = relay_core::auth::now_unix();
@@ -565,11 +794,18 @@ async fn auth_run() {
     // Every token relayctl prints verifies with the secret (and only it).
     let jid = relay_core::JobId::new(job).expect("job");
     for t in [&token, json["token"].as_str().expect("token")] {
-        assert_eq!(relay_core::auth::verify(secret.as_bytes(), Some(t), &jid, now), Ok(()));
+        assert_eq!(
+            relay_core::auth::verify(secret.as_bytes(), Some(t), &jid, now),
+            Ok(())
+        );
         assert!(relay_core::auth::verify(b"wrong", Some(t), &jid, now).is_err());
     }
 
-    let publisher = Publisher::new(stack.backend.clone(), stack.keys.clone(), PublisherConfig::default());
+    let publisher = Publisher::new(
+        stack.backend.clone(),
+        stack.keys.clone(),
+        PublisherConfig::default(),
+    );
     for n in 1..=4 {
         publisher.publish(&step(job, n, 4)).await.expect("publish");
     }
@@ -578,31 +814,67 @@ async fn auth_run() {
     let r = http.get(&url).send().await.expect("request");
     assert_eq!(r.status(), 401, "missing token");
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let r = http.get(&url).bearer_auth(&other).send().await.expect("request");
+    let r = http
+        .get(&url)
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 403, "another job's token");
-    let r = http.get(format!("{url}?token=not.a.token")).send().await.expect("request");
+    let r = http
+        .get(format!("{url}?token=not.a.token"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 401, "garbage token");
     let wrong_secret = relay_core::auth::issue(b"other-secret", &jid, Duration::from_secs(600));
-    let r = http.get(&url).bearer_auth(&wrong_secret).send().await.expect("request");
+    let r = http
+        .get(&url)
+        .bearer_auth(&wrong_secret)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 401, "token signed with another secret");
     let expired = relay_core::auth::issue_at(secret.as_bytes(), &jid, now.saturating_sub(1));
-    let r = http.get(&url).bearer_auth(&expired).send().await.expect("request");
+    let r = http
+        .get(&url)
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 401, "expired token");
 
     // Valid, as a header and as the query parameter an EventSource uses.
-    let plan = ClientPlan { drop_every: None, crlf: false, seed: 3 };
+    let plan = ClientPlan {
+        drop_every: None,
+        crlf: false,
+        seed: 3,
+    };
     let http_auth = reqwest::Client::builder()
         .default_headers({
             let mut h = reqwest::header::HeaderMap::new();
-            h.insert("authorization", format!("Bearer {token}").parse().expect("header"));
+            h.insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
             h
         })
         .build()
         .expect("client");
-    let seen = follow(http_auth, url.clone(), plan.clone(), &["done"]).await.expect("bearer stream");
-    check_native(job, &seen, 4).expect("bearer stream content");
-    let seen = follow(http, format!("{url}?token={token}"), ClientPlan { drop_every: Some(1), ..plan }, &["done"])
+    let seen = follow(http_auth, url.clone(), plan.clone(), &["done"])
         .await
-        .expect("query-token stream");
+        .expect("bearer stream");
+    check_native(job, &seen, 4).expect("bearer stream content");
+    let seen = follow(
+        http,
+        format!("{url}?token={token}"),
+        ClientPlan {
+            drop_every: Some(1),
+            ..plan
+        },
+        &["done"],
+    )
+    .await
+    .expect("query-token stream");
     check_native(job, &seen, 4).expect("query-token stream content");
 }

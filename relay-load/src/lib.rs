@@ -145,8 +145,15 @@ pub fn emit(common: &Common, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
     let mut env = spawn::versions();
+    env.push(("load average at end (1/5/15 min)".into(), loadavg()));
     env.push(("target".into(), if spawned { "spawned on loopback".into() } else { "external URLs".into() }));
     env.push(("sse url".into(), dep.sse_url.clone()));
     if let Some(a) = &dep.api_url {
@@ -161,6 +168,7 @@ fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
 
 /// The `scan` scenario.
 pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<Report> {
+    let load_start = loadavg();
     let dep = if common.spawn {
         let s = ScanSpawn {
             amqp_url: args.amqp_url.clone(),
@@ -210,6 +218,7 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
     pb.finish_and_clear();
     let (fig, e2e, tl) = scan::aggregate(args, &its, &levels, run_time);
     let mut env = environment(&dep, common.spawn);
+    env.push(("load average at start".into(), load_start));
     if common.spawn {
         env.push(("workers".into(), format!(
             "{} × pipeline-scan worker (AMQP), prefetch {}",
@@ -274,6 +283,7 @@ async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(Strin
 
 /// The `relay` scenario.
 pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Result<Report> {
+    let load_start = loadavg();
     let dep = if common.spawn {
         let shards = common.shards;
         let batch = common.router_batch;
@@ -389,7 +399,8 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
     if let Some((_, c)) = ceilings.iter().find(|(k, _)| k.starts_with("combined")) {
         summary.push(("relay delivered / Redis ceiling".into(), format!("{:.1} %", 100.0 * fig.delivered_per_s / c)));
     }
-    let env = environment(&dep, common.spawn);
+    let mut env = environment(&dep, common.spawn);
+    env.push(("load average at start".into(), load_start));
     Ok(Report {
         scenario: "relay".into(),
         title: format!(

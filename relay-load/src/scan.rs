@@ -190,6 +190,9 @@ pub struct Iteration {
     pub model_ms: Option<u64>,
     /// Per stage: completed.ts − started.ts, ms.
     pub stage_ms: BTreeMap<String, u64>,
+    /// `done`.ts − `queued`.ts, ms (the pipeline's span by producer clocks).
+    #[serde(default)]
+    pub span_ms: Option<u64>,
     /// Events received (unique).
     pub events: u32,
     /// Events received more than once.
@@ -257,6 +260,7 @@ pub async fn iteration(
         e2e_us: None,
         model_ms: None,
         stage_ms: BTreeMap::new(),
+        span_ms: None,
         events: 0,
         duplicates: 0,
         missing: 0,
@@ -341,6 +345,7 @@ async fn follow(client: &reqwest::Client, url: &str, start: Instant, deadline: I
     let mut seen: BTreeMap<u64, ()> = BTreeMap::new();
     let mut started_ts: BTreeMap<String, u64> = BTreeMap::new();
     let mut model_ms = 0u64;
+    let mut queued_ts: Option<u64> = None;
     let mut last_id: Option<String> = None;
     let mut terminal: Option<bool> = None;
     let mut attempts = 0u32;
@@ -391,6 +396,9 @@ async fn follow(client: &reqwest::Client, url: &str, start: Instant, deadline: I
             }
             it.events += 1;
             it.delivery_us.push(wall_us.saturating_sub(w.ts * 1000));
+            if w.stage == pipeline_scan::pipeline::QUEUED_STAGE {
+                queued_ts = Some(w.ts);
+            }
             match w.status.as_str() {
                 "started" => {
                     started_ts.insert(w.stage.clone(), w.ts);
@@ -409,6 +417,7 @@ async fn follow(client: &reqwest::Client, url: &str, start: Instant, deadline: I
                 && (w.status == "completed" || w.status == "failed");
             if is_terminal || ev.event == "failed" {
                 it.e2e_us = Some(arrival.duration_since(start).as_micros() as u64);
+                it.span_ms = queued_ts.map(|q| w.ts.saturating_sub(q));
                 terminal = Some(w.status == "completed");
                 break 'outer;
             }
@@ -543,6 +552,7 @@ pub async fn run_vus(
             e2e_us: None,
             model_ms: None,
             stage_ms: BTreeMap::new(),
+            span_ms: None,
             events: 0,
             duplicates: 0,
             missing: 0,
@@ -595,6 +605,16 @@ pub struct ScanFigures {
     pub model: LatSummary,
     /// E2E − model time.
     pub overhead: LatSummary,
+    /// Overhead part 1: outside the pipeline span — submit until the
+    /// `queued` event's ts, plus `done` ts until the client read it
+    /// (E2E − span; producer clocks are ms).
+    pub overhead_edge: LatSummary,
+    /// Overhead part 2: hops between stages (span − Σ stage durations):
+    /// broker transfer, worker pickup, event publishing.
+    pub overhead_hops: LatSummary,
+    /// Overhead part 3: inside stages beyond the model time
+    /// (Σ stage durations − model time): records, reward store.
+    pub overhead_in_stage: LatSummary,
     /// Per-event delivery latency (arrival − event ts; ms clock resolution).
     pub delivery: LatSummary,
     /// Per-stage duration (completed.ts − started.ts).
@@ -632,6 +652,7 @@ pub fn aggregate(
     let (mut submit, mut first, mut e2e, mut model, mut overhead, mut delivery) =
         (Lat::new(), Lat::new(), Lat::new(), Lat::new(), Lat::new(), Lat::new());
     let mut stages: BTreeMap<String, Lat> = BTreeMap::new();
+    let (mut edge, mut hops, mut in_stage) = (Lat::new(), Lat::new(), Lat::new());
     let mut tl = Timeline::new(1.0);
     for (t, v) in levels {
         tl.level(*t, *v as f64);
@@ -673,6 +694,14 @@ pub fn aggregate(
             for (s, ms) in &it.stage_ms {
                 stages.entry(s.clone()).or_default().record_us(ms * 1000);
             }
+            let staged: u64 = it.stage_ms.values().sum();
+            if let (Some(span), Some(us)) = (it.span_ms, it.e2e_us) {
+                edge.record_us(us.saturating_sub(span * 1000));
+                hops.record_us(span.saturating_sub(staged) * 1000);
+            }
+            if let Some(m) = it.model_ms {
+                in_stage.record_us(staged.saturating_sub(m) * 1000);
+            }
         }
     }
     f.completion_pct = if f.iterations == 0 {
@@ -686,6 +715,9 @@ pub fn aggregate(
     f.e2e = e2e.summary();
     f.model = model.summary();
     f.overhead = overhead.summary();
+    f.overhead_edge = edge.summary();
+    f.overhead_hops = hops.summary();
+    f.overhead_in_stage = in_stage.summary();
     f.delivery = delivery.summary();
     f.stage_ms = stages.iter().map(|(k, v)| (k.clone(), v.summary())).collect();
     (f, e2e, tl)
@@ -712,6 +744,18 @@ pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
         (
             "overhead (E2E − model) p50 / p95 / p99".into(),
             format!("{} / {} / {}", ms(f.overhead.p50_ms), ms(f.overhead.p95_ms), ms(f.overhead.p99_ms)),
+        ),
+        (
+            "  of it: submit + final delivery p50 / p95".into(),
+            format!("{} / {}", ms(f.overhead_edge.p50_ms), ms(f.overhead_edge.p95_ms)),
+        ),
+        (
+            "  of it: hops between stages p50 / p95".into(),
+            format!("{} / {}", ms(f.overhead_hops.p50_ms), ms(f.overhead_hops.p95_ms)),
+        ),
+        (
+            "  of it: in-stage beyond model p50 / p95".into(),
+            format!("{} / {}", ms(f.overhead_in_stage.p50_ms), ms(f.overhead_in_stage.p95_ms)),
         ),
         (
             "event delivery p50 / p99 (ms clock)".into(),
