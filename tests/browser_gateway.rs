@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,41 +24,7 @@ use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-/// `npm ci` (or `npm install` without a lock file match) when the harness's
-/// dependencies are missing, so a fresh clone works.
-fn ensure_node_modules() {
-    let dir = browser_dir();
-    if dir.join("node_modules/playwright-core").is_dir() {
-        return;
-    }
-    let run = |args: &[&str]| {
-        Command::new("npm")
-            .args(args)
-            .args(["--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    assert!(
-        run(&["ci"]) || run(&["install"]),
-        "cannot install the browser harness (npm ci in {}); is npm installed?",
-        dir.display()
-    );
-}
-
-fn chromium() -> String {
-    let bin = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&bin).exists(),
-        "{bin} is missing: install Debian's chromium (`apt-get install -y chromium`; scripts/test.sh does)"
-    );
-    bin
-}
+use relay_suite::browser::{browser_dir, chromium, ensure_node_modules};
 
 /// The node script, stepped over stdin/stdout (one JSON object per line).
 struct Script {

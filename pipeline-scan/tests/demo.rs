@@ -7,7 +7,7 @@
 //! silent skip.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -178,41 +178,7 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
 
 // ---- headless Chromium against the real binary ----
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
-}
-
-/// `npm ci` (or `npm install`) when the harness's dependencies are missing,
-/// so a fresh clone works.
-fn ensure_node_modules() {
-    let dir = browser_dir();
-    if dir.join("node_modules/playwright-core").is_dir() {
-        return;
-    }
-    let run = |args: &[&str]| {
-        Command::new("npm")
-            .args(args)
-            .args(["--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    assert!(
-        run(&["ci"]) || run(&["install"]),
-        "cannot install the browser harness (npm ci in {}); is npm installed?",
-        dir.display()
-    );
-}
-
-fn chromium() -> String {
-    let bin = std::env::var("CHROMIUM_BIN").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&bin).exists(),
-        "{bin} is missing: install Debian's chromium (`apt-get install -y chromium`; scripts/test.sh does)"
-    );
-    bin
-}
+use relay_suite::browser::{browser_dir, chromium, ensure_node_modules};
 
 /// The demo binary, killed on drop.
 struct DemoProc(Child);
