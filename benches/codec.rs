@@ -42,7 +42,6 @@ fn codec(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("codec_size");
     for enc in [Encoding::MsgPack, Encoding::Json] {
         let f = native_fields(&e, enc).expect("encode");
         let size: usize = f.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -51,7 +50,6 @@ fn codec(c: &mut Criterion) {
     let f = Eco2Entry::from_event(&e).to_fields();
     let size: usize = f.iter().map(|(k, v)| k.len() + v.len()).sum();
     println!("eco2 entry: {size} bytes");
-    g.finish();
 }
 
 criterion_group!(benches, codec);

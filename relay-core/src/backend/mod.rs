@@ -27,7 +27,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -441,124 +440,6 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> BackendResult<u64>;
-}
-
-#[async_trait]
-impl<B: Backend + ?Sized> Backend for Arc<B> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    async fn ping(&self) -> BackendResult<()> {
-        (**self).ping().await
-    }
-    async fn append_batch(&self, reqs: Vec<AppendRequest>) -> BackendResult<Vec<AppendOutcome>> {
-        (**self).append_batch(reqs).await
-    }
-    async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()> {
-        (**self).ensure_group(stream, group).await
-    }
-    async fn read_group(
-        &self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-        from: ReadFrom,
-        count: usize,
-        block: Option<Duration>,
-    ) -> BackendResult<Vec<StreamEntry>> {
-        (**self)
-            .read_group(stream, group, consumer, from, count, block)
-            .await
-    }
-    async fn claim_idle(
-        &self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-        min_idle: Duration,
-        count: usize,
-    ) -> BackendResult<ClaimResult> {
-        (**self)
-            .claim_idle(stream, group, consumer, min_idle, count)
-            .await
-    }
-    async fn ack(&self, stream: &str, group: &str, ids: &[StreamId]) -> BackendResult<u64> {
-        (**self).ack(stream, group, ids).await
-    }
-    async fn group_stats(&self, stream: &str, group: &str) -> BackendResult<GroupStats> {
-        (**self).group_stats(stream, group).await
-    }
-    async fn delete_consumer(
-        &self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-    ) -> BackendResult<u64> {
-        (**self).delete_consumer(stream, group, consumer).await
-    }
-    async fn apply(
-        &self,
-        jobs: Vec<ApplyJob>,
-        opts: &ApplyOptions,
-    ) -> BackendResult<Vec<ApplyResult>> {
-        (**self).apply(jobs, opts).await
-    }
-    async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
-        (**self).publish_batch(messages).await
-    }
-    async fn subscriber(&self) -> BackendResult<Subscriber> {
-        (**self).subscriber().await
-    }
-    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
-        (**self).get_state(keys).await
-    }
-    async fn read_history(
-        &self,
-        keys: &JobKeys,
-        after: Offset,
-        limit: usize,
-    ) -> BackendResult<HistoryPage> {
-        (**self).read_history(keys, after, limit).await
-    }
-    async fn dead_letter(
-        &self,
-        dlq: &str,
-        source: &str,
-        group: &str,
-        entry: &StreamEntry,
-        reason: &str,
-        deliveries: u64,
-    ) -> BackendResult<StreamId> {
-        (**self)
-            .dead_letter(dlq, source, group, entry, reason, deliveries)
-            .await
-    }
-    async fn range(
-        &self,
-        stream: &str,
-        after: Option<StreamId>,
-        count: usize,
-    ) -> BackendResult<Vec<StreamEntry>> {
-        (**self).range(stream, after, count).await
-    }
-    async fn delete_entries(&self, stream: &str, ids: &[StreamId]) -> BackendResult<u64> {
-        (**self).delete_entries(stream, ids).await
-    }
-    async fn stream_len(&self, stream: &str) -> BackendResult<u64> {
-        (**self).stream_len(stream).await
-    }
-    async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
-        (**self).set_nx(key, value, ttl).await
-    }
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<()> {
-        (**self).set(key, value, ttl).await
-    }
-    async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
-        (**self).get(key).await
-    }
-    async fn delete(&self, keys: &[String]) -> BackendResult<u64> {
-        (**self).delete(keys).await
-    }
 }
 
 /// Builds the dead-letter entry fields shared by every backend.
