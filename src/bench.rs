@@ -49,7 +49,7 @@ pub async fn redis_cpu(server: &RedisServer) -> Duration {
 /// history, write the state, publish. `redis-benchmark` runs it pipelined to
 /// give the ceiling the router is compared against.
 ///
-/// KEYS[1] is the job's hash-tagged base name (redis-benchmark randomizes
+/// `KEYS[1]` is the job's hash-tagged base name (redis-benchmark randomizes
 /// each `__rand_int__` separately, so the other keys are derived from it).
 pub const CEILING_SCRIPT: &str = r#"
 local meta, hist, state, live = KEYS[1] .. ':meta', KEYS[1] .. ':hist', KEYS[1] .. ':state', KEYS[1] .. ':live'
