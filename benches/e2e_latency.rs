@@ -24,7 +24,9 @@ use hdrhistogram::Histogram;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
 use relay_core::testing::RedisServer;
-use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig, Status};
+use relay_core::{
+    Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig, Status,
+};
 use relay_sse::client::{SseItem, SseReader};
 use relay_sse::{Gateway, GatewayOptions};
 
@@ -64,9 +66,16 @@ async fn measure(
     hist: &Mutex<Histogram<u64>>,
 ) -> Duration {
     static JOB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let job = format!("e2e-{}-{}", std::process::id(), JOB.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let job = format!(
+        "e2e-{}-{}",
+        std::process::id(),
+        JOB.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let (warm_tx, warm_rx) = tokio::sync::oneshot::channel::<()>();
-    let resp = client.get(url_for(&job)).header("Accept", "text/event-stream").send();
+    let resp = client
+        .get(url_for(&job))
+        .header("Accept", "text/event-stream")
+        .send();
     let reader = tokio::spawn(async move {
         let resp = resp.await.expect("stream");
         let mut r = SseReader::new(resp.bytes_stream());
@@ -92,7 +101,9 @@ async fn measure(
     let ev = |seq: u64, stage: &str, status: Status| {
         Event::new("scan", &job, seq, stage, status)
             .expect("event")
-            .with_data(serde_json::json!({ "t_us": unix_us(), "pad": "benchmark payload of modest size" }))
+            .with_data(
+                serde_json::json!({ "t_us": unix_us(), "pad": "benchmark payload of modest size" }),
+            )
     };
     // Warm-up event (the stream opens before the job exists; the first
     // event arrives through catch-up).
@@ -101,7 +112,10 @@ async fn measure(
     let mut warm_rx = warm_rx;
     for _ in 0..500 {
         sink.send(&ev(1, "warm", Status::Progress)).await;
-        if tokio::time::timeout(Duration::from_millis(20), &mut warm_rx).await.is_ok() {
+        if tokio::time::timeout(Duration::from_millis(20), &mut warm_rx)
+            .await
+            .is_ok()
+        {
             break;
         }
     }
@@ -112,7 +126,10 @@ async fn measure(
         sink.send(&ev(i + 2, "load", Status::Progress)).await;
     }
     sink.send(&ev(n + 2, "done", Status::Completed)).await;
-    let lat = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("drain").expect("reader");
+    let lat = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("drain")
+        .expect("reader");
     assert_eq!(lat.len() as u64, n, "every event delivered");
     let mut h = hist.lock().expect("hist");
     let mut sum = 0u64;
@@ -124,24 +141,38 @@ async fn measure(
 }
 
 fn e2e(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let server = RedisServer::start();
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let (publisher, sse_base, _router) = rt.block_on(async {
-        let data: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&server.url()).await.expect("redis"));
-        let pubb: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&server.url()).await.expect("redis"));
+        let data: Arc<dyn Backend> =
+            Arc::new(RedisBackend::connect(&server.url()).await.expect("redis"));
+        let pubb: Arc<dyn Backend> =
+            Arc::new(RedisBackend::connect(&server.url()).await.expect("redis"));
         let mut config = RouterConfig::new(keys.clone());
         config.consumer = "bench".into();
         let router = Router::new(data.clone(), config).spawn();
         let gw = Gateway::new(data.clone(), GatewayOptions::default()).expect("gateway");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, gw.router()).await });
-        (Publisher::new(pubb, keys.clone(), PublisherConfig::default()), format!("http://{addr}"), router)
+        (
+            Publisher::new(pubb, keys.clone(), PublisherConfig::default()),
+            format!("http://{addr}"),
+            router,
+        )
     });
     let echo = rt.block_on(relay_load::echo::Echo::start()).expect("echo");
     let echo_base = echo.url();
-    let client = reqwest::Client::builder().tcp_nodelay(true).build().expect("client");
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
     let relay_sink = Sink::Relay(publisher);
     let echo_sink = Sink::Echo(echo);
     let relay_url = move |job: &str| format!("{sse_base}/v1/jobs/{job}/events");
@@ -155,9 +186,14 @@ fn e2e(c: &mut Criterion) {
     for rate in RATES {
         for (name, sink, url) in [
             ("relay", &relay_sink, &relay_url as &dyn Fn(&str) -> String),
-            ("echo_ceiling", &echo_sink, &echo_url as &dyn Fn(&str) -> String),
+            (
+                "echo_ceiling",
+                &echo_sink,
+                &echo_url as &dyn Fn(&str) -> String,
+            ),
         ] {
-            let hist = Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist"));
+            let hist =
+                Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist"));
             g.bench_function(BenchmarkId::new(name, format!("{rate}_per_s")), |b| {
                 b.iter_custom(|iters| rt.block_on(measure(sink, &client, url, iters, rate, &hist)))
             });

@@ -42,7 +42,10 @@ fn live(o: u64, payload: &Bytes) -> LiveEnvelope {
 }
 
 fn emitted(actions: &[Action]) -> usize {
-    actions.iter().filter(|a| matches!(a, Action::Emit(_))).count()
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Emit(_)))
+        .count()
 }
 
 fn page(from: u64, to: u64, top: u64, payload: &Bytes) -> HistoryPage {
@@ -77,7 +80,12 @@ fn resume(c: &mut Criterion) {
         b.iter(|| {
             let mut r = Resume::new(None);
             r.start();
-            r.on_history(HistoryPage { epoch: Some(EPOCH), top: Offset(0), first: None, records: vec![] });
+            r.on_history(HistoryPage {
+                epoch: Some(EPOCH),
+                top: Offset(0),
+                first: None,
+                records: vec![],
+            });
             let mut n = 0;
             for e in &envs {
                 n += emitted(&r.on_live(black_box(e.clone())));
@@ -100,18 +108,30 @@ fn resume(c: &mut Criterion) {
             n += emitted(&out);
             // A follow-up read may be requested; answer it with an empty tail.
             if out.iter().any(|a| matches!(a, Action::ReadHistory { .. })) {
-                n += emitted(&r.on_history(HistoryPage { epoch: Some(EPOCH), top: Offset(N), first: Some(Offset(1)), records: vec![] }));
+                n += emitted(&r.on_history(HistoryPage {
+                    epoch: Some(EPOCH),
+                    top: Offset(N),
+                    first: Some(Offset(1)),
+                    records: vec![],
+                }));
             }
             assert_eq!(n, N as usize);
         })
     });
 
     g.bench_function(BenchmarkId::new("live_dupes", N), |b| {
-        let envs: Vec<_> = (1..=N).flat_map(|o| [live(o, &payload), live(o, &payload)]).collect();
+        let envs: Vec<_> = (1..=N)
+            .flat_map(|o| [live(o, &payload), live(o, &payload)])
+            .collect();
         b.iter(|| {
             let mut r = Resume::new(None);
             r.start();
-            r.on_history(HistoryPage { epoch: Some(EPOCH), top: Offset(0), first: None, records: vec![] });
+            r.on_history(HistoryPage {
+                epoch: Some(EPOCH),
+                top: Offset(0),
+                first: None,
+                records: vec![],
+            });
             let mut n = 0;
             for e in &envs {
                 n += emitted(&r.on_live(black_box(e.clone())));

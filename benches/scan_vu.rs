@@ -36,7 +36,9 @@ use tokio::sync::mpsc;
 const LEVELS: [usize; 3] = [50, 250, 500];
 
 async fn serve(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
@@ -46,30 +48,74 @@ async fn deployment() -> Target {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
-    let models = ScanModels::simulated(LatencyDist { mean_ms: 40, jitter_ms: 10 });
+    let models = ScanModels::simulated(LatencyDist {
+        mean_ms: 40,
+        jitter_ms: 10,
+    });
     let mut config = scan::engine_config();
     config.simulated_latency = vec![
-        ("rule".into(), LatencyDist { mean_ms: 5, jitter_ms: 0 }),
-        ("answer".into(), LatencyDist { mean_ms: 60, jitter_ms: 20 }),
-        ("reward".into(), LatencyDist { mean_ms: 5, jitter_ms: 0 }),
+        (
+            "rule".into(),
+            LatencyDist {
+                mean_ms: 5,
+                jitter_ms: 0,
+            },
+        ),
+        (
+            "answer".into(),
+            LatencyDist {
+                mean_ms: 60,
+                jitter_ms: 20,
+            },
+        ),
+        (
+            "reward".into(),
+            LatencyDist {
+                mean_ms: 5,
+                jitter_ms: 0,
+            },
+        ),
     ];
     let (_engine, transport) = pipeline_scan::app::start_in_process(
         publisher.clone(),
         &models,
         config,
-        InProcessConfig { capacity: 4096, concurrency: 1024, stage_concurrency: Vec::new() },
+        InProcessConfig {
+            capacity: 4096,
+            concurrency: 1024,
+            stage_concurrency: Vec::new(),
+        },
     );
     let api = ScanApi::new(publisher, Arc::new(transport), ApiConfig::default()).router();
     let mut rc = RouterConfig::new(keys);
     rc.consumer = "bench".into();
     std::mem::forget(Router::new(backend.clone(), rc).spawn());
-    let gw = Gateway::new(backend, GatewayOptions { max_connections: 20_000, ..Default::default() }).expect("gateway");
-    Target { api_url: serve(api).await, sse_url: serve(gw.router()).await }
+    let gw = Gateway::new(
+        backend,
+        GatewayOptions {
+            max_connections: 20_000,
+            ..Default::default()
+        },
+    )
+    .expect("gateway");
+    Target {
+        api_url: serve(api).await,
+        sse_url: serve(gw.router()).await,
+    }
 }
 
 /// N VUs looping until `stop`; every finished iteration goes to `tx`.
-fn start_vus(target: &Target, n: usize, stop: Arc<AtomicBool>, tx: mpsc::UnboundedSender<Iteration>) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(4096).tcp_nodelay(true).build().expect("client");
+fn start_vus(
+    target: &Target,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Iteration>,
+) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
     let t0 = Instant::now();
     for vu in 0..n {
         let (client, target, stop, tx) = (client.clone(), target.clone(), stop.clone(), tx.clone());
@@ -77,8 +123,17 @@ fn start_vus(target: &Target, n: usize, stop: Arc<AtomicBool>, tx: mpsc::Unbound
             // Spread the VUs' starts over 1 s (a ramp), as k6 would.
             tokio::time::sleep(Duration::from_millis((vu as u64 * 1000) / n as u64)).await;
             while !stop.load(Ordering::Relaxed) {
-                let it = iteration(&client, &target, vu, Mode::Sse, "https://images.example.com/b/{n}.jpg",
-                    Duration::from_millis(200), Duration::from_secs(60), t0).await;
+                let it = iteration(
+                    &client,
+                    &target,
+                    vu,
+                    Mode::Sse,
+                    "https://images.example.com/b/{n}.jpg",
+                    Duration::from_millis(200),
+                    Duration::from_secs(60),
+                    t0,
+                )
+                .await;
                 if tx.send(it).is_err() {
                     break;
                 }
@@ -90,7 +145,10 @@ fn start_vus(target: &Target, n: usize, stop: Arc<AtomicBool>, tx: mpsc::Unbound
 }
 
 fn scan_vu(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let target = rt.block_on(deployment());
     let mut g = c.benchmark_group("scan_vu");
     g.sampling_mode(SamplingMode::Flat)
@@ -107,33 +165,36 @@ fn scan_vu(c: &mut Criterion) {
         let mut overhead = e2e.clone();
         let (mut total, mut ok, mut dups, mut missing) = (0u64, 0u64, 0u64, 0u64);
         let started = Instant::now();
-        g.bench_function(BenchmarkId::new("e2e_per_iteration", format!("{n}_vus")), |b| {
-            b.iter_custom(|iters| {
-                let mut rx = rx.lock().expect("rx");
-                rt.block_on(async {
-                    let mut sum = Duration::ZERO;
-                    let mut got = 0;
-                    while got < iters {
-                        let it = rx.recv().await.expect("vus running");
-                        total += 1;
-                        dups += u64::from(it.duplicates);
-                        missing += u64::from(it.missing);
-                        if it.outcome != Outcome::Completed {
-                            continue;
+        g.bench_function(
+            BenchmarkId::new("e2e_per_iteration", format!("{n}_vus")),
+            |b| {
+                b.iter_custom(|iters| {
+                    let mut rx = rx.lock().expect("rx");
+                    rt.block_on(async {
+                        let mut sum = Duration::ZERO;
+                        let mut got = 0;
+                        while got < iters {
+                            let it = rx.recv().await.expect("vus running");
+                            total += 1;
+                            dups += u64::from(it.duplicates);
+                            missing += u64::from(it.missing);
+                            if it.outcome != Outcome::Completed {
+                                continue;
+                            }
+                            ok += 1;
+                            let us = it.e2e_us.unwrap_or(0);
+                            let _ = e2e.record(us.max(1));
+                            if let Some(m) = it.model_ms {
+                                let _ = overhead.record(us.saturating_sub(m * 1000).max(1));
+                            }
+                            sum += Duration::from_micros(us);
+                            got += 1;
                         }
-                        ok += 1;
-                        let us = it.e2e_us.unwrap_or(0);
-                        let _ = e2e.record(us.max(1));
-                        if let Some(m) = it.model_ms {
-                            let _ = overhead.record(us.saturating_sub(m * 1000).max(1));
-                        }
-                        sum += Duration::from_micros(us);
-                        got += 1;
-                    }
-                    sum
+                        sum
+                    })
                 })
-            })
-        });
+            },
+        );
         stop.store(true, Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
         lines.push(format!(
@@ -147,10 +208,12 @@ fn scan_vu(c: &mut Criterion) {
             overhead.value_at_quantile(0.95) as f64 / 1000.0,
         ));
         // Let the stopped VUs finish their last iterations before the next level.
-        rt.block_on(tokio::time::sleep(Duration::from_millis(1500)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(1500)).await });
     }
     g.finish();
-    println!("\nscan_vu (model time ≈ 110 ms per job: vision 40±10, rule 5, answer 60±20, reward 5):");
+    println!(
+        "\nscan_vu (model time ≈ 110 ms per job: vision 40±10, rule 5, answer 60±20, reward 5):"
+    );
     for l in lines {
         println!("  {l}");
     }

@@ -123,6 +123,7 @@ async fn parent(
         connections / jobs);
     let redis = TestRedis::private();
     let url = redis.url().to_owned();
+    let router_metrics = format!("127.0.0.1:{}", free_port());
     let router = Proc::spawn(
         "relay-router",
         &[
@@ -131,7 +132,7 @@ async fn parent(
             "--consumer",
             "r1",
             "--metrics-addr",
-            "127.0.0.1:0",
+            &router_metrics,
             "--block-ms",
             "100",
         ],
@@ -372,8 +373,86 @@ async fn parent(
         pct(clients_cpu_used),
         pct(self_cpu)
     );
+    // Where the time goes: the router's own batch latency (apply + publish
+    // + ack) and the gateway's producer-ts → socket-write histogram.
+    let router_text = scrape(&format!("http://{router_metrics}/metrics")).await;
+    let gw_text = scrape(&format!("http://{listen}/metrics")).await;
+    for (what, text, name) in [
+        (
+            "router batch (apply+publish+ack)",
+            &router_text,
+            "relay_router_batch_seconds",
+        ),
+        (
+            "gateway publish→write",
+            &gw_text,
+            "relay_sse_delivery_latency_seconds",
+        ),
+    ] {
+        match hist_summary(text, name) {
+            Some((count, mean, p50, p99)) => println!(
+                "{what}: {count} samples, mean {:.2} ms, p50 ≤ {:.1} ms, p99 ≤ {:.1} ms (bucket bounds)",
+                mean * 1e3,
+                p50 * 1e3,
+                p99 * 1e3
+            ),
+            None => println!("{what}: no {name} histogram"),
+        }
+    }
     drop(gateway);
     drop(router);
+}
+
+async fn scrape(url: &str) -> String {
+    let http = reqwest::Client::new();
+    match http.get(url).timeout(Duration::from_secs(5)).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// (count, mean, p50 bound, p99 bound) of a Prometheus histogram `name`,
+/// summed over its label sets.
+fn hist_summary(text: &str, name: &str) -> Option<(u64, f64, f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: std::collections::BTreeMap<u64, (f64, f64)> = Default::default();
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if let Some(rest) = key.strip_prefix(&bucket) {
+            let le = rest
+                .split("le=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap_or("+Inf");
+            let bound: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            buckets.entry(bound.to_bits()).or_insert((bound, 0.0)).1 += value;
+        } else if key.starts_with(&format!("{name}_sum")) {
+            sum += value;
+        } else if key.starts_with(&format!("{name}_count")) {
+            count += value;
+        }
+    }
+    if count == 0.0 {
+        return None;
+    }
+    let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let q = |q: f64| {
+        sorted
+            .iter()
+            .find(|(_, c)| *c >= q * count)
+            .map(|(b, _)| *b)
+            .unwrap_or(f64::INFINITY)
+    };
+    Some((count as u64, sum / count, q(0.5), q(0.99)))
 }
 
 /// The unsigned integer right after `key` in `text`.

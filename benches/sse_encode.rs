@@ -27,9 +27,16 @@ fn payloads() -> Vec<(&'static str, Vec<u8>)> {
     .expect("json");
     let mut large = Vec::new();
     for i in 0..64 {
-        large.extend_from_slice(format!("line {i}: disposal step text with some detail about rinsing and flattening\n").as_bytes());
+        large.extend_from_slice(
+            format!("line {i}: disposal step text with some detail about rinsing and flattening\n")
+                .as_bytes(),
+        );
     }
-    vec![("small_progress", small), ("stage_result", result), ("multiline_4k", large)]
+    vec![
+        ("small_progress", small),
+        ("stage_result", result),
+        ("multiline_4k", large),
+    ]
 }
 
 fn encode(c: &mut Criterion) {
@@ -43,7 +50,12 @@ fn encode(c: &mut Criterion) {
             let mut buf = BytesMut::with_capacity(16 * 1024);
             b.iter(|| {
                 buf.clear();
-                sse::put_event(&mut buf, Some(black_box("8391:12")), Some(black_box("vision")), black_box(data));
+                sse::put_event(
+                    &mut buf,
+                    Some(black_box("8391:12")),
+                    Some(black_box("vision")),
+                    black_box(data),
+                );
                 black_box(buf.len())
             })
         });

@@ -53,14 +53,21 @@ impl Echo {
 
     /// Subscribed connections.
     pub fn subscribers(&self) -> usize {
-        self.subs.lock().map(|m| m.values().map(Vec::len).sum()).unwrap_or(0)
+        self.subs
+            .lock()
+            .map(|m| m.values().map(Vec::len).sum())
+            .unwrap_or(0)
     }
 
     /// Frames `events` and writes each to its job's subscribers.
     pub fn publish(&self, events: &[Event]) {
-        let Ok(mut subs) = self.subs.lock() else { return };
+        let Ok(mut subs) = self.subs.lock() else {
+            return;
+        };
         for e in events {
-            let Some(list) = subs.get_mut(e.job_id.as_str()) else { continue };
+            let Some(list) = subs.get_mut(e.job_id.as_str()) else {
+                continue;
+            };
             let data = serde_json::to_vec(e).unwrap_or_default();
             let mut buf = BytesMut::with_capacity(data.len() + 64);
             let id = format!("1:{}", e.seq);
@@ -86,7 +93,9 @@ async fn serve(mut sock: TcpStream, subs: Subs) {
     let text = String::from_utf8_lossy(&head);
     let path = text.split_whitespace().nth(1).unwrap_or("/");
     let Some(job) = path.strip_prefix("/e/") else {
-        let _ = sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+        let _ = sock
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
         return;
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();

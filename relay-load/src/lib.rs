@@ -58,19 +58,39 @@ pub struct Common {
     #[arg(long, env = "RELAY_LOAD_SPAWN", global = true)]
     pub spawn: bool,
     /// Scan API base URL.
-    #[arg(long, env = "RELAY_LOAD_API_URL", default_value = "http://127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_API_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
     pub api_url: String,
     /// SSE gateway base URL.
-    #[arg(long, env = "RELAY_LOAD_SSE_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_SSE_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub sse_url: String,
     /// Redis URL (relay scenario producers).
-    #[arg(long, env = "RELAY_LOAD_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
     /// Shard streams (must match the router and gateway).
     #[arg(long, env = "RELAY_LOAD_SHARDS", default_value_t = 4, global = true)]
     pub shards: u32,
     /// `--spawn`: the router's batch size.
-    #[arg(long, env = "RELAY_LOAD_ROUTER_BATCH", default_value_t = 256, global = true)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_ROUTER_BATCH",
+        default_value_t = 256,
+        global = true
+    )]
     pub router_batch: u32,
     /// Write the report as JSON here.
     #[arg(long, env = "RELAY_LOAD_JSON", global = true)]
@@ -154,7 +174,14 @@ fn loadavg() -> String {
 fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
     let mut env = spawn::versions();
     env.push(("load average at end (1/5/15 min)".into(), loadavg()));
-    env.push(("target".into(), if spawned { "spawned on loopback".into() } else { "external URLs".into() }));
+    env.push((
+        "target".into(),
+        if spawned {
+            "spawned on loopback".into()
+        } else {
+            "external URLs".into()
+        },
+    ));
     env.push(("sse url".into(), dep.sse_url.clone()));
     if let Some(a) = &dep.api_url {
         env.push(("api url".into(), a.clone()));
@@ -181,10 +208,17 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
         let batch = common.router_batch;
         tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, Some(&s))).await??
     } else {
-        Deployment::external(common.redis_url.clone(), common.sse_url.clone(), Some(common.api_url.clone()))
+        Deployment::external(
+            common.redis_url.clone(),
+            common.sse_url.clone(),
+            Some(common.api_url.clone()),
+        )
     };
     let target = scan::Target {
-        api_url: dep.api_url.clone().unwrap_or_else(|| common.api_url.clone()),
+        api_url: dep
+            .api_url
+            .clone()
+            .unwrap_or_else(|| common.api_url.clone()),
         sse_url: dep.sse_url.clone(),
     };
     let live = Arc::new(scan::Live::default());
@@ -208,7 +242,11 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
                     live.vus.load(Ordering::Relaxed),
                     live.inflight.load(Ordering::Relaxed),
                     done,
-                    if done == 0 { 100.0 } else { 100.0 * ok as f64 / done as f64 }
+                    if done == 0 {
+                        100.0
+                    } else {
+                        100.0 * ok as f64 / done as f64
+                    }
                 ));
             }
         })
@@ -220,14 +258,20 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
     let mut env = environment(&dep, common.spawn);
     env.push(("load average at start".into(), load_start));
     if common.spawn {
-        env.push(("workers".into(), format!(
-            "{} × pipeline-scan worker (AMQP), prefetch {}",
-            args.workers, args.stage_prefetch
-        )));
-        env.push(("simulated latency".into(), format!(
-            "vision {} ms, {}",
-            args.sim_latency_ms, args.sim_stage_latency_ms
-        )));
+        env.push((
+            "workers".into(),
+            format!(
+                "{} × pipeline-scan worker (AMQP), prefetch {}",
+                args.workers, args.stage_prefetch
+            ),
+        ));
+        env.push((
+            "simulated latency".into(),
+            format!(
+                "vision {} ms, {}",
+                args.sim_latency_ms, args.sim_stage_latency_ms
+            ),
+        ));
     }
     Ok(Report {
         scenario: "scan".into(),
@@ -253,8 +297,33 @@ async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(Strin
         let port = server.port().to_string();
         move || {
             let o = std::process::Command::new("redis-benchmark")
-                .args(["-h", "127.0.0.1", "-p", &port, "-n", "200000", "-c", "4", "-P", "64", "-r", "100000", "--csv"])
-                .args(["XADD", "ceiling:{__rand_int__}", "*", "job", "j", "seq", "1", "enc", "msgpack", "body"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-n",
+                    "200000",
+                    "-c",
+                    "4",
+                    "-P",
+                    "64",
+                    "-r",
+                    "100000",
+                    "--csv",
+                ])
+                .args([
+                    "XADD",
+                    "ceiling:{__rand_int__}",
+                    "*",
+                    "job",
+                    "j",
+                    "seq",
+                    "1",
+                    "enc",
+                    "msgpack",
+                    "body",
+                ])
                 .arg("x".repeat(160))
                 .output()
                 .ok()?;
@@ -273,10 +342,16 @@ async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(Strin
         out.push(("redis-benchmark XADD -P 64 (ops/s)".into(), x));
     }
     if let Some(e) = eval {
-        out.push(("redis-benchmark EVALSHA apply script -P 64 (ops/s)".into(), e));
+        out.push((
+            "redis-benchmark EVALSHA apply script -P 64 (ops/s)".into(),
+            e,
+        ));
     }
     if let (Some(x), Some(e)) = (xadd, eval) {
-        out.push(("combined XADD + apply (events/s)".into(), 1.0 / (1.0 / x + 1.0 / e)));
+        out.push((
+            "combined XADD + apply (events/s)".into(),
+            1.0 / (1.0 / x + 1.0 / e),
+        ));
     }
     out
 }
@@ -297,7 +372,10 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
     if let Some(r) = &dep.redis {
         if let Ok(redis::Value::BulkString(b)) = r.command(&["INFO", "server"]).await {
             let text = String::from_utf8_lossy(&b).into_owned();
-            if let Some(pid) = text.lines().find_map(|l| l.trim().strip_prefix("process_id:")) {
+            if let Some(pid) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("process_id:"))
+            {
                 if let Ok(pid) = pid.trim().parse() {
                     pids.push(("redis-server".into(), pid));
                 }
@@ -308,7 +386,11 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         let _ = r.reset_stats().await;
     }
     let progress = Arc::new(AtomicU64::new(0));
-    let expected = if args.rate == 0 { 0 } else { (args.rate as f64 * args.duration_secs) as u64 };
+    let expected = if args.rate == 0 {
+        0
+    } else {
+        (args.rate as f64 * args.duration_secs) as u64
+    };
     let pb = bar(
         common.quiet,
         expected.max(1),
@@ -369,13 +451,19 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         None => Vec::new(),
     };
     let mut summary = vec![
-        ("producers / clients / jobs".to_owned(), format!(
-            "{} / {} / {}",
-            args.producers,
-            args.clients,
-            args.jobs.unwrap_or(args.clients)
-        )),
-        ("duration".into(), format!("{} s publishing", args.duration_secs)),
+        (
+            "producers / clients / jobs".to_owned(),
+            format!(
+                "{} / {} / {}",
+                args.producers,
+                args.clients,
+                args.jobs.unwrap_or(args.clients)
+            ),
+        ),
+        (
+            "duration".into(),
+            format!("{} s publishing", args.duration_secs),
+        ),
     ];
     for p in &paths {
         summary.extend(relay::summary_rows(p));
@@ -383,7 +471,10 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
     if let Some(e) = paths.get(1) {
         summary.push((
             "relay / echo delivered".into(),
-            format!("{:.1} %", 100.0 * fig.delivered_per_s / e.delivered_per_s.max(1e-9)),
+            format!(
+                "{:.1} %",
+                100.0 * fig.delivered_per_s / e.delivered_per_s.max(1e-9)
+            ),
         ));
         summary.push((
             "relay p99 − echo p99".into(),
@@ -391,13 +482,19 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         ));
     }
     for (cmd, calls, us) in commandstats.iter().take(6) {
-        summary.push((format!("Redis µs/event {cmd}"), format!("{us:.2} ({calls} calls)")));
+        summary.push((
+            format!("Redis µs/event {cmd}"),
+            format!("{us:.2} ({calls} calls)"),
+        ));
     }
     for (k, v) in &ceilings {
         summary.push((k.clone(), format!("{v:.0}")));
     }
     if let Some((_, c)) = ceilings.iter().find(|(k, _)| k.starts_with("combined")) {
-        summary.push(("relay delivered / Redis ceiling".into(), format!("{:.1} %", 100.0 * fig.delivered_per_s / c)));
+        summary.push((
+            "relay delivered / Redis ceiling".into(),
+            format!("{:.1} %", 100.0 * fig.delivered_per_s / c),
+        ));
     }
     let mut env = environment(&dep, common.spawn);
     env.push(("load average at start".into(), load_start));
@@ -405,7 +502,11 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         scenario: "relay".into(),
         title: format!(
             "relay-load relay: {} ev/s target, {} clients",
-            if args.rate == 0 { "unthrottled".to_string() } else { args.rate.to_string() },
+            if args.rate == 0 {
+                "unthrottled".to_string()
+            } else {
+                args.rate.to_string()
+            },
             args.clients
         ),
         command: command_line(),

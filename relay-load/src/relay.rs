@@ -155,7 +155,10 @@ pub async fn run_path(
     progress: Arc<AtomicU64>,
 ) -> (RelayFigures, Lat, Timeline) {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let jobs = args.jobs.unwrap_or(args.clients).clamp(1, args.clients.max(1));
+    let jobs = args
+        .jobs
+        .unwrap_or(args.clients)
+        .clamp(1, args.clients.max(1));
     let domain = args.domain.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients + 16)
@@ -164,7 +167,10 @@ pub async fn run_path(
         .expect("http client");
     let t0 = Instant::now();
     let warm_until_us = Arc::new(AtomicU64::new(u64::MAX));
-    let cpu_before: Vec<_> = pids.iter().map(|(_, p)| crate::stats::pid_cpu(*p)).collect();
+    let cpu_before: Vec<_> = pids
+        .iter()
+        .map(|(_, p)| crate::stats::pid_cpu(*p))
+        .collect();
     let own_before = relay_suite::bench::process_cpu();
 
     // Clients first (the gateway waits for jobs with no events yet).
@@ -183,7 +189,15 @@ pub async fn run_path(
             };
             let mut seen: Vec<bool> = Vec::new();
             let deadline = tokio::time::Instant::now() + drain;
-            let resp = match tokio::time::timeout_at(deadline, client.get(&url).header("Accept", "text/event-stream").send()).await {
+            let resp = match tokio::time::timeout_at(
+                deadline,
+                client
+                    .get(&url)
+                    .header("Accept", "text/event-stream")
+                    .send(),
+            )
+            .await
+            {
                 Ok(Ok(r)) if r.status().is_success() => r,
                 Ok(Ok(r)) => {
                     t.error = Some(format!("HTTP {}", r.status()));
@@ -215,7 +229,9 @@ pub async fn run_path(
                 let SseItem::Event(ev) = item else { continue };
                 let now = unix_us();
                 let arrival = Instant::now();
-                let Ok(p) = serde_json::from_str::<Probe>(&ev.data) else { continue };
+                let Ok(p) = serde_json::from_str::<Probe>(&ev.data) else {
+                    continue;
+                };
                 let i = p.seq as usize;
                 if seen.len() <= i {
                     seen.resize(i + 1024, false);
@@ -244,7 +260,9 @@ pub async fn run_path(
             }
             // Missing = seqs 1..last_seq not seen.
             if t.got_terminal {
-                let missing = (1..t.last_seq as usize).filter(|s| !seen.get(*s).copied().unwrap_or(false)).count();
+                let missing = (1..t.last_seq as usize)
+                    .filter(|s| !seen.get(*s).copied().unwrap_or(false))
+                    .count();
                 t.last_seq = missing as u64; // reuse: missing count
             } else {
                 t.last_seq = u64::MAX;
@@ -256,7 +274,10 @@ pub async fn run_path(
     tokio::time::sleep(Duration::from_millis(500 + 2 * args.clients as u64)).await;
 
     let start = Instant::now();
-    warm_until_us.store(unix_us() + (args.warmup_secs * 1e6) as u64, Ordering::Relaxed);
+    warm_until_us.store(
+        unix_us() + (args.warmup_secs * 1e6) as u64,
+        Ordering::Relaxed,
+    );
     let published = Arc::new(AtomicU64::new(0));
     let per_producer_rate = args.rate as f64 / args.producers.max(1) as f64;
     let dur = Duration::from_secs_f64(args.duration_secs);
@@ -264,7 +285,10 @@ pub async fn run_path(
     let mut producers = Vec::new();
     let nprod = args.producers.max(1);
     for p in 0..nprod {
-        let my_jobs: Vec<String> = (0..jobs).filter(|j| j % nprod == p).map(|j| job_name(&run, j)).collect();
+        let my_jobs: Vec<String> = (0..jobs)
+            .filter(|j| j % nprod == p)
+            .map(|j| job_name(&run, j))
+            .collect();
         if my_jobs.is_empty() {
             continue;
         }
@@ -326,9 +350,15 @@ pub async fn run_path(
                 .iter()
                 .zip(&seqs)
                 .map(|(job, s)| {
-                    Event::new(&domain, job, s + 1, relay_core::event::DONE_STAGE, Status::Completed)
-                        .expect("valid event")
-                        .with_data(serde_json::json!({ "t_us": unix_us() }))
+                    Event::new(
+                        &domain,
+                        job,
+                        s + 1,
+                        relay_core::event::DONE_STAGE,
+                        Status::Completed,
+                    )
+                    .expect("valid event")
+                    .with_data(serde_json::json!({ "t_us": unix_us() }))
                 })
                 .collect();
             for chunk in done.chunks(256) {
@@ -361,7 +391,8 @@ pub async fn run_path(
         ..Default::default()
     };
     let mut last_arrival = start;
-    let clients_per_job = |j: usize| (0..args.clients.max(1)).filter(|c| c % jobs == j).count() as u64;
+    let clients_per_job =
+        |j: usize| (0..args.clients.max(1)).filter(|c| c % jobs == j).count() as u64;
     // Expected deliveries = Σ over clients of the events of its job = published × clients/jobs.
     let _ = clients_per_job;
     for c in clients {
@@ -404,7 +435,12 @@ pub async fn run_path(
     let mut cpu: Vec<(String, f64)> = pids
         .iter()
         .zip(cpu_before)
-        .map(|((n, p), b)| (n.clone(), crate::stats::pid_cpu(*p).saturating_sub(b).as_secs_f64()))
+        .map(|((n, p), b)| {
+            (
+                n.clone(),
+                crate::stats::pid_cpu(*p).saturating_sub(b).as_secs_f64(),
+            )
+        })
         .collect();
     cpu.push(("relay-load (producers + clients)".into(), own.as_secs_f64()));
     f.cpu_us_per_event = cpu
@@ -431,17 +467,39 @@ pub async fn publisher(redis_url: &str, keys: KeySpace) -> anyhow::Result<Publis
 pub fn summary_rows(f: &RelayFigures) -> Vec<(String, String)> {
     let p = &f.path;
     let mut rows = vec![
-        (format!("[{p}] target rate"), if f.target_rate == 0 { "unthrottled".into() } else { format!("{} ev/s", f.target_rate) }),
-        (format!("[{p}] published"), format!("{} ({:.0} ev/s)", f.published, f.publish_rate)),
-        (format!("[{p}] delivered"), format!("{} ({:.0} ev/s)", f.delivered, f.delivered_per_s)),
-        (format!("[{p}] lost / duplicates"), format!("{} / {}", f.lost, f.duplicates)),
+        (
+            format!("[{p}] target rate"),
+            if f.target_rate == 0 {
+                "unthrottled".into()
+            } else {
+                format!("{} ev/s", f.target_rate)
+            },
+        ),
+        (
+            format!("[{p}] published"),
+            format!("{} ({:.0} ev/s)", f.published, f.publish_rate),
+        ),
+        (
+            format!("[{p}] delivered"),
+            format!("{} ({:.0} ev/s)", f.delivered, f.delivered_per_s),
+        ),
+        (
+            format!("[{p}] lost / duplicates"),
+            format!("{} / {}", f.lost, f.duplicates),
+        ),
         (
             format!("[{p}] publish→client p50 / p99 / p999"),
-            format!("{:.3} / {:.3} / {:.3} ms", f.latency.p50_ms, f.latency.p99_ms, f.latency.p999_ms),
+            format!(
+                "{:.3} / {:.3} / {:.3} ms",
+                f.latency.p50_ms, f.latency.p99_ms, f.latency.p999_ms
+            ),
         ),
     ];
     if f.unterminated_clients > 0 {
-        rows.push((format!("[{p}] clients without terminal"), f.unterminated_clients.to_string()));
+        rows.push((
+            format!("[{p}] clients without terminal"),
+            f.unterminated_clients.to_string(),
+        ));
     }
     for e in &f.errors {
         rows.push((format!("[{p}] client error"), e.clone()));

@@ -73,11 +73,21 @@ impl Report {
             c = esc(&self.command)
         );
         for (k, v) in &self.summary {
-            let _ = write!(h, "<tr><th>{}</th><td class=\"v\">{}</td></tr>", esc(k), esc(v));
+            let _ = write!(
+                h,
+                "<tr><th>{}</th><td class=\"v\">{}</td></tr>",
+                esc(k),
+                esc(v)
+            );
         }
         h.push_str("</table>\n<h2>Environment</h2>\n<table>");
         for (k, v) in &self.environment {
-            let _ = write!(h, "<tr><th>{}</th><td class=\"v\">{}</td></tr>", esc(k), esc(v));
+            let _ = write!(
+                h,
+                "<tr><th>{}</th><td class=\"v\">{}</td></tr>",
+                esc(k),
+                esc(v)
+            );
         }
         let _ = write!(
             h,
@@ -88,7 +98,11 @@ impl Report {
             histogram_svg(&self.histogram, &self.latency_label)
         );
         let figures = serde_json::to_string_pretty(&self.figures).unwrap_or_default();
-        let _ = write!(h, "<h2>Figures (JSON)</h2>\n<pre>{}</pre>\n</body></html>\n", esc(&figures));
+        let _ = write!(
+            h,
+            "<h2>Figures (JSON)</h2>\n<pre>{}</pre>\n</body></html>\n",
+            esc(&figures)
+        );
         h
     }
 }
@@ -119,7 +133,11 @@ const MB: f64 = 50.0;
 
 /// A "nice" axis maximum and tick step for `max`.
 fn nice(max: f64) -> (f64, f64) {
-    let max = if max.is_finite() && max > 0.0 { max } else { 1.0 };
+    let max = if max.is_finite() && max > 0.0 {
+        max
+    } else {
+        1.0
+    };
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
@@ -149,7 +167,15 @@ fn svg_open(out: &mut String, label: &str) {
     );
 }
 
-fn axes(out: &mut String, xmax: f64, xstep: f64, ymax: f64, ystep: f64, xlabel: &str, ylabel: &str) {
+fn axes(
+    out: &mut String,
+    xmax: f64,
+    xstep: f64,
+    ymax: f64,
+    ystep: f64,
+    xlabel: &str,
+    ylabel: &str,
+) {
     let pw = W - ML - MR;
     let ph = H - MT - MB;
     let mut y = 0.0;
@@ -207,17 +233,38 @@ pub fn timeline_svg(windows: &[Window], label: &str, level_label: &str) -> Strin
     let (ymax, ystep) = nice(ymax_raw);
     let lmax_raw = windows.iter().map(|w| w.level).fold(0.0, f64::max);
     let (lmax, lstep) = nice(lmax_raw);
-    axes(&mut out, xmax, xstep, ymax, ystep, "seconds since start", &format!("{label} (ms)"));
+    axes(
+        &mut out,
+        xmax,
+        xstep,
+        ymax,
+        ystep,
+        "seconds since start",
+        &format!("{label} (ms)"),
+    );
     let px = |t: f64| ML + t / xmax * pw;
     // Level as a grey step area on the right axis.
     if lmax_raw > 0.0 {
         let mut d = format!("M{:.1},{:.1}", px(0.0), MT + ph);
         for w in windows {
             let y = MT + ph - w.level / lmax * ph;
-            let _ = write!(d, " L{:.1},{y:.1} L{:.1},{y:.1}", px(w.t), px(w.t + 1.0).min(ML + pw));
+            let _ = write!(
+                d,
+                " L{:.1},{y:.1} L{:.1},{y:.1}",
+                px(w.t),
+                px(w.t + 1.0).min(ML + pw)
+            );
         }
-        let _ = write!(d, " L{:.1},{:.1} Z", px(windows.last().map(|w| w.t + 1.0).unwrap_or(0.0)).min(ML + pw), MT + ph);
-        let _ = write!(out, "<path d=\"{d}\" fill=\"#ddd\" fill-opacity=\"0.6\" stroke=\"none\"/>");
+        let _ = write!(
+            d,
+            " L{:.1},{:.1} Z",
+            px(windows.last().map(|w| w.t + 1.0).unwrap_or(0.0)).min(ML + pw),
+            MT + ph
+        );
+        let _ = write!(
+            out,
+            "<path d=\"{d}\" fill=\"#ddd\" fill-opacity=\"0.6\" stroke=\"none\"/>"
+        );
         let mut l = 0.0;
         while l <= lmax + lstep * 0.01 {
             let y = MT + ph - l / lmax * ph;
@@ -248,7 +295,12 @@ pub fn timeline_svg(windows: &[Window], label: &str, level_label: &str) -> Strin
     for (i, (name, color, f)) in series.iter().enumerate() {
         let mut pts = String::new();
         for w in windows.iter().filter(|w| w.count > 0) {
-            let _ = write!(pts, "{:.1},{:.1} ", px(w.t + 0.5), MT + ph - f(w).min(ymax) / ymax * ph);
+            let _ = write!(
+                pts,
+                "{:.1},{:.1} ",
+                px(w.t + 0.5),
+                MT + ph - f(w).min(ymax) / ymax * ph
+            );
         }
         if !pts.is_empty() {
             let _ = write!(
@@ -285,7 +337,15 @@ pub fn histogram_svg(buckets: &[Bucket], label: &str) -> String {
     let span = (hi - lo).max(1e-6);
     let (xspan, xstep) = nice(span);
     let mut shifted = String::new();
-    axes(&mut shifted, xspan, xstep, ymax, ystep, &format!("{label} (ms, from {})", fmt_num(lo)), "samples");
+    axes(
+        &mut shifted,
+        xspan,
+        xstep,
+        ymax,
+        ystep,
+        &format!("{label} (ms, from {})", fmt_num(lo)),
+        "samples",
+    );
     out.push_str(&shifted);
     let bw = pw / buckets.len().max(1) as f64 * (span / xspan);
     for (i, b) in buckets.iter().enumerate() {

@@ -43,7 +43,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
     Duration::try_from_secs_f64(v * mul).map_err(|_| format!("invalid duration {s:?}"))
 }
 
@@ -57,7 +60,10 @@ impl FromStr for Stages {
                 .ok_or_else(|| format!("stage {part:?}: expected DURATION:TARGET"))?;
             out.push(Stage {
                 duration: parse_duration(d)?,
-                target: t.trim().parse().map_err(|_| format!("stage {part:?}: invalid target"))?,
+                target: t
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("stage {part:?}: invalid target"))?,
             });
         }
         if out.is_empty() {
@@ -118,7 +124,11 @@ pub struct ScanArgs {
     #[arg(long, env = "RELAY_LOAD_THINK_MS", default_value = "1000-3000")]
     pub think_ms: String,
     /// Iteration timeout (submit to terminal event), seconds.
-    #[arg(long, env = "RELAY_LOAD_ITERATION_TIMEOUT_SECS", default_value_t = 120.0)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_ITERATION_TIMEOUT_SECS",
+        default_value_t = 120.0
+    )]
     pub iteration_timeout_secs: f64,
     /// After the last stage, how long in-flight iterations may still finish.
     #[arg(long, env = "RELAY_LOAD_GRACEFUL_STOP_SECS", default_value_t = 60.0)]
@@ -127,10 +137,18 @@ pub struct ScanArgs {
     #[arg(long, env = "RELAY_LOAD_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
     /// Image URL template (`{n}` is replaced by a random number).
-    #[arg(long, env = "RELAY_LOAD_IMAGE_URL", default_value = "https://images.example.com/load/{n}.jpg")]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_IMAGE_URL",
+        default_value = "https://images.example.com/load/{n}.jpg"
+    )]
     pub image_url: String,
     /// `--spawn`: RabbitMQ URL for the workers.
-    #[arg(long, env = "RELAY_LOAD_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// `--spawn`: worker processes.
     #[arg(long, env = "RELAY_LOAD_WORKERS", default_value_t = 1)]
@@ -289,7 +307,11 @@ pub async fn iteration(
         it.outcome = Outcome::Failed(format!("submit: HTTP {status}"));
         return it;
     }
-    let job = json.get("job_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let job = json
+        .get("job_id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
     it.job_id = Some(job.clone());
     let deadline = start + timeout;
     match mode {
@@ -317,14 +339,17 @@ pub async fn iteration(
                     Ok(r) if r.status() == reqwest::StatusCode::OK => {
                         let body: serde_json::Value = r.json().await.unwrap_or_default();
                         it.e2e_us = Some(start.elapsed().as_micros() as u64);
-                        it.outcome = if body.get("status").and_then(|s| s.as_str()) == Some("completed") {
-                            Outcome::Completed
-                        } else {
-                            Outcome::Failed("job failed".into())
-                        };
+                        it.outcome =
+                            if body.get("status").and_then(|s| s.as_str()) == Some("completed") {
+                                Outcome::Completed
+                            } else {
+                                Outcome::Failed("job failed".into())
+                            };
                         break;
                     }
-                    Ok(r) if r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND => {}
+                    Ok(r)
+                        if r.status().is_success()
+                            || r.status() == reqwest::StatusCode::NOT_FOUND => {}
                     Ok(r) => {
                         it.outcome = Outcome::Failed(format!("result: HTTP {}", r.status()));
                         break;
@@ -340,7 +365,13 @@ pub async fn iteration(
 
 /// Follows an SSE stream until the terminal event (reconnecting with
 /// `Last-Event-ID` like an EventSource when the stream ends early).
-async fn follow(client: &reqwest::Client, url: &str, start: Instant, deadline: Instant, it: &mut Iteration) {
+async fn follow(
+    client: &reqwest::Client,
+    url: &str,
+    start: Instant,
+    deadline: Instant,
+    it: &mut Iteration,
+) {
     let expected = expected_seqs();
     let mut seen: BTreeMap<u64, ()> = BTreeMap::new();
     let mut started_ts: BTreeMap<String, u64> = BTreeMap::new();
@@ -427,7 +458,11 @@ async fn follow(client: &reqwest::Client, url: &str, start: Instant, deadline: I
     match terminal {
         Some(true) => {
             it.missing = expected.iter().filter(|s| !seen.contains_key(s)).count() as u32;
-            it.outcome = if it.missing == 0 { Outcome::Completed } else { Outcome::Partial };
+            it.outcome = if it.missing == 0 {
+                Outcome::Completed
+            } else {
+                Outcome::Partial
+            };
         }
         Some(false) => it.outcome = Outcome::Failed("job failed".into()),
         None => {
@@ -501,7 +536,11 @@ pub async fn run_vus(
                 target_vus.clone(),
                 live.clone(),
             );
-            let (mode, image, poll) = (args.mode, args.image_url.clone(), Duration::from_millis(args.poll_ms.max(10)));
+            let (mode, image, poll) = (
+                args.mode,
+                args.image_url.clone(),
+                Duration::from_millis(args.poll_ms.max(10)),
+            );
             handles.push(tokio::spawn(async move {
                 loop {
                     if stopping.load(Ordering::Relaxed) {
@@ -649,8 +688,14 @@ pub fn aggregate(
         duration_s: round3(run_time.as_secs_f64()),
         ..Default::default()
     };
-    let (mut submit, mut first, mut e2e, mut model, mut overhead, mut delivery) =
-        (Lat::new(), Lat::new(), Lat::new(), Lat::new(), Lat::new(), Lat::new());
+    let (mut submit, mut first, mut e2e, mut model, mut overhead, mut delivery) = (
+        Lat::new(),
+        Lat::new(),
+        Lat::new(),
+        Lat::new(),
+        Lat::new(),
+        Lat::new(),
+    );
     let mut stages: BTreeMap<String, Lat> = BTreeMap::new();
     let (mut edge, mut hops, mut in_stage) = (Lat::new(), Lat::new(), Lat::new());
     let mut tl = Timeline::new(1.0);
@@ -719,7 +764,10 @@ pub fn aggregate(
     f.overhead_hops = hops.summary();
     f.overhead_in_stage = in_stage.summary();
     f.delivery = delivery.summary();
-    f.stage_ms = stages.iter().map(|(k, v)| (k.clone(), v.summary())).collect();
+    f.stage_ms = stages
+        .iter()
+        .map(|(k, v)| (k.clone(), v.summary()))
+        .collect();
     (f, e2e, tl)
 }
 
@@ -731,31 +779,75 @@ pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
         ("stages".into(), f.stages.clone()),
         ("mode".into(), f.mode.clone()),
         ("iterations".into(), f.iterations.to_string()),
-        ("completion".into(), format!("{:.2} % ({} of {})", f.completion_pct, f.completed, f.iterations)),
-        ("failed / partial / timeout".into(), format!("{} / {} / {}", f.failed, f.partial, f.timeout)),
+        (
+            "completion".into(),
+            format!(
+                "{:.2} % ({} of {})",
+                f.completion_pct, f.completed, f.iterations
+            ),
+        ),
+        (
+            "failed / partial / timeout".into(),
+            format!("{} / {} / {}", f.failed, f.partial, f.timeout),
+        ),
         ("req/min".into(), format!("{:.1}", f.req_per_min)),
-        ("submit p50 / p95".into(), format!("{} / {}", ms(f.submit.p50_ms), ms(f.submit.p95_ms))),
-        ("time to first event p50 / p95".into(), format!("{} / {}", ms(f.first_event.p50_ms), ms(f.first_event.p95_ms))),
+        (
+            "submit p50 / p95".into(),
+            format!("{} / {}", ms(f.submit.p50_ms), ms(f.submit.p95_ms)),
+        ),
+        (
+            "time to first event p50 / p95".into(),
+            format!(
+                "{} / {}",
+                ms(f.first_event.p50_ms),
+                ms(f.first_event.p95_ms)
+            ),
+        ),
         (
             "E2E p50 / p95 / p99".into(),
-            format!("{} / {} / {}", ms(f.e2e.p50_ms), ms(f.e2e.p95_ms), ms(f.e2e.p99_ms)),
+            format!(
+                "{} / {} / {}",
+                ms(f.e2e.p50_ms),
+                ms(f.e2e.p95_ms),
+                ms(f.e2e.p99_ms)
+            ),
         ),
-        ("model time p50 / p95".into(), format!("{} / {}", ms(f.model.p50_ms), ms(f.model.p95_ms))),
+        (
+            "model time p50 / p95".into(),
+            format!("{} / {}", ms(f.model.p50_ms), ms(f.model.p95_ms)),
+        ),
         (
             "overhead (E2E − model) p50 / p95 / p99".into(),
-            format!("{} / {} / {}", ms(f.overhead.p50_ms), ms(f.overhead.p95_ms), ms(f.overhead.p99_ms)),
+            format!(
+                "{} / {} / {}",
+                ms(f.overhead.p50_ms),
+                ms(f.overhead.p95_ms),
+                ms(f.overhead.p99_ms)
+            ),
         ),
         (
             "  of it: submit + final delivery p50 / p95".into(),
-            format!("{} / {}", ms(f.overhead_edge.p50_ms), ms(f.overhead_edge.p95_ms)),
+            format!(
+                "{} / {}",
+                ms(f.overhead_edge.p50_ms),
+                ms(f.overhead_edge.p95_ms)
+            ),
         ),
         (
             "  of it: hops between stages p50 / p95".into(),
-            format!("{} / {}", ms(f.overhead_hops.p50_ms), ms(f.overhead_hops.p95_ms)),
+            format!(
+                "{} / {}",
+                ms(f.overhead_hops.p50_ms),
+                ms(f.overhead_hops.p95_ms)
+            ),
         ),
         (
             "  of it: in-stage beyond model p50 / p95".into(),
-            format!("{} / {}", ms(f.overhead_in_stage.p50_ms), ms(f.overhead_in_stage.p95_ms)),
+            format!(
+                "{} / {}",
+                ms(f.overhead_in_stage.p50_ms),
+                ms(f.overhead_in_stage.p95_ms)
+            ),
         ),
         (
             "event delivery p50 / p99 (ms clock)".into(),
@@ -763,7 +855,10 @@ pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
         ),
     ];
     for (s, l) in &f.stage_ms {
-        rows.push((format!("stage {s} p50 / p95"), format!("{} / {}", ms(l.p50_ms), ms(l.p95_ms))));
+        rows.push((
+            format!("stage {s} p50 / p95"),
+            format!("{} / {}", ms(l.p50_ms), ms(l.p95_ms)),
+        ));
     }
     rows.push(("duplicate events".into(), f.duplicates.to_string()));
     rows.push(("missing events".into(), f.missing.to_string()));

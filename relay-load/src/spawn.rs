@@ -66,21 +66,43 @@ impl Deployment {
         let redis = RedisServer::start();
         let redis_url = redis.url();
         let shards_s = shards.to_string();
-        let common = ["--redis-url", redis_url.as_str(), "--shards", shards_s.as_str()];
+        let common = [
+            "--redis-url",
+            redis_url.as_str(),
+            "--shards",
+            shards_s.as_str(),
+        ];
         let mut procs = Vec::new();
 
         let router_metrics = free_port();
         let rm = addr(router_metrics).to_string();
         let batch = router_batch.to_string();
         let mut args: Vec<&str> = common.to_vec();
-        args.extend(["--metrics-addr", rm.as_str(), "--batch", batch.as_str(), "--block-ms", "1000"]);
-        procs.push(("relay-router".to_owned(), Proc::spawn("relay-router", &args, &[])));
+        args.extend([
+            "--metrics-addr",
+            rm.as_str(),
+            "--batch",
+            batch.as_str(),
+            "--block-ms",
+            "1000",
+        ]);
+        procs.push((
+            "relay-router".to_owned(),
+            Proc::spawn("relay-router", &args, &[]),
+        ));
         wait_for_port(addr(router_metrics), Duration::from_secs(30));
 
         let sse_port = free_port();
         let listen = addr(sse_port).to_string();
         let mut args: Vec<&str> = common.to_vec();
-        args.extend(["--listen", listen.as_str(), "--max-connections", "20000", "--pending-job-secs", "30"]);
+        args.extend([
+            "--listen",
+            listen.as_str(),
+            "--max-connections",
+            "20000",
+            "--pending-job-secs",
+            "30",
+        ]);
         procs.push(("relay-sse".to_owned(), Proc::spawn("relay-sse", &args, &[])));
         wait_for_port(addr(sse_port), Duration::from_secs(30));
 
@@ -108,7 +130,10 @@ impl Deployment {
                 if !s.stage_prefetch.is_empty() {
                     args.extend(["--stage-prefetch", s.stage_prefetch.as_str()]);
                 }
-                procs.push((format!("pipeline-scan worker {i}"), Proc::spawn("pipeline-scan", &args, &[])));
+                procs.push((
+                    format!("pipeline-scan worker {i}"),
+                    Proc::spawn("pipeline-scan", &args, &[]),
+                ));
             }
             let api_port = free_port();
             let listen = addr(api_port).to_string();
@@ -122,7 +147,10 @@ impl Deployment {
                 "--listen",
                 listen.as_str(),
             ]);
-            procs.push(("pipeline-scan api".to_owned(), Proc::spawn("pipeline-scan", &args, &[])));
+            procs.push((
+                "pipeline-scan api".to_owned(),
+                Proc::spawn("pipeline-scan", &args, &[]),
+            ));
             wait_for_port(addr(api_port), Duration::from_secs(30));
             api_url = Some(format!("http://{listen}"));
             queue_prefix = Some(prefix);

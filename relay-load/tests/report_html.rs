@@ -28,12 +28,19 @@ fn html_report_svgs_parse() {
     let svgs = svgs(&html);
     assert_eq!(svgs.len(), 2, "timeline and histogram");
     for s in &svgs {
-        let doc = roxmltree::Document::parse(s).unwrap_or_else(|e| panic!("SVG does not parse: {e}\n{s}"));
+        let doc = roxmltree::Document::parse(s)
+            .unwrap_or_else(|e| panic!("SVG does not parse: {e}\n{s}"));
         assert_eq!(doc.root_element().tag_name().name(), "svg");
-        assert_eq!(doc.root_element().tag_name().namespace(), Some("http://www.w3.org/2000/svg"));
+        assert_eq!(
+            doc.root_element().tag_name().namespace(),
+            Some("http://www.w3.org/2000/svg")
+        );
     }
     let timeline = roxmltree::Document::parse(svgs[0]).expect("timeline");
-    let polylines = timeline.descendants().filter(|n| n.has_tag_name("polyline")).count();
+    let polylines = timeline
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .count();
     assert_eq!(polylines, 3, "p50, p95, p99 lines");
     let hist = roxmltree::Document::parse(svgs[1]).expect("histogram");
     let bars = hist
@@ -48,7 +55,10 @@ fn html_report_svgs_parse() {
 
 #[test]
 fn empty_report_still_valid_svg() {
-    let r = Report { title: "empty".into(), ..Default::default() };
+    let r = Report {
+        title: "empty".into(),
+        ..Default::default()
+    };
     for s in svgs(&r.to_html()) {
         roxmltree::Document::parse(s).expect("parses");
     }
@@ -70,16 +80,32 @@ fn html_report_renders_in_headless_chromium() {
     let png = dir.path().join("report.png");
     std::fs::write(&page, report::synthetic().to_html()).expect("write");
     let status = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        .arg(format!("--user-data-dir={}", dir.path().join("profile").display()))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
         .args(["--window-size=1000,1600", "--hide-scrollbars"])
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("run chromium");
-    assert!(status.status.success(), "chromium failed: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let bytes = std::fs::read(&png).expect("screenshot written");
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     // A blank 1000×1600 page compresses to a few KB; charts and text make it larger.
-    assert!(bytes.len() > 20_000, "screenshot too small ({} bytes): nothing rendered?", bytes.len());
+    assert!(
+        bytes.len() > 20_000,
+        "screenshot too small ({} bytes): nothing rendered?",
+        bytes.len()
+    );
 }

@@ -31,12 +31,25 @@ fn relay_load(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn relay_spawn_low_rate_is_lossless() {
-    let r = relay_load(&["relay", "--rate", "500", "--duration-secs", "3", "--clients", "10", "--warmup-secs", "0.5"]);
+    let r = relay_load(&[
+        "relay",
+        "--rate",
+        "500",
+        "--duration-secs",
+        "3",
+        "--clients",
+        "10",
+        "--warmup-secs",
+        "0.5",
+    ]);
     let paths = r["figures"]["paths"].as_array().expect("paths");
     assert_eq!(paths.len(), 2, "relay and echo ceiling");
     for p in paths {
         let name = p["path"].as_str().unwrap_or("?");
-        assert!(p["published"].as_u64().unwrap_or(0) > 1000, "{name}: published {p}");
+        assert!(
+            p["published"].as_u64().unwrap_or(0) > 1000,
+            "{name}: published {p}"
+        );
         assert_eq!(p["delivered"], p["expected"], "{name}: {p}");
         assert_eq!(p["lost"], 0, "{name}: {p}");
         assert_eq!(p["duplicates"], 0, "{name}: {p}");
@@ -46,7 +59,12 @@ fn relay_spawn_low_rate_is_lossless() {
 
 #[test]
 fn scan_spawn_handful_of_vus_completes() {
-    if std::net::TcpStream::connect_timeout(&"127.0.0.1:5672".parse().expect("addr"), Duration::from_millis(500)).is_err() {
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().expect("addr"),
+        Duration::from_millis(500),
+    )
+    .is_err()
+    {
         eprintln!("skipped: no RabbitMQ on 127.0.0.1:5672");
         return;
     }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_core::Profile;
+use relay_core::cli::ConnectionArgs;
 
 /// Which storage backend the gateway reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -14,14 +14,7 @@ pub enum BackendKind {
     Memory,
 }
 
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use relay_core::cli::LogFormat;
 
 /// `relay-sse` flags; every flag can also be set from its `RELAY_*` variable.
 #[derive(Clone, Debug, clap::Parser)]
@@ -37,25 +30,11 @@ pub struct Config {
     /// Storage backend.
     #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "redis")]
     pub backend: BackendKind,
-    /// Redis URL for routed data (state, history).
-    #[arg(
-        long,
-        env = "RELAY_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Redis URL for Pub/Sub, when it is a different server.
-    #[arg(long, env = "RELAY_PUBSUB_URL")]
-    pub pubsub_url: Option<String>,
-    /// Wire profile of the deployment (native or eco2).
-    #[arg(long, env = "RELAY_PROFILE", default_value = "native")]
-    pub profile: Profile,
-    /// Event domain of the native routes and `/api/v1/stream`.
-    #[arg(long, env = "RELAY_DOMAIN", default_value = "scan")]
-    pub domain: String,
-    /// Number of shard streams (key space; must match the router).
-    #[arg(long, env = "RELAY_SHARDS", default_value_t = 4)]
-    pub shards: u32,
+    /// Connection flags shared by relay's binaries: `--redis-url`,
+    /// `--pubsub-url`, `--profile`, `--domain` (the first one is the domain
+    /// of the native routes and `/api/v1/stream`), `--shards`.
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
     /// Seconds between comment heartbeats (fractions allowed).
     #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 15.0)]
     pub heartbeat_secs: f64,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
+use crate::stream::LiveMsg;
 
 /// Timing of the subscriber supervisor.
 #[derive(Clone, Debug)]
@@ -35,6 +36,7 @@ pub(crate) struct HubOptions {
 #[derive(Debug, Default)]
 pub(crate) struct Signal {
     resync: AtomicBool,
+    overflow: AtomicBool,
     notify: Notify,
 }
 
@@ -42,6 +44,24 @@ impl Signal {
     fn raise(&self) {
         self.resync.store(true, Ordering::Release);
         self.notify.notify_one();
+    }
+
+    /// The client's live inbox overflowed: it must catch up from history,
+    /// and a client stuck writing is slow.
+    fn raise_overflow(&self) {
+        self.overflow.store(true, Ordering::Release);
+        self.raise();
+    }
+
+    /// Wakes the next [`Signal::notified`] again (after consuming a
+    /// notification that was not handled).
+    pub fn renotify(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Takes the overflow mark, if any (the resync request stays).
+    pub fn take_overflow(&self) -> bool {
+        self.overflow.swap(false, Ordering::AcqRel)
     }
 
     /// Takes the resync request, if any.
@@ -56,7 +76,7 @@ impl Signal {
 }
 
 struct Slot {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Arc<LiveMsg>>,
     signal: Arc<Signal>,
 }
 
@@ -93,11 +113,13 @@ impl Shared {
     fn fanout(&self, msg: PubSubMessage) {
         let map = self.clients.read().unwrap_or_else(|p| p.into_inner());
         if let Some(slots) = map.get(&msg.channel) {
+            // Decoded once, framed at most once per framing, shared by all.
+            let live = Arc::new(LiveMsg::new(&msg.payload));
             for slot in slots.values() {
-                match slot.tx.try_send(msg.payload.clone()) {
+                match slot.tx.try_send(live.clone()) {
                     Ok(()) => {}
                     // The client is busy: it recovers the message from history.
-                    Err(mpsc::error::TrySendError::Full(_)) => slot.signal.raise(),
+                    Err(mpsc::error::TrySendError::Full(_)) => slot.signal.raise_overflow(),
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
@@ -126,7 +148,7 @@ pub(crate) struct Membership {
     channel: String,
     id: u64,
     /// Live messages for the channel.
-    pub rx: mpsc::Receiver<Bytes>,
+    pub rx: mpsc::Receiver<Arc<LiveMsg>>,
     /// Raised when the client must re-run catch-up.
     pub signal: Arc<Signal>,
 }

@@ -35,6 +35,7 @@
 
 pub mod client;
 mod config;
+mod front;
 mod hub;
 pub mod metrics;
 pub mod sse;
@@ -139,9 +140,9 @@ impl Default for GatewayOptions {
 impl From<&Config> for GatewayOptions {
     fn from(c: &Config) -> Self {
         Self {
-            profile: c.profile,
-            domain: c.domain.clone(),
-            shards: c.shards,
+            profile: c.conn.profile,
+            domain: c.conn.key_space().domain().as_str().to_owned(),
+            shards: c.conn.shards,
             heartbeat: config::secs(c.heartbeat_secs),
             max_connections: c.max_connections,
             pending_job: config::secs(c.pending_job_secs),
@@ -279,6 +280,21 @@ impl Gateway {
             Some(layer) => r.layer(layer),
             None => r,
         }
+    }
+
+    /// Serves the gateway on `listener` until `shutdown` resolves, then ends
+    /// every stream. SSE requests are served by a lean HTTP/1.1 front that
+    /// writes the stream straight to the socket (a few KiB per idle
+    /// connection); every other request goes to [`Gateway::router`] over
+    /// hyper. Use [`Gateway::router`] instead to merge the routes into your
+    /// own axum app.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
+        front::serve(listener, self.clone(), shutdown).await?;
+        Ok(())
     }
 
     /// A router serving only `/metrics` (for `--metrics-addr`).
@@ -636,61 +652,87 @@ async fn sse_response(
         m.resume(session.resume.snapshots() > 0);
     }
 
-    let (tx, rx) = mpsc::channel(opts.client_buffer.max(1));
-    if tx.try_send(buf.freeze()).is_ok() {
-        session.delivered();
-    }
     m.opened.inc();
-    let mut shutdown = inner.shutdown.subscribe();
-    tokio::spawn(async move {
-        let _guard = guard;
+    let streaming = Streaming {
+        session,
+        first: buf.freeze(),
+        _guard: guard,
+        shutdown: inner.shutdown.subscribe(),
+        job,
+    };
+    let slot = SseTakeover(Arc::new(std::sync::Mutex::new(Some(Box::new(streaming)))));
+    // Served by axum/hyper: on the first poll of the body, run the session
+    // in its own task feeding a bounded channel. The gateway's own front
+    // (`Gateway::serve`) instead takes the session out of the response
+    // extension and writes to the socket directly.
+    let body_slot = slot.clone();
+    let capacity = opts.client_buffer.max(1);
+    let body = futures::stream::once(async move {
+        match body_slot.take() {
+            Some(streaming) => {
+                let (tx, rx) = mpsc::channel(capacity);
+                tokio::spawn(streaming.run(stream::ChannelOut(tx)));
+                ReceiverStream::new(rx).left_stream()
+            }
+            None => futures::stream::empty().right_stream(),
+        }
+    })
+    .flatten()
+    .map(Ok::<_, Infallible>);
+    let mut resp = Response::new(Body::from_stream(body));
+    sse_headers(&mut resp);
+    resp.extensions_mut().insert(slot);
+    resp
+}
+
+/// A started SSE stream waiting for whoever writes the response.
+pub(crate) struct Streaming {
+    session: Session,
+    /// `retry:` and the catch-up framed before the response was returned.
+    first: bytes::Bytes,
+    _guard: ConnGuard,
+    shutdown: watch::Receiver<bool>,
+    job: JobId,
+}
+
+impl Streaming {
+    /// Writes the stream into `out` until it ends; records why.
+    pub(crate) async fn run<O: stream::Output>(mut self, mut out: O) -> CloseReason {
+        let m = self.session.metrics.clone();
+        let signal = self.session.member.signal.clone();
+        let session = &mut self.session;
+        let first = std::mem::take(&mut self.first);
+        let drive = async {
+            if !first.is_empty() {
+                out.write(first, &signal).await?;
+                session.delivered();
+            }
+            Err::<(), _>(session.stream(&mut out).await)
+        };
         let reason = tokio::select! {
-            r = session.stream(tx) => r,
-            _ = shutdown.wait_for(|s| *s) => CloseReason::Shutdown,
+            r = drive => r.err().unwrap_or(CloseReason::Done),
+            _ = self.shutdown.wait_for(|s| *s) => CloseReason::Shutdown,
         };
         if reason == CloseReason::SlowClient {
             m.slow_disconnects.inc();
         }
         m.close(reason);
-        tracing::debug!(job = %job, reason = reason.as_str(), "stream closed");
-    });
-    let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
-    let mut resp = Response::new(body);
-    sse_headers(&mut resp);
-    resp
-}
-
-/// Sets up `tracing` output (text or JSON), filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::debug!(job = %self.job, reason = reason.as_str(), "stream closed");
+        reason
     }
 }
+
+/// Response extension carrying the stream to whoever serves the response.
+#[derive(Clone)]
+pub(crate) struct SseTakeover(Arc<std::sync::Mutex<Option<Box<Streaming>>>>);
+
+impl SseTakeover {
+    pub(crate) fn take(&self) -> Option<Box<Streaming>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+pub use relay_core::cli::init_tracing;
 
 /// Runs the gateway described by `config` until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), GatewayError> {
@@ -706,15 +748,8 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
             (b.clone(), b)
         }
         BackendKind::Redis => {
-            let data: Arc<dyn Backend> = Arc::new(
-                relay_core::backend::redis::RedisBackend::connect(&config.redis_url).await?,
-            );
-            let pubsub: Arc<dyn Backend> = match &config.pubsub_url {
-                Some(url) => {
-                    Arc::new(relay_core::backend::redis::RedisBackend::connect(url).await?)
-                }
-                None => data.clone(),
-            };
+            let data = config.conn.connect().await?;
+            let pubsub = config.conn.connect_pubsub().await?.unwrap_or(data.clone());
             (data, pubsub)
         }
     };
@@ -730,14 +765,11 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
         });
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %config.listen, profile = %config.profile, "relay-sse listening");
-    let gw = gateway.clone();
-    axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+    tracing::info!(addr = %config.listen, profile = %config.conn.profile, "relay-sse listening");
+    gateway
+        .serve(listener, async {
+            relay_core::cli::shutdown_signal().await;
             tracing::info!("shutting down: closing streams");
-            gw.shutdown();
         })
-        .await?;
-    Ok(())
+        .await
 }

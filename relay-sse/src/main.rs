@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = relay_sse::Config::parse();
-    relay_sse::init_logging(config.log_format);
+    relay_sse::init_tracing(config.log_format);
     relay_sse::run(config).await?;
     Ok(())
 }

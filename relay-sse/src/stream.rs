@@ -1,7 +1,7 @@
 //! One SSE connection: drives a [`Resume`] against the backend and the live
 //! inbox, and encodes what it emits into SSE frames.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,7 +13,7 @@ use relay_core::{Decoded, Epoch, KeySpace, LiveEnvelope, Offset, Payload, Positi
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::hub::Membership;
+use crate::hub::{Membership, Signal};
 use crate::metrics::{CloseReason, Metrics};
 use crate::sse;
 
@@ -28,11 +28,46 @@ pub enum Framing {
     Eco2,
 }
 
-/// A frame ready to write, with what the connection needs to know about it.
-pub(crate) struct Encoded {
+/// A framed record, with what the connection needs to know about it.
+#[derive(Clone, Debug)]
+pub(crate) struct Frame {
+    /// The SSE frame bytes.
+    pub bytes: Bytes,
+    /// A terminal event (`done`/`failed`).
     pub terminal: bool,
     /// Producer timestamp (unix ms) for the latency histogram.
     pub ts_ms: Option<u64>,
+}
+
+/// One live Pub/Sub message, decoded once by the hub and framed at most once
+/// per framing, shared by every subscriber of its channel.
+#[derive(Debug)]
+pub(crate) struct LiveMsg {
+    /// `None`: the message could not be decoded.
+    pub env: Option<LiveEnvelope>,
+    native: OnceLock<Option<Frame>>,
+    eco2: OnceLock<Option<Frame>>,
+}
+
+impl LiveMsg {
+    /// Decodes the envelope (cheap: the payload stays encoded until framed).
+    pub fn new(raw: &Bytes) -> Self {
+        Self {
+            env: LiveEnvelope::decode(raw).ok(),
+            native: OnceLock::new(),
+            eco2: OnceLock::new(),
+        }
+    }
+
+    /// The frame of this message in `framing` (computed by the first caller).
+    fn frame(&self, framing: Framing) -> Option<&Frame> {
+        let env = self.env.as_ref()?;
+        let cell = match framing {
+            Framing::Native => &self.native,
+            Framing::Eco2 => &self.eco2,
+        };
+        cell.get_or_init(|| framing.frame_record(env)).as_ref()
+    }
 }
 
 fn eco2_ts_ms(raw: &[u8]) -> Option<u64> {
@@ -46,9 +81,20 @@ fn eco2_ts_ms(raw: &[u8]) -> Option<u64> {
 }
 
 impl Framing {
-    /// Appends the frame for one record; `None` when the payload cannot be
-    /// decoded (skipped, counted by the caller).
-    pub(crate) fn put_record(self, buf: &mut BytesMut, env: &LiveEnvelope) -> Option<Encoded> {
+    /// The frame for one record; `None` when the payload cannot be decoded
+    /// (skipped, counted by the caller).
+    pub(crate) fn frame_record(self, env: &LiveEnvelope) -> Option<Frame> {
+        let mut buf = BytesMut::new();
+        let (terminal, ts_ms) = self.put_record(&mut buf, env)?;
+        Some(Frame {
+            bytes: buf.freeze(),
+            terminal,
+            ts_ms,
+        })
+    }
+
+    /// Appends the frame for one record: (terminal, producer ts).
+    fn put_record(self, buf: &mut BytesMut, env: &LiveEnvelope) -> Option<(bool, Option<u64>)> {
         let decoded = env.record.payload.decode().ok()?;
         let pos = env.position().to_string();
         match decoded {
@@ -60,10 +106,7 @@ impl Framing {
                     ev.stage.as_str()
                 };
                 sse::put_event(buf, Some(&pos), Some(name), &data);
-                Some(Encoded {
-                    terminal: ev.is_terminal(),
-                    ts_ms: Some(ev.ts),
-                })
+                Some((ev.is_terminal(), Some(ev.ts)))
             }
             Decoded::Eco2(r) => {
                 let id = match self {
@@ -71,10 +114,7 @@ impl Framing {
                     Framing::Eco2 => r.stream_id.as_str(),
                 };
                 sse::put_event(buf, Some(id), Some(r.sse_event()), &r.raw);
-                Some(Encoded {
-                    terminal: r.is_terminal(),
-                    ts_ms: eco2_ts_ms(&r.raw),
-                })
+                Some((r.is_terminal(), eco2_ts_ms(&r.raw)))
             }
         }
     }
@@ -147,8 +187,13 @@ pub(crate) struct Session {
     pub member: Membership,
     pub metrics: Arc<Metrics>,
     pub cfg: SessionConfig,
-    /// The terminal event was framed: close after writing.
+    /// A terminal event that is the job's last known event was framed:
+    /// close after writing.
     pub terminal: bool,
+    /// Highest offset known to exist (history pages' `top`, live
+    /// envelopes), with its epoch. A terminal event below it is not the end
+    /// of the job (e.g. a `failed` run followed by a dead-letter replay).
+    top: Option<(Epoch, Offset)>,
     /// Events framed into the current chunk (for the delivered counter).
     pending_ts: Vec<Option<u64>>,
 }
@@ -196,7 +241,33 @@ impl Session {
             metrics,
             cfg,
             terminal: false,
+            top: None,
             pending_ts: Vec::new(),
+        }
+    }
+
+    /// Records that `offset` exists in `epoch`'s history.
+    fn note_top(&mut self, epoch: Epoch, offset: Offset) {
+        match self.top {
+            Some((e, t)) if e == epoch => {
+                if offset > t {
+                    self.top = Some((e, offset));
+                }
+            }
+            _ => {
+                let following = self.resume.position().map(|p| p.epoch);
+                if self.top.is_none() || following.is_none() || following == Some(epoch) {
+                    self.top = Some((epoch, offset));
+                }
+            }
+        }
+    }
+
+    /// Whether nothing is known to follow `offset` in `epoch`'s history.
+    fn is_last(&self, epoch: Epoch, offset: Offset) -> bool {
+        match self.top {
+            Some((e, t)) if e == epoch => offset >= t,
+            _ => true,
         }
     }
 
@@ -207,6 +278,16 @@ impl Session {
         actions: Vec<Action>,
         buf: &mut BytesMut,
     ) -> Result<(), SessionError> {
+        self.run_with(actions, buf, None).await
+    }
+
+    /// [`Session::run`], reusing `live`'s shared frame when it is emitted.
+    async fn run_with(
+        &mut self,
+        actions: Vec<Action>,
+        buf: &mut BytesMut,
+        live: Option<&LiveMsg>,
+    ) -> Result<(), SessionError> {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -214,10 +295,23 @@ impl Session {
                     if self.terminal {
                         continue;
                     }
-                    match self.framing.put_record(buf, &env) {
-                        Some(enc) => {
-                            self.pending_ts.push(enc.ts_ms);
-                            self.terminal |= enc.terminal;
+                    let shared = live
+                        .filter(|m| {
+                            m.env.as_ref().is_some_and(|e| {
+                                e.epoch == env.epoch && e.record.offset == env.record.offset
+                            })
+                        })
+                        .map(|m| m.frame(self.framing).cloned());
+                    let frame = match shared {
+                        Some(f) => f,
+                        None => self.framing.frame_record(&env),
+                    };
+                    match frame {
+                        Some(f) => {
+                            buf.extend_from_slice(&f.bytes);
+                            self.pending_ts.push(f.ts_ms);
+                            self.terminal |=
+                                f.terminal && self.is_last(env.epoch, env.record.offset);
                         }
                         None => {
                             self.metrics.bad_messages.inc();
@@ -233,12 +327,23 @@ impl Session {
                         continue;
                     }
                     self.pending_ts.push(None);
-                    self.terminal |= self.framing.put_snapshot(buf, &snap);
+                    if let Some(st) = &snap.state {
+                        self.note_top(st.epoch, st.top);
+                    }
+                    let terminal = self.framing.put_snapshot(buf, &snap);
+                    self.terminal |= terminal
+                        && snap
+                            .state
+                            .as_ref()
+                            .is_none_or(|st| self.is_last(st.epoch, st.top));
                 }
                 Action::ReadHistory { after } => {
                     self.metrics.history_reads.inc();
                     let (b, k, n) = (&self.backend, &self.keys, self.cfg.history_page);
                     let page = retry(|| b.read_history(k, after, n)).await?;
+                    if let Some(e) = page.epoch {
+                        self.note_top(e, page.top);
+                    }
                     queue.extend(self.resume.on_history(page));
                 }
                 Action::ReadState => {
@@ -251,16 +356,21 @@ impl Session {
         Ok(())
     }
 
-    /// Handles one raw live message.
-    pub async fn on_message(&mut self, raw: Bytes, buf: &mut BytesMut) -> Result<(), SessionError> {
-        match LiveEnvelope::decode(&raw) {
-            Ok(env) => {
-                let actions = self.resume.on_live(env);
-                self.run(actions, buf).await
+    /// Handles one live message.
+    pub async fn on_message(
+        &mut self,
+        msg: Arc<LiveMsg>,
+        buf: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        match &msg.env {
+            Some(env) => {
+                self.note_top(env.epoch, env.record.offset);
+                let actions = self.resume.on_live(env.clone());
+                self.run_with(actions, buf, Some(&msg)).await
             }
-            Err(e) => {
+            None => {
                 self.metrics.bad_messages.inc();
-                tracing::warn!(error = %e, "undecodable live message");
+                tracing::warn!("undecodable live message");
                 Ok(())
             }
         }
@@ -288,33 +398,32 @@ impl Session {
         }
     }
 
-    /// Streams until the terminal event, the client leaving, a slow client,
-    /// the stream time limit or a persistent backend failure.
-    pub async fn stream(mut self, out: mpsc::Sender<Bytes>) -> CloseReason {
+    /// Streams into `out` until the terminal event, the client leaving, a
+    /// slow client, the stream time limit or a persistent backend failure.
+    pub async fn stream<O: Output>(&mut self, out: &mut O) -> CloseReason {
         if self.terminal {
             return CloseReason::Done;
         }
+        // One timer per connection: the next heartbeat or the stream's end.
         let start = tokio::time::Instant::now();
-        let deadline = tokio::time::sleep_until(start + self.cfg.max_stream);
-        tokio::pin!(deadline);
-        let mut heartbeat =
-            tokio::time::interval_at(start + self.cfg.heartbeat, self.cfg.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = start + self.cfg.max_stream;
+        let mut next_beat = start + self.cfg.heartbeat;
+        let timer = tokio::time::sleep_until(next_beat.min(deadline));
+        tokio::pin!(timer);
         let signal = self.member.signal.clone();
         loop {
             let mut buf = BytesMut::new();
             let result = tokio::select! {
                 biased;
                 _ = out.closed() => return CloseReason::ClientGone,
-                _ = &mut deadline => return CloseReason::MaxDuration,
                 _ = signal.notified() => self.check_resync(&mut buf).await,
                 msg = self.member.rx.recv() => match msg {
-                    Some(raw) => {
-                        let mut r = self.on_message(raw, &mut buf).await;
+                    Some(msg) => {
+                        let mut r = self.on_message(msg, &mut buf).await;
                         // Drain what is already queued into the same chunk.
                         while r.is_ok() && !self.terminal {
                             match self.member.rx.try_recv() {
-                                Ok(raw) => r = self.on_message(raw, &mut buf).await,
+                                Ok(msg) => r = self.on_message(msg, &mut buf).await,
                                 Err(_) => break,
                             }
                         }
@@ -323,7 +432,13 @@ impl Session {
                     }
                     None => return CloseReason::Shutdown,
                 },
-                _ = heartbeat.tick() => {
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return CloseReason::MaxDuration;
+                    }
+                    next_beat = now + self.cfg.heartbeat;
+                    timer.as_mut().reset(next_beat.min(deadline));
                     sse::put_comment(&mut buf, "keep-alive");
                     // Catches a lost last message that no later one reveals.
                     let actions = self.resume.poll();
@@ -335,15 +450,45 @@ impl Session {
                 return CloseReason::BackendError;
             }
             if !buf.is_empty() {
-                match out.try_send(buf.freeze()) {
-                    Ok(()) => self.delivered(),
-                    Err(mpsc::error::TrySendError::Full(_)) => return CloseReason::SlowClient,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return CloseReason::ClientGone,
+                if let Err(reason) = out.write(buf.freeze(), &signal).await {
+                    return reason;
                 }
+                self.delivered();
             }
             if self.terminal {
                 return CloseReason::Done;
             }
+        }
+    }
+}
+
+/// Where a session's chunks go.
+pub(crate) trait Output: Send {
+    /// Resolves when the client is gone (cancel-safe).
+    fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Writes one chunk; an error ends the stream with that reason. A write
+    /// that cannot complete while the client's live inbox overflows is a
+    /// slow client.
+    fn write(
+        &mut self,
+        chunk: Bytes,
+        signal: &Signal,
+    ) -> impl std::future::Future<Output = Result<(), CloseReason>> + Send;
+}
+
+/// Output into a bounded channel (the body of an axum response).
+pub(crate) struct ChannelOut(pub mpsc::Sender<Bytes>);
+
+impl Output for ChannelOut {
+    async fn closed(&mut self) {
+        self.0.closed().await
+    }
+
+    async fn write(&mut self, chunk: Bytes, _signal: &Signal) -> Result<(), CloseReason> {
+        match self.0.try_send(chunk) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(CloseReason::SlowClient),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(CloseReason::ClientGone),
         }
     }
 }

@@ -416,3 +416,103 @@ async fn demo_page_and_cors() {
         "http://app.example"
     );
 }
+
+/// After a dead-letter replay a job's history holds a terminal `failed`
+/// (offset 59) followed by the replay's events and its `done` (offset 151).
+/// A fresh client replays everything and closes only after `done`.
+#[tokio::test]
+async fn replayed_job_history_streams_past_earlier_terminal() {
+    let (t, _) = gw().await;
+    let job = "job-replayed-1";
+    for n in 1..=151u64 {
+        let ev = if n == 59 {
+            Event::new("scan", job, n, "done", Status::Failed).unwrap()
+        } else {
+            step(job, n, 151)
+        };
+        t.apply(&ev).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let events = c.collect().await;
+    let offsets: Vec<u64> = events.iter().map(offset_of).collect();
+    assert_eq!(offsets, (1..=151).collect::<Vec<u64>>());
+    assert_eq!(events[58].event, "failed");
+    assert_eq!(events[150].event, "done");
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+}
+
+/// A client following a job live still closes at a terminal event that is
+/// the job's last.
+#[tokio::test]
+async fn live_client_closes_at_last_terminal() {
+    let (t, _) = gw().await;
+    let job = "job-live-fail-1";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 10)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    for _ in 0..3 {
+        c.next_event().await.unwrap();
+    }
+    t.apply(&Event::new("scan", job, 4, "done", Status::Failed).unwrap())
+        .await;
+    let rest = c.collect().await; // ends after the failure
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].event, "failed");
+    assert_eq!(offset_of(&rest[0]), 4);
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+}
+
+/// The routes merged into an embedding app (`axum::serve` on
+/// `Gateway::router`) stream the same way as the gateway's own front,
+/// including the non-SSE routes handed to hyper by the front.
+#[tokio::test]
+async fn embedded_router_streams_history_then_live() {
+    let mem = Arc::new(MemoryBackend::new());
+    let b: Arc<dyn Backend> = mem.clone();
+    let t = TestGateway::start_axum(b, opts()).await;
+    let job = "job-embedded-1";
+    for n in 1..=2 {
+        t.apply(&step(job, n, 4)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.headers["content-type"], "text/event-stream");
+    let mut got = vec![c.next_event().await.unwrap(), c.next_event().await.unwrap()];
+    for n in 3..=4 {
+        t.apply(&step(job, n, 4)).await;
+    }
+    got.extend(c.collect().await);
+    let offsets: Vec<u64> = got.iter().map(offset_of).collect();
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+    wait_for(|| t.gateway.active_connections() == 0).await;
+}
+
+/// Keep-alive on the front: a non-SSE request first (handed to hyper), and
+/// an SSE request after a 404 on the same connection.
+#[tokio::test]
+async fn front_serves_other_routes_and_keeps_alive() {
+    let (t, _) = gw().await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = client.get(t.url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "ok");
+        let r = client
+            .get(t.url("/v1/jobs/job-none-1/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "JOB_NOT_FOUND");
+    }
+    let job = "job-front-1";
+    t.apply(&step(job, 1, 1)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events?x=1")), None).await;
+    assert_eq!(c.headers["transfer-encoding"], "chunked");
+    let events = c.collect().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "done");
+}

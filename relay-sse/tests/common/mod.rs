@@ -24,6 +24,16 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(backend: Arc<dyn Backend>, opts: GatewayOptions) -> Self {
+        Self::start_with(backend, opts, false).await
+    }
+
+    /// Served by `axum::serve` on `Gateway::router` (the embedding path)
+    /// instead of the gateway's own front.
+    pub async fn start_axum(backend: Arc<dyn Backend>, opts: GatewayOptions) -> Self {
+        Self::start_with(backend, opts, true).await
+    }
+
+    async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
         let keys = KeySpace::new(
             opts.profile,
             Domain::new(opts.domain.clone()).unwrap(),
@@ -32,9 +42,13 @@ impl TestGateway {
         let gateway = Gateway::new(backend.clone(), opts).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = gateway.router();
+        let gw = gateway.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            if axum {
+                let _ = axum::serve(listener, gw.router()).await;
+            } else {
+                let _ = gw.serve(listener, std::future::pending()).await;
+            }
         });
         let t = Self {
             gateway,
