@@ -65,7 +65,8 @@ impl StreamId {
 
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        // Padding-aware, so ids line up in tables.
+        f.pad(&format!("{}-{}", self.ms, self.seq))
     }
 }
 
