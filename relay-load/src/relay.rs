@@ -371,14 +371,10 @@ pub async fn run_path(
             seqs
         }));
     }
-    let mut per_job_published = 0u64;
     for p in producers {
-        if let Ok(seqs) = p.await {
-            per_job_published += seqs.iter().sum::<u64>();
-        }
+        let _ = p.await;
     }
     let publish_time = start.elapsed();
-    let _ = per_job_published;
     let published = published.load(Ordering::Relaxed);
 
     let mut lat = Lat::new();
@@ -391,10 +387,6 @@ pub async fn run_path(
         ..Default::default()
     };
     let mut last_arrival = start;
-    let clients_per_job =
-        |j: usize| (0..args.clients.max(1)).filter(|c| c % jobs == j).count() as u64;
-    // Expected deliveries = Σ over clients of the events of its job = published × clients/jobs.
-    let _ = clients_per_job;
     for c in clients {
         let Ok(t) = c.await else { continue };
         lat.merge(&t.lat);
@@ -419,7 +411,7 @@ pub async fn run_path(
     }
     let jobs_u = jobs as u64;
     let clients_u = args.clients.max(1) as u64;
-    f.expected = if clients_u % jobs_u == 0 {
+    f.expected = if clients_u.is_multiple_of(jobs_u) {
         published * (clients_u / jobs_u)
     } else {
         f.delivered + f.lost
@@ -448,7 +440,6 @@ pub async fn run_path(
         .map(|(n, s)| (n.clone(), round3(s * 1e6 / f.delivered.max(1) as f64)))
         .collect();
     f.cpu_s = cpu.into_iter().map(|(n, s)| (n, round3(s))).collect();
-    let _ = t0;
     (f, lat, tl)
 }
 

@@ -220,6 +220,9 @@ fn axes(
     );
 }
 
+/// One line of the timeline: name, colour, value of a window.
+type Series = (&'static str, &'static str, fn(&Window) -> f64);
+
 /// Latency percentiles per window (lines) and the load level (grey area,
 /// right axis).
 pub fn timeline_svg(windows: &[Window], label: &str, level_label: &str) -> String {
@@ -287,7 +290,7 @@ pub fn timeline_svg(windows: &[Window], label: &str, level_label: &str) -> Strin
             esc(level_label)
         );
     }
-    let series: [(&str, &str, fn(&Window) -> f64); 3] = [
+    let series: [Series; 3] = [
         ("p50", "#1f77b4", |w| w.p50_ms),
         ("p95", "#ff7f0e", |w| w.p95_ms),
         ("p99", "#d62728", |w| w.p99_ms),

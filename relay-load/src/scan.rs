@@ -257,6 +257,7 @@ pub struct Target {
 }
 
 /// Runs one iteration (submit + follow), bounded by `timeout`.
+#[allow(clippy::too_many_arguments)]
 pub async fn iteration(
     client: &reqwest::Client,
     target: &Target,
