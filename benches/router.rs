@@ -33,10 +33,18 @@ async fn prefill(backend: Arc<dyn Backend>, keys: &KeySpace) {
     for seq in 1..=EVENTS_PER_JOB {
         let events: Vec<Event> = (0..JOBS)
             .map(|j| {
-                Event::new(keys.domain().as_str(), &format!("bench-job-{j}"), seq, "work", Status::Progress)
-                    .expect("valid event")
-                    .with_progress((seq * 8) as u8)
-                    .with_data(serde_json::json!({"step": seq, "note": "benchmark payload of modest size"}))
+                Event::new(
+                    keys.domain().as_str(),
+                    &format!("bench-job-{j}"),
+                    seq,
+                    "work",
+                    Status::Progress,
+                )
+                .expect("valid event")
+                .with_progress((seq * 8) as u8)
+                .with_data(
+                    serde_json::json!({"step": seq, "note": "benchmark payload of modest size"}),
+                )
             })
             .collect();
         for chunk in events.chunks(1000) {
@@ -51,8 +59,17 @@ struct Run {
     router_cpu: Duration,
 }
 
-async fn route_all(server: &RedisServer, backend: Arc<dyn Backend>, batch: usize, round: usize) -> Run {
-    let keys = KeySpace::new(Profile::Native, Domain::new(format!("b{batch}r{round}")).expect("domain"), 4);
+async fn route_all(
+    server: &RedisServer,
+    backend: Arc<dyn Backend>,
+    batch: usize,
+    round: usize,
+) -> Run {
+    let keys = KeySpace::new(
+        Profile::Native,
+        Domain::new(format!("b{batch}r{round}")).expect("domain"),
+        4,
+    );
     prefill(backend.clone(), &keys).await;
     let mut config = RouterConfig::new(keys);
     config.batch = batch;
@@ -83,7 +100,10 @@ async fn route_all(server: &RedisServer, backend: Arc<dyn Backend>, batch: usize
             .take(8)
             .map(|(k, calls, usec)| format!("{k}={:.2}us/ev({calls})", *usec as f64 / TOTAL as f64))
             .collect();
-        println!("batch {batch}: redis commandstats per event: {}", top.join(" "));
+        println!(
+            "batch {batch}: redis commandstats per event: {}",
+            top.join(" ")
+        );
     }
     handle.shutdown().await;
     let _ = server.flushall().await;
@@ -101,13 +121,17 @@ fn router(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let server = RedisServer::start();
-    let backend: Arc<dyn Backend> =
-        Arc::new(rt.block_on(RedisBackend::connect(&server.url())).expect("connect"));
+    let backend: Arc<dyn Backend> = Arc::new(
+        rt.block_on(RedisBackend::connect(&server.url()))
+            .expect("connect"),
+    );
 
     let ceiling = rt.block_on(evalsha_ceiling(&server, 300_000, 64));
     let _ = rt.block_on(server.flushall());
     match ceiling {
-        Some(c) => println!("ceiling: redis-benchmark pipelined EVALSHA (apply script, -P 64): {c:.0} calls/s"),
+        Some(c) => println!(
+            "ceiling: redis-benchmark pipelined EVALSHA (apply script, -P 64): {c:.0} calls/s"
+        ),
         None => println!("ceiling: redis-benchmark unavailable"),
     }
 
@@ -134,17 +158,24 @@ fn router(c: &mut Criterion) {
         });
         let n = runs.len().max(1) as f64;
         let secs: f64 = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / n;
-        let redis_us = runs.iter().map(|r| r.redis_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
-        let router_us = runs.iter().map(|r| r.router_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
+        let redis_us =
+            runs.iter().map(|r| r.redis_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
+        let router_us =
+            runs.iter().map(|r| r.router_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
         let rate = TOTAL as f64 / secs;
         summary.push((batch, rate, redis_us, router_us));
     }
     g.finish();
 
     println!("\nrouter summary (mean over all timed runs; {TOTAL} events = {JOBS} jobs x {EVENTS_PER_JOB}):");
-    println!("{:>6} {:>12} {:>16} {:>17} {:>10}", "batch", "events/s", "redis CPU us/ev", "router CPU us/ev", "/ceiling");
+    println!(
+        "{:>6} {:>12} {:>16} {:>17} {:>10}",
+        "batch", "events/s", "redis CPU us/ev", "router CPU us/ev", "/ceiling"
+    );
     for (batch, rate, redis_us, router_us) in &summary {
-        let ratio = ceiling.map(|c| format!("{:.2}", rate / c)).unwrap_or_else(|| "-".into());
+        let ratio = ceiling
+            .map(|c| format!("{:.2}", rate / c))
+            .unwrap_or_else(|| "-".into());
         println!("{batch:>6} {rate:>12.0} {redis_us:>16.2} {router_us:>17.2} {ratio:>10}");
     }
     let json = serde_json::json!({

@@ -74,9 +74,14 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("no state"))?;
     if let Decoded::Native(e) = state.record.payload.decode()? {
-        println!("state: stage {} status {} (seq {}, top offset {})", e.stage, e.status, state.seq, state.top);
+        println!(
+            "state: stage {} status {} (seq {}, top offset {})",
+            e.stage, e.status, state.seq, state.top
+        );
     }
-    let page = backend.read_history(&keys.job(&job), Offset(2), 100).await?;
+    let page = backend
+        .read_history(&keys.job(&job), Offset(2), 100)
+        .await?;
     println!("history after offset 2:");
     for r in page.records {
         if let Decoded::Native(e) = r.payload.decode()? {

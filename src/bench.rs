@@ -19,7 +19,12 @@ pub fn process_cpu() -> Duration {
     };
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // after_comm starts at field 3 (state); utime is field 14 → index 11.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
@@ -67,7 +72,11 @@ return top
 /// Runs `redis-benchmark` pipelined EVALSHA of [`CEILING_SCRIPT`] against
 /// `port`; returns calls per second.
 pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32) -> Option<f64> {
-    let sha = match server.command(&["SCRIPT", "LOAD", CEILING_SCRIPT]).await.ok()? {
+    let sha = match server
+        .command(&["SCRIPT", "LOAD", CEILING_SCRIPT])
+        .await
+        .ok()?
+    {
         redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
         redis::Value::SimpleString(s) => s,
         _ => return None,
@@ -75,7 +84,14 @@ pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32)
     let payload = "x".repeat(160);
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
-        .args(["-n", &requests.to_string(), "-c", "4", "-P", &pipeline.to_string()])
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-c",
+            "4",
+            "-P",
+            &pipeline.to_string(),
+        ])
         .args(["-r", "100000", "--csv"])
         .args(["EVALSHA", &sha, "1", "{__rand_int__}"])
         .args(["__rand_int__", &payload])

@@ -60,7 +60,10 @@ impl Proc {
         let mut p = Self {
             name: name.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
-            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         p.start();
@@ -125,7 +128,10 @@ impl Drop for Proc {
 pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {addr} after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
