@@ -231,20 +231,34 @@ const GET_STATE_LUA: &str = r#"
 return redis.call('HMGET', KEYS[1], 'epoch', 'top', 'sq', 'so', 'st')
 "#;
 
-/// KEYS: marker, stream. ARGV: ttl_ms, maxlen ('' = none), fields...
-/// Returns `{id, duplicate}`.
+/// Idempotent appends, any number per call.
+/// KEYS: per request its marker and stream.
+/// ARGV: per request ttl_ms, maxlen ('' = none), 2 × field count, fields...
+/// Returns per request `{id, duplicate}`.
 const APPEND_DEDUPE_LUA: &str = r#"
-if redis.call('SET', KEYS[1], '', 'NX', 'PX', ARGV[1]) then
-  local id
-  if ARGV[2] ~= '' then
-    id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+local out = {}
+local a = 1
+for i = 1, #KEYS, 2 do
+  local marker, stream = KEYS[i], KEYS[i + 1]
+  local ttl, maxlen = ARGV[a], ARGV[a + 1]
+  local first = a + 3
+  local last = a + 2 + tonumber(ARGV[a + 2])
+  a = last + 1
+  local old = redis.call('GET', marker)
+  if old then
+    out[#out + 1] = {old, 1}
   else
-    id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+    local id
+    if maxlen ~= '' then
+      id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, first, last))
+    else
+      id = redis.call('XADD', stream, '*', unpack(ARGV, first, last))
+    end
+    redis.call('SET', marker, id, 'PX', ttl)
+    out[#out + 1] = {id, 0}
   end
-  redis.call('SET', KEYS[1], id, 'KEEPTTL')
-  return {id, 0}
 end
-return {redis.call('GET', KEYS[1]), 1}
+return out
 "#;
 
 /// KEYS: stream. ARGV: group, consumer, min_idle_ms, count.
@@ -774,28 +788,41 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let script = &self.inner.scripts.append_dedupe;
-        let mut cmds = Vec::with_capacity(reqs.len());
-        for r in &reqs {
-            if r.fields.is_empty() {
-                return Err(BackendError::Server(format!(
-                    "append to {}: an entry needs at least one field",
-                    r.stream
-                )));
-            }
-            let cmd = match &r.dedupe {
-                Some(d) => {
-                    let mut c = evalsha(script, &[&d.key, &r.stream]);
-                    c.arg(ms(d.ttl));
+        if let Some(r) = reqs.iter().find(|r| r.fields.is_empty()) {
+            return Err(BackendError::Server(format!(
+                "append to {}: an entry needs at least one field",
+                r.stream
+            )));
+        }
+        // Consecutive deduplicated requests share one script call (the
+        // per-call overhead dominates Redis CPU); plain appends are XADDs.
+        // Runs keep the requests' order.
+        let mut cmds = Vec::new();
+        let mut runs: Vec<(bool, usize)> = Vec::new();
+        for run in reqs.chunk_by(|a, b| a.dedupe.is_some() == b.dedupe.is_some()) {
+            if run[0].dedupe.is_some() {
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(script.get_hash()).arg(run.len() * 2);
+                for r in run {
+                    let key = r.dedupe.as_ref().map_or("", |d| d.key.as_str());
+                    c.arg(key).arg(&r.stream);
+                }
+                for r in run {
+                    let ttl = r.dedupe.as_ref().map_or(1, |d| ms(d.ttl));
+                    c.arg(ttl);
                     match r.maxlen {
                         Some(n) => c.arg(n),
                         None => c.arg(""),
                     };
+                    c.arg(r.fields.len() * 2);
                     for (k, v) in &r.fields {
                         c.arg(k.as_str()).arg(&v[..]);
                     }
-                    c
                 }
-                None => {
+                cmds.push(c);
+                runs.push((true, run.len()));
+            } else {
+                for r in run {
                     let mut c = redis::cmd("XADD");
                     c.arg(&r.stream);
                     if let Some(n) = r.maxlen {
@@ -805,35 +832,39 @@ impl Backend for RedisBackend {
                     for (k, v) in &r.fields {
                         c.arg(k.as_str()).arg(&v[..]);
                     }
-                    c
+                    cmds.push(c);
+                    runs.push((false, 1));
                 }
-            };
-            cmds.push(cmd);
+            }
         }
         let results = self.eval_pipeline(script, cmds).await?;
-        reqs.iter()
-            .zip(results)
-            .map(|(r, res)| {
-                let v = res.map_err(map_err)?;
-                if r.dedupe.is_some() {
-                    let a = array(&v, "append reply")?;
-                    let id = a.first().ok_or_else(|| protocol("empty append reply"))?;
-                    let dup = a.get(1).and_then(u64_of).unwrap_or(0) == 1;
-                    let id = stream_id_of(id).map_err(|_| {
-                        protocol(format!(
-                            "dedupe marker of {} holds no stream id: {id:?}",
-                            r.stream
-                        ))
-                    })?;
-                    Ok(AppendOutcome { id, duplicate: dup })
-                } else {
-                    Ok(AppendOutcome {
-                        id: stream_id_of(&v)?,
-                        duplicate: false,
-                    })
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(reqs.len());
+        for ((dedupe, n), res) in runs.into_iter().zip(results) {
+            let v = res.map_err(map_err)?;
+            if !dedupe {
+                out.push(AppendOutcome {
+                    id: stream_id_of(&v)?,
+                    duplicate: false,
+                });
+                continue;
+            }
+            let items = array(&v, "append reply")?;
+            if items.len() != n {
+                return Err(protocol(format!(
+                    "append reply has {} items for {n} requests",
+                    items.len()
+                )));
+            }
+            for item in items {
+                let a = array(item, "append item")?;
+                let id = a.first().ok_or_else(|| protocol("empty append item"))?;
+                let duplicate = a.get(1).and_then(u64_of).unwrap_or(0) == 1;
+                let id = stream_id_of(id)
+                    .map_err(|_| protocol(format!("dedupe marker holds no stream id: {id:?}")))?;
+                out.push(AppendOutcome { id, duplicate });
+            }
+        }
+        Ok(out)
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()> {
