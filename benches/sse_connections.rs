@@ -62,19 +62,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) of a process.
-fn cpu_of(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((t(11) + t(12)) * 10)
-}
-
 fn main() {
     if std::env::var_os(CHILD_ENV).is_some() {
         child_main();
@@ -255,11 +242,16 @@ async fn parent(
     let ticks_per_sec = 100usize;
     let per_tick = jobs.div_ceil(ticks_per_sec);
     let child_pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
-    let clients_cpu = || child_pids.iter().map(|p| cpu_of(*p)).sum::<Duration>();
+    let clients_cpu = || {
+        child_pids
+            .iter()
+            .map(|p| relay_suite::bench::pid_cpu(*p))
+            .sum::<Duration>()
+    };
     let clients_cpu0 = clients_cpu();
     let self_cpu0 = relay_suite::bench::process_cpu();
-    let gw_cpu0 = cpu_of(gw_pid);
-    let router_cpu0 = cpu_of(router_pid);
+    let gw_cpu0 = relay_suite::bench::pid_cpu(gw_pid);
+    let router_cpu0 = relay_suite::bench::pid_cpu(router_pid);
     let redis_cpu0 = match redis.server() {
         Ok(s) => relay_suite::bench::redis_cpu(s).await,
         Err(_) => Duration::ZERO,
@@ -293,8 +285,8 @@ async fn parent(
     let wall = t0.elapsed();
     // Give the tail time to arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let gw_cpu = cpu_of(gw_pid).saturating_sub(gw_cpu0);
-    let router_cpu = cpu_of(router_pid).saturating_sub(router_cpu0);
+    let gw_cpu = relay_suite::bench::pid_cpu(gw_pid).saturating_sub(gw_cpu0);
+    let router_cpu = relay_suite::bench::pid_cpu(router_pid).saturating_sub(router_cpu0);
     let redis_cpu = match redis.server() {
         Ok(s) => relay_suite::bench::redis_cpu(s)
             .await

@@ -9,16 +9,22 @@ use relay_core::testing::RedisServer;
 
 /// CPU time (user + system) this process has used so far.
 pub fn process_cpu() -> Duration {
-    // Fields 14 and 15 of /proc/self/stat are utime and stime in clock ticks
+    pid_cpu(std::process::id())
+}
+
+/// CPU time (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (zero when it cannot be read).
+pub fn pid_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // After the parenthesised command name, fields start at 3 (state):
+    // utime (14) and stime (15) are at indexes 11 and 12, in clock ticks
     // (100 per second on Linux).
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
         return Duration::ZERO;
     };
-    let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // after_comm starts at field 3 (state); utime is field 14 → index 11.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| {
         fields
             .get(i)

@@ -231,18 +231,7 @@ pub fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) of process `pid` so far, from `/proc`.
-pub fn pid_cpu(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((t(11) + t(12)) * 10)
-}
+pub use relay_suite::bench::pid_cpu;
 
 #[cfg(test)]
 mod tests {
