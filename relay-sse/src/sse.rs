@@ -17,13 +17,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 
 fn put_line_value(buf: &mut BytesMut, value: &[u8]) {
-    for &b in value {
-        match b {
-            b'\r' | b'\n' => {}
-            0 => buf.put_slice(REPLACEMENT),
-            _ => buf.put_u8(b),
+    // Copy clean runs whole: values almost never contain CR, LF or NUL.
+    let mut rest = value;
+    while let Some(i) = memchr::memchr3(b'\r', b'\n', 0, rest) {
+        buf.put_slice(&rest[..i]);
+        if rest[i] == 0 {
+            buf.put_slice(REPLACEMENT);
         }
+        rest = &rest[i + 1..];
     }
+    buf.put_slice(rest);
 }
 
 fn put_field(buf: &mut BytesMut, name: &str, value: &[u8]) {
@@ -36,7 +39,7 @@ fn put_field(buf: &mut BytesMut, name: &str, value: &[u8]) {
 fn put_data(buf: &mut BytesMut, data: &[u8]) {
     let mut rest = data;
     loop {
-        match rest.iter().position(|b| *b == b'\r' || *b == b'\n') {
+        match memchr::memchr2(b'\r', b'\n', rest) {
             Some(i) => {
                 put_field(buf, "data", &rest[..i]);
                 let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
