@@ -175,7 +175,9 @@ async fn connection(mut sock: TcpStream, router: Router) {
             .and_then(|t| t.take());
         match streaming {
             Some(streaming) => {
-                let head = response_head(&resp, None, false);
+                // The connection ends with the stream: say so, or a client
+                // pool may reuse it for its next request and fail.
+                let head = response_head(&resp, None, true);
                 drop(resp);
                 if sock.write_all(&head).await.is_err() {
                     return;

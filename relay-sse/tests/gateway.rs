@@ -34,6 +34,8 @@ async fn history_then_live_then_close_after_done() {
     assert_eq!(c.headers["content-type"], "text/event-stream");
     assert_eq!(c.headers["cache-control"], "no-cache");
     assert_eq!(c.headers["x-accel-buffering"], "no");
+    // The connection ends with the stream, so no client pool may reuse it.
+    assert_eq!(c.headers["connection"], "close");
     assert_eq!(c.next_item().await, Some(SseItem::Retry(2000)));
     let mut got = Vec::new();
     for _ in 0..3 {
