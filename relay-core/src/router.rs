@@ -587,10 +587,10 @@ impl Router {
         }
     }
 
-    fn build_jobs(&self, shard: u32, batch: &[Routable]) -> (Vec<ApplyJob>, Vec<(usize, usize)>) {
+    /// Groups a batch by job, keeping each job's events in stream order.
+    fn build_jobs(&self, shard: u32, batch: &[Routable]) -> Vec<ApplyJob> {
         let mut jobs: Vec<ApplyJob> = Vec::new();
         let mut index: HashMap<&JobId, usize> = HashMap::new();
-        let mut positions = Vec::with_capacity(batch.len());
         let extra = (self.config.keys.profile() == Profile::Eco2 && self.config.eco2_shard_channel)
             .then(|| self.config.keys.eco2_shard_channel(shard));
         for r in batch {
@@ -603,13 +603,12 @@ impl Router {
                 });
                 jobs.len() - 1
             });
-            positions.push((j, jobs[j].events.len()));
             jobs[j].events.push(ApplyEvent {
                 seq: r.seq,
                 payload: r.payload.clone(),
             });
         }
-        (jobs, positions)
+        jobs
     }
 
     async fn apply_and_publish(
@@ -619,7 +618,7 @@ impl Router {
         batch: &[Routable],
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let (jobs, _) = self.build_jobs(shard, batch);
+        let jobs = self.build_jobs(shard, batch);
         let mut opts = self.config.apply.clone();
         opts.publish = self.pubsub.is_none();
         let mut backoff = Backoff::new();
@@ -676,7 +675,7 @@ impl Router {
     ) -> bool {
         for r in batch {
             let one = std::slice::from_ref(r);
-            let (jobs, _) = self.build_jobs(shard, one);
+            let jobs = self.build_jobs(shard, one);
             match self.data.apply(jobs.clone(), opts).await {
                 Ok(results) => {
                     self.account(&jobs, &results);
