@@ -6,7 +6,6 @@
 //! applied exactly once, history is gap-free, state holds the highest seq.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,59 +18,29 @@ use relay_core::{
     Decoded, Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig, Stage,
     Status,
 };
+use relay_suite::procs::Proc;
 
-/// A router process, killed (SIGKILL) when dropped.
-struct RouterProc {
-    child: Child,
-}
-
-impl RouterProc {
-    fn spawn(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_relay-router"));
-        cmd.args([
-            "--redis-url",
-            url,
-            "--domain",
-            domain,
-            "--consumer",
-            consumer,
-            "--block-ms",
-            "200",
-            "--claim-idle-ms",
-            "1000",
-            "--batch",
-            "128",
-        ]);
-        if !extra.contains(&"--metrics-addr") {
-            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
-        }
-        let child = cmd
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn relay-router");
-        Self { child }
+/// Spawns the real `relay-router` (SIGKILLed when the handle drops).
+fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--redis-url",
+        url,
+        "--domain",
+        domain,
+        "--consumer",
+        consumer,
+        "--block-ms",
+        "200",
+        "--claim-idle-ms",
+        "1000",
+        "--batch",
+        "128",
+    ];
+    if !extra.contains(&"--metrics-addr") {
+        args.extend(["--metrics-addr", "127.0.0.1:0"]);
     }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().expect("wait router")
-    }
-}
-
-impl Drop for RouterProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    args.extend_from_slice(extra);
+    Proc::spawn("relay-router", &args, &[])
 }
 
 /// A domain no other test uses, so tests can share a `REDIS_URL` server.
@@ -211,6 +180,12 @@ async fn await_drained(backend: &dyn Backend, keys: &KeySpace, group: &str, limi
     }
 }
 
+/// Every produced event routed exactly once and the group fully acked.
+async fn await_routed(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per_job: u64) {
+    await_complete(backend, keys, jobs, per_job, Duration::from_secs(60)).await;
+    await_drained(backend, keys, keys.default_group(), Duration::from_secs(30)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_run_loses_nothing_and_applies_once() {
     let redis = TestRedis::get();
@@ -219,7 +194,7 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (200, 60);
 
-    let mut router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let mut router = spawn_router(redis.url(), &domain, "r1", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -233,26 +208,12 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         router.kill9();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+        router = spawn_router(redis.url(), &domain, "r1", &[]);
     }
     producer.await.expect("producer");
-    await_complete(
-        backend.as_ref(),
-        &keys,
-        jobs,
-        per_job,
-        Duration::from_secs(60),
-    )
-    .await;
-    await_drained(
-        backend.as_ref(),
-        &keys,
-        keys.default_group(),
-        Duration::from_secs(30),
-    )
-    .await;
+    await_routed(backend.as_ref(), &keys, jobs, per_job).await;
     // Graceful shutdown exits 0.
-    assert!(router.terminate().success());
+    assert!(router.terminate().expect("router was running").success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,8 +246,8 @@ async fn survivor_claims_pending_of_dead_consumers() {
     assert_eq!(ghost_pending, 40);
 
     // Two routers share the group; one is killed mid-run.
-    let r1 = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
-    let mut r2 = RouterProc::spawn(redis.url(), &domain, "r2", &[]);
+    let r1 = spawn_router(redis.url(), &domain, "r1", &[]);
+    let mut r2 = spawn_router(redis.url(), &domain, "r2", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -299,8 +260,7 @@ async fn survivor_claims_pending_of_dead_consumers() {
     producer.await.expect("producer");
 
     // The ghost's job-0..39 seq 1 and everything r2 held are claimed by r1.
-    await_complete(backend.as_ref(), &keys, 50, 40, Duration::from_secs(60)).await;
-    await_drained(backend.as_ref(), &keys, group, Duration::from_secs(30)).await;
+    await_routed(backend.as_ref(), &keys, 50, 40).await;
     drop(r1);
 }
 
@@ -313,7 +273,7 @@ async fn survives_client_kill_and_redis_restart_with_aof() {
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (50, 40);
 
-    let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let _router = spawn_router(redis.url(), &domain, "r1", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -330,21 +290,7 @@ async fn survives_client_kill_and_redis_restart_with_aof() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.restart().expect("restart");
     producer.await.expect("producer");
-    await_complete(
-        backend.as_ref(),
-        &keys,
-        jobs,
-        per_job,
-        Duration::from_secs(60),
-    )
-    .await;
-    await_drained(
-        backend.as_ref(),
-        &keys,
-        keys.default_group(),
-        Duration::from_secs(30),
-    )
-    .await;
+    await_routed(backend.as_ref(), &keys, jobs, per_job).await;
 }
 
 fn raw(fields: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
@@ -399,7 +345,7 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
             .await
             .expect("xadd");
     }
-    let _router = RouterProc::spawn(redis.url(), &domain, "r1", &[]);
+    let _router = spawn_router(redis.url(), &domain, "r1", &[]);
     await_drained(
         backend.as_ref(),
         &keys,
@@ -526,7 +472,7 @@ async fn eco2_entries_route_byte_exact() {
         let id: String = cmd.query_async(&mut conn).await.expect("xadd");
         ids.push(id);
     }
-    let _router = RouterProc::spawn(redis.url(), domain, "r1", &["--profile", "eco2"]);
+    let _router = spawn_router(redis.url(), domain, "r1", &["--profile", "eco2"]);
 
     let expected_done = format!(
         r#"{{"job_id":"{job}","stage":"done","status":"completed","seq":51,"ts":"1766899801.2","progress":100,"result":{{"task_id":"x","status":"completed","message":"종이류"}},"trace_id":"","span_id":"","traceparent":"","stream_id":"{}"}}"#,
@@ -601,7 +547,7 @@ async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
         .await
         .expect("subscribe");
 
-    let _router = RouterProc::spawn(data.url(), &domain, "r1", &["--pubsub-url", pubsub.url()]);
+    let _router = spawn_router(data.url(), &domain, "r1", &["--pubsub-url", pubsub.url()]);
     let publisher = Publisher::new(
         data_backend.clone(),
         keys.clone(),
@@ -671,7 +617,7 @@ async fn readyz_follows_redis_and_the_router_keeps_running() {
     let keys = keyspace(Profile::Native, &domain);
     let port = relay_suite_free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut router = RouterProc::spawn(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
+    let mut router = spawn_router(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
     await_readyz(port, 200).await;
     redis.stop().expect("stop");
     await_readyz(port, 503).await;
@@ -704,7 +650,7 @@ async fn readyz_follows_redis_and_the_router_keeps_running() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(router.terminate().success());
+    assert!(router.terminate().expect("router was running").success());
 }
 
 fn relay_suite_free_port() -> u16 {
