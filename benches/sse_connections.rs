@@ -300,6 +300,7 @@ async fn parent(
     // Collect the clients' histograms.
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let (mut received, mut gaps, mut closed) = (0u64, 0u64, 0u64);
+    let mut late = std::collections::BTreeMap::<u64, u64>::new();
     for (child, r) in children.iter_mut().zip(readers.iter_mut()) {
         if let Some(stdin) = child.stdin.as_mut() {
             let _ = writeln!(stdin, "stop");
@@ -318,6 +319,14 @@ async fn parent(
                         p.get(2).and_then(|v| v.parse().ok()),
                     ) {
                         let _ = hist.record_n(v, c);
+                    }
+                }
+                Some("late") => {
+                    if let (Some(slot), Some(n)) = (
+                        p.get(1).and_then(|v| v.parse::<u64>().ok()),
+                        p.get(2).and_then(|v| v.parse::<u64>().ok()),
+                    ) {
+                        *late.entry(slot).or_default() += n;
                     }
                 }
                 Some("stats") => {
@@ -351,6 +360,16 @@ async fn parent(
         ms(hist.max()),
         hist.len()
     );
+    if let Some(first) = late.keys().next().copied() {
+        let slots: Vec<String> = late
+            .iter()
+            .map(|(slot, n)| format!("{:.1}s:{n}", (slot - first) as f64 / 10.0))
+            .collect();
+        println!(
+            "late deliveries (> 50 ms) by publish time, 100 ms slots from the first late one: {}",
+            slots.join(" ")
+        );
+    }
     let pct = |d: Duration| d.as_secs_f64() * 100.0 / wall.as_secs_f64();
     println!(
         "cpu during load (% of one core): gateway {:.0}%, router {:.0}%, redis {:.0}%; gateway {:.1} µs CPU per delivered event; gateway RSS under load {} MiB",
@@ -474,6 +493,9 @@ fn child_main() {
         let hist = Arc::new(Mutex::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
         ));
+        // Late deliveries (> 50 ms) by the 100 ms slot they were published
+        // in: shows whether the tail is steady or comes in bursts.
+        let late = Arc::new(Mutex::new(std::collections::BTreeMap::<u64, u64>::new()));
         let received = Arc::new(AtomicU64::new(0));
         let gaps = Arc::new(AtomicU64::new(0));
         let closed = Arc::new(AtomicU64::new(0));
@@ -487,9 +509,10 @@ fn child_main() {
         let sem = Arc::new(tokio::sync::Semaphore::new(200));
         for i in from..to {
             let url = format!("http://{addr}/v1/jobs/{}/events", job_name(i % jobs));
-            let (http, hist, received, gaps, closed, ready, failed, sem) = (
+            let (http, hist, late, received, gaps, closed, ready, failed, sem) = (
                 http.clone(),
                 hist.clone(),
+                late.clone(),
                 received.clone(),
                 gaps.clone(),
                 closed.clone(),
@@ -526,9 +549,13 @@ fn child_main() {
                         } else {
                             received.fetch_add(1, Ordering::Relaxed);
                             if let Some(sent) = sent {
-                                let _ = hist
-                                    .lock()
-                                    .map(|mut h| h.record(now.saturating_sub(sent).max(1)));
+                                let lat = now.saturating_sub(sent).max(1);
+                                let _ = hist.lock().map(|mut h| h.record(lat));
+                                if lat > 50_000 {
+                                    let _ = late
+                                        .lock()
+                                        .map(|mut l| *l.entry(sent / 100_000).or_default() += 1);
+                                }
                             }
                         }
                         if last_seq != 0 && seq != last_seq + 1 {
@@ -564,6 +591,11 @@ fn child_main() {
         if let Ok(h) = hist.lock() {
             for v in h.iter_recorded() {
                 let _ = writeln!(out, "h {} {}", v.value_iterated_to(), v.count_at_value());
+            }
+        }
+        if let Ok(l) = late.lock() {
+            for (slot, n) in l.iter() {
+                let _ = writeln!(out, "late {slot} {n}");
             }
         }
         let _ = writeln!(

@@ -8,17 +8,20 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use relay_core::{Event, Status, Publisher, PublisherConfig, KeySpace, Profile, Domain};
+//! use relay_core::{DedupeAt, Event, Status, Publisher, PublisherConfig, KeySpace, Profile, Domain};
 //! use relay_core::backend::memory::MemoryBackend;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let backend = Arc::new(MemoryBackend::new());
 //! let keys = KeySpace::new(Profile::Native, Domain::new("scan").unwrap(), 4);
-//! let publisher = Publisher::new(backend.clone(), keys, PublisherConfig::default());
+//! // Repeats are dropped by the router by default; here already at append.
+//! let config = PublisherConfig { dedupe: DedupeAt::Append, ..Default::default() };
+//! let publisher = Publisher::new(backend.clone(), keys, config);
 //! let event = Event::new("scan", "job-1", 10, "vision", Status::Started).unwrap();
 //! let first = publisher.publish(&event).await.unwrap();
 //! let again = publisher.publish(&event).await.unwrap();
 //! assert!(!first.duplicate && again.duplicate); // idempotent per (job, seq)
+//! assert_eq!(again.id, first.id);
 //! # });
 //! ```
 #![warn(missing_docs)]
@@ -43,5 +46,5 @@ pub use codec::{Decoded, Encoding, LiveEnvelope, Payload, Record};
 pub use error::{BackendError, CodecError, PublishError, ValidationError};
 pub use event::{Domain, Epoch, Event, JobId, Offset, Position, Stage, Status, TraceContext};
 pub use keys::{KeySpace, Profile};
-pub use publisher::{Publisher, PublisherConfig};
+pub use publisher::{DedupeAt, Publisher, PublisherConfig};
 pub use router::{Router, RouterConfig};

@@ -282,11 +282,12 @@ impl Ctx {
         if let Some(d) = data {
             e.data = serde_json::from_str(&d).context("--data must be JSON")?;
         }
-        let p = Publisher::new(
-            self.backend.clone(),
-            self.keys.clone(),
-            PublisherConfig::default(),
-        );
+        // By hand, a retry should say it was one: dedupe at append.
+        let config = PublisherConfig {
+            dedupe: relay_core::DedupeAt::Append,
+            ..PublisherConfig::default()
+        };
+        let p = Publisher::new(self.backend.clone(), self.keys.clone(), config);
         let r = p.publish(&e).await?;
         if self.json {
             writeln!(

@@ -1,6 +1,10 @@
 use clap::Parser;
 use relay_router::RouterArgs;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = RouterArgs::parse();
