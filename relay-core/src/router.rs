@@ -33,8 +33,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backend::{AckRequest, ApplyResult, ReadFrom, StreamId};
 use crate::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend, StreamEntry};
-use crate::backend::{ApplyResult, ReadFrom};
 use crate::codec::{parse_native, LiveEnvelope, Payload, Record};
 use crate::eco2::Eco2Entry;
 use crate::error::BackendError;
@@ -194,6 +194,16 @@ impl Backoff {
 }
 
 /// A decoded entry ready to apply.
+/// How far applying a batch got.
+enum Routed {
+    /// Applied, published and acked.
+    Acked,
+    /// Applied and published; the caller acks.
+    Applied,
+    /// Gave up because of shutdown (entries stay pending).
+    Stopped,
+}
+
 struct Routable {
     entry: StreamEntry,
     job: JobId,
@@ -498,10 +508,22 @@ impl Router {
                 }
             }
         }
-        if !ok.is_empty() && !self.apply_and_publish(shard, stream, &ok, stop).await {
-            return false;
-        }
         to_ack.extend(ok.iter().map(|r| r.entry.id));
+        if !ok.is_empty() {
+            match self
+                .apply_and_publish(shard, stream, &ok, &to_ack, stop)
+                .await
+            {
+                Routed::Stopped => return false,
+                Routed::Acked => {
+                    self.metrics
+                        .acked
+                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
+                    to_ack.clear();
+                }
+                Routed::Applied => {}
+            }
+        }
         let mut backoff = Backoff::new();
         while !to_ack.is_empty() {
             match self.data.ack(stream, &self.config.group, &to_ack).await {
@@ -611,24 +633,40 @@ impl Router {
         jobs
     }
 
+    /// Applies and publishes `batch`. When the data server also publishes
+    /// (no `--pubsub-url`), the apply acks `to_ack` in the same step:
+    /// apply, publish and ack are then one script call, in that order.
+    /// With a separate Pub/Sub server the ack must wait for the publish.
     async fn apply_and_publish(
         &self,
         shard: u32,
         stream: &str,
         batch: &[Routable],
+        to_ack: &[StreamId],
         stop: &watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Routed {
         let jobs = self.build_jobs(shard, batch);
         let mut opts = self.config.apply.clone();
         opts.publish = self.pubsub.is_none();
+        let fold_ack = self.pubsub.is_none();
+        let ack = AckRequest {
+            stream,
+            group: &self.config.group,
+            ids: to_ack,
+        };
         let mut backoff = Backoff::new();
         let results = loop {
-            match self.data.apply(jobs.clone(), &opts).await {
+            let r = if fold_ack {
+                self.data.apply_and_ack(jobs.clone(), &opts, ack).await
+            } else {
+                self.data.apply(jobs.clone(), &opts).await
+            };
+            match r {
                 Ok(r) => break r,
                 Err(e) if e.is_transient() => {
                     self.on_error("apply", &e);
                     if *stop.borrow() {
-                        return false;
+                        return Routed::Stopped;
                     }
                     backoff.wait().await;
                 }
@@ -637,7 +675,11 @@ impl Router {
                     // block the shard: apply job by job and dead-letter the
                     // entries of the job that keeps failing.
                     warn!(error = %e, "batch apply failed; isolating per job");
-                    return self.apply_isolated(shard, stream, batch, &opts, stop).await;
+                    return if self.apply_isolated(shard, stream, batch, &opts, stop).await {
+                        Routed::Applied
+                    } else {
+                        Routed::Stopped
+                    };
                 }
             }
         };
@@ -655,14 +697,18 @@ impl Router {
                     Err(e) => {
                         self.on_error("publish", &e);
                         if *stop.borrow() {
-                            return false;
+                            return Routed::Stopped;
                         }
                         backoff.wait().await;
                     }
                 }
             }
         }
-        true
+        if fold_ack {
+            Routed::Acked
+        } else {
+            Routed::Applied
+        }
     }
 
     async fn apply_isolated(

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{
-    AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, Dedupe, ReadFrom,
-    StreamEntry, StreamId, Subscriber,
+    AckRequest, AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, Dedupe,
+    ReadFrom, StreamEntry, StreamId, Subscriber,
 };
 use relay_core::codec::{field, Fields};
 use relay_core::keys::JobKeys;
@@ -714,6 +714,53 @@ mod cases {
         );
     }
 
+    pub async fn apply_and_ack_acks_after_applying(fx: &Fixture) {
+        let s = fx.key("apply-ack");
+        fx.b().ensure_group(&s, "g").await.unwrap();
+        for i in 0..4 {
+            fx.b().append(plain(&s, i)).await.unwrap();
+        }
+        let got = fx
+            .b()
+            .read_group(&s, "g", "c1", ReadFrom::New, 10, None)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 4);
+        let (a, b) = (fx.job("apply-ack-a"), fx.job("apply-ack-b"));
+        let jobs = vec![apply_job(&a, 5, &[1, 2]), apply_job(&b, 6, &[7])];
+        let ack = AckRequest {
+            stream: &s,
+            group: "g",
+            ids: &ids(&got[..3]),
+        };
+        let r = fx.b().apply_and_ack(jobs, &quiet(), ack).await.unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(offsets(&r[0]), vec![(1, true), (2, true)]);
+        assert_eq!(offsets(&r[1]), vec![(1, true)]);
+        assert_eq!(
+            fx.b().read_history(&a, Offset::ZERO, 10).await.unwrap().top,
+            Offset(2)
+        );
+        let st = fx.b().group_stats(&s, "g").await.unwrap();
+        assert_eq!(
+            st.pending, 1,
+            "the three acked entries left the pending list"
+        );
+        // Nothing to ack: a plain apply (re-applying is a no-op).
+        let ack = AckRequest {
+            stream: &s,
+            group: "g",
+            ids: &[],
+        };
+        let r = fx
+            .b()
+            .apply_and_ack(vec![apply_job(&a, 5, &[2])], &quiet(), ack)
+            .await
+            .unwrap();
+        assert_eq!(offsets(&r[0]), vec![(2, false)]);
+        assert_eq!(fx.b().group_stats(&s, "g").await.unwrap().pending, 1);
+    }
+
     pub async fn claim_after_idle(fx: &Fixture) {
         let s = fx.key("claim");
         fx.b().ensure_group(&s, "g").await.unwrap();
@@ -1117,6 +1164,7 @@ macro_rules! conformance_tests {
                 missing_group_is_nogroup,
                 pending_reread_after_crash,
                 ack_removes_pending,
+                apply_and_ack_acks_after_applying,
                 claim_after_idle,
                 delivery_count_increments,
                 claim_reports_deleted_entries,

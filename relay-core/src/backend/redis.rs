@@ -34,9 +34,10 @@ use redis::{AsyncConnectionConfig, Client, Cmd, ErrorKind, Pipeline, RedisError,
 use tokio::sync::mpsc;
 
 use super::{
-    dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions, ApplyResult,
-    Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats, HistoryPage,
-    JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber, SubscriberHandle,
+    dead_letter_fields, AckRequest, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions,
+    ApplyResult, Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats,
+    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
+    SubscriberHandle,
 };
 use crate::codec::{Fields, Payload, Record};
 use crate::error::BackendError;
@@ -91,11 +92,15 @@ impl Default for RedisConfig {
 /// Applies any number of jobs in one call (one call per job on a cluster,
 /// where a job's keys share a slot but different jobs' keys do not).
 /// KEYS: per job the hash, the eco2 state string ('' key name when none:
-/// then it is not touched) and the live channel name.
+/// then it is not touched) and the live channel name; then, when acking,
+/// the shard stream.
 /// ARGV: history_max, ttl_ms (hash), state_ttl_ms (eco2 string), publish
-/// (0/1), now_ms, ttl refresh interval ms, then per job: epoch candidate,
-/// extra channel ('' = none), n, and n pairs (seq, payload).
-/// Returns per job `{epoch, off1, new1, off2, new2, ...}`.
+/// (0/1), now_ms, ttl refresh interval ms, number of entries to ack `k`,
+/// then (when `k > 0`) the group and `k` entry ids, then per job: epoch
+/// candidate, extra channel ('' = none), n, and n pairs (seq, payload).
+/// Returns per job `{epoch, off1, new1, off2, new2, ...}`. The XACK comes
+/// last: a script that fails half-way acks nothing, so the entries are
+/// re-read and re-applied (a no-op for what was applied).
 ///
 /// Per job the script makes one HMGET (meta and the dedupe entries of all
 /// its events), one HSET (offsets, history, state, top) and one PUBLISH per
@@ -110,9 +115,12 @@ local ttl, state_ttl = ARGV[2], ARGV[3]
 local publish = ARGV[4] == '1'
 local now = tonumber(ARGV[5])
 local refresh_every = tonumber(ARGV[6])
+local n_ack = tonumber(ARGV[7])
+local a = 8
+local ack_from = a + 1
+if n_ack > 0 then a = a + 1 + n_ack end
 local out = {}
-local a = 7
-for j = 0, #KEYS / 3 - 1 do
+for j = 0, math.floor(#KEYS / 3) - 1 do
   local job, state, live = KEYS[j * 3 + 1], KEYS[j * 3 + 2], KEYS[j * 3 + 3]
   local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
@@ -194,6 +202,9 @@ for j = 0, #KEYS / 3 - 1 do
     if state ~= '' and not best_seq then redis.call('PEXPIRE', state, state_ttl) end
   end
   out[#out + 1] = res
+end
+if n_ack > 0 then
+  redis.call('XACK', KEYS[#KEYS], ARGV[ack_from - 1], unpack(ARGV, ack_from, ack_from + n_ack - 1))
 end
 return out
 "#;
@@ -330,6 +341,87 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
+    /// The apply script over `jobs` (one call on a single server, one per
+    /// job on a cluster), acking `ack` in the same call when given (single
+    /// server only).
+    async fn apply_scripted(
+        &self,
+        jobs: &[ApplyJob],
+        opts: &ApplyOptions,
+        ack: Option<AckRequest<'_>>,
+    ) -> BackendResult<Vec<ApplyResult>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = &self.inner.scripts.apply;
+        let history_ttl = ms(opts.history_ttl);
+        let state_ttl = ms(opts.state_ttl);
+        let job_ttl = history_ttl.max(state_ttl);
+        let call = |jobs: &[ApplyJob], ack: Option<AckRequest<'_>>| {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg(script.get_hash())
+                .arg(jobs.len() * 3 + usize::from(ack.is_some()));
+            for job in jobs {
+                let k = &job.keys;
+                c.arg(&k.meta)
+                    .arg(k.state.as_deref().unwrap_or(""))
+                    .arg(&k.live);
+            }
+            if let Some(ack) = &ack {
+                c.arg(ack.stream);
+            }
+            c.arg(opts.history_max)
+                .arg(job_ttl)
+                .arg(state_ttl)
+                .arg(if opts.publish { "1" } else { "0" })
+                .arg(crate::event::now_ms())
+                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
+            match &ack {
+                Some(ack) => {
+                    c.arg(ack.ids.len()).arg(ack.group);
+                    for id in ack.ids {
+                        c.arg(id.to_string());
+                    }
+                }
+                None => {
+                    c.arg(0);
+                }
+            }
+            for job in jobs {
+                c.arg(job.epoch.0)
+                    .arg(job.extra_channel.as_deref().unwrap_or(""))
+                    .arg(job.events.len());
+                for e in &job.events {
+                    c.arg(e.seq).arg(&e.payload.0[..]);
+                }
+            }
+            c
+        };
+        // One call for the whole batch on a single server; on a cluster one
+        // call per job (its keys share the `{job_id}` slot), pipelined.
+        let cmds: Vec<Cmd> = if self.inner.config.cluster {
+            jobs.chunks(1).map(|one| call(one, None)).collect()
+        } else {
+            vec![call(jobs, ack)]
+        };
+        let replies = self.eval_pipeline(script, cmds).await?;
+        let mut per_job = Vec::with_capacity(jobs.len());
+        for r in replies {
+            let v = r.map_err(map_err)?;
+            per_job.extend(array(&v, "apply reply")?.iter().cloned());
+        }
+        if per_job.len() != jobs.len() {
+            return Err(protocol(format!(
+                "apply reply covers {} of {} jobs",
+                per_job.len(),
+                jobs.len()
+            )));
+        }
+        jobs.iter()
+            .zip(per_job)
+            .map(|(job, r)| parse_apply(&r, job.events.len()))
+            .collect()
+    }
     /// Connects to `url` (`redis://[user:pass@]host:port[/db]`) with the
     /// default [`RedisConfig`].
     pub async fn connect(url: &str) -> Result<Self, BackendError> {
@@ -1063,62 +1155,25 @@ impl Backend for RedisBackend {
         jobs: Vec<ApplyJob>,
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
+        self.apply_scripted(&jobs, opts, None).await
+    }
+
+    async fn apply_and_ack(
+        &self,
+        jobs: Vec<ApplyJob>,
+        opts: &ApplyOptions,
+        ack: AckRequest<'_>,
+    ) -> BackendResult<Vec<ApplyResult>> {
+        if ack.ids.is_empty() {
+            return self.apply_scripted(&jobs, opts, None).await;
         }
-        let script = &self.inner.scripts.apply;
-        let history_ttl = ms(opts.history_ttl);
-        let state_ttl = ms(opts.state_ttl);
-        let job_ttl = history_ttl.max(state_ttl);
-        let call = |jobs: &[ApplyJob]| {
-            let mut c = redis::cmd("EVALSHA");
-            c.arg(script.get_hash()).arg(jobs.len() * 3);
-            for job in jobs {
-                let k = &job.keys;
-                c.arg(&k.meta)
-                    .arg(k.state.as_deref().unwrap_or(""))
-                    .arg(&k.live);
-            }
-            c.arg(opts.history_max)
-                .arg(job_ttl)
-                .arg(state_ttl)
-                .arg(if opts.publish { "1" } else { "0" })
-                .arg(crate::event::now_ms())
-                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
-            for job in jobs {
-                c.arg(job.epoch.0)
-                    .arg(job.extra_channel.as_deref().unwrap_or(""))
-                    .arg(job.events.len());
-                for e in &job.events {
-                    c.arg(e.seq).arg(&e.payload.0[..]);
-                }
-            }
-            c
-        };
-        // One call for the whole batch on a single server; on a cluster one
-        // call per job (its keys share the `{job_id}` slot), pipelined.
-        let cmds: Vec<Cmd> = if self.inner.config.cluster {
-            jobs.chunks(1).map(call).collect()
-        } else {
-            vec![call(&jobs)]
-        };
-        let replies = self.eval_pipeline(script, cmds).await?;
-        let mut per_job = Vec::with_capacity(jobs.len());
-        for r in replies {
-            let v = r.map_err(map_err)?;
-            per_job.extend(array(&v, "apply reply")?.iter().cloned());
+        if self.inner.config.cluster || jobs.is_empty() {
+            // The stream lives in another slot than the jobs: ack after.
+            let applied = self.apply_scripted(&jobs, opts, None).await?;
+            self.ack(ack.stream, ack.group, ack.ids).await?;
+            return Ok(applied);
         }
-        if per_job.len() != jobs.len() {
-            return Err(protocol(format!(
-                "apply reply covers {} of {} jobs",
-                per_job.len(),
-                jobs.len()
-            )));
-        }
-        jobs.iter()
-            .zip(per_job)
-            .map(|(job, r)| parse_apply(&r, job.events.len()))
-            .collect()
+        self.apply_scripted(&jobs, opts, Some(ack)).await
     }
 
     async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
