@@ -191,7 +191,8 @@ impl Timeline {
             // Two digits: every client opens a slot each window, and a
             // full-precision histogram per client per second was enough
             // allocation (and page faults) to stall the load tool itself.
-            self.slots.resize_with(i + 1, || (Lat::with_precision(2), 0.0));
+            self.slots
+                .resize_with(i + 1, || (Lat::with_precision(2), 0.0));
         }
         &mut self.slots[i]
     }
