@@ -28,7 +28,7 @@ use pipeline_scan::scan::{self, LatencyDist, ScanModels};
 use pipeline_scan::transport::inprocess::InProcessConfig;
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::backend::Backend;
-use relay_core::{Domain, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig};
+use relay_core::{Domain, KeySpace, Profile, Publisher, Router, RouterConfig};
 use relay_load::scan::{iteration, Iteration, Mode, Outcome, Target};
 use relay_sse::{Gateway, GatewayOptions};
 use tokio::sync::mpsc;
@@ -47,7 +47,11 @@ async fn serve(app: axum::Router) -> String {
 async fn deployment() -> Target {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
-    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let publisher = Publisher::new(
+        backend.clone(),
+        keys.clone(),
+        pipeline_scan::pipeline::publisher_config(),
+    );
     let models = ScanModels::simulated(LatencyDist {
         mean_ms: 40,
         jitter_ms: 10,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::routing::get;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay_core::cli::{ConnectionArgs, LogFormat};
-use relay_core::{Backend, Publisher, PublisherConfig};
+use relay_core::{Backend, Publisher};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiConfig, ScanApi};
@@ -393,7 +393,11 @@ pub fn scan_engine(
     models: &ScanModels,
     config: EngineConfig,
 ) -> Engine {
-    let publisher = Publisher::new(backend, connection.key_space(), PublisherConfig::default());
+    let publisher = Publisher::new(
+        backend,
+        connection.key_space(),
+        crate::pipeline::publisher_config(),
+    );
     scan::engine(models, publisher, config)
 }
 
@@ -471,7 +475,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let publisher = Publisher::new(
                 backend,
                 cli.connection.key_space(),
-                PublisherConfig::default(),
+                crate::pipeline::publisher_config(),
             );
             let producer = Arc::new(AmqpProducer::new(
                 cli.pipeline.amqp(),

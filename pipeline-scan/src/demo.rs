@@ -25,7 +25,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::{Backend, KeySpace, Publisher, PublisherConfig, Router, RouterConfig};
+use relay_core::{Backend, KeySpace, Publisher, Router, RouterConfig};
 use relay_sse::{Gateway, GatewayOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +105,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
     let publisher = Publisher::new(
         backend.clone(),
         config.keys.clone(),
-        PublisherConfig::default(),
+        crate::pipeline::publisher_config(),
     );
     let (_engine, workers) = start_in_process(
         publisher.clone(),

@@ -30,7 +30,7 @@ const watchdog = setTimeout(async () => {
 }, LIMIT_MS * 2);
 
 async function rows() {
-  return page.$$eval("#rows tr", (trs) =>
+  return page.$$eval("#rows tr:not(.empty-row)", (trs) =>
     trs.map((tr) => ({
       n: Number(tr.children[0].textContent),
       offset: tr.dataset.offset,

@@ -64,6 +64,21 @@ pub use engine::{
 pub(crate) use stage::ErasedStage;
 pub use stage::{Stage, StageContext, StageError};
 
+/// The [`relay_core::PublisherConfig`] an [`Engine`]'s publisher should use:
+/// repeats of a (job, seq) dropped already at append
+/// ([`relay_core::DedupeAt::Append`]). A retried or redelivered step re-emits
+/// its `started` event with the same seq by design, so here repeats are
+/// routine, not rare; dropping them at append keeps the shard stream (and
+/// anything else that reads it) free of them and lets the engine see that a
+/// publish was a repeat. The marker's cost is irrelevant at pipeline rates.
+/// Clients see each event once either way (the router drops repeats too).
+pub fn publisher_config() -> relay_core::PublisherConfig {
+    relay_core::PublisherConfig {
+        dedupe: relay_core::DedupeAt::Append,
+        ..relay_core::PublisherConfig::default()
+    }
+}
+
 /// An ordered, type-checked chain of stages from `I` to `O`.
 pub struct Pipeline<I, O> {
     pub(crate) stages: Vec<Arc<dyn ErasedStage>>,

@@ -10,7 +10,7 @@ use pipeline_scan::pipeline::{JobStore, Stage, StageContext, StageError};
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::codec::parse_native;
 use relay_core::eco2::Eco2Entry;
-use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher, PublisherConfig};
+use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
 
 pub fn memory() -> Arc<dyn Backend> {
@@ -22,7 +22,11 @@ pub fn keys(profile: Profile) -> KeySpace {
 }
 
 pub fn publisher(backend: Arc<dyn Backend>, profile: Profile) -> Publisher {
-    Publisher::new(backend, keys(profile), PublisherConfig::default())
+    Publisher::new(
+        backend,
+        keys(profile),
+        pipeline_scan::pipeline::publisher_config(),
+    )
 }
 
 /// Every event of `job` appended to its shard stream, in append order.
