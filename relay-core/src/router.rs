@@ -52,8 +52,7 @@ pub struct RouterConfig {
     pub consumer: String,
     /// Shards this router reads (default: all).
     pub shards: Option<Vec<u32>>,
-    /// Most entries per read, over all the shards read together (one read,
-    /// one apply call: Redis serves nobody else while a call runs).
+    /// Entries per read.
     pub batch: usize,
     /// XREADGROUP BLOCK.
     pub block: Duration,
@@ -194,6 +193,7 @@ impl Backoff {
     }
 }
 
+/// A decoded entry ready to apply.
 /// How far applying a batch got.
 enum Routed {
     /// Applied, published and acked.
@@ -204,10 +204,7 @@ enum Routed {
     Stopped,
 }
 
-/// A decoded entry ready to apply.
 struct Routable {
-    shard: u32,
-    stream: Arc<str>,
     entry: StreamEntry,
     job: JobId,
     seq: u64,
@@ -301,18 +298,15 @@ impl Router {
         handle.shutdown().await;
     }
 
-    /// Starts the reader (all owned shards) and the janitor.
+    /// Starts the shard readers and the janitor.
     pub fn spawn(self) -> RouterHandle {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let shards: Vec<(u32, Arc<str>)> = self
-            .shards()
-            .into_iter()
-            .map(|s| (s, Arc::from(self.config.keys.shard_stream(s))))
-            .collect();
-        let r = self.clone();
-        let rx = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { r.reader_loop(shards, rx).await }));
+        for shard in self.shards() {
+            let r = self.clone();
+            let rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move { r.shard_loop(shard, rx).await }));
+        }
         let r = self.clone();
         tasks.push(tokio::spawn(async move { r.janitor_loop(stop_rx).await }));
         info!(
@@ -356,48 +350,29 @@ impl Router {
         warn!(error = %e, op = what, "backend error, retrying");
     }
 
-    /// The owned shards: drain this consumer's own pending entries of each
-    /// synchronously, then read new entries of all of them with one
-    /// `XREADGROUP` per round trip, pipelined (the next read is in flight
-    /// while the previous batch is applied), until shutdown or an error,
-    /// which starts over from the pending lists. One reader for all shards
-    /// means one apply call (and one read) per round trip however the
-    /// events spread over the shards: at moderate rates that is several
-    /// times fewer Redis calls than a reader per shard.
-    async fn reader_loop(self, shards: Vec<(u32, Arc<str>)>, stop: watch::Receiver<bool>) {
-        if shards.is_empty() {
+    /// One shard: drain this consumer's own pending entries synchronously,
+    /// then read new entries in a pipeline (the next read is in flight while
+    /// the previous batch is applied), until shutdown or an error, which
+    /// starts over from the pending list.
+    async fn shard_loop(self, shard: u32, stop: watch::Receiver<bool>) {
+        let stream = self.config.keys.shard_stream(shard);
+        if !self.ensure_group(&stream, &stop).await {
             return;
         }
-        for (_, stream) in &shards {
-            if !self.ensure_group(stream, &stop).await {
-                return;
-            }
-        }
         let mut backoff = Backoff::new();
-        'run: while !*stop.borrow() {
-            let mut healthy = Ok(());
-            for (shard, stream) in &shards {
-                match self.drain_pending(*shard, stream, &stop).await {
-                    Ok(true) => {}
-                    Ok(false) => break 'run,
-                    Err(e) => {
-                        healthy = Err(e);
-                        break;
-                    }
-                }
-            }
-            if healthy.is_ok() {
-                healthy = self.pipelined_new(&shards, &stop).await;
-            }
+        while !*stop.borrow() {
+            let healthy = match self.drain_pending(shard, &stream, &stop).await {
+                Ok(true) => self.pipelined_new(shard, &stream, &stop).await,
+                Ok(false) => break,
+                Err(e) => Err(e),
+            };
             match healthy {
                 Ok(()) => backoff.reset(),
                 Err(BackendError::NoGroup { .. }) => {
-                    // A stream or group was deleted (e.g. FLUSHALL or a
+                    // The stream or group was deleted (e.g. FLUSHALL or a
                     // restart without persistence): recreate and re-read.
-                    for (_, stream) in &shards {
-                        if !self.ensure_group(stream, &stop).await {
-                            break 'run;
-                        }
+                    if !self.ensure_group(&stream, &stop).await {
+                        break;
                     }
                 }
                 Err(e) => {
@@ -406,7 +381,7 @@ impl Router {
                 }
             }
         }
-        debug!("shard reader stopped");
+        debug!(shard, "shard reader stopped");
     }
 
     /// Reads and routes this consumer's pending entries until none are left.
@@ -446,53 +421,47 @@ impl Router {
         }
     }
 
-    /// Reads new entries of all `shards` while a separate task routes the
-    /// previous batch. Returns `Ok` on shutdown, the read error otherwise
-    /// (after the routing task has finished what it was given).
+    /// Reads new entries while a separate task routes the previous batch.
+    /// Returns `Ok` on shutdown, the read error otherwise (after the routing
+    /// task has finished what it was given).
     async fn pipelined_new(
         &self,
-        shards: &[(u32, Arc<str>)],
+        shard: u32,
+        stream: &str,
         stop: &watch::Receiver<bool>,
     ) -> Result<(), BackendError> {
-        type Batch = Vec<(u32, Arc<str>, Vec<StreamEntry>)>;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamEntry>>(1);
         let worker = {
             let router = self.clone();
+            let stream = stream.to_owned();
             let stop = stop.clone();
             tokio::spawn(async move {
-                while let Some(batches) = rx.recv().await {
-                    if !router.process_many(batches, &stop).await {
+                while let Some(entries) = rx.recv().await {
+                    if !router.process(shard, &stream, entries, &stop).await {
                         break;
                     }
                 }
             })
         };
-        let streams: Vec<String> = shards.iter().map(|(_, s)| s.to_string()).collect();
-        let per_stream = self.config.batch;
         let result = loop {
             if *stop.borrow() {
                 break Ok(());
             }
             let read = self
                 .data
-                .read_new_many(
-                    &streams,
+                .read_group(
+                    stream,
                     &self.config.group,
                     &self.config.consumer,
-                    per_stream,
+                    ReadFrom::New,
+                    self.config.batch,
                     Some(self.config.block),
                 )
                 .await;
             match read {
-                Ok(read) => {
+                Ok(entries) => {
                     self.metrics.set_connected(true);
-                    let batches: Batch = shards
-                        .iter()
-                        .zip(read)
-                        .filter(|(_, entries)| !entries.is_empty())
-                        .map(|((shard, stream), entries)| (*shard, stream.clone(), entries))
-                        .collect();
-                    if !batches.is_empty() && tx.send(batches).await.is_err() {
+                    if !entries.is_empty() && tx.send(entries).await.is_err() {
                         break Ok(()); // the routing task stopped (shutdown)
                     }
                 }
@@ -504,7 +473,9 @@ impl Router {
         result
     }
 
-    /// Routes one shard's batch (see [`Router::process_many`]).
+    /// Routes one batch: decode, dead-letter poison, apply, publish, ack.
+    /// Returns false only if it gave up because of shutdown (entries stay
+    /// pending and are re-read on restart).
     async fn process(
         &self,
         shard: u32,
@@ -512,86 +483,64 @@ impl Router {
         entries: Vec<StreamEntry>,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        self.process_many(vec![(shard, Arc::from(stream), entries)], stop)
-            .await
-    }
-
-    /// Routes one batch, read from one or more shards: decode, dead-letter
-    /// poison, apply (one call for all shards), publish, ack. Returns false
-    /// only if it gave up because of shutdown (entries stay pending and are
-    /// re-read on restart).
-    async fn process_many(
-        &self,
-        batches: Vec<(u32, Arc<str>, Vec<StreamEntry>)>,
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
         let started = Instant::now();
-        let n: usize = batches.iter().map(|b| b.2.len()).sum();
+        let n = entries.len();
         let mut ok = Vec::with_capacity(n);
-        let mut to_ack: Vec<(Arc<str>, Vec<StreamId>)> = Vec::with_capacity(batches.len());
-        for (shard, stream, entries) in batches {
-            let mut ids = Vec::with_capacity(entries.len());
-            for entry in entries {
-                if entry.is_deleted() {
-                    self.metrics.lost_trimmed.fetch_add(1, Ordering::Relaxed);
-                    warn!(id = %entry.id, stream = &*stream, "pending entry was trimmed before it was routed");
-                    ids.push(entry.id);
-                    continue;
-                }
-                match self.decode(&entry) {
-                    Ok((job, seq, payload)) => {
-                        ids.push(entry.id);
-                        ok.push(Routable {
-                            shard,
-                            stream: stream.clone(),
-                            entry,
-                            job,
-                            seq,
-                            payload,
-                        });
-                    }
-                    Err(reason) => {
-                        if !self.dead_letter(&stream, &entry, &reason, 1, stop).await {
-                            return false;
-                        }
+        let mut to_ack = Vec::with_capacity(n);
+        for entry in entries {
+            if entry.is_deleted() {
+                self.metrics.lost_trimmed.fetch_add(1, Ordering::Relaxed);
+                warn!(id = %entry.id, stream, "pending entry was trimmed before it was routed");
+                to_ack.push(entry.id);
+                continue;
+            }
+            match self.decode(&entry) {
+                Ok((job, seq, payload)) => ok.push(Routable {
+                    entry,
+                    job,
+                    seq,
+                    payload,
+                }),
+                Err(reason) => {
+                    if !self.dead_letter(stream, &entry, &reason, 1, stop).await {
+                        return false;
                     }
                 }
             }
-            to_ack.push((stream, ids));
         }
-        to_ack.retain(|(_, ids)| !ids.is_empty());
+        to_ack.extend(ok.iter().map(|r| r.entry.id));
         if !ok.is_empty() {
-            match self.apply_and_publish(&ok, &to_ack, stop).await {
+            match self
+                .apply_and_publish(shard, stream, &ok, &to_ack, stop)
+                .await
+            {
                 Routed::Stopped => return false,
                 Routed::Acked => {
-                    let acked: usize = to_ack.iter().map(|(_, ids)| ids.len()).sum();
                     self.metrics
                         .acked
-                        .fetch_add(acked as u64, Ordering::Relaxed);
+                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
                     to_ack.clear();
                 }
                 Routed::Applied => {}
             }
         }
-        for (stream, ids) in &to_ack {
-            let mut backoff = Backoff::new();
-            loop {
-                match self.data.ack(stream, &self.config.group, ids).await {
-                    Ok(_) => {
-                        self.metrics
-                            .acked
-                            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-                        break;
+        let mut backoff = Backoff::new();
+        while !to_ack.is_empty() {
+            match self.data.ack(stream, &self.config.group, &to_ack).await {
+                Ok(_) => {
+                    self.metrics
+                        .acked
+                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    self.on_error("ack", &e);
+                    if *stop.borrow() {
+                        // Applied and published; left pending it is re-applied
+                        // as a no-op on restart.
+                        return false;
                     }
-                    Err(e) => {
-                        self.on_error("ack", &e);
-                        if *stop.borrow() {
-                            // Applied and published; left pending it is
-                            // re-applied as a no-op on restart.
-                            return false;
-                        }
-                        backoff.wait().await;
-                    }
+                    backoff.wait().await;
                 }
             }
         }
@@ -661,19 +610,18 @@ impl Router {
     }
 
     /// Groups a batch by job, keeping each job's events in stream order.
-    fn build_jobs(&self, batch: &[Routable]) -> Vec<ApplyJob> {
+    fn build_jobs(&self, shard: u32, batch: &[Routable]) -> Vec<ApplyJob> {
         let mut jobs: Vec<ApplyJob> = Vec::new();
         let mut index: HashMap<&JobId, usize> = HashMap::new();
-        let eco2_channel =
-            self.config.keys.profile() == Profile::Eco2 && self.config.eco2_shard_channel;
+        let extra = (self.config.keys.profile() == Profile::Eco2 && self.config.eco2_shard_channel)
+            .then(|| self.config.keys.eco2_shard_channel(shard));
         for r in batch {
             let j = *index.entry(&r.job).or_insert_with(|| {
                 jobs.push(ApplyJob {
                     keys: self.config.keys.job(&r.job),
                     epoch: Epoch::random(),
                     events: Vec::new(),
-                    extra_channel: eco2_channel
-                        .then(|| self.config.keys.eco2_shard_channel(r.shard)),
+                    extra_channel: extra.clone(),
                 });
                 jobs.len() - 1
             });
@@ -691,26 +639,25 @@ impl Router {
     /// With a separate Pub/Sub server the ack must wait for the publish.
     async fn apply_and_publish(
         &self,
+        shard: u32,
+        stream: &str,
         batch: &[Routable],
-        to_ack: &[(Arc<str>, Vec<StreamId>)],
+        to_ack: &[StreamId],
         stop: &watch::Receiver<bool>,
     ) -> Routed {
-        let jobs = self.build_jobs(batch);
+        let jobs = self.build_jobs(shard, batch);
         let mut opts = self.config.apply.clone();
         opts.publish = self.pubsub.is_none();
         let fold_ack = self.pubsub.is_none();
-        let acks: Vec<AckRequest<'_>> = to_ack
-            .iter()
-            .map(|(stream, ids)| AckRequest {
-                stream,
-                group: &self.config.group,
-                ids,
-            })
-            .collect();
+        let ack = AckRequest {
+            stream,
+            group: &self.config.group,
+            ids: to_ack,
+        };
         let mut backoff = Backoff::new();
         let results = loop {
             let r = if fold_ack {
-                self.data.apply_and_ack(jobs.clone(), &opts, &acks).await
+                self.data.apply_and_ack(jobs.clone(), &opts, ack).await
             } else {
                 self.data.apply(jobs.clone(), &opts).await
             };
@@ -728,7 +675,7 @@ impl Router {
                     // block the shard: apply job by job and dead-letter the
                     // entries of the job that keeps failing.
                     warn!(error = %e, "batch apply failed; isolating per job");
-                    return if self.apply_isolated(batch, &opts, stop).await {
+                    return if self.apply_isolated(shard, stream, batch, &opts, stop).await {
                         Routed::Applied
                     } else {
                         Routed::Stopped
@@ -766,13 +713,15 @@ impl Router {
 
     async fn apply_isolated(
         &self,
+        shard: u32,
+        stream: &str,
         batch: &[Routable],
         opts: &ApplyOptions,
         stop: &watch::Receiver<bool>,
     ) -> bool {
         for r in batch {
             let one = std::slice::from_ref(r);
-            let jobs = self.build_jobs(one);
+            let jobs = self.build_jobs(shard, one);
             match self.data.apply(jobs.clone(), opts).await {
                 Ok(results) => {
                     self.account(&jobs, &results);
@@ -790,7 +739,7 @@ impl Router {
                 }
                 Err(e) => {
                     if !self
-                        .dead_letter(&r.stream, &r.entry, &format!("apply failed: {e}"), 1, stop)
+                        .dead_letter(stream, &r.entry, &format!("apply failed: {e}"), 1, stop)
                         .await
                     {
                         return false;

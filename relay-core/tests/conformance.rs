@@ -52,8 +52,8 @@ impl Fixture {
         Self::redis_on(TestRedis::private()).await
     }
 
-    /// Cluster mode (`RedisConfig::cluster`: one apply call per job, acks
-    /// after the apply) against a single server: the same semantics.
+    /// Cluster mode (`RedisConfig::cluster`: one apply call per job, the
+    /// ack after the apply) against a single server: the same semantics.
     async fn redis_cluster_mode() -> Fixture {
         let redis = TestRedis::get();
         let config = relay_core::backend::redis::RedisConfig {
@@ -733,37 +733,25 @@ mod cases {
     }
 
     pub async fn apply_and_ack_acks_after_applying(fx: &Fixture) {
-        let (s, t) = (fx.key("apply-ack"), fx.key("apply-ack-2"));
-        for stream in [&s, &t] {
-            fx.b().ensure_group(stream, "g").await.unwrap();
-            for i in 0..4 {
-                fx.b().append(plain(stream, i)).await.unwrap();
-            }
+        let s = fx.key("apply-ack");
+        fx.b().ensure_group(&s, "g").await.unwrap();
+        for i in 0..4 {
+            fx.b().append(plain(&s, i)).await.unwrap();
         }
-        let read = |stream: String| async move {
-            fx.b()
-                .read_group(&stream, "g", "c1", ReadFrom::New, 10, None)
-                .await
-                .unwrap()
-        };
-        let (got_s, got_t) = (read(s.clone()).await, read(t.clone()).await);
-        assert_eq!((got_s.len(), got_t.len()), (4, 4));
+        let got = fx
+            .b()
+            .read_group(&s, "g", "c1", ReadFrom::New, 10, None)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 4);
         let (a, b) = (fx.job("apply-ack-a"), fx.job("apply-ack-b"));
         let jobs = vec![apply_job(&a, 5, &[1, 2]), apply_job(&b, 6, &[7])];
-        let (ids_s, ids_t) = (ids(&got_s[..3]), ids(&got_t[..1]));
-        let acks = [
-            AckRequest {
-                stream: &s,
-                group: "g",
-                ids: &ids_s,
-            },
-            AckRequest {
-                stream: &t,
-                group: "g",
-                ids: &ids_t,
-            },
-        ];
-        let r = fx.b().apply_and_ack(jobs, &quiet(), &acks).await.unwrap();
+        let ack = AckRequest {
+            stream: &s,
+            group: "g",
+            ids: &ids(&got[..3]),
+        };
+        let r = fx.b().apply_and_ack(jobs, &quiet(), ack).await.unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(offsets(&r[0]), vec![(1, true), (2, true)]);
         assert_eq!(offsets(&r[1]), vec![(1, true)]);
@@ -771,21 +759,24 @@ mod cases {
             fx.b().read_history(&a, Offset::ZERO, 10).await.unwrap().top,
             Offset(2)
         );
-        let pending =
-            |stream: String| async move { fx.b().group_stats(&stream, "g").await.unwrap().pending };
+        let st = fx.b().group_stats(&s, "g").await.unwrap();
         assert_eq!(
-            (pending(s.clone()).await, pending(t.clone()).await),
-            (1, 3),
-            "the acked entries of both streams left the pending lists"
+            st.pending, 1,
+            "the three acked entries left the pending list"
         );
         // Nothing to ack: a plain apply (re-applying is a no-op).
+        let ack = AckRequest {
+            stream: &s,
+            group: "g",
+            ids: &[],
+        };
         let r = fx
             .b()
-            .apply_and_ack(vec![apply_job(&a, 5, &[2])], &quiet(), &[])
+            .apply_and_ack(vec![apply_job(&a, 5, &[2])], &quiet(), ack)
             .await
             .unwrap();
         assert_eq!(offsets(&r[0]), vec![(2, false)]);
-        assert_eq!(pending(s.clone()).await, 1);
+        assert_eq!(fx.b().group_stats(&s, "g").await.unwrap().pending, 1);
     }
 
     pub async fn claim_after_idle(fx: &Fixture) {
@@ -964,66 +955,6 @@ mod cases {
         let st = fx.b().group_stats(&s, "g").await.unwrap();
         assert_eq!(st.pending, 0, "dead-lettered entries are acked");
         assert_eq!(st.length, 1, "the source entry itself stays");
-    }
-
-    pub async fn read_new_many_reads_every_stream(fx: &Fixture) {
-        let (a, b, c) = (fx.key("many-a"), fx.key("many-b"), fx.key("many-c"));
-        for s in [&a, &b, &c] {
-            fx.b().ensure_group(s, "g").await.unwrap();
-        }
-        let streams = vec![a.clone(), b.clone(), c.clone()];
-        let a1 = fx.b().append(plain(&a, 1)).await.unwrap();
-        let c1 = fx.b().append(plain(&c, 2)).await.unwrap();
-        let c2 = fx.b().append(plain(&c, 3)).await.unwrap();
-        let got = fx
-            .b()
-            .read_new_many(&streams, "g", "r", 10, None)
-            .await
-            .unwrap();
-        assert_eq!(got.len(), 3, "one list per stream");
-        assert_eq!(ids(&got[0]), vec![a1.id]);
-        assert!(got[1].is_empty());
-        assert_eq!(ids(&got[2]), vec![c1.id, c2.id]);
-        // Read entries are pending for the reader, like a single read.
-        assert_eq!(fx.b().group_stats(&c, "g").await.unwrap().pending, 2);
-        // `count` bounds each stream.
-        for n in 0..3 {
-            fx.b().append(plain(&b, n)).await.unwrap();
-        }
-        let got = fx
-            .b()
-            .read_new_many(&streams, "g", "r", 2, None)
-            .await
-            .unwrap();
-        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![0, 2, 0]);
-
-        // Blocking: wakes when any of the streams gets an entry.
-        let _ = fx.b().read_new_many(&streams, "g", "r", 10, None).await;
-        let backend = fx.backend.clone();
-        let s2 = streams.clone();
-        let reader = tokio::spawn(async move {
-            backend
-                .read_new_many(&s2, "g", "r", 10, Some(Duration::from_secs(5)))
-                .await
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let c3 = fx.b().append(plain(&c, 9)).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(4), reader)
-            .await
-            .expect("blocked read did not wake")
-            .unwrap()
-            .unwrap();
-        assert_eq!(ids(&got[2]), vec![c3.id]);
-        assert!(got[0].is_empty() && got[1].is_empty());
-
-        // A stream without the group fails the read with NoGroup.
-        let missing = vec![a.clone(), fx.key("many-nogroup")];
-        let err = fx
-            .b()
-            .read_new_many(&missing, "g", "r", 10, None)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, BackendError::NoGroup { .. }), "{err:?}");
     }
 
     pub async fn blocking_read_wakes_on_append(fx: &Fixture) {
@@ -1257,7 +1188,6 @@ macro_rules! conformance_tests {
                 claim_reports_deleted_entries,
                 dead_letter_moves_and_acks,
                 blocking_read_wakes_on_append,
-                read_new_many_reads_every_stream,
                 concurrent_blocking_reads,
                 kv_operations,
                 range_delete_len,

@@ -53,18 +53,6 @@ impl Backend for DeafBackend {
             .read_group(stream, group, consumer, from, count, block)
             .await
     }
-    async fn read_new_many(
-        &self,
-        streams: &[String],
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> BackendResult<Vec<Vec<StreamEntry>>> {
-        self.inner
-            .read_new_many(streams, group, consumer, count, block)
-            .await
-    }
     async fn claim_idle(
         &self,
         stream: &str,

@@ -461,68 +461,6 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn read_new_many(
-        &self,
-        streams: &[String],
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> BackendResult<Vec<Vec<StreamEntry>>> {
-        if streams.is_empty() {
-            return Ok(Vec::new());
-        }
-        let deadline = block.filter(|b| !b.is_zero()).map(|b| Instant::now() + b);
-        loop {
-            let mut out = Vec::with_capacity(streams.len());
-            for s in streams {
-                out.push(
-                    self.read_group(s, group, consumer, ReadFrom::New, count, None)
-                        .await?,
-                );
-            }
-            let Some(deadline) = deadline else {
-                return Ok(out);
-            };
-            let now = Instant::now();
-            if out.iter().any(|e| !e.is_empty()) || now >= deadline {
-                return Ok(out);
-            }
-            // Register with every stream, then re-check, so an append in
-            // between is not missed; then wait for any of them.
-            let notifies: Vec<Arc<Notify>> = {
-                let mut inner = self.lock();
-                streams
-                    .iter()
-                    .map(|s| inner.group_mut(s, group).map(|d| d.notify.clone()))
-                    .collect::<BackendResult<_>>()?
-            };
-            let mut waits: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
-            for w in waits.iter_mut() {
-                w.as_mut().enable();
-            }
-            let has_new = {
-                let mut inner = self.lock();
-                let mut any = false;
-                for s in streams {
-                    let data = inner.group_mut(s, group)?;
-                    let last = data.groups.get(group).map(|g| g.last_delivered);
-                    any |= last.is_some_and(|l| {
-                        data.entries
-                            .range(StreamId::new(l.ms, l.seq.saturating_add(1))..)
-                            .next()
-                            .is_some()
-                    });
-                }
-                any
-            };
-            if !has_new {
-                let _ =
-                    tokio::time::timeout(deadline - now, futures::future::select_all(waits)).await;
-            }
-        }
-    }
-
     async fn read_group(
         &self,
         stream: &str,

@@ -347,19 +347,6 @@ pub trait Backend: Send + Sync + 'static {
     /// beginning of the stream so nothing appended before is skipped.
     async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()>;
 
-    /// Reads new entries (`>`) for `consumer` from several streams of one
-    /// group in one call (one `XREADGROUP ... STREAMS s1 s2 ...`), waiting
-    /// up to `block` until any of them has some. At most `count` entries per
-    /// stream; one list per stream, in the order of `streams`.
-    async fn read_new_many(
-        &self,
-        streams: &[String],
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> BackendResult<Vec<Vec<StreamEntry>>>;
-
     /// Reads entries for `consumer`. With [`ReadFrom::New`] and `block`, waits
     /// up to `block` for entries.
     async fn read_group(
@@ -404,20 +391,20 @@ pub trait Backend: Send + Sync + 'static {
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>>;
 
-    /// [`Backend::apply`], then acknowledges `acks`' entries: in the same
+    /// [`Backend::apply`], then acknowledges `ack`'s entries: in the same
     /// atomic step where the backend can (one script on a single Redis
     /// server: one round trip and one command less per batch), otherwise
-    /// with further calls once the apply succeeded. A failed apply acks
-    /// nothing; an `Err` may follow a successful apply (an ack failed), and
+    /// with a second call once the apply succeeded. A failed apply acks
+    /// nothing; an `Err` may follow a successful apply (the ack failed), and
     /// re-applying is a no-op (G3).
     async fn apply_and_ack(
         &self,
         jobs: Vec<ApplyJob>,
         opts: &ApplyOptions,
-        acks: &[AckRequest<'_>],
+        ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
         let applied = self.apply(jobs, opts).await?;
-        for ack in acks.iter().filter(|a| !a.ids.is_empty()) {
+        if !ack.ids.is_empty() {
             self.ack(ack.stream, ack.group, ack.ids).await?;
         }
         Ok(applied)

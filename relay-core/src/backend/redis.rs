@@ -92,11 +92,11 @@ impl Default for RedisConfig {
 /// Applies any number of jobs in one call (one call per job on a cluster,
 /// where a job's keys share a slot but different jobs' keys do not).
 /// KEYS: per job the hash, the eco2 state string ('' key name when none:
-/// then it is not touched) and the live channel name; then the `s` shard
-/// streams to ack in.
+/// then it is not touched) and the live channel name; then, when acking,
+/// the shard stream.
 /// ARGV: history_max, ttl_ms (hash), state_ttl_ms (eco2 string), publish
-/// (0/1), now_ms, ttl refresh interval ms, `s`, then (when `s > 0`) the
-/// group and per stream a count `k` and `k` entry ids, then per job: epoch
+/// (0/1), now_ms, ttl refresh interval ms, number of entries to ack `k`,
+/// then (when `k > 0`) the group and `k` entry ids, then per job: epoch
 /// candidate, extra channel ('' = none), n, and n pairs (seq, payload).
 /// Returns per job `{epoch, off1, new1, off2, new2, ...}`. The XACK comes
 /// last: a script that fails half-way acks nothing, so the entries are
@@ -115,21 +115,12 @@ local ttl, state_ttl = ARGV[2], ARGV[3]
 local publish = ARGV[4] == '1'
 local now = tonumber(ARGV[5])
 local refresh_every = tonumber(ARGV[6])
-local n_streams = tonumber(ARGV[7])
+local n_ack = tonumber(ARGV[7])
 local a = 8
-local acks = {}
-if n_streams > 0 then
-  local group = ARGV[a]
-  a = a + 1
-  for i = 1, n_streams do
-    local k = tonumber(ARGV[a])
-    acks[i] = {group, a + 1, a + k}
-    a = a + 1 + k
-  end
-end
-local n_jobs = (#KEYS - n_streams) / 3
+local ack_from = a + 1
+if n_ack > 0 then a = a + 1 + n_ack end
 local out = {}
-for j = 0, n_jobs - 1 do
+for j = 0, math.floor(#KEYS / 3) - 1 do
   local job, state, live = KEYS[j * 3 + 1], KEYS[j * 3 + 2], KEYS[j * 3 + 3]
   local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
@@ -212,10 +203,8 @@ for j = 0, n_jobs - 1 do
   end
   out[#out + 1] = res
 end
-for i, ack in ipairs(acks) do
-  if ack[3] >= ack[2] then
-    redis.call('XACK', KEYS[n_jobs * 3 + i], ack[1], unpack(ARGV, ack[2], ack[3]))
-  end
+if n_ack > 0 then
+  redis.call('XACK', KEYS[#KEYS], ARGV[ack_from - 1], unpack(ARGV, ack_from, ack_from + n_ack - 1))
 end
 return out
 "#;
@@ -353,13 +342,13 @@ impl std::fmt::Debug for RedisBackend {
 
 impl RedisBackend {
     /// The apply script over `jobs` (one call on a single server, one per
-    /// job on a cluster), acking `acks` in the same call (single server
-    /// only: pass none on a cluster).
+    /// job on a cluster), acking `ack` in the same call when given (single
+    /// server only).
     async fn apply_scripted(
         &self,
         jobs: &[ApplyJob],
         opts: &ApplyOptions,
-        acks: &[AckRequest<'_>],
+        ack: Option<AckRequest<'_>>,
     ) -> BackendResult<Vec<ApplyResult>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -368,16 +357,17 @@ impl RedisBackend {
         let history_ttl = ms(opts.history_ttl);
         let state_ttl = ms(opts.state_ttl);
         let job_ttl = history_ttl.max(state_ttl);
-        let call = |jobs: &[ApplyJob], acks: &[AckRequest<'_>]| {
+        let call = |jobs: &[ApplyJob], ack: Option<AckRequest<'_>>| {
             let mut c = redis::cmd("EVALSHA");
-            c.arg(script.get_hash()).arg(jobs.len() * 3 + acks.len());
+            c.arg(script.get_hash())
+                .arg(jobs.len() * 3 + usize::from(ack.is_some()));
             for job in jobs {
                 let k = &job.keys;
                 c.arg(&k.meta)
                     .arg(k.state.as_deref().unwrap_or(""))
                     .arg(&k.live);
             }
-            for ack in acks {
+            if let Some(ack) = &ack {
                 c.arg(ack.stream);
             }
             c.arg(opts.history_max)
@@ -385,15 +375,16 @@ impl RedisBackend {
                 .arg(state_ttl)
                 .arg(if opts.publish { "1" } else { "0" })
                 .arg(crate::event::now_ms())
-                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)))
-                .arg(acks.len());
-            if let Some(first) = acks.first() {
-                c.arg(first.group);
-                for ack in acks {
-                    c.arg(ack.ids.len());
+                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
+            match &ack {
+                Some(ack) => {
+                    c.arg(ack.ids.len()).arg(ack.group);
                     for id in ack.ids {
                         c.arg(id.to_string());
                     }
+                }
+                None => {
+                    c.arg(0);
                 }
             }
             for job in jobs {
@@ -409,9 +400,9 @@ impl RedisBackend {
         // One call for the whole batch on a single server; on a cluster one
         // call per job (its keys share the `{job_id}` slot), pipelined.
         let cmds: Vec<Cmd> = if self.inner.config.cluster {
-            jobs.chunks(1).map(|one| call(one, &[])).collect()
+            jobs.chunks(1).map(|one| call(one, None)).collect()
         } else {
-            vec![call(jobs, acks)]
+            vec![call(jobs, ack)]
         };
         let replies = self.eval_pipeline(script, cmds).await?;
         let mut per_job = Vec::with_capacity(jobs.len());
@@ -1023,76 +1014,6 @@ impl Backend for RedisBackend {
         xread_entries(&v)
     }
 
-    async fn read_new_many(
-        &self,
-        streams: &[String],
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> BackendResult<Vec<Vec<StreamEntry>>> {
-        if streams.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut c = redis::cmd("XREADGROUP");
-        c.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count.max(1));
-        let block = block.filter(|b| !b.is_zero());
-        if let Some(b) = block {
-            c.arg("BLOCK").arg(ms(b));
-        }
-        c.arg("STREAMS");
-        for s in streams {
-            c.arg(s.as_str());
-        }
-        for _ in streams {
-            c.arg(">");
-        }
-        // A missing group on any stream fails the whole read; name the first.
-        let first = streams[0].as_str();
-        let v = match block {
-            None => self
-                .query(&c)
-                .await
-                .map_err(|e| map_group_err(e, first, group))?,
-            Some(b) => match self.query_blocking(&c, b).await {
-                Ok(v) => v,
-                Err(BlockingError::Backend(e)) => return Err(e),
-                Err(BlockingError::Redis(e)) => return Err(map_group_err(e, first, group)),
-            },
-        };
-        let mut out: Vec<Vec<StreamEntry>> = vec![Vec::new(); streams.len()];
-        let mut put = |name: &Value, entries: &Value| -> BackendResult<()> {
-            let name = bytes_of(name).ok_or_else(|| protocol("xreadgroup: stream name"))?;
-            let i = streams
-                .iter()
-                .position(|s| s.as_bytes() == name)
-                .ok_or_else(|| protocol("xreadgroup: a stream that was not asked for"))?;
-            out[i].extend(entries_of(entries)?);
-            Ok(())
-        };
-        match &v {
-            Value::Nil => {}
-            Value::Map(m) => {
-                for (name, entries) in m {
-                    put(name, entries)?;
-                }
-            }
-            other => {
-                for pair in array(other, "xreadgroup reply")? {
-                    match array(pair, "xreadgroup stream")? {
-                        [name, entries] => put(name, entries)?,
-                        _ => return Err(protocol("xreadgroup: stream pair")),
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
     async fn claim_idle(
         &self,
         stream: &str,
@@ -1234,26 +1155,25 @@ impl Backend for RedisBackend {
         jobs: Vec<ApplyJob>,
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
-        self.apply_scripted(&jobs, opts, &[]).await
+        self.apply_scripted(&jobs, opts, None).await
     }
 
     async fn apply_and_ack(
         &self,
         jobs: Vec<ApplyJob>,
         opts: &ApplyOptions,
-        acks: &[AckRequest<'_>],
+        ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
-        let groups_differ = acks.iter().any(|a| a.group != acks[0].group);
-        if self.inner.config.cluster || jobs.is_empty() || groups_differ {
-            // On a cluster the streams live in other slots than the jobs:
-            // ack after the apply.
-            let applied = self.apply_scripted(&jobs, opts, &[]).await?;
-            for ack in acks.iter().filter(|a| !a.ids.is_empty()) {
-                self.ack(ack.stream, ack.group, ack.ids).await?;
-            }
+        if ack.ids.is_empty() {
+            return self.apply_scripted(&jobs, opts, None).await;
+        }
+        if self.inner.config.cluster || jobs.is_empty() {
+            // The stream lives in another slot than the jobs: ack after.
+            let applied = self.apply_scripted(&jobs, opts, None).await?;
+            self.ack(ack.stream, ack.group, ack.ids).await?;
             return Ok(applied);
         }
-        self.apply_scripted(&jobs, opts, acks).await
+        self.apply_scripted(&jobs, opts, Some(ack)).await
     }
 
     async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
