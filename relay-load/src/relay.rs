@@ -52,6 +52,13 @@ pub struct RelayArgs {
     /// Skip the loopback echo ceiling run.
     #[arg(long, env = "RELAY_LOAD_NO_CEILING")]
     pub no_ceiling: bool,
+    /// Unthrottled runs (`--rate 0`): producers pause while more than this
+    /// many events are published but not yet delivered, so the run measures
+    /// the throughput the relay sustains rather than how long a queue grows
+    /// (an unbounded backlog outgrows the bounded per-job history, and
+    /// clients then resume with a snapshot). 0: no bound (open loop).
+    #[arg(long, env = "RELAY_LOAD_MAX_BACKLOG", default_value_t = 20_000)]
+    pub max_backlog: u64,
     /// How long clients may take to drain after publishing stops, seconds.
     #[arg(long, env = "RELAY_LOAD_DRAIN_SECS", default_value_t = 30.0)]
     pub drain_secs: f64,
@@ -64,6 +71,8 @@ struct ClientTally {
     tl: Option<Timeline>,
     received: u64,
     duplicates: u64,
+    snapshots: u64,
+    skipped: u64,
     last_seq: u64,
     got_terminal: bool,
     first_arrival: Option<Instant>,
@@ -77,6 +86,11 @@ struct Probe {
     stage: String,
     #[serde(default)]
     data: ProbeData,
+}
+
+#[derive(Deserialize)]
+struct SnapshotProbe {
+    seq: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,6 +120,14 @@ pub struct RelayFigures {
     pub lost: u64,
     /// Events delivered twice to the same client.
     pub duplicates: u64,
+    /// `snapshot` events received: exact resume was impossible (history
+    /// trimmed or expired), so the gateway said so instead of leaving a gap.
+    #[serde(default)]
+    pub snapshots: u64,
+    /// Events a snapshot stood in for (not counted as lost: G2 allows an
+    /// explicit snapshot, never a silent gap).
+    #[serde(default)]
+    pub skipped_by_snapshot: u64,
     /// Clients that did not see the terminal event.
     pub unterminated_clients: u64,
     /// Client errors (first few).
@@ -227,6 +249,24 @@ pub async fn run_path(
                     }
                 };
                 let SseItem::Event(ev) = item else { continue };
+                if ev.event == "snapshot" {
+                    // Everything up to the state's seq is covered by it.
+                    t.snapshots += 1;
+                    let upto = serde_json::from_str::<SnapshotProbe>(&ev.data)
+                        .ok()
+                        .and_then(|p| p.seq)
+                        .unwrap_or(0) as usize;
+                    if seen.len() <= upto {
+                        seen.resize(upto + 1024, false);
+                    }
+                    for s in seen.iter_mut().take(upto + 1).skip(1) {
+                        if !*s {
+                            *s = true;
+                            t.skipped += 1;
+                        }
+                    }
+                    continue;
+                }
                 let now = unix_us();
                 let arrival = Instant::now();
                 let Ok(p) = serde_json::from_str::<Probe>(&ev.data) else {
@@ -294,6 +334,14 @@ pub async fn run_path(
         }
         let sink = sink.clone();
         let published = published.clone();
+        let delivered = progress.clone();
+        // Deliveries per event: every client of a job gets each of its events.
+        let subs_per_job = (args.clients.max(1) / jobs).max(1) as u64;
+        let max_backlog = if per_producer_rate <= 0.0 {
+            args.max_backlog
+        } else {
+            0
+        };
         let pad = pad.clone();
         let domain = domain.clone();
         let batch = args.batch.max(1);
@@ -308,6 +356,15 @@ pub async fn run_path(
                 let el = start.elapsed();
                 if el >= dur {
                     break;
+                }
+                if max_backlog > 0 {
+                    let in_flight = published
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(delivered.load(Ordering::Relaxed) / subs_per_job);
+                    if in_flight > max_backlog {
+                        tick.tick().await;
+                        continue;
+                    }
                 }
                 let due = if per_producer_rate <= 0.0 {
                     sent + batch as u64
@@ -395,6 +452,8 @@ pub async fn run_path(
         }
         f.delivered += t.received;
         f.duplicates += t.duplicates;
+        f.snapshots += t.snapshots;
+        f.skipped_by_snapshot += t.skipped;
         if t.got_terminal {
             f.lost += t.last_seq;
         } else {
@@ -417,8 +476,8 @@ pub async fn run_path(
         f.delivered + f.lost
     };
     // Undelivered events of clients without a terminal count as lost too.
-    if f.expected > f.delivered + f.lost {
-        f.lost = f.expected - f.delivered;
+    if f.expected > f.delivered + f.lost + f.skipped_by_snapshot {
+        f.lost = f.expected - f.delivered - f.skipped_by_snapshot;
     }
     let window = last_arrival.duration_since(start).as_secs_f64().max(1e-9);
     f.delivered_per_s = round3(f.delivered as f64 / window);
@@ -477,6 +536,10 @@ pub fn summary_rows(f: &RelayFigures) -> Vec<(String, String)> {
         (
             format!("[{p}] lost / duplicates"),
             format!("{} / {}", f.lost, f.duplicates),
+        ),
+        (
+            format!("[{p}] snapshot resumes (events they stood in for)"),
+            format!("{} ({})", f.snapshots, f.skipped_by_snapshot),
         ),
         (
             format!("[{p}] publish→client p50 / p99 / p999"),
