@@ -13,7 +13,9 @@
 //! Flags (after `--`): `--connections N` (15000), `--jobs J` (= N: one job
 //! per connection, the realistic worst case for the router; fewer jobs means
 //! N/J subscribers per job), `--secs S` (30, load phase), `--clients P`
-//! (client processes, 4: the per-process fd limit is 20,000), `--gateway-arg
+//! (client processes, 4: the per-process fd limit is 20,000), `--warmup-secs
+//! W` (1: events published in the first W seconds count in the "all
+//! events" figures only, as with relay-load), `--gateway-arg
 //! A` (repeatable, extra relay-sse flags).
 //!
 //! The client side runs in child processes (this binary re-executed with
@@ -81,6 +83,9 @@ fn main() {
         .unwrap_or(connections)
         .clamp(1, connections);
     let secs: u64 = flag("--secs").and_then(|v| v.parse().ok()).unwrap_or(30);
+    let warmup_secs: f64 = flag("--warmup-secs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
     let clients: usize = flag("--clients")
         .and_then(|v| v.parse().ok())
         .unwrap_or(4)
@@ -96,13 +101,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(parent(connections, jobs, secs, clients, gateway_extra));
+    rt.block_on(parent(
+        connections,
+        jobs,
+        secs,
+        warmup_secs,
+        clients,
+        gateway_extra,
+    ));
 }
 
 async fn parent(
     connections: usize,
     jobs: usize,
     secs: u64,
+    warmup_secs: f64,
     clients: usize,
     gateway_extra: Vec<String>,
 ) {
@@ -256,6 +269,15 @@ async fn parent(
         Ok(s) => relay_suite::bench::redis_cpu(s).await,
         Err(_) => Duration::ZERO,
     };
+    // Events published in the first `warmup_secs` go to the "all" histogram
+    // only (relay-load's `--warmup-secs` does the same).
+    let warm_until = now_us() + (warmup_secs * 1e6) as u64;
+    for child in children.iter_mut() {
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = writeln!(stdin, "warm {warm_until}");
+            let _ = stdin.flush();
+        }
+    }
     let t0 = Instant::now();
     let mut interval = tokio::time::interval(Duration::from_millis(1000 / ticks_per_sec as u64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -299,6 +321,7 @@ async fn parent(
 
     // Collect the clients' histograms.
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let mut steady = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let (mut received, mut gaps, mut closed) = (0u64, 0u64, 0u64);
     let mut late = std::collections::BTreeMap::<u64, u64>::new();
     for (child, r) in children.iter_mut().zip(readers.iter_mut()) {
@@ -313,12 +336,13 @@ async fn parent(
             }
             let p: Vec<&str> = l.split_whitespace().collect();
             match p.first().copied() {
-                Some("h") => {
+                Some(kind @ ("h" | "s")) => {
                     if let (Some(v), Some(c)) = (
                         p.get(1).and_then(|v| v.parse().ok()),
                         p.get(2).and_then(|v| v.parse().ok()),
                     ) {
-                        let _ = hist.record_n(v, c);
+                        let h = if kind == "h" { &mut hist } else { &mut steady };
+                        let _ = h.record_n(v, c);
                     }
                 }
                 Some("late") => {
@@ -351,15 +375,20 @@ async fn parent(
         expected,
         received as f64 * 100.0 / expected.max(1) as f64
     );
-    println!(
-        "latency publish→client read: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
-        ms(hist.value_at_quantile(0.50)),
-        ms(hist.value_at_quantile(0.90)),
-        ms(hist.value_at_quantile(0.99)),
-        ms(hist.value_at_quantile(0.999)),
-        ms(hist.max()),
-        hist.len()
-    );
+    for (what, h) in [
+        ("all events", &hist),
+        (&*format!("after the {warmup_secs} s warm-up"), &steady),
+    ] {
+        println!(
+            "latency publish→client read, {what}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} samples)",
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.90)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max()),
+            h.len()
+        );
+    }
     if let Some(first) = late.keys().next().copied() {
         let slots: Vec<String> = late
             .iter()
@@ -493,6 +522,10 @@ fn child_main() {
         let hist = Arc::new(Mutex::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
         ));
+        let steady = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        ));
+        let warm_until = Arc::new(AtomicU64::new(u64::MAX));
         // Late deliveries (> 50 ms) by the 100 ms slot they were published
         // in: shows whether the tail is steady or comes in bursts.
         let late = Arc::new(Mutex::new(std::collections::BTreeMap::<u64, u64>::new()));
@@ -509,9 +542,13 @@ fn child_main() {
         let sem = Arc::new(tokio::sync::Semaphore::new(200));
         for i in from..to {
             let url = format!("http://{addr}/v1/jobs/{}/events", job_name(i % jobs));
-            let (http, hist, late, received, gaps, closed, ready, failed, sem) = (
+            let (http, hist, steady, warm_until) = (
                 http.clone(),
                 hist.clone(),
+                steady.clone(),
+                warm_until.clone(),
+            );
+            let (late, received, gaps, closed, ready, failed, sem) = (
                 late.clone(),
                 received.clone(),
                 gaps.clone(),
@@ -551,6 +588,9 @@ fn child_main() {
                             if let Some(sent) = sent {
                                 let lat = now.saturating_sub(sent).max(1);
                                 let _ = hist.lock().map(|mut h| h.record(lat));
+                                if sent >= warm_until.load(Ordering::Relaxed) {
+                                    let _ = steady.lock().map(|mut h| h.record(lat));
+                                }
                                 if lat > 50_000 {
                                     let _ = late
                                         .lock()
@@ -580,17 +620,35 @@ fn child_main() {
             total - ready.load(Ordering::Relaxed)
         );
         let _ = std::io::stdout().flush();
-        // Wait for "stop" (or EOF) without blocking the runtime.
-        let _ = tokio::task::spawn_blocking(|| {
+        // `warm T` (then `stop`, or EOF), read without blocking the runtime.
+        let warm = warm_until.clone();
+        let _ = tokio::task::spawn_blocking(move || loop {
             let mut l = String::new();
-            let _ = std::io::stdin().read_line(&mut l);
+            if std::io::stdin().read_line(&mut l).unwrap_or(0) == 0 {
+                break;
+            }
+            match l.trim().split_once(' ') {
+                Some(("warm", t)) => {
+                    if let Ok(t) = t.parse() {
+                        warm.store(t, Ordering::Relaxed);
+                    }
+                }
+                _ => break,
+            }
         })
         .await;
         let out = std::io::stdout();
         let mut out = out.lock();
-        if let Ok(h) = hist.lock() {
-            for v in h.iter_recorded() {
-                let _ = writeln!(out, "h {} {}", v.value_iterated_to(), v.count_at_value());
+        for (tag, h) in [("h", &hist), ("s", &steady)] {
+            if let Ok(h) = h.lock() {
+                for v in h.iter_recorded() {
+                    let _ = writeln!(
+                        out,
+                        "{tag} {} {}",
+                        v.value_iterated_to(),
+                        v.count_at_value()
+                    );
+                }
             }
         }
         if let Ok(l) = late.lock() {
