@@ -193,7 +193,6 @@ impl Backoff {
     }
 }
 
-/// A decoded entry ready to apply.
 /// How far applying a batch got.
 enum Routed {
     /// Applied, published and acked.
@@ -204,6 +203,7 @@ enum Routed {
     Stopped,
 }
 
+/// A decoded entry ready to apply.
 struct Routable {
     entry: StreamEntry,
     job: JobId,
