@@ -362,12 +362,18 @@ impl Router {
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
             let healthy = match self.drain_pending(shard, &stream, &stop).await {
-                Ok(true) => self.pipelined_new(shard, &stream, &stop).await,
+                Ok(true) => {
+                    // Reads work again: the next failure starts from the
+                    // shortest delay (`pipelined_new` returns only on
+                    // shutdown or an error).
+                    backoff.reset();
+                    self.pipelined_new(shard, &stream, &stop).await
+                }
                 Ok(false) => break,
                 Err(e) => Err(e),
             };
             match healthy {
-                Ok(()) => backoff.reset(),
+                Ok(()) => {}
                 Err(BackendError::NoGroup { .. }) => {
                     // The stream or group was deleted (e.g. FLUSHALL or a
                     // restart without persistence): recreate and re-read.
@@ -549,7 +555,7 @@ impl Router {
     }
 
     fn decode(&self, entry: &StreamEntry) -> Result<(JobId, u64, Payload), String> {
-        let size: usize = entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = crate::codec::fields_size(&entry.fields);
         if size > self.config.max_entry_bytes {
             return Err(format!(
                 "entry is {size} bytes, over the {}-byte limit",
