@@ -262,6 +262,9 @@ pub struct Eco2Routed {
     pub seq: u64,
     /// The XADD id of the source entry (the SSE `id:`).
     pub stream_id: String,
+    /// The producer timestamp in unix ms (`ts`: Python's float seconds, as
+    /// a string or a number), when present and positive.
+    pub ts_ms: Option<u64>,
 }
 
 impl Eco2Routed {
@@ -282,12 +285,20 @@ impl Eco2Routed {
             field: "seq",
             reason: "not an integer".into(),
         })?;
+        let ts: Option<f64> = match v.get("ts") {
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            _ => None,
+        };
         Ok(Self {
             job_id: JobId::new(s("job_id")?)?,
             stage: Stage::new(s("stage")?)?,
             status: s("status")?.to_owned(),
             stream_id: s("stream_id")?.to_owned(),
             seq,
+            ts_ms: ts
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .map(|f| (f * 1000.0) as u64),
             raw: raw.clone(),
         })
     }
@@ -382,10 +393,15 @@ mod tests {
             json,
             r#"{"job_id":"abc-123","stage":"done","status":"completed","seq":51,"ts":"1.5","progress":"","result":{"z":1,"a":"종이"},"stream_id":"1-0"}"#
         );
-        let routed = Eco2Routed::parse(&Bytes::from(json)).unwrap();
+        let routed = Eco2Routed::parse(&Bytes::from(json.clone())).unwrap();
         assert_eq!(routed.seq, 51);
         assert!(routed.is_terminal());
         assert_eq!(routed.stream_id, "1-0");
+        assert_eq!(routed.ts_ms, Some(1500), "Python's float seconds as ms");
+        let numeric = Bytes::from(json.replace(r#""ts":"1.5""#, r#""ts":2.25"#));
+        assert_eq!(Eco2Routed::parse(&numeric).unwrap().ts_ms, Some(2250));
+        let missing = Bytes::from(json.replace(r#""ts":"1.5","#, ""));
+        assert_eq!(Eco2Routed::parse(&missing).unwrap().ts_ms, None);
     }
 
     #[test]

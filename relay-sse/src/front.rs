@@ -183,12 +183,7 @@ async fn connection(mut sock: TcpStream, router: Router) {
                     return;
                 }
                 drop(head);
-                let reason = streaming
-                    .run(SocketOut {
-                        sock: &mut sock,
-                        extra: 0,
-                    })
-                    .await;
+                let reason = streaming.run(SocketOut { sock: &mut sock }).await;
                 if matches!(reason, CloseReason::ClientGone | CloseReason::SlowClient) {
                     return;
                 }
@@ -253,8 +248,6 @@ fn response_head<B>(resp: &Response<B>, length: Option<usize>, close: bool) -> B
 /// A stream's output written to the socket as HTTP/1.1 chunks.
 struct SocketOut<'a> {
     sock: &'a mut TcpStream,
-    /// Bytes the client sent after its request (ignored, counted).
-    extra: u64,
 }
 
 impl Output for SocketOut<'_> {
@@ -266,7 +259,8 @@ impl Output for SocketOut<'_> {
             }
             match self.sock.try_read(&mut scratch) {
                 Ok(0) => return,
-                Ok(n) => self.extra += n as u64,
+                // Bytes the client sent after its request: ignored.
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }

@@ -601,8 +601,7 @@ async fn sse_response(
     };
     let mut session = Session::new(
         inner.backend.clone(),
-        &keyspace,
-        &job,
+        keys,
         framing,
         from,
         member,

@@ -9,7 +9,7 @@ use relay_core::backend::{Backend, JobState};
 use relay_core::event::now_ms;
 use relay_core::keys::JobKeys;
 use relay_core::resume::{Action, Resume, Snapshot};
-use relay_core::{Decoded, Epoch, KeySpace, LiveEnvelope, Offset, Payload, Position};
+use relay_core::{Decoded, Epoch, LiveEnvelope, Offset, Payload, Position};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -70,16 +70,6 @@ impl LiveMsg {
     }
 }
 
-fn eco2_ts_ms(raw: &[u8]) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
-    let f: f64 = match v.get("ts")? {
-        serde_json::Value::String(s) => s.parse().ok()?,
-        serde_json::Value::Number(n) => n.as_f64()?,
-        _ => return None,
-    };
-    (f.is_finite() && f > 0.0).then_some((f * 1000.0) as u64)
-}
-
 impl Framing {
     /// The frame for one record; `None` when the payload cannot be decoded
     /// (skipped, counted by the caller).
@@ -114,7 +104,7 @@ impl Framing {
                     Framing::Eco2 => r.stream_id.as_str(),
                 };
                 sse::put_event(buf, Some(id), Some(r.sse_event()), &r.raw);
-                Some((r.is_terminal(), eco2_ts_ms(&r.raw)))
+                Some((r.is_terminal(), r.ts_ms))
             }
         }
     }
@@ -223,8 +213,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: Arc<dyn Backend>,
-        keyspace: &KeySpace,
-        job: &relay_core::JobId,
+        keys: JobKeys,
         framing: Framing,
         from: Option<Position>,
         member: Membership,
@@ -234,7 +223,7 @@ impl Session {
     ) -> Self {
         Self {
             backend,
-            keys: keyspace.job(job),
+            keys,
             framing,
             resume: Resume::new(from).with_buffer_limit(buffer_limit),
             member,
