@@ -44,11 +44,11 @@ fn codec(c: &mut Criterion) {
 
     for enc in [Encoding::MsgPack, Encoding::Json] {
         let f = native_fields(&e, enc).expect("encode");
-        let size: usize = f.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = relay_core::codec::fields_size(&f);
         println!("native {} entry: {size} bytes", enc.as_str());
     }
     let f = Eco2Entry::from_event(&e).to_fields();
-    let size: usize = f.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let size = relay_core::codec::fields_size(&f);
     println!("eco2 entry: {size} bytes");
 }
 

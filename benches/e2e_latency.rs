@@ -27,17 +27,11 @@ use relay_core::testing::RedisServer;
 use relay_core::{
     Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig, Status,
 };
+use relay_load::stats::unix_us;
 use relay_sse::client::{SseItem, SseReader};
 use relay_sse::{Gateway, GatewayOptions};
 
 const RATES: [u64; 2] = [1_000, 5_000];
-
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 enum Sink {
     Relay(Publisher),

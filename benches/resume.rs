@@ -27,6 +27,21 @@ use relay_core::{Epoch, LiveEnvelope, Offset, Payload, Record};
 const N: u64 = 1_000;
 const EPOCH: Epoch = Epoch(42);
 
+/// Live envelopes after an empty catch-up; returns how many were emitted.
+fn run_live(envs: &[LiveEnvelope]) -> usize {
+    let mut r = Resume::new(None);
+    r.start();
+    r.on_history(HistoryPage {
+        epoch: Some(EPOCH),
+        top: Offset(0),
+        first: None,
+        records: vec![],
+    });
+    envs.iter()
+        .map(|e| emitted(&r.on_live(black_box(e.clone()))))
+        .sum()
+}
+
 fn rec(o: u64, payload: &Bytes) -> Record {
     Record {
         offset: Offset(o),
@@ -77,21 +92,7 @@ fn resume(c: &mut Criterion) {
 
     g.bench_function(BenchmarkId::new("live", N), |b| {
         let envs: Vec<_> = (1..=N).map(|o| live(o, &payload)).collect();
-        b.iter(|| {
-            let mut r = Resume::new(None);
-            r.start();
-            r.on_history(HistoryPage {
-                epoch: Some(EPOCH),
-                top: Offset(0),
-                first: None,
-                records: vec![],
-            });
-            let mut n = 0;
-            for e in &envs {
-                n += emitted(&r.on_live(black_box(e.clone())));
-            }
-            assert_eq!(n, N as usize);
-        })
+        b.iter(|| assert_eq!(run_live(&envs), N as usize))
     });
 
     g.bench_function(BenchmarkId::new("overlap", N), |b| {
@@ -123,21 +124,7 @@ fn resume(c: &mut Criterion) {
         let envs: Vec<_> = (1..=N)
             .flat_map(|o| [live(o, &payload), live(o, &payload)])
             .collect();
-        b.iter(|| {
-            let mut r = Resume::new(None);
-            r.start();
-            r.on_history(HistoryPage {
-                epoch: Some(EPOCH),
-                top: Offset(0),
-                first: None,
-                records: vec![],
-            });
-            let mut n = 0;
-            for e in &envs {
-                n += emitted(&r.on_live(black_box(e.clone())));
-            }
-            assert_eq!(n, N as usize);
-        })
+        b.iter(|| assert_eq!(run_live(&envs), N as usize))
     });
 
     g.bench_function(BenchmarkId::new("btreemap_baseline", N), |b| {

@@ -28,24 +28,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use relay_core::backend::Backend;
 use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_load::stats::unix_us;
 use relay_sse::client::{SseItem, SseParser};
 use relay_suite::procs::{free_port, wait_for_port, Proc};
 
 const CHILD_ENV: &str = "SSE_CONNS_CHILD";
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 fn job_name(j: usize) -> String {
     format!("conn-job-{j:05}")
@@ -162,7 +156,7 @@ async fn parent(
     let event = |j: usize, seq: u64| {
         Event::new("scan", &job_name(j), seq, "work", Status::Progress)
             .expect("event")
-            .with_data(serde_json::json!({ "sent_us": now_us() }))
+            .with_data(serde_json::json!({ "sent_us": unix_us() }))
     };
     // Every job exists before the clients connect (seq 1, routed).
     for chunk in (0..jobs).collect::<Vec<_>>().chunks(500) {
@@ -271,7 +265,7 @@ async fn parent(
     };
     // Events published in the first `warmup_secs` go to the "all" histogram
     // only (relay-load's `--warmup-secs` does the same).
-    let warm_until = now_us() + (warmup_secs * 1e6) as u64;
+    let warm_until = unix_us() + (warmup_secs * 1e6) as u64;
     for child in children.iter_mut() {
         if let Some(stdin) = child.stdin.as_mut() {
             let _ = writeln!(stdin, "warm {warm_until}");
@@ -574,7 +568,7 @@ fn child_main() {
                 while let Some(Ok(chunk)) = body.next().await {
                     for item in parser.push(&chunk) {
                         let SseItem::Event(e) = item else { continue };
-                        let now = now_us();
+                        let now = unix_us();
                         // Cheap field extraction (the client must not be
                         // the bottleneck on a 2-core box).
                         let seq = num_field(&e.data, "\"seq\":").unwrap_or(0);

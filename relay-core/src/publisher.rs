@@ -127,7 +127,7 @@ impl Publisher {
             Profile::Native => native_fields(event, self.config.encoding)?,
             Profile::Eco2 => Eco2Entry::from_event(event).to_fields(),
         };
-        let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let size = crate::codec::fields_size(&fields);
         if size > self.config.max_event_bytes {
             return Err(PublishError::TooLarge {
                 size,

@@ -118,13 +118,6 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if quiet {
@@ -277,7 +270,7 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
         scenario: "scan".into(),
         title: format!("relay-load scan: {} VUs ({})", fig.max_vus, fig.stages),
         command: command_line(),
-        started_unix: unix_now(),
+        started_unix: relay_core::auth::now_unix(),
         environment: env,
         summary: scan::summary_rows(&fig),
         figures: serde_json::to_value(&fig)?,
@@ -510,7 +503,7 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
             args.clients
         ),
         command: command_line(),
-        started_unix: unix_now(),
+        started_unix: relay_core::auth::now_unix(),
         environment: env,
         summary,
         figures: serde_json::json!({

@@ -615,7 +615,7 @@ async fn readyz_follows_redis_and_the_router_keeps_running() {
     let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
-    let port = relay_suite_free_port();
+    let port = relay_suite::procs::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut router = spawn_router(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
     await_readyz(port, 200).await;
@@ -651,11 +651,4 @@ async fn readyz_follows_redis_and_the_router_keeps_running() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(router.terminate().expect("router was running").success());
-}
-
-fn relay_suite_free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }

@@ -174,6 +174,21 @@ pub struct AckRequest<'a> {
     pub ids: &'a [StreamId],
 }
 
+/// [`Backend::apply_and_ack`] in two steps: the apply, then (if it
+/// succeeded and there is anything to ack) the ack.
+pub(crate) async fn apply_then_ack<B: Backend + ?Sized>(
+    backend: &B,
+    jobs: Vec<ApplyJob>,
+    opts: &ApplyOptions,
+    ack: AckRequest<'_>,
+) -> BackendResult<Vec<ApplyResult>> {
+    let applied = backend.apply(jobs, opts).await?;
+    if !ack.ids.is_empty() {
+        backend.ack(ack.stream, ack.group, ack.ids).await?;
+    }
+    Ok(applied)
+}
+
 /// The events of one job within a batch, applied atomically.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyJob {
@@ -403,11 +418,7 @@ pub trait Backend: Send + Sync + 'static {
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
-        let applied = self.apply(jobs, opts).await?;
-        if !ack.ids.is_empty() {
-            self.ack(ack.stream, ack.group, ack.ids).await?;
-        }
-        Ok(applied)
+        apply_then_ack(self, jobs, opts, ack).await
     }
 
     /// Publishes messages, pipelined.

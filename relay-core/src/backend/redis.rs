@@ -1164,14 +1164,10 @@ impl Backend for RedisBackend {
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
-        if ack.ids.is_empty() {
-            return self.apply_scripted(&jobs, opts, None).await;
-        }
-        if self.inner.config.cluster || jobs.is_empty() {
-            // The stream lives in another slot than the jobs: ack after.
-            let applied = self.apply_scripted(&jobs, opts, None).await?;
-            self.ack(ack.stream, ack.group, ack.ids).await?;
-            return Ok(applied);
+        if self.inner.config.cluster || jobs.is_empty() || ack.ids.is_empty() {
+            // On a cluster the stream lives in another slot than the jobs
+            // (and with no jobs there is no script call to ack in): ack after.
+            return super::apply_then_ack(self, jobs, opts, ack).await;
         }
         self.apply_scripted(&jobs, opts, Some(ack)).await
     }
