@@ -543,9 +543,9 @@ async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<R
                     .unwrap_or(json!(0));
                 (r.stage.to_string(), progress)
             }
-            Err(_) => ("queued".to_owned(), json!(0)),
+            Err(_) => (crate::pipeline::QUEUED_STAGE.to_owned(), json!(0)),
         },
-        _ => ("queued".to_owned(), json!(0)),
+        _ => (crate::pipeline::QUEUED_STAGE.to_owned(), json!(0)),
     };
     let body = json!({ "status": "processing", "current_stage": stage, "progress": progress });
     Ok((

@@ -124,11 +124,7 @@ impl PipelineArgs {
 
     /// The scan topology.
     pub fn topology(&self) -> Topology {
-        Topology::new(
-            &self.queue_prefix,
-            &["vision", "rule", "answer", "reward"],
-            &self.retry(),
-        )
+        Topology::new(&self.queue_prefix, &crate::scan::STAGE_NAMES, &self.retry())
     }
 }
 

@@ -28,8 +28,15 @@ pub use vision::{LatencyDist, OpenAiVision, SimulatedVision, Taxonomy, VisionMod
 
 /// The event domain of scans.
 pub const DOMAIN: &str = "scan";
+/// The scan stages' names, in pipeline order (each stage's `NAME`).
+pub const STAGE_NAMES: [&str; 4] = [
+    <VisionStage as crate::pipeline::Stage>::NAME,
+    <RuleStage as crate::pipeline::Stage>::NAME,
+    <answer::AnswerStage as crate::pipeline::Stage>::NAME,
+    <reward::RewardStage as crate::pipeline::Stage>::NAME,
+];
 /// Number of scan stages.
-pub const STAGES: usize = 4;
+pub const STAGES: usize = STAGE_NAMES.len();
 /// How long results live.
 pub const RESULT_TTL: Duration = Duration::from_secs(3600);
 

@@ -178,7 +178,7 @@ pub struct CharacterInfo {
 }
 
 fn default_points() -> u32 {
-    10
+    super::reward::DEFAULT_POINTS
 }
 
 /// A rule document normalized from either format, for the answer composer

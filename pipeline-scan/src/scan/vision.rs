@@ -161,18 +161,22 @@ pub trait VisionModel: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct OpenAiVision {
     client: OpenAiClient,
-    taxonomy: Arc<Taxonomy>,
+    /// Built once from the taxonomy (which never changes), sent every call.
+    system_prompt: String,
 }
 
 impl OpenAiVision {
     /// A classifier answering within `taxonomy`.
     pub fn new(client: OpenAiClient, taxonomy: Arc<Taxonomy>) -> Self {
-        Self { client, taxonomy }
+        Self {
+            client,
+            system_prompt: Self::build_system_prompt(&taxonomy),
+        }
     }
 
-    fn system_prompt(&self) -> String {
+    fn build_system_prompt(taxonomy: &Taxonomy) -> String {
         let mut cats: Vec<String> = Vec::new();
-        for c in &self.taxonomy.entries {
+        for c in &taxonomy.entries {
             cats.push(format!(
                 "{} > {} > {}",
                 c.major_category, c.middle_category, c.minor_category
@@ -184,7 +188,7 @@ impl OpenAiVision {
              \"situation_tags\":[…]}} using only these categories (major > middle > minor):\n{}\n\
              and only these situation tags: {}",
             cats.join("\n"),
-            self.taxonomy.tags.join(", ")
+            taxonomy.tags.join(", ")
         )
     }
 }
@@ -194,7 +198,7 @@ impl VisionModel for OpenAiVision {
     async fn classify(&self, req: VisionRequest<'_>) -> Result<VisionResult, ModelError> {
         let text = req.user_input.unwrap_or("Classify this item.");
         let messages = json!([
-            {"role": "system", "content": self.system_prompt()},
+            {"role": "system", "content": self.system_prompt},
             {"role": "user", "content": [
                 {"type": "text", "text": text},
                 {"type": "image_url", "image_url": {"url": req.image_url}}
@@ -273,12 +277,26 @@ fn fnv1a(data: &[u8]) -> u64 {
 pub struct SimulatedVision {
     taxonomy: Arc<Taxonomy>,
     latency: LatencyDist,
+    /// `(entry index, lowercased minor category)` of the entries that have
+    /// one, computed once for [`SimulatedVision::named_in`].
+    names: Vec<(usize, String)>,
 }
 
 impl SimulatedVision {
     /// A simulator over `taxonomy` sleeping `latency` per call.
     pub fn new(taxonomy: Arc<Taxonomy>, latency: LatencyDist) -> Self {
-        Self { taxonomy, latency }
+        let names = taxonomy
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| !e.minor_category.is_empty())
+            .map(|(i, e)| (i, e.minor_category.to_lowercase()))
+            .collect();
+        Self {
+            taxonomy,
+            latency,
+            names,
+        }
     }
 
     /// The taxonomy item named in the URL (`-`, `_`, `+` and `%20` read as
@@ -289,11 +307,11 @@ impl SimulatedVision {
             .to_lowercase()
             .replace("%20", " ")
             .replace(['-', '_', '+'], " ");
-        self.taxonomy
-            .entries
+        self.names
             .iter()
-            .filter(|e| !e.minor_category.is_empty())
-            .filter(|e| text.contains(&e.minor_category.to_lowercase()))
+            .map(|(i, lower)| (&self.taxonomy.entries[*i], lower))
+            .filter(|(_, lower)| text.contains(lower.as_str()))
+            .map(|(e, _)| e)
             .max_by_key(|e| e.minor_category.len())
     }
 
