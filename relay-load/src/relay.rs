@@ -65,19 +65,36 @@ pub struct RelayArgs {
 }
 
 /// One client's tally.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ClientTally {
     lat: Lat,
-    tl: Option<Timeline>,
+    tl: Timeline,
     received: u64,
     duplicates: u64,
     snapshots: u64,
     skipped: u64,
-    last_seq: u64,
+    /// Seqs below the terminal's that never arrived (with a terminal).
+    missing: u64,
     got_terminal: bool,
-    first_arrival: Option<Instant>,
     last_arrival: Option<Instant>,
     error: Option<String>,
+}
+
+impl ClientTally {
+    fn new() -> Self {
+        Self {
+            lat: Lat::new(),
+            tl: Timeline::new(1.0),
+            received: 0,
+            duplicates: 0,
+            snapshots: 0,
+            skipped: 0,
+            missing: 0,
+            got_terminal: false,
+            last_arrival: None,
+            error: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -205,10 +222,7 @@ pub async fn run_path(
         let progress = progress.clone();
         let drain = Duration::from_secs_f64(args.duration_secs + args.drain_secs + 30.0);
         clients.push(tokio::spawn(async move {
-            let mut t = ClientTally {
-                tl: Some(Timeline::new(1.0)),
-                ..Default::default()
-            };
+            let mut t = ClientTally::new();
             let mut seen: Vec<bool> = Vec::new();
             let deadline = tokio::time::Instant::now() + drain;
             let resp = match tokio::time::timeout_at(
@@ -283,29 +297,20 @@ pub async fn run_path(
                 seen[i] = true;
                 if p.stage == relay_core::event::DONE_STAGE {
                     t.got_terminal = true;
-                    t.last_seq = p.seq;
+                    // Missing = seqs 1..terminal not seen.
+                    t.missing = (1..p.seq as usize)
+                        .filter(|s| !seen.get(*s).copied().unwrap_or(false))
+                        .count() as u64;
                     break;
                 }
                 t.received += 1;
                 progress.fetch_add(1, Ordering::Relaxed);
-                t.first_arrival.get_or_insert(arrival);
                 t.last_arrival = Some(arrival);
                 if p.data.t_us >= warm.load(Ordering::Relaxed) {
                     let us = now.saturating_sub(p.data.t_us);
                     t.lat.record_us(us);
-                    if let Some(tl) = &mut t.tl {
-                        tl.record(arrival.duration_since(t0).as_secs_f64(), us);
-                    }
+                    t.tl.record(arrival.duration_since(t0).as_secs_f64(), us);
                 }
-            }
-            // Missing = seqs 1..last_seq not seen.
-            if t.got_terminal {
-                let missing = (1..t.last_seq as usize)
-                    .filter(|s| !seen.get(*s).copied().unwrap_or(false))
-                    .count();
-                t.last_seq = missing as u64; // reuse: missing count
-            } else {
-                t.last_seq = u64::MAX;
             }
             t
         }));
@@ -425,7 +430,6 @@ pub async fn run_path(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-            seqs
         }));
     }
     for p in producers {
@@ -447,15 +451,13 @@ pub async fn run_path(
     for c in clients {
         let Ok(t) = c.await else { continue };
         lat.merge(&t.lat);
-        if let Some(ctl) = &t.tl {
-            tl.merge(ctl);
-        }
+        tl.merge(&t.tl);
         f.delivered += t.received;
         f.duplicates += t.duplicates;
         f.snapshots += t.snapshots;
         f.skipped_by_snapshot += t.skipped;
         if t.got_terminal {
-            f.lost += t.last_seq;
+            f.lost += t.missing;
         } else {
             f.unterminated_clients += 1;
         }
