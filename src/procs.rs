@@ -135,3 +135,39 @@ pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// [`wait_for_port`] from async code (it runs on a blocking thread).
+pub async fn wait_port(addr: SocketAddr, limit: Duration) {
+    tokio::task::spawn_blocking(move || wait_for_port(addr, limit))
+        .await
+        .expect("wait_for_port");
+}
+
+/// The status code `addr` answers `GET /readyz` with, over a plain
+/// HTTP/1.1 connection; `None` when nothing answers.
+pub async fn readyz_status(addr: SocketAddr) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits until `addr` answers `GET /readyz` with `want`.
+///
+/// # Panics
+/// When it has not within `limit`.
+pub async fn wait_readyz(addr: SocketAddr, want: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while readyz_status(addr).await != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz on {addr} never answered {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

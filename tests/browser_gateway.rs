@@ -19,7 +19,7 @@ use std::time::Duration;
 use relay_core::backend::Backend;
 use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
-use relay_suite::procs::{free_port, wait_for_port, Proc};
+use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -110,22 +110,8 @@ fn event(job: &str, i: usize) -> Event {
 }
 
 async fn wait_ready(addr: SocketAddr) {
-    tokio::task::spawn_blocking(move || wait_for_port(addr, LIMIT))
-        .await
-        .expect("wait_for_port");
-    let http = reqwest::Client::new();
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("gateway never became ready");
+    wait_port(addr, LIMIT).await;
+    wait_readyz(addr, 200, LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use relay_core::codec::parse_native;
 use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, JobId, KeySpace, Profile};
 use relay_sse::client::SseReader;
-use relay_suite::procs::{free_port, wait_for_port, Proc};
+use relay_suite::procs::{free_port, wait_port, Proc};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -63,12 +63,6 @@ fn scan_args(redis: &str, profile: &str, p: &PipelineArgs, sub: &[&str]) -> Vec<
 fn spawn(name: &str, args: &[String]) -> Proc {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Proc::spawn(name, &refs, &[])
-}
-
-async fn wait_port(addr: SocketAddr) {
-    tokio::task::spawn_blocking(move || wait_for_port(addr, LIMIT))
-        .await
-        .expect("wait_for_port");
 }
 
 async fn submit(api: SocketAddr, user: &str, image_url: &str) -> Value {
@@ -179,7 +173,7 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
         "pipeline-scan",
         &scan_args(&url, "native", &p, &["api", "--listen", &api.to_string()]),
     );
-    wait_port(api).await;
+    wait_port(api, LIMIT).await;
     let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
     let ks = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
 
@@ -334,8 +328,8 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
             &["api", "--listen", &api.to_string(), "--auth-secret", secret],
         ),
     );
-    wait_port(api).await;
-    wait_port(sse).await;
+    wait_port(api, LIMIT).await;
+    wait_port(sse, LIMIT).await;
 
     let body = submit(
         api,

@@ -31,7 +31,7 @@ use relay_core::backend::Backend;
 use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
 use relay_sse::client::{SseEvent, SseItem, SseParser};
-use relay_suite::procs::{free_port, wait_for_port, Proc};
+use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
 
 /// Hang guard for one whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
@@ -116,24 +116,8 @@ impl Stack {
 
     /// Waits until the gateway process answers `/readyz` with 200.
     async fn wait_gateway_ready(&self) {
-        let addr = self.addr;
-        tokio::task::spawn_blocking(move || wait_for_port(addr, LIMIT))
-            .await
-            .expect("wait_for_port");
-        let url = self.url("/readyz");
-        let http = reqwest::Client::new();
-        tokio::time::timeout(LIMIT, async {
-            loop {
-                if let Ok(r) = http.get(&url).send().await {
-                    if r.status() == 200 {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("gateway never became ready");
+        wait_port(self.addr, LIMIT).await;
+        wait_readyz(self.addr, 200, LIMIT).await;
     }
 
     /// SIGKILL the gateway and start it again on the same port.

@@ -581,32 +581,9 @@ async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
         .is_none());
 }
 
-async fn readyz(port: u16) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let head = String::from_utf8_lossy(&buf);
-    head.split_whitespace().nth(1)?.parse().ok()
-}
-
 async fn await_readyz(port: u16, want: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if readyz(port).await == Some(want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    relay_suite::procs::wait_readyz(addr, want, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
