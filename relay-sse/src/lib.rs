@@ -57,7 +57,7 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use relay_core::auth::{self, AuthError};
 use relay_core::backend::{Backend, StreamId};
-use relay_core::{Domain, Epoch, JobId, KeySpace, Offset, Position, Profile};
+use relay_core::{Domain, Epoch, JobId, KeySpace, Position, Profile};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -544,10 +544,7 @@ async fn client_position(
     if let Ok(p) = raw.parse::<Position>() {
         return Ok(Some(p));
     }
-    let unknown = Position {
-        epoch: Epoch(0),
-        offset: Offset::ZERO,
-    };
+    let unknown = stream::UNKNOWN_POSITION;
     if framing == Framing::Eco2 {
         if let Ok(sid) = raw.parse::<StreamId>() {
             let p = stream::eco2_position(&gw.inner.backend, keys, sid, gw.inner.opts.history_page)

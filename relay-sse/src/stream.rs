@@ -122,19 +122,8 @@ impl Framing {
             sse::put_event(buf, Some(&r.stream_id), Some(r.sse_event()), &r.raw);
             return terminal;
         }
-        let state_json = match &decoded {
-            Some(Decoded::Native(ev)) => {
-                serde_json::to_value(ev).unwrap_or(serde_json::Value::Null)
-            }
-            Some(Decoded::Eco2(r)) => {
-                serde_json::from_slice(&r.raw).unwrap_or(serde_json::Value::Null)
-            }
-            None => serde_json::Value::Null,
-        };
-        let pos = snap.position().unwrap_or(Position {
-            epoch: Epoch(0),
-            offset: Offset::ZERO,
-        });
+        let state_json = event_json(decoded.as_ref());
+        let pos = snap.position().unwrap_or(UNKNOWN_POSITION);
         let data = json!({
             "reason": snap.reason.as_str(),
             "epoch": pos.epoch.0,
@@ -482,13 +471,26 @@ impl Output for ChannelOut {
     }
 }
 
+/// A position in no history (epoch 0): resuming from it always ends in a
+/// snapshot.
+pub(crate) const UNKNOWN_POSITION: Position = Position {
+    epoch: Epoch(0),
+    offset: Offset::ZERO,
+};
+
+/// A decoded record as JSON: the native event, or the eco2 routed JSON
+/// as it is; `null` when there is none (or it does not convert).
+fn event_json(decoded: Option<&Decoded>) -> serde_json::Value {
+    match decoded {
+        Some(Decoded::Native(ev)) => serde_json::to_value(ev).unwrap_or(serde_json::Value::Null),
+        Some(Decoded::Eco2(r)) => serde_json::from_slice(&r.raw).unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    }
+}
+
 /// The payload of a state response.
 pub(crate) fn state_json(state: &JobState) -> serde_json::Value {
-    let event = match state.record.payload.decode() {
-        Ok(Decoded::Native(ev)) => serde_json::to_value(ev).unwrap_or(serde_json::Value::Null),
-        Ok(Decoded::Eco2(r)) => serde_json::from_slice(&r.raw).unwrap_or(serde_json::Value::Null),
-        Err(_) => serde_json::Value::Null,
-    };
+    let event = event_json(state.record.payload.decode().ok().as_ref());
     json!({
         "epoch": state.epoch.0,
         "offset": state.top.0,
@@ -507,10 +509,7 @@ pub(crate) async fn eco2_position(
     target: relay_core::backend::StreamId,
     page: usize,
 ) -> Result<Position, relay_core::BackendError> {
-    let unknown = Position {
-        epoch: Epoch(0),
-        offset: Offset::ZERO,
-    };
+    let unknown = UNKNOWN_POSITION;
     let mut after = Offset::ZERO;
     let mut best: Option<Offset> = None;
     let mut epoch = None;
