@@ -88,8 +88,33 @@ pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32)
         _ => return None,
     };
     let payload = "x".repeat(160);
+    redis_benchmark_rps(
+        server.port(),
+        requests,
+        pipeline,
+        &[
+            "EVALSHA",
+            &sha,
+            "1",
+            "{__rand_int__}",
+            "__rand_int__",
+            &payload,
+        ],
+    )
+}
+
+/// Requests per second `redis-benchmark` reaches with `command` against
+/// 127.0.0.1:`port` (`-n requests -c 4 -P pipeline -r 100000 --csv`;
+/// `__rand_int__` in the command is replaced by random numbers). Blocks
+/// while it runs. `None` when it cannot run or prints no figure.
+pub fn redis_benchmark_rps(
+    port: u16,
+    requests: u64,
+    pipeline: u32,
+    command: &[&str],
+) -> Option<f64> {
     let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args([
             "-n",
             &requests.to_string(),
@@ -99,8 +124,7 @@ pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32)
             &pipeline.to_string(),
         ])
         .args(["-r", "100000", "--csv"])
-        .args(["EVALSHA", &sha, "1", "{__rand_int__}"])
-        .args(["__rand_int__", &payload])
+        .args(command)
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);

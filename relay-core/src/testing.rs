@@ -305,6 +305,13 @@ impl RedisServer {
         self.port
     }
 
+    /// The process id of the running server (it runs in the foreground,
+    /// as this harness's child); `None` while stopped.
+    pub fn pid(&self) -> Option<u32> {
+        let guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().map(Child::id)
+    }
+
     /// The data directory (kept across restarts).
     pub fn dir(&self) -> &Path {
         self.dir.path()

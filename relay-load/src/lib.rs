@@ -286,46 +286,27 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
 /// spawned server: XADD (producer), the apply script (router), combined.
 async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(String, f64)> {
     let mut out = Vec::new();
-    let xadd = tokio::task::spawn_blocking({
-        let port = server.port().to_string();
-        move || {
-            let o = std::process::Command::new("redis-benchmark")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-n",
-                    "200000",
-                    "-c",
-                    "4",
-                    "-P",
-                    "64",
-                    "-r",
-                    "100000",
-                    "--csv",
-                ])
-                .args([
-                    "XADD",
-                    "ceiling:{__rand_int__}",
-                    "*",
-                    "job",
-                    "j",
-                    "seq",
-                    "1",
-                    "enc",
-                    "msgpack",
-                    "body",
-                ])
-                .arg("x".repeat(160))
-                .output()
-                .ok()?;
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.split(',').nth(1))
-                .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
-                .next_back()
-        }
+    let port = server.port();
+    let xadd = tokio::task::spawn_blocking(move || {
+        let body = "x".repeat(160);
+        relay_suite::bench::redis_benchmark_rps(
+            port,
+            200_000,
+            64,
+            &[
+                "XADD",
+                "ceiling:{__rand_int__}",
+                "*",
+                "job",
+                "j",
+                "seq",
+                "1",
+                "enc",
+                "msgpack",
+                "body",
+                &body,
+            ],
+        )
     })
     .await
     .ok()
@@ -362,18 +343,8 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
     let keys = relay::key_space(&args.domain, common.shards)?;
     let publisher = relay::publisher(&dep.redis_url, keys).await?;
     let mut pids = dep.pids();
-    if let Some(r) = &dep.redis {
-        if let Ok(redis::Value::BulkString(b)) = r.command(&["INFO", "server"]).await {
-            let text = String::from_utf8_lossy(&b).into_owned();
-            if let Some(pid) = text
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("process_id:"))
-            {
-                if let Ok(pid) = pid.trim().parse() {
-                    pids.push(("redis-server".into(), pid));
-                }
-            }
-        }
+    if let Some(pid) = dep.redis.as_ref().and_then(|r| r.pid()) {
+        pids.push(("redis-server".into(), pid));
     }
     if let Some(r) = &dep.redis {
         let _ = r.reset_stats().await;
