@@ -6,27 +6,23 @@
 //! `node_modules` is missing. A missing browser is a loud failure, never a
 //! silent skip.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use pipeline_scan::demo::{self, DemoConfig};
 use pipeline_scan::scan::{LatencyDist, RuleSet};
 use relay_core::{Domain, JobId, KeySpace, Profile};
 use relay_sse::client::SseReader;
+use relay_suite::procs::free_port;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 async fn wait_http(base: &str) {
     let http = reqwest::Client::new();
@@ -250,22 +246,7 @@ async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
             )
         })
         .collect();
-    let expected: Vec<(String, String)> = [
-        ("queued", "started"),
-        ("vision", "started"),
-        ("vision", "completed"),
-        ("rule", "started"),
-        ("rule", "completed"),
-        ("answer", "started"),
-        ("answer", "completed"),
-        ("reward", "started"),
-        ("reward", "completed"),
-        ("done", "completed"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect();
-    assert_eq!(rows, expected, "{seen}");
+    assert_eq!(rows, common::full_scan_steps(), "{seen}");
     for stage in ["vision", "rule", "answer", "reward"] {
         assert_eq!(seen["stages"][stage], "completed", "{seen}");
     }
