@@ -93,6 +93,13 @@ pub enum BackendError {
     /// The connection failed or was lost; retrying later may succeed.
     #[error("connection: {0}")]
     Connection(String),
+    /// The server is up but refuses the operation for now: out of memory
+    /// under `noeviction`, too few replicas (`NOREPLICAS`), a failed disk
+    /// save (`MISCONF`), loading, failing over or busy. Retrying after a
+    /// backoff succeeds once the condition clears; never a reason to
+    /// dead-letter what was being written.
+    #[error("server refuses for now: {0}")]
+    Unavailable(String),
     /// The server answered with an error (bad command, script error, …).
     #[error("server error: {0}")]
     Server(String),
@@ -115,7 +122,10 @@ pub enum BackendError {
 impl BackendError {
     /// Whether retrying (after a backoff) can succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, BackendError::Connection(_) | BackendError::Closed)
+        matches!(
+            self,
+            BackendError::Connection(_) | BackendError::Unavailable(_) | BackendError::Closed
+        )
     }
 }
 

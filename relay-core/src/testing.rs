@@ -412,6 +412,42 @@ impl RedisServer {
     pub async fn flushall(&self) -> Result<(), HarnessError> {
         self.command(&["FLUSHALL"]).await.map(|_| ())
     }
+
+    /// Makes the server refuse writes the way a production server can while
+    /// staying up and answering reads (fault injection).
+    pub async fn refuse_writes(&self, refusal: WriteRefusal) -> Result<(), HarnessError> {
+        match refusal {
+            WriteRefusal::Oom => {
+                self.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+                    .await?;
+                self.command(&["CONFIG", "SET", "maxmemory", "1"]).await?;
+            }
+            WriteRefusal::NoReplicas => {
+                self.command(&["CONFIG", "SET", "min-replicas-to-write", "1"])
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every [`RedisServer::refuse_writes`].
+    pub async fn allow_writes(&self) -> Result<(), HarnessError> {
+        self.command(&["CONFIG", "SET", "maxmemory", "0"]).await?;
+        self.command(&["CONFIG", "SET", "min-replicas-to-write", "0"])
+            .await?;
+        Ok(())
+    }
+}
+
+/// How [`RedisServer::refuse_writes`] makes a server refuse writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteRefusal {
+    /// `maxmemory` below the memory in use with `noeviction`: every
+    /// memory-growing command answers `OOM`, reads and `PUBLISH` still work.
+    Oom,
+    /// `min-replicas-to-write 1` with no replica: every write answers
+    /// `NOREPLICAS`, reads and `PUBLISH` still work.
+    NoReplicas,
 }
 
 impl Drop for RedisServer {

@@ -392,6 +392,29 @@ mod cases {
         assert!(page.records.is_empty());
     }
 
+    /// D6: a resume offset past anything a job can hold (a forged or
+    /// corrupted `Last-Event-ID`, up to `u64::MAX`) reads as "ahead of the
+    /// history" on every backend: no records, the true top and epoch.
+    pub async fn history_after_huge_offset(fx: &Fixture) {
+        let k = fx.job("huge");
+        apply1(fx, &k, 12, &[1, 2, 3], &quiet()).await;
+        for after in [
+            1u64 << 53,
+            (1u64 << 53) + 1,
+            (1u64 << 63) - 512,
+            1u64 << 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let page = fx.b().read_history(&k, Offset(after), 100).await;
+            let page = page.unwrap_or_else(|e| panic!("after {after}: {e}"));
+            assert_eq!(page.epoch, Some(Epoch(12)), "after {after}");
+            assert_eq!(page.top, Offset(3), "after {after}");
+            assert_eq!(page.first, Some(Offset(1)), "after {after}");
+            assert!(page.records.is_empty(), "after {after}: {page:?}");
+        }
+    }
+
     pub async fn history_is_bounded(fx: &Fixture) {
         let k = fx.job("bounded");
         let opts = ApplyOptions {
@@ -1172,6 +1195,7 @@ macro_rules! conformance_tests {
                 reapply_is_noop,
                 state_never_regresses,
                 history_after_offset,
+                history_after_huge_offset,
                 history_is_bounded,
                 history_expires,
                 epoch_is_stable,
@@ -1213,7 +1237,7 @@ conformance_tests!(redis_cluster_mode, crate::Fixture::redis_cluster_mode);
 mod redis_faults {
     use super::*;
     use relay_core::backend::redis::RedisConfig;
-    use relay_core::testing::RedisServerOptions;
+    use relay_core::testing::{RedisServerOptions, WriteRefusal};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn block_longer_than_response_timeout() {
@@ -1264,6 +1288,47 @@ mod redis_faults {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(ok, "no recovery after CLIENT KILL");
+    }
+
+    /// D7: the first idempotent read after the server dropped our
+    /// connections (`CLIENT KILL`) answers, instead of failing once with a
+    /// broken pipe while the connection is re-established.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_read_after_client_kill_succeeds() {
+        let redis = TestRedis::private();
+        let b = redis.backend().await;
+        let base = format!("{}{{d7}}", redis.prefix());
+        let k = JobKeys {
+            meta: format!("{base}:meta"),
+            state: Some(format!("{base}:state")),
+            live: format!("{base}:live"),
+        };
+        b.apply(vec![apply_job(&k, 3, &[1, 2])], &quiet())
+            .await
+            .unwrap();
+        b.set("k", Bytes::from_static(b"v"), None).await.unwrap();
+        for round in 0..3 {
+            let killed = redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+            assert!(killed >= 1);
+            // Let the client notice the closed socket first, as a gateway
+            // idle between two requests does.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let state = b.get_state(&k).await;
+            let state = state.unwrap_or_else(|e| panic!("round {round}: get_state: {e}"));
+            assert_eq!(state.map(|s| s.top), Some(Offset(2)));
+            redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let v = b
+                .get("k")
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: get: {e}"));
+            assert_eq!(v, Some(Bytes::from_static(b"v")));
+            redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let page = b.read_history(&k, Offset::ZERO, 10).await;
+            let page = page.unwrap_or_else(|e| panic!("round {round}: history: {e}"));
+            assert_eq!(page.records.len(), 2);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1335,6 +1400,88 @@ mod redis_faults {
             stats.get("evalsha").is_some_and(|s| s.calls >= 1),
             "{stats:?}"
         );
+    }
+
+    /// F1 and F2: a server that refuses writes while still answering
+    /// reads and `PUBLISH` (`OOM` under `noeviction`, `NOREPLICAS`) must
+    /// make the apply fail as a transient error (retried, never
+    /// dead-lettered) and publish nothing: a live message for an offset
+    /// that was never committed would later be reassigned to another event.
+    async fn refused_apply_publishes_nothing_and_is_transient(refusal: WriteRefusal) {
+        let redis = TestRedis::private();
+        let server = redis.server().unwrap();
+        let b = redis.backend().await;
+        let base = format!("{}{{refused}}", redis.prefix());
+        let k = JobKeys {
+            meta: format!("{base}:meta"),
+            state: Some(format!("{base}:state")),
+            live: format!("{base}:live"),
+        };
+        let mut sub = b.subscriber().await.unwrap();
+        sub.handle
+            .subscribe(std::slice::from_ref(&k.live))
+            .await
+            .unwrap();
+        let opts = ApplyOptions::default();
+        b.apply(vec![apply_job(&k, 9, &[1, 2, 3])], &opts)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            recv(&mut sub).await;
+        }
+
+        // The router acks in the apply call: the refused call acks nothing.
+        let s = redis.key("refused-stream");
+        b.ensure_group(&s, "g").await.unwrap();
+        b.append(plain(&s, 1)).await.unwrap();
+        let got = b
+            .read_group(&s, "g", "c", ReadFrom::New, 10, None)
+            .await
+            .unwrap();
+        server.refuse_writes(refusal).await.unwrap();
+        let ack = AckRequest {
+            stream: &s,
+            group: "g",
+            ids: &ids(&got),
+        };
+        let err = b
+            .apply_and_ack(vec![apply_job(&k, 9, &[4, 5])], &opts, ack)
+            .await
+            .expect_err("the server refuses writes");
+        assert!(err.is_transient(), "{refusal:?} must be transient: {err:?}");
+        assert_silent(&mut sub, Duration::from_millis(500)).await;
+        server.allow_writes().await.unwrap();
+        assert_eq!(b.group_stats(&s, "g").await.unwrap().pending, 1);
+
+        // Offsets 4 and 5 were never committed: the next events take them,
+        // and what is published matches what is stored.
+        b.apply(vec![apply_job(&k, 9, &[5, 6])], &opts)
+            .await
+            .unwrap();
+        let mut published = Vec::new();
+        for _ in 0..2 {
+            let (_, p) = recv(&mut sub).await;
+            let env = LiveEnvelope::decode(&p).unwrap();
+            published.push((env.record.offset.0, env.record.payload));
+        }
+        assert_eq!(published, vec![(4, ev(5).payload), (5, ev(6).payload)]);
+        let page = b.read_history(&k, Offset(3), 10).await.unwrap();
+        let stored: Vec<_> = page
+            .records
+            .iter()
+            .map(|r| (r.offset.0, r.payload.clone()))
+            .collect();
+        assert_eq!(stored, published);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oom_refused_apply_publishes_nothing_and_is_transient() {
+        refused_apply_publishes_nothing_and_is_transient(WriteRefusal::Oom).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn noreplicas_refused_apply_publishes_nothing_and_is_transient() {
+        refused_apply_publishes_nothing_and_is_transient(WriteRefusal::NoReplicas).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,8 +99,9 @@ impl Default for RedisConfig {
 /// then (when `k > 0`) the group and `k` entry ids, then per job: epoch
 /// candidate, extra channel ('' = none), n, and n pairs (seq, payload).
 /// Returns per job `{epoch, off1, new1, off2, new2, ...}`. The XACK comes
-/// last: a script that fails half-way acks nothing, so the entries are
-/// re-read and re-applied (a no-op for what was applied).
+/// after every job's writes: a script that fails half-way acks nothing, so
+/// the entries are re-read and re-applied (a no-op for what was applied).
+/// The PUBLISHes come last of all, so only committed offsets go live.
 ///
 /// Per job the script makes one HMGET (meta and the dedupe entries of all
 /// its events), one HSET (offsets, history, state, top) and one PUBLISH per
@@ -120,6 +121,12 @@ local a = 8
 local ack_from = a + 1
 if n_ack > 0 then a = a + 1 + n_ack end
 local out = {}
+-- Live messages wait until every write of the call is done: a server that
+-- refuses writes (OOM under noeviction, NOREPLICAS) still accepts PUBLISH,
+-- and a message for an offset that was never committed would later name
+-- another event. Once the first write succeeded Redis lets the script
+-- finish, so nothing is published unless everything was committed.
+local pubs = {}
 for j = 0, math.floor(#KEYS / 3) - 1 do
   local job, state, live = KEYS[j * 3 + 1], KEYS[j * 3 + 2], KEYS[j * 3 + 3]
   local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -162,8 +169,12 @@ for j = 0, math.floor(#KEYS / 3) - 1 do
     res[#res + 1] = off
     res[#res + 1] = new
     if publish then
-      redis.call('PUBLISH', live, epoch .. ':' .. off .. ':' .. payload)
-      if extra ~= '' then redis.call('PUBLISH', extra, payload) end
+      pubs[#pubs + 1] = live
+      pubs[#pubs + 1] = epoch .. ':' .. off .. ':' .. payload
+      if extra ~= '' then
+        pubs[#pubs + 1] = extra
+        pubs[#pubs + 1] = payload
+      end
     end
   end
   if pushed > 0 then
@@ -206,6 +217,7 @@ end
 if n_ack > 0 then
   redis.call('XACK', KEYS[#KEYS], ARGV[ack_from - 1], unpack(ARGV, ack_from, ack_from + n_ack - 1))
 end
+for i = 1, #pubs, 2 do redis.call('PUBLISH', pubs[i], pubs[i + 1]) end
 return out
 "#;
 
@@ -215,6 +227,10 @@ return out
 fn ttl_refresh_ms(shortest_ttl_ms: u64) -> u64 {
     shortest_ttl_ms / 16
 }
+
+/// Largest offset passed into a script: Lua numbers are exact integers
+/// only up to 2^53, and a job never holds 2^52 events.
+const MAX_SCRIPT_OFFSET: u64 = 1 << 52;
 
 /// KEYS: job hash. ARGV: after, limit.
 /// Returns `{epoch|nil, top, first|nil, start, payloads}`: the payloads have
@@ -404,7 +420,7 @@ impl RedisBackend {
         } else {
             vec![call(jobs, ack)]
         };
-        let replies = self.eval_pipeline(script, cmds).await?;
+        let replies = self.eval_pipeline(script, cmds, Resend::AfterDrop).await?;
         let mut per_job = Vec::with_capacity(jobs.len());
         for r in replies {
             let v = r.map_err(map_err)?;
@@ -466,7 +482,18 @@ impl RedisBackend {
         self.inner.conn.clone()
     }
 
-    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+    /// Runs one command; an idempotent one ([`Resend::AfterDrop`]) is sent
+    /// once more when the connection dropped under it.
+    async fn query(&self, cmd: &Cmd, resend: Resend) -> Result<Value, RedisError> {
+        match self.query_once(cmd).await {
+            Err(e) if resend == Resend::AfterDrop && is_connection_error(&e) => {
+                self.query_once(cmd).await
+            }
+            r => r,
+        }
+    }
+
+    async fn query_once(&self, cmd: &Cmd) -> Result<Value, RedisError> {
         let v: Value = cmd.query_async(&mut self.conn()).await?;
         match v {
             Value::ServerError(e) => Err(e.into()),
@@ -475,18 +502,20 @@ impl RedisBackend {
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
-    /// failed with NOSCRIPT are re-sent once after loading the script.
-    /// Returns one result per call.
+    /// failed with NOSCRIPT are re-sent once after loading the script, and
+    /// with [`Resend::AfterDrop`] the whole pipeline is sent once more when
+    /// the connection dropped under it. Returns one result per call.
     async fn eval_pipeline(
         &self,
         script: &Script,
         cmds: Vec<Cmd>,
+        resend: Resend,
     ) -> BackendResult<Vec<Result<Value, RedisError>>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn();
-        let mut results = run_pipeline(&mut conn, &cmds).await?;
+        let mut results = run_pipeline_resend(&mut conn, &cmds, resend).await?;
         let retry: Vec<usize> = results
             .iter()
             .enumerate()
@@ -509,8 +538,9 @@ impl RedisBackend {
         script: &Script,
         cmd: Cmd,
         group: Option<(&str, &str)>,
+        resend: Resend,
     ) -> BackendResult<Value> {
-        self.eval_pipeline(script, vec![cmd])
+        self.eval_pipeline(script, vec![cmd], resend)
             .await?
             .pop()
             .ok_or_else(|| protocol("empty script reply"))?
@@ -580,22 +610,69 @@ enum BlockingError {
     Redis(RedisError),
 }
 
+/// Whether a command may be sent a second time when the connection dropped
+/// under it (the first may or may not have run).
+///
+/// The shared connection only notices a server-side close (`CLIENT KILL`,
+/// a restart, an idle timeout) when the next command fails on it; resending
+/// an idempotent command once hides that from the caller instead of failing
+/// one request per drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    /// Running it twice is the same as once (reads, `SET`, `XACK`, the
+    /// apply and history scripts).
+    AfterDrop,
+    /// A second run would differ (`XADD`, `SET NX`, `XCLAIM`'s delivery
+    /// counts): the caller decides.
+    Never,
+}
+
+/// A pipeline that failed as a whole.
+enum PipelineError {
+    Redis(RedisError),
+    Backend(BackendError),
+}
+
+impl From<PipelineError> for BackendError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Redis(e) => map_err(e),
+            PipelineError::Backend(e) => e,
+        }
+    }
+}
+
+/// [`run_pipeline`], sent once more when the connection dropped under it
+/// and `resend` allows.
+async fn run_pipeline_resend(
+    conn: &mut ConnectionManager,
+    cmds: &[Cmd],
+    resend: Resend,
+) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
+    match run_pipeline(conn, cmds).await {
+        Err(PipelineError::Redis(e)) if resend == Resend::AfterDrop && is_connection_error(&e) => {
+            run_pipeline(conn, cmds).await
+        }
+        r => r,
+    }
+}
+
 async fn run_pipeline(
     conn: &mut ConnectionManager,
     cmds: &[Cmd],
-) -> BackendResult<Vec<Result<Value, RedisError>>> {
+) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
     let mut pipe = Pipeline::with_capacity(cmds.len());
     pipe.ignore_errors();
     for c in cmds {
         pipe.add_command(c.clone());
     }
-    let values: Vec<Value> = pipe.query_async(conn).await.map_err(map_err)?;
+    let values: Vec<Value> = pipe.query_async(conn).await.map_err(PipelineError::Redis)?;
     if values.len() != cmds.len() {
-        return Err(BackendError::Protocol(format!(
+        return Err(PipelineError::Backend(BackendError::Protocol(format!(
             "pipeline of {} commands got {} replies",
             cmds.len(),
             values.len()
-        )));
+        ))));
     }
     Ok(values
         .into_iter()
@@ -654,10 +731,12 @@ fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> BackendError {
                 },
                 None => BackendError::Server(e.to_string()),
             },
-            // The server is (re)starting, failing over or busy: retry later.
-            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" => {
-                BackendError::Connection(e.to_string())
-            }
+            // The server is up but refuses for now: (re)starting, failing
+            // over, busy, out of memory under `noeviction`, short of
+            // replicas, or unable to persist. Retry later; never a reason to
+            // dead-letter the event being written.
+            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
+            | "NOREPLICAS" | "MISCONF" => BackendError::Unavailable(e.to_string()),
             _ => BackendError::Server(e.to_string()),
         };
     }
@@ -868,7 +947,10 @@ impl Backend for RedisBackend {
     }
 
     async fn ping(&self) -> BackendResult<()> {
-        let v = self.query(&redis::cmd("PING")).await.map_err(map_err)?;
+        let v = self
+            .query(&redis::cmd("PING"), Resend::AfterDrop)
+            .await
+            .map_err(map_err)?;
         match str_of(&v) {
             Some("PONG") => Ok(()),
             _ => Err(protocol(format!("PING answered {v:?}"))),
@@ -880,6 +962,13 @@ impl Backend for RedisBackend {
             return Ok(Vec::new());
         }
         let script = &self.inner.scripts.append_dedupe;
+        // Deduplicated appends are idempotent; a plain XADD sent twice
+        // would add a second entry.
+        let resend = if reqs.iter().all(|r| r.dedupe.is_some()) {
+            Resend::AfterDrop
+        } else {
+            Resend::Never
+        };
         if let Some(r) = reqs.iter().find(|r| r.fields.is_empty()) {
             return Err(BackendError::Server(format!(
                 "append to {}: an entry needs at least one field",
@@ -929,7 +1018,7 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        let results = self.eval_pipeline(script, cmds).await?;
+        let results = self.eval_pipeline(script, cmds, resend).await?;
         let mut out = Vec::with_capacity(reqs.len());
         for ((dedupe, n), res) in runs.into_iter().zip(results) {
             let v = res.map_err(map_err)?;
@@ -966,7 +1055,7 @@ impl Backend for RedisBackend {
             .arg(group)
             .arg("0")
             .arg("MKSTREAM");
-        match self.query(&c).await {
+        match self.query(&c, Resend::AfterDrop).await {
             Ok(_) => Ok(()),
             Err(e) if server_code(&e).as_deref() == Some("BUSYGROUP") => Ok(()),
             Err(e) => Err(map_group_err(e, stream, group)),
@@ -1000,9 +1089,12 @@ impl Backend for RedisBackend {
             ReadFrom::Pending => "0",
             ReadFrom::New => ">",
         });
+        // A pending read is a plain read; a `>` read resent after a drop
+        // at worst leaves the first read's entries pending for this
+        // consumer, where the router's pending drain finds them.
         let v = match block {
             None => self
-                .query(&c)
+                .query(&c, Resend::AfterDrop)
                 .await
                 .map_err(|e| map_group_err(e, stream, group))?,
             Some(b) => match self.query_blocking(&c, b).await {
@@ -1031,7 +1123,9 @@ impl Backend for RedisBackend {
             .arg(consumer)
             .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
             .arg(count);
-        let v = self.eval_one(script, c, Some((stream, group))).await?;
+        let v = self
+            .eval_one(script, c, Some((stream, group)), Resend::Never)
+            .await?;
         let a = array(&v, "claim reply")?;
         let (claimed, deleted) = match a {
             [c, d] => (array(c, "claimed")?, array(d, "deleted")?),
@@ -1071,7 +1165,7 @@ impl Backend for RedisBackend {
             c.arg(id.to_string());
         }
         let v = self
-            .query(&c)
+            .query(&c, Resend::AfterDrop)
             .await
             .map_err(|e| map_group_err(e, stream, group))?;
         u64_of(&v).ok_or_else(|| protocol(format!("XACK answered {v:?}")))
@@ -1085,7 +1179,8 @@ impl Backend for RedisBackend {
         let mut len = redis::cmd("XLEN");
         len.arg(stream);
         let mut conn = self.conn();
-        let results = run_pipeline(&mut conn, &[groups, consumers, len]).await?;
+        let results =
+            run_pipeline_resend(&mut conn, &[groups, consumers, len], Resend::AfterDrop).await?;
         let no_group = || BackendError::NoGroup {
             stream: stream.to_owned(),
             group: group.to_owned(),
@@ -1144,7 +1239,7 @@ impl Backend for RedisBackend {
         let mut c = redis::cmd("XGROUP");
         c.arg("DELCONSUMER").arg(stream).arg(group).arg(consumer);
         let v = self
-            .query(&c)
+            .query(&c, Resend::Never)
             .await
             .map_err(|e| map_group_err(e, stream, group))?;
         u64_of(&v).ok_or_else(|| protocol(format!("XGROUP DELCONSUMER answered {v:?}")))
@@ -1244,7 +1339,7 @@ impl Backend for RedisBackend {
     async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
         let script = &self.inner.scripts.get_state;
         let c = evalsha(script, &[&keys.meta]);
-        let v = self.eval_one(script, c, None).await?;
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
         let a = array(&v, "state reply")?;
         let [epoch, top, sq, so, state] = a else {
             return Err(protocol("state reply must have five parts"));
@@ -1271,8 +1366,11 @@ impl Backend for RedisBackend {
     ) -> BackendResult<HistoryPage> {
         let script = &self.inner.scripts.read_history;
         let mut c = evalsha(script, &[&keys.meta]);
-        c.arg(after.0).arg(limit);
-        let v = self.eval_one(script, c, None).await?;
+        // Lua numbers are doubles: an offset past 2^53 would turn into a
+        // float (and a garbage `start`). No job reaches 2^52 offsets, so
+        // anything above reads as "past the top", exactly as it should.
+        c.arg(after.0.min(MAX_SCRIPT_OFFSET)).arg(limit);
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
         let a = array(&v, "history reply")?;
         let [epoch, top, first, start, payloads] = a else {
             return Err(protocol("history reply must have five parts"));
@@ -1347,7 +1445,7 @@ impl Backend for RedisBackend {
             None => c.arg("-"),
         };
         c.arg("+").arg("COUNT").arg(count);
-        let v = self.query(&c).await.map_err(map_err)?;
+        let v = self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
         entries_of(&v)
     }
 
@@ -1360,13 +1458,13 @@ impl Backend for RedisBackend {
         for id in ids {
             c.arg(id.to_string());
         }
-        let v = self.query(&c).await.map_err(map_err)?;
+        let v = self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
         u64_of(&v).ok_or_else(|| protocol(format!("XDEL answered {v:?}")))
     }
 
     async fn stream_len(&self, stream: &str) -> BackendResult<u64> {
         let v = self
-            .query(redis::cmd("XLEN").arg(stream))
+            .query(redis::cmd("XLEN").arg(stream), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
         u64_of(&v).ok_or_else(|| protocol(format!("XLEN answered {v:?}")))
@@ -1378,7 +1476,7 @@ impl Backend for RedisBackend {
         if let Some(t) = ttl {
             c.arg("PX").arg(ms(t));
         }
-        let v = self.query(&c).await.map_err(map_err)?;
+        let v = self.query(&c, Resend::Never).await.map_err(map_err)?;
         Ok(!matches!(v, Value::Nil))
     }
 
@@ -1388,13 +1486,13 @@ impl Backend for RedisBackend {
         if let Some(t) = ttl {
             c.arg("PX").arg(ms(t));
         }
-        self.query(&c).await.map_err(map_err)?;
+        self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
         Ok(())
     }
 
     async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
         let v = self
-            .query(redis::cmd("GET").arg(key))
+            .query(redis::cmd("GET").arg(key), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
         match v {
@@ -1410,7 +1508,7 @@ impl Backend for RedisBackend {
             return Ok(0);
         }
         let v = self
-            .query(redis::cmd("DEL").arg(keys))
+            .query(redis::cmd("DEL").arg(keys), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
         u64_of(&v).ok_or_else(|| protocol(format!("DEL answered {v:?}")))
