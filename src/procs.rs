@@ -108,6 +108,15 @@ impl Proc {
         c.wait().ok()
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, …) without waiting.
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args([format!("-{name}"), pid.to_string()])
+                .status();
+        }
+    }
+
     /// Kills (SIGKILL) and starts again with the same arguments.
     pub fn restart(&mut self) {
         self.kill9();

@@ -119,6 +119,9 @@ pub struct RouterMetrics {
     pub acked: AtomicU64,
     /// Entries moved to the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// Entry applies that failed for the entry's own reason (left pending,
+    /// retried until `max_deliveries`).
+    pub apply_failed: AtomicU64,
     /// Pending entries whose data had been trimmed before routing.
     pub lost_trimmed: AtomicU64,
     /// Entries claimed from idle consumers.
@@ -197,8 +200,13 @@ impl Backoff {
 enum Routed {
     /// Applied, published and acked.
     Acked,
-    /// Applied and published; the caller acks.
-    Applied,
+    /// Applied and published; the caller acks all but `failed`: entries
+    /// whose apply failed for their own reason stay pending, to be claimed
+    /// again and dead-lettered only after `max_deliveries`.
+    Applied {
+        /// Entries left pending.
+        failed: Vec<StreamId>,
+    },
     /// Gave up because of shutdown (entries stay pending).
     Stopped,
 }
@@ -527,7 +535,11 @@ impl Router {
                         .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
                     to_ack.clear();
                 }
-                Routed::Applied => {}
+                Routed::Applied { failed } => {
+                    if !failed.is_empty() {
+                        to_ack.retain(|id| !failed.contains(id));
+                    }
+                }
             }
         }
         let mut backoff = Backoff::new();
@@ -681,10 +693,9 @@ impl Router {
                     // block the shard: apply job by job and dead-letter the
                     // entries of the job that keeps failing.
                     warn!(error = %e, "batch apply failed; isolating per job");
-                    return if self.apply_isolated(shard, stream, batch, &opts, stop).await {
-                        Routed::Applied
-                    } else {
-                        Routed::Stopped
+                    return match self.apply_isolated(shard, batch, &opts).await {
+                        Some(failed) => Routed::Applied { failed },
+                        None => Routed::Stopped,
                     };
                 }
             }
@@ -713,18 +724,24 @@ impl Router {
         if fold_ack {
             Routed::Acked
         } else {
-            Routed::Applied
+            Routed::Applied { failed: Vec::new() }
         }
     }
 
+    /// Applies `batch` entry by entry after a batch apply failed with a
+    /// non-transient error. An entry that fails again is left pending (not
+    /// acked): the janitor claims it after `claim_idle` and tries again, and
+    /// dead-letters it once its delivery count passes `max_deliveries`, so
+    /// a valid event is never dead-lettered on one failure.
+    /// Returns the entries left pending; `None` when it gave up on a
+    /// transient error (everything stays pending and is re-read).
     async fn apply_isolated(
         &self,
         shard: u32,
-        stream: &str,
         batch: &[Routable],
         opts: &ApplyOptions,
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Option<Vec<StreamId>> {
+        let mut failed = Vec::new();
         for r in batch {
             let one = std::slice::from_ref(r);
             let jobs = self.build_jobs(shard, one);
@@ -735,25 +752,27 @@ impl Router {
                         let msgs = self.live_messages(&jobs, &results);
                         if let Err(e) = pubsub.publish_batch(msgs).await {
                             self.on_error("publish", &e);
-                            return false;
+                            return None;
                         }
                     }
                 }
                 Err(e) if e.is_transient() => {
                     self.on_error("apply", &e);
-                    return false;
+                    return None;
                 }
                 Err(e) => {
-                    if !self
-                        .dead_letter(stream, &r.entry, &format!("apply failed: {e}"), 1, stop)
-                        .await
-                    {
-                        return false;
-                    }
+                    self.metrics.apply_failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        id = %r.entry.id,
+                        job = %r.job,
+                        error = %e,
+                        "apply failed; left pending for a later delivery"
+                    );
+                    failed.push(r.entry.id);
                 }
             }
         }
-        true
+        Some(failed)
     }
 
     fn account(&self, jobs: &[ApplyJob], results: &[ApplyResult]) {

@@ -86,7 +86,7 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
 async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
     let mut p = PromText::new();
     type Counter = fn(&RouterMetrics) -> u64;
-    let counters: [(&str, &str, Counter); 9] = [
+    let counters: [(&str, &str, Counter); 10] = [
         (
             "relay_router_events_applied_total",
             "Events applied for the first time.",
@@ -111,6 +111,11 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
             "relay_router_dead_lettered_total",
             "Entries moved to the dead-letter stream.",
             |m| m.dead_lettered.load(Ordering::Relaxed),
+        ),
+        (
+            "relay_router_apply_failed_total",
+            "Entry applies that failed for the entry's own reason (left pending, dead-lettered after --max-deliveries).",
+            |m| m.apply_failed.load(Ordering::Relaxed),
         ),
         (
             "relay_router_trimmed_total",

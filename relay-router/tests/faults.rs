@@ -13,7 +13,7 @@ use bytes::Bytes;
 use relay_core::backend::{AppendRequest, Backend, ReadFrom};
 use relay_core::codec::{field, native_fields, Encoding};
 use relay_core::eco2::Eco2Entry;
-use relay_core::testing::{RedisServerOptions, TestRedis};
+use relay_core::testing::{RedisServerOptions, TestRedis, WriteRefusal};
 use relay_core::{
     Decoded, Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig, Stage,
     Status,
@@ -29,15 +29,17 @@ fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc
         domain,
         "--consumer",
         consumer,
-        "--block-ms",
-        "200",
-        "--claim-idle-ms",
-        "1000",
-        "--batch",
-        "128",
     ];
-    if !extra.contains(&"--metrics-addr") {
-        args.extend(["--metrics-addr", "127.0.0.1:0"]);
+    // Defaults for what `extra` does not set.
+    for (flag, value) in [
+        ("--block-ms", "200"),
+        ("--claim-idle-ms", "1000"),
+        ("--batch", "128"),
+        ("--metrics-addr", "127.0.0.1:0"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
     }
     args.extend_from_slice(extra);
     Proc::spawn("relay-router", &args, &[])
@@ -628,4 +630,207 @@ async fn readyz_follows_redis_and_the_router_keeps_running() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(router.terminate().expect("router was running").success());
+}
+
+/// Decodes a history record's or live message's seq.
+fn seq_of(payload: &relay_core::Payload) -> u64 {
+    match payload.decode() {
+        Ok(Decoded::Native(e)) => e.seq,
+        Ok(Decoded::Eco2(e)) => e.seq,
+        Err(e) => panic!("undecodable record: {e}"),
+    }
+}
+
+/// F1 and F2 against the real binary: the server refuses writes (but not
+/// reads or PUBLISH) while a stopped router holds unrouted entries, then the
+/// router resumes. Refused applies are retried, never dead-lettered, and no
+/// live message names an offset that was not committed with that event.
+async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRefusal) {
+    let redis = TestRedis::private();
+    let server = redis.server().expect("private server");
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let job = JobId::new("refused-job").expect("job");
+    let mut sub = backend.subscriber().await.expect("subscriber");
+    sub.handle
+        .subscribe(&[keys.job(&job).live])
+        .await
+        .expect("subscribe");
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let publish = |seq: u64| {
+        let (stage, status) = if seq == 10 {
+            ("done", Status::Completed)
+        } else {
+            ("work", Status::Progress)
+        };
+        let e = Event::new(&domain, job.as_str(), seq, stage, status).expect("event");
+        let publisher = publisher.clone();
+        async move { publisher.publish(&e).await.expect("publish") }
+    };
+    // A long block: the stopped router is parked in XREADGROUP, which the
+    // server answers with seq 6 and 7 before the refusal starts, so the
+    // router applies them while writes are refused. A short claim idle: the
+    // janitor races the reader for the same entries.
+    let router = spawn_router(
+        redis.url(),
+        &domain,
+        "r1",
+        &["--claim-idle-ms", "200", "--block-ms", "5000"],
+    );
+    for seq in 1..=5 {
+        publish(seq).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while backend
+        .get_state(&keys.job(&job))
+        .await
+        .ok()
+        .flatten()
+        .map(|s| s.seq)
+        != Some(5)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "seq 1-5 not routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    router.signal("STOP");
+    publish(6).await;
+    publish(7).await;
+    server.refuse_writes(refusal).await.expect("refuse writes");
+    router.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.allow_writes().await.expect("allow writes");
+    for seq in 8..=10 {
+        publish(seq).await;
+    }
+
+    let single = [JobId::new("refused-job").expect("job")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let history = loop {
+        let page = backend
+            .read_history(&keys.job(&single[0]), Offset::ZERO, 100)
+            .await
+            .expect("history");
+        if page.top == Offset(10) {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history stuck at {:?}",
+            page.top
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let committed: BTreeMap<u64, u64> = history
+        .records
+        .iter()
+        .map(|r| (r.offset.0, seq_of(&r.payload)))
+        .collect();
+    let expected: BTreeMap<u64, u64> = (1..=10).map(|o| (o, o)).collect();
+    assert_eq!(committed, expected, "every seq once, in order, gap-free");
+    let dlq = backend.stream_len(&keys.dlq_stream()).await.expect("dlq");
+    assert_eq!(dlq, 0, "a refused write is not poison");
+
+    // Every live message matches what was committed at its offset.
+    let mut live = BTreeMap::new();
+    while live.len() < 10 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), sub.messages.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only offsets {:?} went live", live.keys()))
+            .expect("subscription open");
+        let env = relay_core::LiveEnvelope::decode(&msg.payload).expect("envelope");
+        let seq = seq_of(&env.record.payload);
+        let off = env.record.offset.0;
+        assert_eq!(
+            committed.get(&off),
+            Some(&seq),
+            "live offset {off} carried seq {seq}, history has {:?}",
+            committed.get(&off)
+        );
+        live.insert(off, seq);
+    }
+    drop(router);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_write_refusal_is_retried_and_publishes_only_committed() {
+    write_refusal_is_retried_and_publishes_only_committed(WriteRefusal::Oom).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noreplicas_write_refusal_is_retried_and_publishes_only_committed() {
+    write_refusal_is_retried_and_publishes_only_committed(WriteRefusal::NoReplicas).await;
+}
+
+/// An event whose apply keeps failing for its own reason (here its job key
+/// holds a value of the wrong type) is retried and dead-lettered once, after
+/// `--max-deliveries`, not on its first failure; other jobs are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
+    let redis = TestRedis::private();
+    let server = redis.server().expect("private server");
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let bad = JobId::new("wrongtype-job").expect("job");
+    let meta = keys.job(&bad).meta;
+    server
+        .command(&["SET", &meta, "not a hash"])
+        .await
+        .expect("set");
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let e = Event::new(&domain, bad.as_str(), 1, "work", Status::Progress).expect("event");
+    publisher.publish(&e).await.expect("publish");
+    let _router = spawn_router(
+        redis.url(),
+        &domain,
+        "r1",
+        &["--claim-idle-ms", "100", "--max-deliveries", "3"],
+    );
+    produce(
+        backend.clone(),
+        keys.clone(),
+        5,
+        3,
+        Duration::from_millis(10),
+    )
+    .await;
+    await_complete(backend.as_ref(), &keys, 5, 3, Duration::from_secs(60)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dlq = loop {
+        let dlq = backend
+            .range(&keys.dlq_stream(), None, 100)
+            .await
+            .expect("dlq");
+        if !dlq.is_empty() {
+            break dlq;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deliveries: u64 =
+        std::str::from_utf8(field(&dlq[0].fields, "deliveries").expect("deliveries"))
+            .expect("utf8")
+            .parse()
+            .expect("number");
+    assert!(
+        deliveries > 3,
+        "dead-lettered after {deliveries} deliveries"
+    );
+    await_drained(
+        backend.as_ref(),
+        &keys,
+        keys.default_group(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let dlq = backend
+        .range(&keys.dlq_stream(), None, 100)
+        .await
+        .expect("dlq");
+    assert_eq!(dlq.len(), 1, "dead-lettered exactly once");
 }
