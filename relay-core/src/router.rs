@@ -134,8 +134,12 @@ pub struct RouterMetrics {
     pub errors: AtomicU64,
     /// Sum of apply+publish+ack latency, microseconds.
     pub batch_micros: AtomicU64,
-    /// Whether the last backend call succeeded.
+    /// Whether the last call to the data server succeeded.
     pub connected: AtomicBool,
+    /// Whether the last publish to a separate Pub/Sub server (`--pubsub-url`)
+    /// failed. Kept apart from [`RouterMetrics::connected`]: reads of other
+    /// shards succeeding say nothing about the Pub/Sub server.
+    pub pubsub_failing: AtomicBool,
     /// Batch size histogram: buckets ≤1, ≤16, ≤64, ≤256, ≤1024, more.
     pub batch_size_buckets: [AtomicU64; 6],
     /// Batch latency histogram (ms): ≤1, ≤5, ≤25, ≤100, ≤500, more.
@@ -168,6 +172,11 @@ impl RouterMetrics {
 
     fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
+    }
+
+    /// Ready to route: the data server answers and live messages go out.
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::Relaxed) && !self.pubsub_failing.load(Ordering::Relaxed)
     }
 }
 
@@ -348,6 +357,14 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// A failed publish to the separate Pub/Sub server: not ready until a
+    /// publish succeeds again.
+    fn on_publish_error(&self, e: &BackendError) {
+        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.pubsub_failing.store(true, Ordering::Relaxed);
+        warn!(error = %e, op = "publish", "pub/sub server error, retrying");
     }
 
     fn on_error(&self, what: &str, e: &BackendError) {
@@ -709,10 +726,11 @@ impl Router {
                 match pubsub.publish_batch(messages.clone()).await {
                     Ok(()) => {
                         self.metrics.published.fetch_add(count, Ordering::Relaxed);
+                        self.metrics.pubsub_failing.store(false, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => {
-                        self.on_error("publish", &e);
+                        self.on_publish_error(&e);
                         if *stop.borrow() {
                             return Routed::Stopped;
                         }
@@ -751,9 +769,10 @@ impl Router {
                     if let Some(pubsub) = &self.pubsub {
                         let msgs = self.live_messages(&jobs, &results);
                         if let Err(e) = pubsub.publish_batch(msgs).await {
-                            self.on_error("publish", &e);
+                            self.on_publish_error(&e);
                             return None;
                         }
+                        self.metrics.pubsub_failing.store(false, Ordering::Relaxed);
                     }
                 }
                 Err(e) if e.is_transient() => {

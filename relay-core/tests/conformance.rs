@@ -1328,6 +1328,15 @@ mod redis_faults {
             let page = b.read_history(&k, Offset::ZERO, 10).await;
             let page = page.unwrap_or_else(|e| panic!("round {round}: history: {e}"));
             assert_eq!(page.records.len(), 2);
+            // SET NX is not idempotent, yet it must not fail either.
+            redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let nx = format!("{}nx{round}", redis.prefix());
+            let value = Bytes::from(format!("mine-{round}"));
+            let set = b.set_nx(&nx, value.clone(), None).await;
+            assert!(set.unwrap_or_else(|e| panic!("round {round}: set_nx: {e}")));
+            assert!(!b.set_nx(&nx, value.clone(), None).await.unwrap());
+            assert_eq!(b.get(&nx).await.unwrap(), Some(value));
         }
     }
 

@@ -66,10 +66,7 @@ pub async fn spawn(addr: SocketAddr, state: ServerState) -> std::io::Result<Serv
 }
 
 async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
-    let engines_up = s
-        .routers
-        .iter()
-        .all(|(_, m)| m.connected.load(Ordering::Relaxed));
+    let engines_up = s.routers.iter().all(|(_, m)| m.is_ready());
     match s.data.ping().await {
         Ok(()) if engines_up => (StatusCode::OK, "ready".to_owned()),
         Ok(()) => (

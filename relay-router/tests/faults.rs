@@ -834,3 +834,39 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
         .expect("dlq");
     assert_eq!(dlq.len(), 1, "dead-lettered exactly once");
 }
+
+/// With `--pubsub-url`, `/readyz` follows the Pub/Sub server too: while
+/// publishes fail it stays 503, even though every shard's reads on the data
+/// server keep succeeding, and it is 200 again once publishes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_stays_down_while_pubsub_publishes_fail() {
+    let data = TestRedis::private();
+    let pubsub = TestRedis::private();
+    let backend: Arc<dyn Backend> = Arc::new(data.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let port = relay_suite::procs::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _router = spawn_router(
+        data.url(),
+        &domain,
+        "r1",
+        &["--pubsub-url", pubsub.url(), "--metrics-addr", &addr],
+    );
+    await_readyz(port, 200).await;
+    pubsub.stop().expect("stop pub/sub server");
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let job = JobId::new("pubsub-down").expect("job");
+    let e = Event::new(&domain, job.as_str(), 1, "work", Status::Progress).expect("event");
+    publisher.publish(&e).await.expect("publish");
+    await_readyz(port, 503).await;
+    // Reads of all four shards keep succeeding meanwhile (block 200 ms):
+    // readiness must not flap back while the publish is still failing.
+    let sock = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(relay_suite::procs::readyz_status(sock).await, Some(503));
+    }
+    pubsub.restart().expect("restart pub/sub server");
+    await_readyz(port, 200).await;
+}

@@ -1476,7 +1476,21 @@ impl Backend for RedisBackend {
         if let Some(t) = ttl {
             c.arg("PX").arg(ms(t));
         }
-        let v = self.query(&c, Resend::Never).await.map_err(map_err)?;
+        let v = match self.query_once(&c).await {
+            Err(e) if is_connection_error(&e) => {
+                // The first SET NX may or may not have run before the drop:
+                // send it again, and if the key exists, it is ours when it
+                // holds our value.
+                match self.query_once(&c).await.map_err(map_err)? {
+                    Value::Nil => {
+                        let stored = self.get(key).await?;
+                        return Ok(stored.as_deref() == Some(&value[..]));
+                    }
+                    v => v,
+                }
+            }
+            r => r.map_err(map_err)?,
+        };
         Ok(!matches!(v, Value::Nil))
     }
 
