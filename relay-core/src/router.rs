@@ -33,7 +33,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backend::{AckRequest, ApplyResult, ReadFrom, StreamId};
+use crate::backend::{AckRequest, ApplyResult, DeadLetter, DeadLetterLimits, ReadFrom, StreamId};
 use crate::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend, StreamEntry};
 use crate::codec::{parse_native, LiveEnvelope, Payload, Record};
 use crate::eco2::Eco2Entry;
@@ -72,6 +72,8 @@ pub struct RouterConfig {
     /// Entries larger than this (all field names and values) are
     /// dead-lettered instead of routed.
     pub max_entry_bytes: usize,
+    /// Bounds of the dead-letter stream.
+    pub dead_letter: DeadLetterLimits,
 }
 
 impl RouterConfig {
@@ -93,6 +95,7 @@ impl RouterConfig {
             apply: ApplyOptions::default(),
             eco2_shard_channel: true,
             max_entry_bytes: 1024 * 1024,
+            dead_letter: DeadLetterLimits::default(),
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct RouterMetrics {
     pub acked: AtomicU64,
     /// Entries moved to the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// Dead-lettered entries stored cut to the field size limit.
+    pub dlq_truncated: AtomicU64,
     /// Entry applies that failed for the entry's own reason (left pending,
     /// retried until `max_deliveries`).
     pub apply_failed: AtomicU64,
@@ -621,15 +626,23 @@ impl Router {
         stop: &watch::Receiver<bool>,
     ) -> bool {
         let dlq = self.config.keys.dlq_stream();
+        let dl = DeadLetter {
+            dlq: &dlq,
+            source: stream,
+            group: &self.config.group,
+            entry,
+            reason,
+            deliveries,
+            limits: self.config.dead_letter,
+        };
         let mut backoff = Backoff::new();
         loop {
-            match self
-                .data
-                .dead_letter(&dlq, stream, &self.config.group, entry, reason, deliveries)
-                .await
-            {
+            match self.data.dead_letter(dl).await {
                 Ok(_) => {
                     self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    if dl.truncates() {
+                        self.metrics.dlq_truncated.fetch_add(1, Ordering::Relaxed);
+                    }
                     warn!(id = %entry.id, stream, reason, "entry dead-lettered");
                     return true;
                 }

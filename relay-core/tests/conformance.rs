@@ -12,8 +12,9 @@ use bytes::Bytes;
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{
-    AckRequest, AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, Dedupe,
-    ReadFrom, StreamEntry, StreamId, Subscriber,
+    AckRequest, AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend,
+    DeadLetter, DeadLetterLimits, Dedupe, ReadFrom, StreamEntry, StreamId, Subscriber,
+    DLQ_TRUNCATED_PREFIX,
 };
 use relay_core::codec::{field, Fields};
 use relay_core::keys::JobKeys;
@@ -961,7 +962,15 @@ mod cases {
         let entry = &got[0];
         let id = fx
             .b()
-            .dead_letter(&dlq, &s, "g", entry, "undecodable body", 5)
+            .dead_letter(DeadLetter {
+                dlq: &dlq,
+                source: &s,
+                group: "g",
+                entry,
+                reason: "undecodable body",
+                deliveries: 5,
+                limits: DeadLetterLimits::default(),
+            })
             .await
             .unwrap();
         let dl = fx.b().range(&dlq, None, 10).await.unwrap();
@@ -978,6 +987,65 @@ mod cases {
         let st = fx.b().group_stats(&s, "g").await.unwrap();
         assert_eq!(st.pending, 0, "dead-lettered entries are acked");
         assert_eq!(st.length, 1, "the source entry itself stays");
+        assert!(
+            f.iter().all(|(k, _)| !k.starts_with(DLQ_TRUNCATED_PREFIX)),
+            "nothing was cut: {f:?}"
+        );
+    }
+
+    /// G6 for poison: the dead-letter stream keeps at most `maxlen`
+    /// entries, and values over `max_field_bytes` are stored cut, with
+    /// their size and SHA-256.
+    pub async fn dead_letter_is_bounded(fx: &Fixture) {
+        let s = fx.key("dl-bounded");
+        let dlq = fx.key("dlq-bounded");
+        fx.b().ensure_group(&s, "g").await.unwrap();
+        let big = "x".repeat(1000);
+        for i in 0..12 {
+            fx.b()
+                .append(AppendRequest {
+                    stream: s.clone(),
+                    fields: fields(&[("n", &i.to_string()), ("body", &big)]),
+                    maxlen: None,
+                    dedupe: None,
+                })
+                .await
+                .unwrap();
+        }
+        let got = fx
+            .b()
+            .read_group(&s, "g", "c", ReadFrom::New, 100, None)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 12);
+        let limits = DeadLetterLimits {
+            maxlen: 5,
+            max_field_bytes: 100,
+        };
+        for entry in &got {
+            let dl = DeadLetter {
+                dlq: &dlq,
+                source: &s,
+                group: "g",
+                entry,
+                reason: "poison",
+                deliveries: 1,
+                limits,
+            };
+            assert!(dl.truncates());
+            fx.b().dead_letter(dl).await.unwrap();
+        }
+        let dl = fx.b().range(&dlq, None, 100).await.unwrap();
+        assert_eq!(dl.len(), 5, "trimmed to maxlen, oldest first");
+        let f = &dl[4].fields;
+        assert_eq!(field(f, "f.n").map(|v| v.to_vec()), Some(b"11".to_vec()));
+        assert_eq!(field(f, "f.body").map(|v| v.len()), Some(100));
+        assert_eq!(field(f, "t.n"), None, "short fields are kept whole");
+        let marker = String::from_utf8_lossy(field(f, "t.body").expect("cut marker")).into_owned();
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(big.as_bytes()));
+        assert_eq!(marker, format!("1000 {digest}"));
+        assert_eq!(fx.b().group_stats(&s, "g").await.unwrap().pending, 0);
     }
 
     pub async fn blocking_read_wakes_on_append(fx: &Fixture) {
@@ -1211,6 +1279,7 @@ macro_rules! conformance_tests {
                 delivery_count_increments,
                 claim_reports_deleted_entries,
                 dead_letter_moves_and_acks,
+                dead_letter_is_bounded,
                 blocking_read_wakes_on_append,
                 concurrent_blocking_reads,
                 kv_operations,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use relay_core::backend::ApplyOptions;
+use relay_core::backend::{ApplyOptions, DeadLetterLimits};
 use relay_core::cli::{ConnectionArgs, LogFormat};
 use relay_core::router::default_consumer_name;
 use relay_core::{KeySpace, RouterConfig};
@@ -49,6 +49,14 @@ pub struct RouterArgs {
     /// Entries larger than this many bytes are dead-lettered.
     #[arg(long, env = "RELAY_MAX_ENTRY_BYTES", default_value_t = 1024 * 1024)]
     pub max_entry_bytes: usize,
+    /// Dead-letter stream length: the oldest dead letters are trimmed first.
+    #[arg(long, env = "RELAY_DLQ_MAXLEN", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dlq_maxlen: u64,
+    /// Original field values longer than this many bytes are stored cut in
+    /// the dead-letter stream, with their size and SHA-256 (`t.<field>`);
+    /// such entries cannot be replayed.
+    #[arg(long, env = "RELAY_DLQ_MAX_FIELD_BYTES", default_value_t = 64 * 1024)]
+    pub dlq_max_field_bytes: usize,
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -82,6 +90,10 @@ impl RouterArgs {
         };
         c.eco2_shard_channel = !self.no_eco2_shard_channel;
         c.max_entry_bytes = self.max_entry_bytes;
+        c.dead_letter = DeadLetterLimits {
+            maxlen: self.dlq_maxlen,
+            max_field_bytes: self.dlq_max_field_bytes,
+        };
         c
     }
 }

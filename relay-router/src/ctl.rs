@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use relay_core::backend::{AppendRequest, Backend, StreamEntry, StreamId};
+use relay_core::backend::{AppendRequest, Backend, StreamEntry, StreamId, DLQ_TRUNCATED_PREFIX};
 use relay_core::cli::{ConnectionArgs, LogFormat};
 use relay_core::codec::field;
 use relay_core::{
@@ -605,6 +605,19 @@ impl Ctx {
                 .collect();
             if fields.is_empty() {
                 writeln!(out, "skipping {}: no original fields to replay", e.id)?;
+                continue;
+            }
+            if let Some((name, what)) = e
+                .fields
+                .iter()
+                .find_map(|(k, v)| k.strip_prefix(DLQ_TRUNCATED_PREFIX).map(|k| (k, v)))
+            {
+                writeln!(
+                    out,
+                    "skipping {}: field {name:?} was cut when dead-lettered (size and sha256: {}); it cannot be replayed",
+                    e.id,
+                    String::from_utf8_lossy(what)
+                )?;
                 continue;
             }
             let r = self

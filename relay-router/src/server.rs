@@ -83,7 +83,7 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
 async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
     let mut p = PromText::new();
     type Counter = fn(&RouterMetrics) -> u64;
-    let counters: [(&str, &str, Counter); 10] = [
+    let counters: [(&str, &str, Counter); 11] = [
         (
             "relay_router_events_applied_total",
             "Events applied for the first time.",
@@ -108,6 +108,11 @@ async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
             "relay_router_dead_lettered_total",
             "Entries moved to the dead-letter stream.",
             |m| m.dead_lettered.load(Ordering::Relaxed),
+        ),
+        (
+            "relay_router_dlq_truncated_total",
+            "Dead-lettered entries stored cut to --dlq-max-field-bytes.",
+            |m| m.dlq_truncated.load(Ordering::Relaxed),
         ),
         (
             "relay_router_apply_failed_total",

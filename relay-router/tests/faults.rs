@@ -387,6 +387,41 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     assert!(reasons[1].contains("seq"), "{}", reasons[1]);
     assert!(reasons[2].contains("msgpack"), "{}", reasons[2]);
     assert!(reasons[3].contains("limit"), "{}", reasons[3]);
+    // The 2 MiB body is stored cut to --dlq-max-field-bytes (64 KiB), with
+    // its size and hash.
+    let big = &dlq[3].fields;
+    assert_eq!(field(big, "f.body").map(|v| v.len()), Some(64 * 1024));
+    let marker = String::from_utf8_lossy(field(big, "t.body").expect("cut marker")).into_owned();
+    assert!(
+        marker.starts_with(&format!("{} ", 2 * 1024 * 1024)),
+        "{marker}"
+    );
+    assert!(field(&dlq[0].fields, "t.body").is_none());
+    // A cut entry is never replayed: what it would append is not the
+    // original.
+    let replay = std::process::Command::new(relay_suite::procs::bin_path("relayctl"))
+        .args([
+            "--redis-url",
+            redis.url(),
+            "--domain",
+            &domain,
+            "dlq",
+            "replay",
+        ])
+        .arg(dlq[3].id.to_string())
+        .output()
+        .expect("run relayctl");
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{text}");
+    assert!(text.contains("cannot be replayed"), "{text}");
+    let after = backend
+        .range(&keys.dlq_stream(), None, 100)
+        .await
+        .expect("dlq");
+    assert!(
+        after.iter().any(|e| e.id == dlq[3].id),
+        "still dead-lettered"
+    );
     for e in &dlq {
         assert_eq!(
             field(&e.fields, "source").map(|v| v.as_ref()),

@@ -117,18 +117,8 @@ impl Backend for DeafBackend {
     ) -> BackendResult<HistoryPage> {
         self.inner.read_history(keys, after, limit).await
     }
-    async fn dead_letter(
-        &self,
-        dlq: &str,
-        source: &str,
-        group: &str,
-        entry: &StreamEntry,
-        reason: &str,
-        deliveries: u64,
-    ) -> BackendResult<StreamId> {
-        self.inner
-            .dead_letter(dlq, source, group, entry, reason, deliveries)
-            .await
+    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
+        self.inner.dead_letter(dl).await
     }
     async fn range(
         &self,

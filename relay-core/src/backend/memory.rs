@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::{
     dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions, ApplyResult,
-    Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats, HistoryPage,
-    JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber, SubscriberHandle,
+    Backend, BackendResult, ClaimResult, ConsumerStats, DeadLetter, Delivered, GroupStats,
+    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
+    SubscriberHandle,
 };
 use crate::codec::{Fields, LiveEnvelope, Record};
 use crate::error::BackendError;
@@ -30,8 +31,6 @@ use crate::keys::JobKeys;
 
 /// Capacity of each subscriber's queue before it is disconnected.
 pub const SUBSCRIBER_QUEUE: usize = 65_536;
-/// Bound of dead-letter streams.
-const DLQ_MAXLEN: u64 = 100_000;
 
 /// The in-process backend. Cheap to clone (shared state).
 #[derive(Clone, Default)]
@@ -742,19 +741,11 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn dead_letter(
-        &self,
-        dlq: &str,
-        source: &str,
-        group: &str,
-        entry: &StreamEntry,
-        reason: &str,
-        deliveries: u64,
-    ) -> BackendResult<StreamId> {
+    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
         let mut inner = self.lock();
-        let fields = dead_letter_fields(source, entry, reason, deliveries);
-        let id = inner.xadd(dlq, fields, Some(DLQ_MAXLEN));
-        inner.ack(source, group, &[entry.id]);
+        let fields = dead_letter_fields(&dl);
+        let id = inner.xadd(dl.dlq, fields, Some(dl.limits.maxlen.max(1)));
+        inner.ack(dl.source, dl.group, &[dl.entry.id]);
         Ok(id)
     }
 

@@ -445,18 +445,11 @@ pub trait Backend: Send + Sync + 'static {
         limit: usize,
     ) -> BackendResult<HistoryPage>;
 
-    /// Moves an entry to the dead-letter stream `dlq` (fields: `reason`,
-    /// `source`, `id`, `deliveries`, then the original fields prefixed `f.`)
-    /// and acks it on `source`, atomically.
-    async fn dead_letter(
-        &self,
-        dlq: &str,
-        source: &str,
-        group: &str,
-        entry: &StreamEntry,
-        reason: &str,
-        deliveries: u64,
-    ) -> BackendResult<StreamId>;
+    /// Moves an entry to the dead-letter stream (fields: `reason`, `source`,
+    /// `id`, `deliveries`, `ts`, then the original fields prefixed `f.`, see
+    /// [`dead_letter_fields`]) and acks it on its source stream, atomically.
+    /// The dead-letter stream is trimmed to [`DeadLetterLimits::maxlen`].
+    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId>;
 
     /// Entries with id > `after` (from the start when `None`), up to `count`.
     async fn range(
@@ -485,25 +478,88 @@ pub trait Backend: Send + Sync + 'static {
     async fn delete(&self, keys: &[String]) -> BackendResult<u64>;
 }
 
-/// Builds the dead-letter entry fields shared by every backend.
-pub fn dead_letter_fields(
-    source: &str,
-    entry: &StreamEntry,
-    reason: &str,
-    deliveries: u64,
-) -> Fields {
-    let mut fields: Fields = vec![
-        ("reason".into(), Bytes::copy_from_slice(reason.as_bytes())),
-        ("source".into(), Bytes::copy_from_slice(source.as_bytes())),
-        ("id".into(), Bytes::from(entry.id.to_string())),
-        ("deliveries".into(), Bytes::from(deliveries.to_string())),
-        ("ts".into(), Bytes::from(crate::event::now_ms().to_string())),
-    ];
-    fields.extend(
-        entry
+/// Bounds on the dead-letter stream: poison can be large and arrive in
+/// bulk, and the stream must not grow Redis without limit (G6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadLetterLimits {
+    /// Entries kept; the oldest are trimmed first.
+    pub maxlen: u64,
+    /// Original field values longer than this are cut to this many bytes;
+    /// `t.<name>` then records `<original size> <sha256 hex>`, so the entry
+    /// can still be identified (and is never replayed).
+    pub max_field_bytes: usize,
+}
+
+impl Default for DeadLetterLimits {
+    fn default() -> Self {
+        Self {
+            maxlen: 100_000,
+            max_field_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// One [`Backend::dead_letter`] call.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetter<'a> {
+    /// The dead-letter stream.
+    pub dlq: &'a str,
+    /// The stream the entry came from (it is acked there).
+    pub source: &'a str,
+    /// The consumer group that holds it pending.
+    pub group: &'a str,
+    /// The entry.
+    pub entry: &'a StreamEntry,
+    /// Why it is dead-lettered.
+    pub reason: &'a str,
+    /// How often it was delivered.
+    pub deliveries: u64,
+    /// Size bounds.
+    pub limits: DeadLetterLimits,
+}
+
+impl DeadLetter<'_> {
+    /// Whether some original field value is over the size limit (and is
+    /// stored cut).
+    pub fn truncates(&self) -> bool {
+        self.entry
             .fields
             .iter()
-            .map(|(k, v)| (format!("f.{k}"), v.clone())),
-    );
+            .any(|(_, v)| v.len() > self.limits.max_field_bytes)
+    }
+}
+
+/// Prefix of the dead-letter field that marks a cut original field.
+pub const DLQ_TRUNCATED_PREFIX: &str = "t.";
+
+/// Builds the dead-letter entry fields shared by every backend.
+pub fn dead_letter_fields(dl: &DeadLetter<'_>) -> Fields {
+    use sha2::{Digest, Sha256};
+    let mut fields: Fields = vec![
+        (
+            "reason".into(),
+            Bytes::copy_from_slice(dl.reason.as_bytes()),
+        ),
+        (
+            "source".into(),
+            Bytes::copy_from_slice(dl.source.as_bytes()),
+        ),
+        ("id".into(), Bytes::from(dl.entry.id.to_string())),
+        ("deliveries".into(), Bytes::from(dl.deliveries.to_string())),
+        ("ts".into(), Bytes::from(crate::event::now_ms().to_string())),
+    ];
+    let max = dl.limits.max_field_bytes;
+    for (k, v) in &dl.entry.fields {
+        if v.len() > max {
+            let digest = hex::encode(Sha256::digest(v));
+            fields.push((format!("f.{k}"), v.slice(..max)));
+            fields.push((
+                format!("{DLQ_TRUNCATED_PREFIX}{k}"),
+                Bytes::from(format!("{} {digest}", v.len())),
+            ));
+        } else {
+            fields.push((format!("f.{k}"), v.clone()));
+        }
+    }
     fields
 }

@@ -35,8 +35,8 @@ use tokio::sync::mpsc;
 
 use super::{
     dead_letter_fields, AckRequest, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions,
-    ApplyResult, Backend, BackendResult, ClaimResult, ConsumerStats, Delivered, GroupStats,
-    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
+    ApplyResult, Backend, BackendResult, ClaimResult, ConsumerStats, DeadLetter, Delivered,
+    GroupStats, HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
     SubscriberHandle,
 };
 use crate::codec::{Fields, Payload, Record};
@@ -1396,20 +1396,25 @@ impl Backend for RedisBackend {
         })
     }
 
-    async fn dead_letter(
-        &self,
-        dlq: &str,
-        source: &str,
-        group: &str,
-        entry: &StreamEntry,
-        reason: &str,
-        deliveries: u64,
-    ) -> BackendResult<StreamId> {
-        let fields = dead_letter_fields(source, entry, reason, deliveries);
+    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
+        let DeadLetter {
+            dlq,
+            source,
+            group,
+            entry,
+            ..
+        } = dl;
+        let fields = dead_letter_fields(&dl);
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut xadd = redis::cmd("XADD");
-        xadd.arg(dlq).arg("*");
+        // Exact trimming: dead letters are rare, and the bound must hold
+        // even for a few large entries (`~` trims only whole stream nodes).
+        xadd.arg(dlq)
+            .arg("MAXLEN")
+            .arg("=")
+            .arg(dl.limits.maxlen.max(1))
+            .arg("*");
         for (k, v) in &fields {
             xadd.arg(k.as_str()).arg(&v[..]);
         }
