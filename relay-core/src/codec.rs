@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eco2::Eco2Routed;
 use crate::error::CodecError;
-use crate::event::{Epoch, Event, JobId, Offset, Position, Stage, Status};
+use crate::event::{parse_canonical_u64, Epoch, Event, JobId, Offset, Position, Stage, Status};
 
 /// How an event body is encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -147,12 +147,12 @@ pub fn native_fields(event: &Event, enc: Encoding) -> Result<Fields, CodecError>
 /// Parses a native stream entry, checking the body against the plain fields.
 pub fn parse_native(fields: &[(String, Bytes)]) -> Result<NativeEntry, CodecError> {
     let job = JobId::new(text_field(fields, "job")?)?;
-    let seq: u64 = text_field(fields, "seq")?
-        .parse()
-        .map_err(|e| CodecError::InvalidField {
+    let seq = parse_canonical_u64("seq", text_field(fields, "seq")?).map_err(|e| {
+        CodecError::InvalidField {
             field: "seq",
-            reason: format!("{e}"),
-        })?;
+            reason: e.to_string(),
+        }
+    })?;
     let enc: Encoding = match field(fields, "enc") {
         Some(_) => text_field(fields, "enc")?.parse()?,
         None => Encoding::MsgPack,
@@ -167,6 +167,7 @@ pub fn parse_native(fields: &[(String, Bytes)]) -> Result<NativeEntry, CodecErro
     if event.seq != seq {
         return Err(CodecError::Mismatch("seq"));
     }
+    event.validate()?;
     if let Some(stage) = field(fields, "stage") {
         if stage.as_ref() != event.stage.as_str().as_bytes() {
             return Err(CodecError::Mismatch("stage"));
@@ -326,6 +327,7 @@ impl LiveEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ValidationError;
     use crate::event::Status;
 
     fn ev() -> Event {
@@ -367,6 +369,30 @@ mod tests {
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[1].1 = Bytes::from_static(b"12");
         assert!(matches!(parse_native(&f), Err(CodecError::Mismatch("seq"))));
+
+        // Non-canonical seqs would alias the canonical one.
+        for alias in [format!("+{}", e.seq), format!("000{}", e.seq)] {
+            let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
+            f[1].1 = Bytes::from(alias.clone());
+            assert!(
+                matches!(
+                    parse_native(&f),
+                    Err(CodecError::InvalidField { field: "seq", .. })
+                ),
+                "{alias} accepted"
+            );
+        }
+
+        // Progress over 100 is refused at the router's door.
+        let mut over = e.clone();
+        over.progress = Some(150);
+        let f = native_fields(&over, Encoding::Json).unwrap();
+        assert!(matches!(
+            parse_native(&f),
+            Err(CodecError::Validation(ValidationError::Progress {
+                value: 150
+            }))
+        ));
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[6].1 = Bytes::from_static(b"\xc1garbage");

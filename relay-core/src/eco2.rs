@@ -12,8 +12,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use crate::codec::Fields;
-use crate::error::CodecError;
-use crate::event::{Event, JobId, Stage, Status, TraceContext, DONE_STAGE};
+use crate::error::{CodecError, ValidationError};
+use crate::event::{
+    parse_canonical_u64, Event, JobId, Stage, Status, TraceContext, DONE_STAGE, MAX_PROGRESS,
+};
 
 /// The seq of the job-level terminal `failed` event relay's eco2 producer emits.
 pub const TERMINAL_FAILED_SEQ: u64 = 59;
@@ -153,13 +155,24 @@ impl Eco2Entry {
         let job_id = JobId::new(get("job_id")?)?;
         let stage = Stage::new(get("stage")?)?;
         let status = get("status")?.to_owned();
-        let seq = get("seq")?
-            .trim()
-            .parse::<u64>()
-            .map_err(|e| CodecError::InvalidField {
+        let seq =
+            parse_canonical_u64("seq", get("seq")?).map_err(|e| CodecError::InvalidField {
                 field: "seq",
                 reason: e.to_string(),
             })?;
+        // `progress` is an integer as a string, or "" (WIRE: see docs).
+        if let Ok(p) = get("progress") {
+            if !p.is_empty() {
+                let n =
+                    parse_canonical_u64("progress", p).map_err(|e| CodecError::InvalidField {
+                        field: "progress",
+                        reason: e.to_string(),
+                    })?;
+                if n > u64::from(MAX_PROGRESS) {
+                    return Err(ValidationError::Progress { value: n }.into());
+                }
+            }
+        }
         Ok(Self {
             job_id,
             stage,
@@ -340,6 +353,51 @@ mod tests {
         assert_eq!(seq_for("done", "completed"), 51);
         assert_eq!(seq_for("done", "failed"), 59);
         assert_eq!(seq_for("mystery", "started"), 990);
+    }
+
+    #[test]
+    fn non_canonical_seq_and_bad_progress_are_rejected() {
+        let entry = |seq: &str, progress: &str| {
+            Eco2Entry::parse(&raw(&[
+                ("job_id", "abc-123"),
+                ("stage", "vision"),
+                ("status", "progress"),
+                ("seq", seq),
+                ("ts", "1766899796.475799"),
+                ("progress", progress),
+                ("result", ""),
+            ]))
+        };
+        assert!(entry("11", "25").is_ok());
+        assert!(entry("11", "").is_ok());
+        assert!(entry("11", "100").is_ok());
+        for seq in ["+11", "011", " 11", "11 ", "1.1e1"] {
+            assert!(
+                matches!(
+                    entry(seq, "25"),
+                    Err(CodecError::InvalidField { field: "seq", .. })
+                ),
+                "seq {seq:?} accepted"
+            );
+        }
+        assert!(matches!(
+            entry("11", "101"),
+            Err(CodecError::Validation(ValidationError::Progress {
+                value: 101
+            }))
+        ));
+        for progress in ["-1", "+5", "05", "50%", "1e2"] {
+            assert!(
+                matches!(
+                    entry("11", progress),
+                    Err(CodecError::InvalidField {
+                        field: "progress",
+                        ..
+                    })
+                ),
+                "progress {progress:?} accepted"
+            );
+        }
     }
 
     #[test]

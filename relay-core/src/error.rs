@@ -38,6 +38,22 @@ pub enum ValidationError {
         /// The offending value (truncated).
         value: String,
     },
+    /// Progress outside 0–100.
+    #[error("progress must be 0-100, got {value}")]
+    Progress {
+        /// The offending value.
+        value: u64,
+    },
+    /// A number that is not written the one canonical way (decimal digits,
+    /// no sign, no leading zeros, no spaces): `+1`, `00001` and ` 1` would
+    /// otherwise alias `1`.
+    #[error("{what} must be a canonical decimal integer, got {value:?}")]
+    NotCanonical {
+        /// Which field.
+        what: &'static str,
+        /// The offending value (truncated).
+        value: String,
+    },
     /// Malformed resume position.
     #[error("invalid position {value:?}: expected <epoch>:<offset>")]
     Position {

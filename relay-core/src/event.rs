@@ -278,6 +278,29 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Largest progress percentage.
+pub const MAX_PROGRESS: u8 = 100;
+
+/// Parses a decimal integer written the one canonical way: ASCII digits, no
+/// sign, no leading zeros (except `0` itself), no spaces, no overflow. Seqs
+/// and progress from untrusted entries go through this, so that `+1`,
+/// `00001` and ` 1` are rejected instead of aliasing `1`.
+pub fn parse_canonical_u64(what: &'static str, s: &str) -> Result<u64, ValidationError> {
+    let bad = || ValidationError::NotCanonical {
+        what,
+        value: s.chars().take(32).collect(),
+    };
+    let bytes = s.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > 20
+        || !bytes.iter().all(u8::is_ascii_digit)
+        || (bytes.len() > 1 && bytes[0] == b'0')
+    {
+        return Err(bad());
+    }
+    s.parse().map_err(|_| bad())
+}
+
 /// One progress event of a job, as a producer publishes it.
 ///
 /// ```
@@ -333,6 +356,14 @@ impl Event {
             ts: now_ms(),
             trace: None,
         })
+    }
+
+    /// Checks what the type does not: progress within 0–100.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.progress {
+            Some(p) if p > MAX_PROGRESS => Err(ValidationError::Progress { value: p.into() }),
+            _ => Ok(()),
+        }
     }
 
     /// Sets the progress percentage (clamped to 100).
@@ -454,6 +485,51 @@ impl FromStr for Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_integers_only() {
+        assert_eq!(parse_canonical_u64("seq", "0"), Ok(0));
+        assert_eq!(parse_canonical_u64("seq", "1"), Ok(1));
+        assert_eq!(
+            parse_canonical_u64("seq", "18446744073709551615"),
+            Ok(u64::MAX)
+        );
+        for bad in [
+            "",
+            "+1",
+            "-1",
+            "00001",
+            "01",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e3",
+            "0x10",
+            "18446744073709551616",
+            "１",
+        ] {
+            assert!(
+                matches!(
+                    parse_canonical_u64("seq", bad),
+                    Err(ValidationError::NotCanonical { what: "seq", .. })
+                ),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn progress_over_100_is_invalid() {
+        let mut e = Event::new("scan", "j", 1, "vision", Status::Progress).unwrap();
+        assert!(e.validate().is_ok());
+        e.progress = Some(100);
+        assert!(e.validate().is_ok());
+        e.progress = Some(101);
+        assert!(matches!(
+            e.validate(),
+            Err(ValidationError::Progress { value: 101 })
+        ));
+    }
 
     #[test]
     fn job_id_rules() {

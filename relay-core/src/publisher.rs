@@ -117,6 +117,7 @@ impl Publisher {
 
     /// Validates and encodes an event into its append request.
     pub fn request(&self, event: &Event) -> Result<AppendRequest, PublishError> {
+        event.validate()?;
         if event.domain != *self.keys.domain() {
             return Err(PublishError::WrongDomain {
                 event: event.domain.to_string(),
@@ -193,6 +194,20 @@ mod tests {
         let job = crate::JobId::new(job).expect("job");
         let stream = p.keys().shard_stream(p.keys().shard_of(&job));
         backend.stream_len(&stream).await.expect("len")
+    }
+
+    #[tokio::test]
+    async fn progress_over_100_is_refused() {
+        let (backend, p) = publisher(Profile::Native, DedupeAt::Apply);
+        let mut e = crate::Event::new("scan", "j-over", 1, "vision", Status::Progress).unwrap();
+        e.progress = Some(101);
+        assert!(matches!(
+            p.publish(&e).await,
+            Err(PublishError::Invalid(
+                crate::error::ValidationError::Progress { value: 101 }
+            ))
+        ));
+        assert_eq!(stream_len(&backend, &p, "j-over").await, 0);
     }
 
     #[tokio::test]
