@@ -177,6 +177,7 @@ impl Publisher {
 mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
+    use crate::backend::StreamLog;
     use crate::keys::KeySpace;
     use crate::{Domain, Status};
 

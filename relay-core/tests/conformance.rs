@@ -16,6 +16,7 @@ use relay_core::backend::{
     DeadLetter, DeadLetterLimits, Dedupe, ReadFrom, StreamEntry, StreamId, Subscriber,
     DLQ_TRUNCATED_PREFIX,
 };
+use relay_core::backend::{JobLog, KvStore, PubSub, StreamLog};
 use relay_core::codec::{field, Fields};
 use relay_core::keys::JobKeys;
 use relay_core::testing::TestRedis;

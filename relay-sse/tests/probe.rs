@@ -31,15 +31,22 @@ impl Backend for DeafBackend {
     fn name(&self) -> &'static str {
         "deaf-memory"
     }
+
     async fn ping(&self) -> BackendResult<()> {
         self.inner.ping().await
     }
+}
+
+#[async_trait]
+impl StreamLog for DeafBackend {
     async fn append_batch(&self, reqs: Vec<AppendRequest>) -> BackendResult<Vec<AppendOutcome>> {
         self.inner.append_batch(reqs).await
     }
+
     async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()> {
         self.inner.ensure_group(stream, group).await
     }
+
     async fn read_group(
         &self,
         stream: &str,
@@ -53,6 +60,7 @@ impl Backend for DeafBackend {
             .read_group(stream, group, consumer, from, count, block)
             .await
     }
+
     async fn claim_idle(
         &self,
         stream: &str,
@@ -65,12 +73,15 @@ impl Backend for DeafBackend {
             .claim_idle(stream, group, consumer, min_idle, count)
             .await
     }
+
     async fn ack(&self, stream: &str, group: &str, ids: &[StreamId]) -> BackendResult<u64> {
         self.inner.ack(stream, group, ids).await
     }
+
     async fn group_stats(&self, stream: &str, group: &str) -> BackendResult<GroupStats> {
         self.inner.group_stats(stream, group).await
     }
+
     async fn delete_consumer(
         &self,
         stream: &str,
@@ -79,6 +90,31 @@ impl Backend for DeafBackend {
     ) -> BackendResult<u64> {
         self.inner.delete_consumer(stream, group, consumer).await
     }
+
+    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
+        self.inner.dead_letter(dl).await
+    }
+
+    async fn range(
+        &self,
+        stream: &str,
+        after: Option<StreamId>,
+        count: usize,
+    ) -> BackendResult<Vec<StreamEntry>> {
+        self.inner.range(stream, after, count).await
+    }
+
+    async fn delete_entries(&self, stream: &str, ids: &[StreamId]) -> BackendResult<u64> {
+        self.inner.delete_entries(stream, ids).await
+    }
+
+    async fn stream_len(&self, stream: &str) -> BackendResult<u64> {
+        self.inner.stream_len(stream).await
+    }
+}
+
+#[async_trait]
+impl JobLog for DeafBackend {
     async fn apply(
         &self,
         jobs: Vec<ApplyJob>,
@@ -86,9 +122,27 @@ impl Backend for DeafBackend {
     ) -> BackendResult<Vec<ApplyResult>> {
         self.inner.apply(jobs, opts).await
     }
+
+    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
+        self.inner.get_state(keys).await
+    }
+
+    async fn read_history(
+        &self,
+        keys: &JobKeys,
+        after: Offset,
+        limit: usize,
+    ) -> BackendResult<HistoryPage> {
+        self.inner.read_history(keys, after, limit).await
+    }
+}
+
+#[async_trait]
+impl PubSub for DeafBackend {
     async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
         self.inner.publish_batch(messages).await
     }
+
     async fn subscriber(&self) -> BackendResult<Subscriber> {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let mut sub = self.inner.subscriber().await?;
@@ -106,43 +160,22 @@ impl Backend for DeafBackend {
             messages: rx,
         })
     }
-    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
-        self.inner.get_state(keys).await
-    }
-    async fn read_history(
-        &self,
-        keys: &JobKeys,
-        after: Offset,
-        limit: usize,
-    ) -> BackendResult<HistoryPage> {
-        self.inner.read_history(keys, after, limit).await
-    }
-    async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
-        self.inner.dead_letter(dl).await
-    }
-    async fn range(
-        &self,
-        stream: &str,
-        after: Option<StreamId>,
-        count: usize,
-    ) -> BackendResult<Vec<StreamEntry>> {
-        self.inner.range(stream, after, count).await
-    }
-    async fn delete_entries(&self, stream: &str, ids: &[StreamId]) -> BackendResult<u64> {
-        self.inner.delete_entries(stream, ids).await
-    }
-    async fn stream_len(&self, stream: &str) -> BackendResult<u64> {
-        self.inner.stream_len(stream).await
-    }
+}
+
+#[async_trait]
+impl KvStore for DeafBackend {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
         self.inner.set_nx(key, value, ttl).await
     }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<()> {
         self.inner.set(key, value, ttl).await
     }
+
     async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
         self.inner.get(key).await
     }
+
     async fn delete(&self, keys: &[String]) -> BackendResult<u64> {
         self.inner.delete(keys).await
     }

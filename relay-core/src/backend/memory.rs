@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, Notify};
 use super::{
     dead_letter_fields, AppendOutcome, AppendRequest, Applied, ApplyJob, ApplyOptions, ApplyResult,
     Backend, BackendResult, ClaimResult, ConsumerStats, DeadLetter, Delivered, GroupStats,
-    HistoryPage, JobState, PubSubMessage, ReadFrom, StreamEntry, StreamId, Subscriber,
-    SubscriberHandle,
+    HistoryPage, JobLog, JobState, KvStore, PubSub, PubSubMessage, ReadFrom, StreamEntry, StreamId,
+    StreamLog, Subscriber, SubscriberHandle,
 };
 use crate::codec::{Fields, LiveEnvelope, Record};
 use crate::error::BackendError;
@@ -405,7 +405,10 @@ impl Backend for MemoryBackend {
     async fn ping(&self) -> BackendResult<()> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl StreamLog for MemoryBackend {
     async fn append_batch(&self, reqs: Vec<AppendRequest>) -> BackendResult<Vec<AppendOutcome>> {
         let now = Instant::now();
         let mut inner = self.lock();
@@ -664,83 +667,6 @@ impl Backend for MemoryBackend {
         Ok((before - g.pel.len()) as u64)
     }
 
-    async fn apply(
-        &self,
-        jobs: Vec<ApplyJob>,
-        opts: &ApplyOptions,
-    ) -> BackendResult<Vec<ApplyResult>> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        inner.tick(now);
-        Ok(jobs
-            .into_iter()
-            .map(|job| inner.apply_job(job, opts, now))
-            .collect())
-    }
-
-    async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
-        let mut inner = self.lock();
-        for (ch, payload) in messages {
-            inner.publish(&ch, payload);
-        }
-        Ok(())
-    }
-
-    async fn subscriber(&self) -> BackendResult<Subscriber> {
-        let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
-        self.lock().subs.insert(id, tx);
-        Ok(Subscriber {
-            handle: Box::new(MemorySubscriber {
-                id,
-                shared: Arc::downgrade(&self.shared),
-            }),
-            messages: rx,
-        })
-    }
-
-    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
-            return Ok(None);
-        };
-        let Some((seq, record)) = &d.state else {
-            return Ok(None);
-        };
-        Ok(Some(JobState {
-            epoch: Epoch(d.epoch),
-            top: Offset(d.top),
-            seq: *seq,
-            record: record.clone(),
-        }))
-    }
-
-    async fn read_history(
-        &self,
-        keys: &JobKeys,
-        after: Offset,
-        limit: usize,
-    ) -> BackendResult<HistoryPage> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
-            return Ok(HistoryPage::default());
-        };
-        Ok(HistoryPage {
-            epoch: Some(Epoch(d.epoch)),
-            top: Offset(d.top),
-            first: d.hist.front().map(|r| r.offset),
-            records: d
-                .hist
-                .iter()
-                .filter(|r| r.offset > after)
-                .take(limit)
-                .cloned()
-                .collect(),
-        })
-    }
-
     async fn dead_letter(&self, dl: DeadLetter<'_>) -> BackendResult<StreamId> {
         let mut inner = self.lock();
         let fields = dead_letter_fields(&dl);
@@ -792,7 +718,93 @@ impl Backend for MemoryBackend {
             .get(stream)
             .map_or(0, |s| s.entries.len() as u64))
     }
+}
 
+#[async_trait]
+impl JobLog for MemoryBackend {
+    async fn apply(
+        &self,
+        jobs: Vec<ApplyJob>,
+        opts: &ApplyOptions,
+    ) -> BackendResult<Vec<ApplyResult>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.tick(now);
+        Ok(jobs
+            .into_iter()
+            .map(|job| inner.apply_job(job, opts, now))
+            .collect())
+    }
+
+    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
+            return Ok(None);
+        };
+        let Some((seq, record)) = &d.state else {
+            return Ok(None);
+        };
+        Ok(Some(JobState {
+            epoch: Epoch(d.epoch),
+            top: Offset(d.top),
+            seq: *seq,
+            record: record.clone(),
+        }))
+    }
+
+    async fn read_history(
+        &self,
+        keys: &JobKeys,
+        after: Offset,
+        limit: usize,
+    ) -> BackendResult<HistoryPage> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(d) = get_live(&mut inner.jobs, &keys.meta, now) else {
+            return Ok(HistoryPage::default());
+        };
+        Ok(HistoryPage {
+            epoch: Some(Epoch(d.epoch)),
+            top: Offset(d.top),
+            first: d.hist.front().map(|r| r.offset),
+            records: d
+                .hist
+                .iter()
+                .filter(|r| r.offset > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+#[async_trait]
+impl PubSub for MemoryBackend {
+    async fn publish_batch(&self, messages: Vec<(String, Bytes)>) -> BackendResult<()> {
+        let mut inner = self.lock();
+        for (ch, payload) in messages {
+            inner.publish(&ch, payload);
+        }
+        Ok(())
+    }
+
+    async fn subscriber(&self) -> BackendResult<Subscriber> {
+        let id = self.shared.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        self.lock().subs.insert(id, tx);
+        Ok(Subscriber {
+            handle: Box::new(MemorySubscriber {
+                id,
+                shared: Arc::downgrade(&self.shared),
+            }),
+            messages: rx,
+        })
+    }
+}
+
+#[async_trait]
+impl KvStore for MemoryBackend {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();

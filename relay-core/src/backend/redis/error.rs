@@ -1,0 +1,64 @@
+//! Server and client errors to [`BackendError`]: what is transient (retry
+//! after a backoff) and what is not.
+
+use redis::{ErrorKind, RedisError};
+
+use crate::error::BackendError;
+
+pub(super) fn server_code(e: &RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_owned());
+    }
+    e.clone()
+        .into_server_errors()
+        .and_then(|errs| errs.first().map(|(_, se)| se.code().to_owned()))
+}
+
+pub(super) fn is_noscript(e: &RedisError) -> bool {
+    server_code(e).as_deref() == Some("NOSCRIPT")
+}
+
+pub(super) fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal()
+}
+
+pub(super) fn map_err(e: RedisError) -> BackendError {
+    map_err_ctx(e, None)
+}
+
+pub(super) fn map_group_err(e: RedisError, stream: &str, group: &str) -> BackendError {
+    map_err_ctx(e, Some((stream, group)))
+}
+
+pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> BackendError {
+    if let Some(code) = server_code(&e) {
+        return match code.as_str() {
+            "NOGROUP" => match group {
+                Some((stream, group)) => BackendError::NoGroup {
+                    stream: stream.to_owned(),
+                    group: group.to_owned(),
+                },
+                None => BackendError::Server(e.to_string()),
+            },
+            // The server is up but refuses for now: (re)starting, failing
+            // over, busy, out of memory under `noeviction`, short of
+            // replicas, or unable to persist. Retry later; never a reason to
+            // dead-letter the event being written.
+            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
+            | "NOREPLICAS" | "MISCONF" => BackendError::Unavailable(e.to_string()),
+            _ => BackendError::Server(e.to_string()),
+        };
+    }
+    if is_connection_error(&e) {
+        return BackendError::Connection(e.to_string());
+    }
+    match e.kind() {
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendError::Protocol(e.to_string()),
+        ErrorKind::Io => BackendError::Connection(e.to_string()),
+        _ => BackendError::Server(e.to_string()),
+    }
+}
+
+pub(super) fn protocol(what: impl Into<String>) -> BackendError {
+    BackendError::Protocol(what.into())
+}
