@@ -14,6 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::hub::Signal;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Metrics};
 use crate::stream::Output;
 use crate::{Gateway, SseTakeover};
 
@@ -59,7 +60,7 @@ pub(crate) async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, router.clone()));
+        tokio::spawn(connection(sock, router.clone(), gateway.metrics().clone()));
     }
     gateway.shutdown();
     // Give the streams a moment to write their end.
@@ -139,7 +140,7 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
-async fn connection(mut sock: TcpStream, router: Router) {
+async fn connection(mut sock: TcpStream, router: Router, metrics: Arc<Metrics>) {
     let mut buf = BytesMut::new();
     loop {
         // Read one request head.
@@ -168,7 +169,17 @@ async fn connection(mut sock: TcpStream, router: Router) {
         if buf.is_empty() {
             buf = BytesMut::new(); // release the head buffer while streaming
         }
-        let Ok(resp) = router.clone().oneshot(*req).await;
+        // Routing may wait (an unknown job is awaited for `pending_job`
+        // before its 404) while holding a connection slot: a client that
+        // hangs up meanwhile gives the slot back at once.
+        let routed = router.clone().oneshot(*req);
+        let resp = tokio::select! {
+            Ok(resp) = routed => resp,
+            () = peer_closed(&sock, &mut buf) => {
+                metrics.reject("client_gone");
+                return;
+            }
+        };
         let streaming = resp
             .extensions()
             .get::<SseTakeover>()
@@ -205,6 +216,27 @@ async fn connection(mut sock: TcpStream, router: Router) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Resolves when the peer closes (or resets) the connection. Bytes it sends
+/// meanwhile (a pipelined request) are kept in `buf` up to [`MAX_HEAD`];
+/// beyond that the connection is no longer watched (never resolves).
+async fn peer_closed(sock: &TcpStream, buf: &mut BytesMut) {
+    loop {
+        if buf.len() >= MAX_HEAD {
+            return std::future::pending().await;
+        }
+        if sock.readable().await.is_err() {
+            return;
+        }
+        buf.reserve(1024);
+        match sock.try_read_buf(buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }

@@ -11,6 +11,7 @@ use relay_core::backend::Backend;
 use relay_core::{auth, Event, JobId, Payload, Status};
 use relay_sse::client::SseItem;
 use relay_sse::{CloseReason, GatewayOptions};
+use tokio::io::AsyncWriteExt;
 
 async fn gw_with(opts: GatewayOptions) -> (TestGateway, Arc<MemoryBackend>) {
     let mem = Arc::new(MemoryBackend::new());
@@ -288,7 +289,6 @@ async fn slow_client_is_disconnected_and_counted() {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut stream = sock.connect(t.addr).await.unwrap();
-    use tokio::io::AsyncWriteExt;
     stream
         .write_all(format!("GET /v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
@@ -517,4 +517,41 @@ async fn front_serves_other_routes_and_keeps_alive() {
     let events = c.collect().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "done");
+}
+
+/// Clients that hang up while their request waits for an unknown job give
+/// their connection slots back at once, not after `pending_job`: otherwise
+/// a burst of abandoned requests holds the gateway at its connection limit.
+#[tokio::test]
+async fn hung_up_pending_requests_release_their_slots() {
+    let (t, _) = gw_with(GatewayOptions {
+        max_connections: 5,
+        pending_job: Duration::from_secs(3600),
+        ..opts()
+    })
+    .await;
+    let mut socks = Vec::new();
+    for i in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(
+            format!("GET /v1/jobs/job-gone-{i}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        socks.push(s);
+    }
+    wait_for(|| t.gateway.active_connections() == 5).await;
+    drop(socks);
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_rejected_total{reason=\"client_gone\"} 5"),
+        "{m}"
+    );
+    // The slots are free: a client of a known job streams.
+    let job = "job-gone-ok";
+    t.apply(&step(job, 1, 1)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.collect().await.len(), 1);
 }
