@@ -262,7 +262,11 @@ fn response_head<B>(resp: &Response<B>, length: Option<usize>, close: bool) -> B
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    let bodyless = status == axum::http::StatusCode::NO_CONTENT
+        || status == axum::http::StatusCode::NOT_MODIFIED
+        || status.is_informational();
     match length {
+        Some(_) if bodyless => {}
         Some(n) => {
             out.put_slice(b"content-length: ");
             out.put_slice(n.to_string().as_bytes());

@@ -644,6 +644,16 @@ async fn sse_response(
         m.reject("not_found");
         return json_error(StatusCode::NOT_FOUND, "JOB_NOT_FOUND", "job not found");
     }
+    if session.terminal && session.nothing_framed() {
+        // The client already has the job's terminal event: nothing to send.
+        // 204 tells an EventSource to stop reconnecting (an ended 200
+        // stream would make it reconnect every `retry` ms).
+        m.reject("finished");
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return resp;
+    }
     if from.is_some() {
         m.resume(session.resume.snapshots() > 0);
     }

@@ -173,6 +173,11 @@ pub(crate) struct Session {
     /// envelopes), with its epoch. A terminal event below it is not the end
     /// of the job (e.g. a `failed` run followed by a dead-letter replay).
     top: Option<(Epoch, Offset)>,
+    /// Read the job's state once the client is at the top of the history:
+    /// if it is terminal the client has the job's end, even when no
+    /// terminal event was (or will be) framed as the last record (see
+    /// [`Session::check_finished`]).
+    state_check: bool,
     /// Events framed into the current chunk (for the delivered counter).
     pending_ts: Vec<Option<u64>>,
 }
@@ -220,6 +225,7 @@ impl Session {
             cfg,
             terminal: false,
             top: None,
+            state_check: true,
             pending_ts: Vec::new(),
         }
     }
@@ -330,6 +336,47 @@ impl Session {
                     queue.extend(self.resume.on_state(state));
                 }
             }
+        }
+        self.check_finished().await
+    }
+
+    /// Whether nothing was framed since the last delivery.
+    pub fn nothing_framed(&self) -> bool {
+        self.pending_ts.is_empty()
+    }
+
+    /// Ends the stream when the client holds the whole history and the
+    /// job's state is terminal. The state is the job's highest-seq event,
+    /// so this covers what the "terminal event at the top" rule cannot: a
+    /// client resuming *at* the terminal event (nothing left to frame), and
+    /// a lower-seq event applied after the terminal one (history `…, done,
+    /// late`: the state stays `done`). A dead-letter replay runs with higher
+    /// seqs, so its job's state is not terminal until the replay ends.
+    async fn check_finished(&mut self) -> Result<(), SessionError> {
+        if self.terminal || !self.state_check || self.resume.is_reading() {
+            return Ok(());
+        }
+        let (Some(pos), Some((epoch, top))) = (self.resume.position(), self.top) else {
+            return Ok(());
+        };
+        if pos.epoch != epoch || pos.offset < top {
+            return Ok(());
+        }
+        let (b, k) = (&self.backend, &self.keys);
+        let Some(state) = retry(|| b.get_state(k)).await? else {
+            return Ok(());
+        };
+        if state.epoch != pos.epoch {
+            return Ok(());
+        }
+        self.note_top(state.epoch, state.top);
+        if state.top > pos.offset {
+            return Ok(()); // more records exist: check again at the new top
+        }
+        self.state_check = false;
+        let terminal = state.record.payload.decode().is_ok_and(|d| d.is_terminal());
+        if terminal && state.record.offset <= pos.offset {
+            self.terminal = true;
         }
         Ok(())
     }

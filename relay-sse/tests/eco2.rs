@@ -134,3 +134,19 @@ async fn eco2_short_or_invalid_job_ids_rejected() {
     let c = connect(&t.url(&format!("/api/v1/other/{JOB}/events")), None).await;
     assert_eq!(c.status, 404);
 }
+
+/// Resuming from the terminal entry's stream id: nothing is left to send,
+/// the answer is `204 No Content` (an EventSource stops reconnecting).
+#[tokio::test]
+async fn eco2_resume_at_terminal_id_is_204() {
+    let t = gw().await;
+    for (n, (stage, status)) in STEPS.iter().enumerate() {
+        route(&t, stage, status, n as u64).await;
+    }
+    let c = connect(
+        &t.url(&format!("/api/v1/scan/{JOB}/events")),
+        Some("1766899796005-0"),
+    )
+    .await;
+    assert_eq!(c.status, 204);
+}

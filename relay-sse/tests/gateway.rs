@@ -555,3 +555,46 @@ async fn hung_up_pending_requests_release_their_slots() {
     assert_eq!(c.status, 200);
     assert_eq!(c.collect().await.len(), 1);
 }
+
+/// A client resuming at a finished job's terminal event has everything:
+/// the gateway answers `204 No Content` at once (an EventSource stops
+/// reconnecting on 204) instead of holding an empty stream open with
+/// heartbeats until `max_stream`.
+#[tokio::test]
+async fn resume_at_terminal_offset_ends_with_204() {
+    let o = GatewayOptions {
+        max_stream: Duration::from_secs(3600),
+        ..opts()
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let job = "job-resume-done-1";
+    let mut epoch = None;
+    for n in 1..=4 {
+        epoch = Some(t.apply(&step(job, n, 4)).await.0);
+    }
+    let e = epoch.unwrap();
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    let c = connect(&url, Some(&format!("{e}:4"))).await;
+    assert_eq!(c.status, 204);
+    assert_eq!(c.body.as_deref(), Some(""));
+    // The query parameter form too.
+    let c = connect(&format!("{url}?last_event_id={e}:4"), None).await;
+    assert_eq!(c.status, 204);
+    // And on the embedding (axum) path.
+    let embedded = TestGateway::start_axum(mem, o).await;
+    let path = format!("/v1/jobs/{job}/events");
+    let c = connect(&embedded.url(&path), Some(&format!("{e}:4"))).await;
+    assert_eq!(c.status, 204);
+    assert_eq!(t.gateway.active_connections(), 0);
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_rejected_total{reason=\"finished\"} 2"),
+        "{m}"
+    );
+    // One event short of the end still streams the terminal event, then ends.
+    let mut c = connect(&url, Some(&format!("{e}:3"))).await;
+    assert_eq!(c.status, 200);
+    let events = c.collect().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "done");
+}
