@@ -294,8 +294,15 @@ impl Session {
                         Some(f) => {
                             buf.extend_from_slice(&f.bytes);
                             self.pending_ts.push(f.ts_ms);
-                            self.terminal |=
-                                f.terminal && self.is_last(env.epoch, env.record.offset);
+                            if f.terminal {
+                                if self.is_last(env.epoch, env.record.offset) {
+                                    self.terminal = true;
+                                } else {
+                                    // Records follow the terminal event: the
+                                    // state decides once they are sent.
+                                    self.state_check = true;
+                                }
+                            }
                         }
                         None => {
                             self.metrics.bad_messages.inc();

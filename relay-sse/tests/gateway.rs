@@ -598,3 +598,72 @@ async fn resume_at_terminal_offset_ends_with_204() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "done");
 }
+
+/// A late lower-seq event after `done`: seqs 1–3, `done` as seq 10, then a
+/// late seq 4. The history is `1, 2, 3, done, seq 4` and the job's state
+/// stays `done` (the highest seq). A client catching up gets every record
+/// and then the stream ends, instead of idling until `max_stream`.
+#[tokio::test]
+async fn late_event_after_done_still_ends_the_catch_up() {
+    let (t, _) = gw_with(GatewayOptions {
+        max_stream: Duration::from_secs(3600),
+        ..opts()
+    })
+    .await;
+    let job = "job-late-after-done";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 10)).await;
+    }
+    t.apply(&Event::new("scan", job, 10, "done", Status::Completed).unwrap())
+        .await;
+    t.apply(&step(job, 4, 10)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let events = c.collect().await;
+    let offsets: Vec<u64> = events.iter().map(offset_of).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    assert_eq!(events[3].event, "done");
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+    // Resuming right after `done` gets the late event, then the end.
+    let e = events[0].id.as_deref().unwrap().split(':').next().unwrap();
+    let mut c = connect(
+        &t.url(&format!("/v1/jobs/{job}/events")),
+        Some(&format!("{e}:4")),
+    )
+    .await;
+    let offsets: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offsets, [5]);
+}
+
+/// The same history found by a client already streaming (here through a
+/// heartbeat poll: no live message reaches it): `done` arrives with a
+/// record after it, and the stream still ends once both are sent.
+#[tokio::test]
+async fn late_event_after_done_ends_a_following_client() {
+    let mem = Arc::new(MemoryBackend::new());
+    let silent: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let t = TestGateway::start_split(
+        mem.clone(),
+        silent,
+        GatewayOptions {
+            max_stream: Duration::from_secs(3600),
+            ..opts()
+        },
+    )
+    .await;
+    let job = "job-late-after-done-2";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 10)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    for _ in 0..3 {
+        c.next_event().await.unwrap();
+    }
+    t.apply(&Event::new("scan", job, 10, "done", Status::Completed).unwrap())
+        .await;
+    t.apply(&step(job, 4, 10)).await;
+    let rest = c.collect().await;
+    let offsets: Vec<u64> = rest.iter().map(offset_of).collect();
+    assert_eq!(offsets, [4, 5]);
+    assert_eq!(rest[0].event, "done");
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+}
