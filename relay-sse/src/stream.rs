@@ -554,8 +554,11 @@ pub(crate) fn state_json(state: &JobState) -> serde_json::Value {
     })
 }
 
-/// eco2: maps a `Last-Event-ID` stream id to a history position: after the
-/// record with that stream id (or the last one before it). Unknown → a
+/// eco2: maps a `Last-Event-ID` stream id to a history position: right
+/// after the retained record whose stream id *equals* it. Stream ids do not
+/// follow history offsets (a restarted router routes new entries at once
+/// while a dead consumer's pending entry is claimed later), so ids are never
+/// compared by order. Not found (trimmed, another job's id, nonsense) → a
 /// position that makes the resume answer with a snapshot.
 pub(crate) async fn eco2_position(
     backend: &Arc<dyn Backend>,
@@ -563,49 +566,35 @@ pub(crate) async fn eco2_position(
     target: relay_core::backend::StreamId,
     page: usize,
 ) -> Result<Position, relay_core::BackendError> {
-    let unknown = UNKNOWN_POSITION;
     let mut after = Offset::ZERO;
-    let mut best: Option<Offset> = None;
     let mut epoch = None;
     loop {
         let p = retry(|| backend.read_history(keys, after, page.max(1))).await?;
-        let Some(e) = p.epoch else { return Ok(unknown) };
+        let Some(e) = p.epoch else {
+            return Ok(UNKNOWN_POSITION);
+        };
         if epoch.is_some_and(|x| x != e) {
-            return Ok(unknown);
+            return Ok(UNKNOWN_POSITION); // the history was re-created under us
         }
         epoch = Some(e);
         let Some(last) = p.records.last().map(|r| r.offset) else {
-            break;
+            return Ok(UNKNOWN_POSITION);
         };
         for rec in &p.records {
             let sid = match Payload::decode(&rec.payload) {
                 Ok(Decoded::Eco2(r)) => r.stream_id.parse::<relay_core::backend::StreamId>().ok(),
                 _ => None,
             };
-            match sid {
-                Some(s) if s <= target => best = Some(rec.offset),
-                Some(_) => {
-                    return Ok(finish(e, best));
-                }
-                None => {}
+            if sid == Some(target) {
+                return Ok(Position {
+                    epoch: e,
+                    offset: rec.offset,
+                });
             }
         }
-        after = last;
         if last >= p.top {
-            break;
+            return Ok(UNKNOWN_POSITION);
         }
-    }
-    Ok(match epoch {
-        Some(e) => finish(e, best),
-        None => unknown,
-    })
-}
-
-fn finish(epoch: Epoch, best: Option<Offset>) -> Position {
-    // Before everything retained: offset 0, and the resume snapshots if the
-    // history was trimmed (first retained > 1).
-    Position {
-        epoch,
-        offset: best.unwrap_or(Offset::ZERO),
+        after = last;
     }
 }
