@@ -78,6 +78,19 @@ pub struct Config {
     /// History records read per round trip during catch-up.
     #[arg(long, env = "RELAY_HISTORY_PAGE", default_value_t = 256)]
     pub history_page: usize,
+    /// Longest time a client may take to send a whole request head, in
+    /// seconds (slow heads are closed: `rejected{reason="head_timeout"}`).
+    #[arg(long, env = "RELAY_HEAD_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub head_timeout_secs: f64,
+    /// Largest request head, in bytes (larger: 431,
+    /// `rejected{reason="head_too_large"}`).
+    #[arg(long, env = "RELAY_MAX_HEAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_head_bytes: usize,
+    /// Most open connections that are not SSE streams (reading a request
+    /// head, or plain HTTP requests); beyond it new connections are closed
+    /// at once (`rejected{reason="unrouted_limit"}`).
+    #[arg(long, env = "RELAY_MAX_UNROUTED", default_value_t = 1024)]
+    pub max_unrouted: usize,
 }
 
 /// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.

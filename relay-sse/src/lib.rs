@@ -114,6 +114,15 @@ pub struct GatewayOptions {
     pub probe_interval: Duration,
     /// History records per read.
     pub history_page: usize,
+    /// Longest time a request head may take to arrive, in whole (front only;
+    /// also hyper's header read timeout on the plain HTTP path).
+    pub head_timeout: Duration,
+    /// Largest request head accepted by the front (larger: 431).
+    pub max_head_bytes: usize,
+    /// Most connections the front holds that are not SSE streams (reading a
+    /// request head, or served by the plain HTTP path); beyond it new
+    /// connections are closed at once.
+    pub max_unrouted: usize,
 }
 
 impl Default for GatewayOptions {
@@ -133,6 +142,9 @@ impl Default for GatewayOptions {
             retry_ms: 2000,
             probe_interval: Duration::from_secs(5),
             history_page: 256,
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
+            max_unrouted: 1024,
         }
     }
 }
@@ -154,6 +166,9 @@ impl From<&Config> for GatewayOptions {
             retry_ms: c.retry_ms,
             probe_interval: config::secs(c.probe_secs),
             history_page: c.history_page.max(1),
+            head_timeout: config::secs(c.head_timeout_secs),
+            max_head_bytes: c.max_head_bytes.max(1024),
+            max_unrouted: c.max_unrouted.max(1),
         }
     }
 }

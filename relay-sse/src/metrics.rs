@@ -68,6 +68,12 @@ pub struct Metrics {
     pub bad_messages: Counter,
     /// Seconds from the event's `ts` (producer publish) to the client write.
     pub latency: Histogram,
+    /// Open connections that are not SSE streams (reading a request head,
+    /// or served by the plain HTTP path): bounded by `--max-unrouted`.
+    pub unrouted: Gauge,
+    /// Failed `accept()` calls (e.g. out of file descriptors); the front
+    /// backs off and logs at most one warning per interval.
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -93,6 +99,8 @@ impl Metrics {
             history_reads: Counter::default(),
             bad_messages: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            unrouted: Gauge::default(),
+            accept_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +162,16 @@ impl Metrics {
             "delivery_latency_seconds",
             "Event ts (producer publish) to client write",
             m.latency.clone(),
+        );
+        registry.register(
+            "unrouted_connections",
+            "Open connections that are not SSE streams (bounded by --max-unrouted)",
+            m.unrouted.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept() calls (the front backs off)",
+            m.accept_errors.clone(),
         );
         Metrics { registry, ..m }
     }
