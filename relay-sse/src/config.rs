@@ -44,7 +44,8 @@ pub struct Config {
     /// How long to wait for a job with no event yet before answering 404.
     #[arg(long, env = "RELAY_PENDING_JOB_SECS", default_value_t = 10.0)]
     pub pending_job_secs: f64,
-    /// Per-client buffer, in chunks; a client that lets it fill is disconnected.
+    /// Per-client live inbox, in messages; a client that lets it overflow
+    /// while a write to it is blocked is disconnected (it resumes).
     #[arg(long, env = "RELAY_CLIENT_BUFFER", default_value_t = 256)]
     pub client_buffer: usize,
     /// Longest single stream; the client then reconnects and resumes.
@@ -91,6 +92,15 @@ pub struct Config {
     /// at once (`rejected{reason="unrouted_limit"}`).
     #[arg(long, env = "RELAY_MAX_UNROUTED", default_value_t = 1024)]
     pub max_unrouted: usize,
+    /// Longest wait, in seconds, for a client to take one chunk of its
+    /// stream (catch-up or live); a slower client is disconnected and
+    /// resumes (`connections_closed{reason="slow_client"}`).
+    #[arg(long, env = "RELAY_WRITE_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub write_timeout_secs: f64,
+    /// Bytes framed per chunk before it is written; catch-up is streamed
+    /// in chunks of about this size (`relay_sse_chunk_cuts_total`).
+    #[arg(long, env = "RELAY_CATCHUP_CHUNK_BYTES", default_value_t = 64 * 1024)]
+    pub catchup_chunk_bytes: usize,
 }
 
 /// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.

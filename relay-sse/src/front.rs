@@ -304,9 +304,15 @@ async fn connection(mut sock: TcpStream, front: Arc<Front>, unrouted: Unrouted) 
                     return;
                 }
                 drop(head);
-                let reason = streaming.run(SocketOut { sock: &mut sock }).await;
-                if matches!(reason, CloseReason::ClientGone | CloseReason::SlowClient) {
-                    return;
+                let mut out = SocketOut {
+                    sock: &mut sock,
+                    mid_chunk: false,
+                };
+                let reason = streaming.run(&mut out).await;
+                if out.mid_chunk
+                    || matches!(reason, CloseReason::ClientGone | CloseReason::SlowClient)
+                {
+                    return; // a cut chunk cannot be followed by the terminator
                 }
                 // End the chunked body, then close: an EventSource opens a
                 // new connection to resume anyway.
@@ -395,6 +401,8 @@ fn response_head<B>(resp: &Response<B>, length: Option<usize>, close: bool) -> B
 /// A stream's output written to the socket as HTTP/1.1 chunks.
 struct SocketOut<'a> {
     sock: &'a mut TcpStream,
+    /// A chunk write was started and not finished (cancelled by a timeout).
+    mid_chunk: bool,
 }
 
 impl Output for SocketOut<'_> {
@@ -420,6 +428,7 @@ impl Output for SocketOut<'_> {
         frame.put_slice(&chunk);
         frame.put_slice(b"\r\n");
         drop(chunk);
+        self.mid_chunk = true;
         let write = self.sock.write_all(&frame);
         tokio::pin!(write);
         let mut resync = false;
@@ -436,6 +445,7 @@ impl Output for SocketOut<'_> {
                 }
             }
         };
+        self.mid_chunk = false;
         if resync {
             // Keep the resync request for the session loop.
             signal.renotify();

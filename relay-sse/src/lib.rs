@@ -98,7 +98,8 @@ pub struct GatewayOptions {
     pub max_connections: usize,
     /// Wait for an unknown job this long before 404.
     pub pending_job: Duration,
-    /// Per-client buffer in chunks (and live inbox in messages).
+    /// Per-client live inbox, in messages: a client whose inbox overflows
+    /// while a write to it is blocked is disconnected as slow.
     pub client_buffer: usize,
     /// Longest single stream.
     pub max_stream: Duration,
@@ -123,6 +124,13 @@ pub struct GatewayOptions {
     /// request head, or served by the plain HTTP path); beyond it new
     /// connections are closed at once.
     pub max_unrouted: usize,
+    /// Longest wait for a client to take one chunk (catch-up or live);
+    /// beyond it the client is slow and disconnected (it resumes).
+    pub write_timeout: Duration,
+    /// Framing stops at this many bytes and the chunk is written (under
+    /// `write_timeout`) before more history is read: a client that does not
+    /// read pins about two chunks, never the job's whole history.
+    pub catchup_chunk_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -145,6 +153,8 @@ impl Default for GatewayOptions {
             head_timeout: Duration::from_secs(10),
             max_head_bytes: 16 * 1024,
             max_unrouted: 1024,
+            write_timeout: Duration::from_secs(30),
+            catchup_chunk_bytes: 64 * 1024,
         }
     }
 }
@@ -169,6 +179,8 @@ impl From<&Config> for GatewayOptions {
             head_timeout: config::secs(c.head_timeout_secs),
             max_head_bytes: c.max_head_bytes.max(1024),
             max_unrouted: c.max_unrouted.max(1),
+            write_timeout: config::secs(c.write_timeout_secs),
+            catchup_chunk_bytes: c.catchup_chunk_bytes.max(1024),
         }
     }
 }
@@ -622,6 +634,8 @@ async fn sse_response(
             history_page: opts.history_page,
             heartbeat: opts.heartbeat,
             max_stream: opts.max_stream,
+            write_timeout: opts.write_timeout,
+            chunk_bytes: opts.catchup_chunk_bytes,
         },
         opts.client_buffer.max(1024),
     );
@@ -687,12 +701,13 @@ async fn sse_response(
     // (`Gateway::serve`) instead takes the session out of the response
     // extension and writes to the socket directly.
     let body_slot = slot.clone();
-    let capacity = opts.client_buffer.max(1);
+    // A few chunks in flight: each may be up to `catchup_chunk_bytes`.
+    let capacity = BODY_CHUNKS;
     let body = futures::stream::once(async move {
         match body_slot.take() {
             Some(streaming) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                tokio::spawn(streaming.run(stream::ChannelOut(tx)));
+                tokio::spawn(async move { streaming.run(&mut stream::ChannelOut(tx)).await });
                 ReceiverStream::new(rx).left_stream()
             }
             None => futures::stream::empty().right_stream(),
@@ -706,10 +721,14 @@ async fn sse_response(
     resp
 }
 
+/// Chunks queued for hyper on the axum path (the front writes directly).
+const BODY_CHUNKS: usize = 4;
+
 /// A started SSE stream waiting for whoever writes the response.
 pub(crate) struct Streaming {
     session: Session,
-    /// `retry:` and the catch-up framed before the response was returned.
+    /// `retry:` and the first catch-up chunk, framed before the response
+    /// was returned (at most about `catchup_chunk_bytes`).
     first: bytes::Bytes,
     _guard: ConnGuard,
     shutdown: watch::Receiver<bool>,
@@ -718,20 +737,11 @@ pub(crate) struct Streaming {
 
 impl Streaming {
     /// Writes the stream into `out` until it ends; records why.
-    pub(crate) async fn run<O: stream::Output>(mut self, mut out: O) -> CloseReason {
+    pub(crate) async fn run<O: stream::Output>(mut self, out: &mut O) -> CloseReason {
         let m = self.session.metrics.clone();
-        let signal = self.session.member.signal.clone();
-        let session = &mut self.session;
         let first = std::mem::take(&mut self.first);
-        let drive = async {
-            if !first.is_empty() {
-                out.write(first, &signal).await?;
-                session.delivered();
-            }
-            Err::<(), _>(session.stream(&mut out).await)
-        };
         let reason = tokio::select! {
-            r = drive => r.err().unwrap_or(CloseReason::Done),
+            r = self.session.stream(out, first) => r,
             _ = self.shutdown.wait_for(|s| *s) => CloseReason::Shutdown,
         };
         if reason == CloseReason::SlowClient {

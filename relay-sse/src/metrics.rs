@@ -74,6 +74,13 @@ pub struct Metrics {
     /// Failed `accept()` calls (e.g. out of file descriptors); the front
     /// backs off and logs at most one warning per interval.
     pub accept_errors: Counter,
+    /// Bytes held for clients: framed and not yet written, plus history
+    /// records read and not yet framed (bounded per connection by about
+    /// two `--catchup-chunk-bytes`).
+    pub buffered_bytes: Gauge,
+    /// Times framing stopped at `--catchup-chunk-bytes` to write the chunk
+    /// before reading or framing more.
+    pub chunk_cuts: Counter,
 }
 
 impl Default for Metrics {
@@ -101,6 +108,8 @@ impl Metrics {
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             unrouted: Gauge::default(),
             accept_errors: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            chunk_cuts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,6 +181,16 @@ impl Metrics {
             "accept_errors",
             "Failed accept() calls (the front backs off)",
             m.accept_errors.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Bytes held for clients: framed and unwritten, or read and unframed",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "chunk_cuts",
+            "Framing stopped at --catchup-chunk-bytes to write first",
+            m.chunk_cuts.clone(),
         );
         Metrics { registry, ..m }
     }

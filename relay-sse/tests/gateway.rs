@@ -667,3 +667,85 @@ async fn late_event_after_done_ends_a_following_client() {
     assert_eq!(rest[0].event, "done");
     wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
 }
+
+/// A client that never reads during its catch-up used to pin the job's
+/// whole retained history (framed into one buffer before the response,
+/// written with no time bound). The catch-up is now written chunk by chunk
+/// under the write timeout: the client is disconnected as slow, and what
+/// the gateway holds for it meanwhile stays around two chunks.
+#[tokio::test]
+async fn stuck_reader_during_catch_up_is_cut_with_bounded_buffer() {
+    let chunk = 16 * 1024;
+    let (t, _) = gw_with(GatewayOptions {
+        heartbeat: Duration::from_secs(60),
+        max_stream: Duration::from_secs(3600),
+        write_timeout: Duration::from_secs(1),
+        catchup_chunk_bytes: chunk,
+        ..opts()
+    })
+    .await;
+    let job = "job-stuck-catchup";
+    let pad = "x".repeat(4000);
+    let mut event_len = 0;
+    for n in 1..=1000u64 {
+        let ev = step(job, n, 1_000_000).with_data(serde_json::json!({ "pad": pad }));
+        event_len = serde_json::to_vec(&ev).unwrap().len();
+        t.apply(&ev).await;
+    }
+    // A tiny receive window, and nothing is ever read.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stream = sock.connect(t.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let m = t.gateway.metrics().clone();
+    let mut peak = 0;
+    tokio::time::timeout(LIMIT, async {
+        while m.closed_count(CloseReason::SlowClient) == 0 {
+            peak = peak.max(m.buffered_bytes.get());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stuck client was never disconnected");
+    assert_eq!(m.slow_disconnects.get(), 1);
+    assert!(peak > 0, "nothing was ever held for the client");
+    // A chunk being written, plus about one chunk of records read ahead,
+    // each overshooting by at most one event (framing adds a little).
+    let bound = 2 * (chunk + 2 * event_len) as i64;
+    assert!(peak <= bound, "held {peak} bytes (bound {bound})");
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    assert_eq!(m.buffered_bytes.get(), 0);
+    assert!(m.chunk_cuts.get() > 0);
+    drop(stream);
+}
+
+/// The catch-up of a long history streams in chunks to a client that
+/// reads, in order and complete, on the gateway's front and on the
+/// embedding (axum) path.
+#[tokio::test]
+async fn long_catch_up_streams_in_chunks_complete_and_in_order() {
+    let o = GatewayOptions {
+        catchup_chunk_bytes: 8 * 1024,
+        history_page: 50,
+        ..opts()
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let embedded = TestGateway::start_axum(mem, o).await;
+    let job = "job-long-catchup";
+    let pad = "y".repeat(1000);
+    for n in 1..=400u64 {
+        let ev = step(job, n, 400).with_data(serde_json::json!({ "pad": pad }));
+        t.apply(&ev).await;
+    }
+    let path = format!("/v1/jobs/{job}/events");
+    for url in [t.url(&path), embedded.url(&path)] {
+        let mut c = connect(&url, None).await;
+        let offsets: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+        assert_eq!(offsets, (1..=400).collect::<Vec<u64>>());
+    }
+    assert!(t.gateway.metrics().chunk_cuts.get() > 0);
+    assert!(embedded.gateway.metrics().chunk_cuts.get() > 0);
+}
