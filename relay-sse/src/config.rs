@@ -38,7 +38,9 @@ pub struct Config {
     /// Seconds between comment heartbeats (fractions allowed).
     #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 15.0)]
     pub heartbeat_secs: f64,
-    /// Most concurrent SSE connections; beyond it: 503 with Retry-After.
+    /// Most concurrent SSE connections; beyond it a request gets a 200 event
+    /// stream with only a `retry:` hint, then the end (an EventSource
+    /// retries it; it would give up on a 503).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// How long to wait for a job with no event yet before answering 404.

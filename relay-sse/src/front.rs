@@ -326,6 +326,12 @@ async fn connection(mut sock: TcpStream, front: Arc<Front>, unrouted: Unrouted) 
                     return;
                 };
                 let resp = Response::from_parts(parts, ());
+                // The handler may end the connection too (a retry stream).
+                let close = close
+                    || resp
+                        .headers()
+                        .get(axum::http::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
                 let mut out = response_head(&resp, Some(body.len()), close);
                 out.extend_from_slice(&body);
                 let write = tokio::time::timeout(front.head_timeout, sock.write_all(&out));

@@ -537,13 +537,16 @@ fn sse_headers(resp: &mut Response) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// A 200 event stream that only tells the client to retry (pre-stream
-/// backend trouble: never a 5xx to an EventSource).
+/// A 200 event stream that only tells the client to retry, then ends and
+/// closes the connection (at the connection limit, or pre-stream backend
+/// trouble: never a 5xx to an EventSource, which would stop reconnecting).
 fn retry_later(retry_ms: u64) -> Response {
     let mut buf = BytesMut::new();
     sse::put_retry(&mut buf, retry_ms);
     let mut resp = Response::new(Body::from(buf.freeze()));
     sse_headers(&mut resp);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -599,14 +602,10 @@ async fn sse_response(
     if inner.active.fetch_add(1, Ordering::AcqRel) >= inner.opts.max_connections {
         inner.active.fetch_sub(1, Ordering::AcqRel);
         m.reject("connection_limit");
-        let mut resp = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_CONNECTIONS",
-            "connection limit reached",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return resp;
+        // An EventSource gives up for good on any non-200 answer (a 503
+        // too): an event stream that only says when to retry, and ends,
+        // makes it reconnect (and resume) later.
+        return retry_later(inner.opts.retry_ms);
     }
     m.active.inc();
     let guard = ConnGuard(inner.clone());

@@ -179,27 +179,46 @@ async fn job_appearing_during_pending_wait_streams() {
     assert_eq!(client.await.unwrap(), [1, 2, 3]);
 }
 
+/// At the connection limit the answer is one an EventSource retries: a
+/// `200 text/event-stream` that only carries the `retry:` hint and ends at
+/// once (any non-200 answer, e.g. a 503, makes a browser give up for
+/// good). Resuming requests get the same; both paths, counted.
 #[tokio::test]
-async fn connection_limit_503_before_streaming() {
-    let (t, _) = gw_with(GatewayOptions {
+async fn connection_limit_answers_a_retry_stream() {
+    let o = GatewayOptions {
         max_connections: 1,
+        retry_ms: 1500,
         ..opts()
-    })
-    .await;
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let embedded = TestGateway::start_axum(mem, o).await;
     let job = "job-limit-1";
-    t.apply(&step(job, 1, 5)).await;
-    let url = t.url(&format!("/v1/jobs/{job}/events"));
-    let mut first = connect(&url, None).await;
-    assert_eq!(first.status, 200);
-    first.next_event().await.unwrap();
-    let second = connect(&url, None).await;
-    assert_eq!(second.status, 503);
-    assert_eq!(second.headers["retry-after"], "5");
-    drop(first);
-    wait_for(|| t.gateway.active_connections() == 0).await;
-    let mut third = connect(&url, None).await;
-    assert_eq!(third.status, 200);
-    assert_eq!(offset_of(&third.next_event().await.unwrap()), 1);
+    let (e, _) = t.apply(&step(job, 1, 5)).await;
+    let path = format!("/v1/jobs/{job}/events");
+    for gw in [&t, &embedded] {
+        let url = gw.url(&path);
+        let mut first = connect(&url, None).await;
+        assert_eq!(first.status, 200);
+        first.next_event().await.unwrap();
+        for last_id in [None, Some(format!("{e}:1"))] {
+            let mut c = connect(&url, last_id.as_deref()).await;
+            assert_eq!(c.status, 200);
+            assert_eq!(c.headers["content-type"], "text/event-stream");
+            assert_eq!(c.headers["connection"], "close");
+            assert_eq!(c.next_item().await, Some(SseItem::Retry(1500)));
+            assert_eq!(c.next_item().await, None, "no events, then the end");
+        }
+        let m = gw.gateway.metrics().render();
+        assert!(
+            m.contains("relay_sse_rejected_total{reason=\"connection_limit\"} 2"),
+            "{m}"
+        );
+        drop(first);
+        wait_for(|| gw.gateway.active_connections() == 0).await;
+        let mut third = connect(&url, None).await;
+        assert_eq!(third.status, 200);
+        assert_eq!(offset_of(&third.next_event().await.unwrap()), 1);
+    }
 }
 
 #[tokio::test]
