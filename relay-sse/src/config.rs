@@ -103,6 +103,10 @@ pub struct Config {
     /// in chunks of about this size (`relay_sse_chunk_cuts_total`).
     #[arg(long, env = "RELAY_CATCHUP_CHUNK_BYTES", default_value_t = 64 * 1024)]
     pub catchup_chunk_bytes: usize,
+    /// Largest declared request body, in bytes; the routes are `GET`s and
+    /// read none (larger: 413, `rejected{reason="body_too_large"}`).
+    #[arg(long, env = "RELAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 /// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.

@@ -131,6 +131,8 @@ pub struct GatewayOptions {
     /// `write_timeout`) before more history is read: a client that does not
     /// read pins about two chunks, never the job's whole history.
     pub catchup_chunk_bytes: usize,
+    /// Largest declared request body (the routes read none); larger: 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -155,6 +157,7 @@ impl Default for GatewayOptions {
             max_unrouted: 1024,
             write_timeout: Duration::from_secs(30),
             catchup_chunk_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -181,6 +184,7 @@ impl From<&Config> for GatewayOptions {
             max_unrouted: c.max_unrouted.max(1),
             write_timeout: config::secs(c.write_timeout_secs),
             catchup_chunk_bytes: c.catchup_chunk_bytes.max(1024),
+            max_body_bytes: c.max_body_bytes,
         }
     }
 }
@@ -302,7 +306,12 @@ impl Gateway {
         if self.inner.opts.demo_page {
             r = r.route("/", get(demo_page));
         }
-        let r = r.with_state(self.clone());
+        let r = r
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                limit_body,
+            ))
+            .with_state(self.clone());
         match cors(&self.inner.opts.allow_origins) {
             Some(layer) => r.layer(layer),
             None => r,
@@ -357,6 +366,34 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 fn json_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
     let detail: String = detail.into();
     (status, axum::Json(json!({"detail": detail, "code": code}))).into_response()
+}
+
+/// Refuses a request whose declared body exceeds `max_body_bytes` (413).
+/// The gateway's routes are all `GET`s and never read a body; this keeps a
+/// client from making the server wait for (and discard) a large one.
+async fn limit_body(
+    State(gw): State<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = gw.inner.opts.max_body_bytes as u64;
+    if declared.is_some_and(|n| n > max) {
+        gw.inner.metrics.reject("body_too_large");
+        let mut resp = json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("request bodies are limited to {max} bytes"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {

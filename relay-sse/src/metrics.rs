@@ -81,6 +81,13 @@ pub struct Metrics {
     /// Times framing stopped at `--catchup-chunk-bytes` to write the chunk
     /// before reading or framing more.
     pub chunk_cuts: Counter,
+    /// Chunks a client did not take within `--write-timeout-secs` (the
+    /// client is then closed as `slow_client`).
+    pub write_timeouts: Counter,
+    /// Live messages that found a catching-up client's merge buffer full
+    /// (`--client-buffer`, at least 1024): dropped there and read from
+    /// history instead.
+    pub merge_buffer_full: Counter,
 }
 
 impl Default for Metrics {
@@ -110,6 +117,8 @@ impl Metrics {
             accept_errors: Counter::default(),
             buffered_bytes: Gauge::default(),
             chunk_cuts: Counter::default(),
+            write_timeouts: Counter::default(),
+            merge_buffer_full: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -191,6 +200,16 @@ impl Metrics {
             "chunk_cuts",
             "Framing stopped at --catchup-chunk-bytes to write first",
             m.chunk_cuts.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Chunks not taken within --write-timeout-secs (slow client)",
+            m.write_timeouts.clone(),
+        );
+        registry.register(
+            "merge_buffer_full",
+            "Live messages not buffered during a catch-up (read from history)",
+            m.merge_buffer_full.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -221,6 +221,8 @@ pub(crate) struct Session {
     read_records: u64,
     read_bytes: u64,
     held: Held,
+    /// Bound on live envelopes the resume buffers during a catch-up.
+    merge_limit: usize,
 }
 
 async fn retry<T, F, Fut>(mut f: F) -> Result<T, relay_core::BackendError>
@@ -261,6 +263,7 @@ impl Session {
             keys,
             framing,
             resume: Resume::new(from).with_buffer_limit(buffer_limit),
+            merge_limit: buffer_limit.max(1),
             member,
             cfg,
             terminal: false,
@@ -500,6 +503,9 @@ impl Session {
         match &msg.env {
             Some(env) => {
                 self.note_top(env.epoch, env.record.offset);
+                if self.resume.buffered() >= self.merge_limit {
+                    self.metrics.merge_buffer_full.inc();
+                }
                 let actions = self.resume.on_live(env.clone());
                 self.run_with(actions, buf, Some(&msg)).await
             }
@@ -639,7 +645,10 @@ impl Session {
                 Ok(())
             }
             Ok(Err(reason)) => Err(reason),
-            Err(_) if slow_at <= deadline => Err(CloseReason::SlowClient),
+            Err(_) if slow_at <= deadline => {
+                self.metrics.write_timeouts.inc();
+                Err(CloseReason::SlowClient)
+            }
             Err(_) => Err(CloseReason::MaxDuration),
         }
     }

@@ -139,3 +139,49 @@ async fn oversized_head_is_431() {
     assert!(got.starts_with(b"HTTP/1.1 431"), "{got:?}");
     assert_eq!(rejected(&t, "head_too_large"), 1);
 }
+
+/// The routes are all `GET`s and read no body: a request declaring a body
+/// over `max_body_bytes` is refused with 413 at once (on the front's SSE
+/// routes and on the plain HTTP path), instead of being served while the
+/// client streams megabytes nobody reads.
+#[tokio::test]
+async fn oversized_declared_body_is_413() {
+    let t = gw_with(GatewayOptions {
+        max_body_bytes: 1024,
+        ..opts()
+    })
+    .await;
+    for path in ["/healthz", "/v1/jobs/job-body-1/events"] {
+        let mut s = TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(LIMIT, read_to_close(&mut s))
+            .await
+            .expect("answered and closed");
+        assert!(
+            got.starts_with(b"HTTP/1.1 413"),
+            "{path}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(rejected(&t, "body_too_large"), 2);
+    // A small declared body is fine.
+    let mut s = TcpStream::connect(t.addr).await.unwrap();
+    s.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(LIMIT, read_to_close(&mut s))
+        .await
+        .expect("answered");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}

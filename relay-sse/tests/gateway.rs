@@ -730,6 +730,7 @@ async fn stuck_reader_during_catch_up_is_cut_with_bounded_buffer() {
     .await
     .expect("the stuck client was never disconnected");
     assert_eq!(m.slow_disconnects.get(), 1);
+    assert_eq!(m.write_timeouts.get(), 1);
     assert!(peak > 0, "nothing was ever held for the client");
     // A chunk being written, plus about one chunk of records read ahead,
     // each overshooting by at most one event (framing adds a little).
