@@ -268,7 +268,10 @@ impl Session {
             cfg,
             terminal: false,
             top: None,
-            state_check: true,
+            // A new client frames the whole history, so a terminal event
+            // below the top re-arms the check; a resuming one may hold the
+            // end already (nothing left to frame).
+            state_check: from.is_some(),
             pending_ts: Vec::new(),
             queue: VecDeque::new(),
             read_records: 0,
