@@ -4,6 +4,11 @@
 //! still shows every stage exactly once and `done`: the browser's own
 //! EventSource reconnects with Last-Event-ID.
 //!
+//! A second test holds the gateway at its connection limit while the page
+//! opens its stream: the browser keeps retrying (the gateway answers with a
+//! `retry:`-only event stream, never a status an EventSource gives up on)
+//! and streams once a slot frees.
+//!
 //! Needs `/usr/bin/chromium` (or `$CHROMIUM_BIN`) and `node`/`npm`;
 //! `scripts/test.sh` installs them. The test runs `npm ci` in `tests/browser/`
 //! itself when `node_modules` is missing. A missing browser is a loud
@@ -16,9 +21,13 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::backend::Backend;
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend};
 use relay_core::testing::TestRedis;
-use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_core::{
+    Domain, Encoding, Epoch, Event, KeySpace, Payload, Profile, Publisher, PublisherConfig, Status,
+};
+use relay_sse::{Gateway, GatewayOptions};
 use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
 use serde_json::Value;
 
@@ -225,4 +234,116 @@ async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
         rows.len(),
         shot.display()
     );
+}
+
+/// Applies step `i` of `job` straight into the backend (as the router would).
+async fn apply(backend: &dyn Backend, keys: &KeySpace, job: &str, i: usize) {
+    let ev = event(job, i);
+    let job_keys = keys.job(&ev.job_id);
+    backend
+        .apply(
+            vec![ApplyJob {
+                keys: job_keys,
+                epoch: Epoch::random(),
+                events: vec![ApplyEvent {
+                    seq: ev.seq,
+                    payload: Payload::from_event(&ev, Encoding::Json).expect("encode"),
+                }],
+                extra_channel: None,
+            }],
+            &ApplyOptions::default(),
+        )
+        .await
+        .expect("apply");
+}
+
+fn connection_limit_rejections(gateway: &Gateway) -> u64 {
+    let key = "relay_sse_rejected_total{reason=\"connection_limit\"} ";
+    gateway
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventsource_at_the_connection_limit_retries_then_streams() {
+    chromium();
+    ensure_node_modules();
+    let mem = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn Backend> = mem;
+    let gateway = Gateway::new(
+        backend.clone(),
+        GatewayOptions {
+            max_connections: 1,
+            retry_ms: 200,
+            demo_page: true,
+            heartbeat: Duration::from_secs(1),
+            ..GatewayOptions::default()
+        },
+    )
+    .expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let gw = gateway.clone();
+    tokio::spawn(async move { gw.serve(listener, std::future::pending()).await });
+    wait_ready(addr).await;
+    let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
+    let job = "browser-limit-1";
+    for i in 0..3 {
+        apply(&*backend, &keys, job, i).await;
+    }
+
+    // Another client holds the only slot.
+    let holder = reqwest::get(format!("http://{addr}/v1/jobs/{job}/events"))
+        .await
+        .expect("holder connects");
+    assert_eq!(holder.status(), 200);
+    assert_eq!(gateway.active_connections(), 1);
+
+    let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser/gateway_limit.png");
+    let mut script = Script::start(&format!("http://{addr}"), job, &shot);
+    let loaded = tokio::task::block_in_place(|| script.read());
+    assert_eq!(loaded["phase"], "loaded", "{loaded}");
+
+    // The page's EventSource is turned away again and again, and retries.
+    tokio::time::timeout(LIMIT, async {
+        while connection_limit_rejections(&gateway) < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the browser stopped retrying at the connection limit");
+    let state = script.wait_rows(0).await;
+    assert_eq!(state["rows"], 0, "{state}");
+    assert!(
+        !state["state"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("closed"),
+        "the EventSource gave up: {state}"
+    );
+
+    // A slot frees: the next retry streams the job from the start.
+    drop(holder);
+    script.wait_rows(3).await;
+    for i in 3..STAGES.len() {
+        apply(&*backend, &keys, job, i).await;
+    }
+    script.send("finish");
+    let result = tokio::task::block_in_place(|| script.read());
+    assert_eq!(result["ok"], true, "the page did not finish: {result}");
+    assert_eq!(result["state"]["finished"], "completed", "{result}");
+    let offsets: Vec<String> = result["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["offset"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let want: Vec<String> = (1..=STAGES.len()).map(|n| n.to_string()).collect();
+    assert_eq!(offsets, want, "every stage exactly once, in order");
 }

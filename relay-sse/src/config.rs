@@ -38,13 +38,16 @@ pub struct Config {
     /// Seconds between comment heartbeats (fractions allowed).
     #[arg(long, env = "RELAY_HEARTBEAT_SECS", default_value_t = 15.0)]
     pub heartbeat_secs: f64,
-    /// Most concurrent SSE connections; beyond it: 503 with Retry-After.
+    /// Most concurrent SSE connections; beyond it a request gets a 200 event
+    /// stream with only a `retry:` hint, then the end (an EventSource
+    /// retries it; it would give up on a 503).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// How long to wait for a job with no event yet before answering 404.
     #[arg(long, env = "RELAY_PENDING_JOB_SECS", default_value_t = 10.0)]
     pub pending_job_secs: f64,
-    /// Per-client buffer, in chunks; a client that lets it fill is disconnected.
+    /// Per-client live inbox, in messages; a client that lets it overflow
+    /// while a write to it is blocked is disconnected (it resumes).
     #[arg(long, env = "RELAY_CLIENT_BUFFER", default_value_t = 256)]
     pub client_buffer: usize,
     /// Longest single stream; the client then reconnects and resumes.
@@ -78,6 +81,32 @@ pub struct Config {
     /// History records read per round trip during catch-up.
     #[arg(long, env = "RELAY_HISTORY_PAGE", default_value_t = 256)]
     pub history_page: usize,
+    /// Longest time a client may take to send a whole request head, in
+    /// seconds (slow heads are closed: `rejected{reason="head_timeout"}`).
+    #[arg(long, env = "RELAY_HEAD_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub head_timeout_secs: f64,
+    /// Largest request head, in bytes (larger: 431,
+    /// `rejected{reason="head_too_large"}`).
+    #[arg(long, env = "RELAY_MAX_HEAD_BYTES", default_value_t = 16 * 1024)]
+    pub max_head_bytes: usize,
+    /// Most open connections that are not SSE streams (reading a request
+    /// head, or plain HTTP requests); beyond it new connections are closed
+    /// at once (`rejected{reason="unrouted_limit"}`).
+    #[arg(long, env = "RELAY_MAX_UNROUTED", default_value_t = 1024)]
+    pub max_unrouted: usize,
+    /// Longest wait, in seconds, for a client to take one chunk of its
+    /// stream (catch-up or live); a slower client is disconnected and
+    /// resumes (`connections_closed{reason="slow_client"}`).
+    #[arg(long, env = "RELAY_WRITE_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub write_timeout_secs: f64,
+    /// Bytes framed per chunk before it is written; catch-up is streamed
+    /// in chunks of about this size (`relay_sse_chunk_cuts_total`).
+    #[arg(long, env = "RELAY_CATCHUP_CHUNK_BYTES", default_value_t = 64 * 1024)]
+    pub catchup_chunk_bytes: usize,
+    /// Largest declared request body, in bytes; the routes are `GET`s and
+    /// read none (larger: 413, `rejected{reason="body_too_large"}`).
+    #[arg(long, env = "RELAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
 }
 
 /// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.

@@ -14,6 +14,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,16 +28,78 @@ use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::hub::Signal;
-use crate::metrics::CloseReason;
+use crate::metrics::{CloseReason, Metrics};
 use crate::stream::Output;
 use crate::{Gateway, SseTakeover};
 
-/// Largest request head accepted on the SSE front.
-const MAX_HEAD: usize = 16 * 1024;
-/// Time allowed for a request head to arrive.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest non-streaming response body written by the front.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Longest pause between `accept()` retries after failures.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one accept-failure warning per this interval.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What every connection of the front shares.
+struct Front {
+    router: Router,
+    metrics: Arc<Metrics>,
+    /// Whole-head deadline.
+    head_timeout: Duration,
+    max_head: usize,
+    max_unrouted: usize,
+    /// Connections currently counted by [`Unrouted`].
+    unrouted: AtomicUsize,
+}
+
+/// Counts one connection that is not an SSE stream (see
+/// `GatewayOptions::max_unrouted`); dropping it uncounts.
+struct Unrouted(Arc<Front>);
+
+impl Front {
+    /// Counts one more unrouted connection, unless at the limit.
+    fn unrouted(self: &Arc<Self>) -> Option<Unrouted> {
+        if self.unrouted.fetch_add(1, Ordering::AcqRel) >= self.max_unrouted {
+            self.unrouted.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.reject("unrouted_limit");
+            return None;
+        }
+        self.metrics.unrouted.inc();
+        Some(Unrouted(self.clone()))
+    }
+}
+
+impl Drop for Unrouted {
+    fn drop(&mut self) {
+        self.0.unrouted.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.unrouted.dec();
+    }
+}
+
+/// Warns about accept failures at most once per [`ACCEPT_LOG_EVERY`],
+/// with the number of failures not logged since.
+#[derive(Default)]
+struct AcceptLog {
+    last: Option<tokio::time::Instant>,
+    suppressed: u64,
+}
+
+impl AcceptLog {
+    fn failed(&mut self, error: &io::Error, backoff: Duration) {
+        let now = tokio::time::Instant::now();
+        if self.last.is_some_and(|t| now < t + ACCEPT_LOG_EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            error = %error,
+            backoff_ms = backoff.as_millis() as u64,
+            suppressed = self.suppressed,
+            "accept failed; backing off (see relay_sse_accept_errors_total)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
 
 /// Accepts connections until `shutdown` resolves, then ends every stream.
 pub(crate) async fn serve(
@@ -43,23 +107,45 @@ pub(crate) async fn serve(
     gateway: Gateway,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> io::Result<()> {
-    let router = gateway.router();
+    let opts = &gateway.inner.opts;
+    let front = Arc::new(Front {
+        router: gateway.router(),
+        metrics: gateway.metrics().clone(),
+        head_timeout: opts.head_timeout,
+        max_head: opts.max_head_bytes,
+        max_unrouted: opts.max_unrouted,
+        unrouted: AtomicUsize::new(0),
+    });
+    let mut backoff = Duration::ZERO;
+    let mut log = AcceptLog::default();
     tokio::pin!(shutdown);
     loop {
         let (sock, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // EMFILE and friends: back off (exponentially, capped)
+                    // instead of spinning, and do not flood the log.
+                    front.metrics.accept_errors.inc();
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    log.failed(&e, backoff);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => continue,
+                        _ = &mut shutdown => break,
+                    }
                 }
             },
             _ = &mut shutdown => break,
         };
+        backoff = Duration::ZERO;
+        // Over the limit: close at once. An EventSource treats a dropped
+        // connection as a network error and reconnects (a 503 would stop it).
+        let Some(unrouted) = front.unrouted() else {
+            drop(sock);
+            continue;
+        };
         let _ = sock.set_nodelay(true);
-        tokio::spawn(connection(sock, router.clone()));
+        tokio::spawn(connection(sock, front.clone(), unrouted));
     }
     gateway.shutdown();
     // Give the streams a moment to write their end.
@@ -139,36 +225,71 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
-async fn connection(mut sock: TcpStream, router: Router) {
+async fn connection(mut sock: TcpStream, front: Arc<Front>, unrouted: Unrouted) {
     let mut buf = BytesMut::new();
+    let mut counted = Some(unrouted);
+    let mut first = true;
     loop {
-        // Read one request head.
+        // Reading a request head: count the connection as unrouted again
+        // (keep-alive after a short response), or close it when at the limit.
+        let unrouted = match counted.take() {
+            Some(u) => u,
+            None => match front.unrouted() {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        // One deadline for the whole head, however the bytes trickle in.
+        let deadline = tokio::time::Instant::now() + front.head_timeout;
         let head = loop {
             match parse_head(&buf) {
-                Head::Partial if buf.len() < MAX_HEAD => {}
+                Head::Partial if buf.len() < front.max_head => {}
                 Head::Partial => {
-                    let _ = sock
-                        .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
+                    front.metrics.reject("head_too_large");
+                    let _ = sock.try_write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     return;
                 }
                 head => break head,
             }
             buf.reserve(1024);
-            match tokio::time::timeout(HEAD_TIMEOUT, sock.read_buf(&mut buf)).await {
+            match tokio::time::timeout_at(deadline, sock.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return, // closed, failed or idle
+                Ok(_) => return, // closed or failed
+                Err(_) => {
+                    // An idle keep-alive connection simply ends; a head
+                    // that did not arrive in time is counted.
+                    if first || !buf.is_empty() {
+                        front.metrics.reject("head_timeout");
+                        let _ = sock.try_write(
+                            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        );
+                    }
+                    return;
+                }
             }
         };
+        first = false;
         let (req, len, close) = match head {
             Head::Sse(req, len, close) => (req, len, close),
-            _ => return hand_to_hyper(sock, buf.freeze(), router).await,
+            _ => return hand_to_hyper(sock, buf.freeze(), &front, unrouted).await,
         };
+        // Routed: the SSE handler counts it against `--max-connections`.
+        drop(unrouted);
         buf.advance(len);
         if buf.is_empty() {
             buf = BytesMut::new(); // release the head buffer while streaming
         }
-        let Ok(resp) = router.clone().oneshot(*req).await;
+        // Routing may wait (an unknown job is awaited for `pending_job`
+        // before its 404) while holding a connection slot: a client that
+        // hangs up meanwhile gives the slot back at once.
+        let routed = front.router.clone().oneshot(*req);
+        let resp = tokio::select! {
+            Ok(resp) = routed => resp,
+            () = peer_closed(&sock, &mut buf, front.max_head) => {
+                front.metrics.reject("client_gone");
+                return;
+            }
+        };
         let streaming = resp
             .extensions()
             .get::<SseTakeover>()
@@ -183,9 +304,15 @@ async fn connection(mut sock: TcpStream, router: Router) {
                     return;
                 }
                 drop(head);
-                let reason = streaming.run(SocketOut { sock: &mut sock }).await;
-                if matches!(reason, CloseReason::ClientGone | CloseReason::SlowClient) {
-                    return;
+                let mut out = SocketOut {
+                    sock: &mut sock,
+                    mid_chunk: false,
+                };
+                let reason = streaming.run(&mut out).await;
+                if out.mid_chunk
+                    || matches!(reason, CloseReason::ClientGone | CloseReason::SlowClient)
+                {
+                    return; // a cut chunk cannot be followed by the terminator
                 }
                 // End the chunked body, then close: an EventSource opens a
                 // new connection to resume anyway.
@@ -199,12 +326,40 @@ async fn connection(mut sock: TcpStream, router: Router) {
                     return;
                 };
                 let resp = Response::from_parts(parts, ());
+                // The handler may end the connection too (a retry stream).
+                let close = close
+                    || resp
+                        .headers()
+                        .get(axum::http::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
                 let mut out = response_head(&resp, Some(body.len()), close);
                 out.extend_from_slice(&body);
-                if sock.write_all(&out).await.is_err() || close {
+                let write = tokio::time::timeout(front.head_timeout, sock.write_all(&out));
+                if !matches!(write.await, Ok(Ok(()))) || close {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Resolves when the peer closes (or resets) the connection. Bytes it sends
+/// meanwhile (a pipelined request) are kept in `buf` up to `max`; beyond
+/// that the connection is no longer watched (never resolves).
+async fn peer_closed(sock: &TcpStream, buf: &mut BytesMut, max: usize) {
+    loop {
+        if buf.len() >= max {
+            return std::future::pending().await;
+        }
+        if sock.readable().await.is_err() {
+            return;
+        }
+        buf.reserve(1024);
+        match sock.try_read_buf(buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
@@ -230,7 +385,11 @@ fn response_head<B>(resp: &Response<B>, length: Option<usize>, close: bool) -> B
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    let bodyless = status == axum::http::StatusCode::NO_CONTENT
+        || status == axum::http::StatusCode::NOT_MODIFIED
+        || status.is_informational();
     match length {
+        Some(_) if bodyless => {}
         Some(n) => {
             out.put_slice(b"content-length: ");
             out.put_slice(n.to_string().as_bytes());
@@ -248,6 +407,8 @@ fn response_head<B>(resp: &Response<B>, length: Option<usize>, close: bool) -> B
 /// A stream's output written to the socket as HTTP/1.1 chunks.
 struct SocketOut<'a> {
     sock: &'a mut TcpStream,
+    /// A chunk write was started and not finished (cancelled by a timeout).
+    mid_chunk: bool,
 }
 
 impl Output for SocketOut<'_> {
@@ -273,6 +434,7 @@ impl Output for SocketOut<'_> {
         frame.put_slice(&chunk);
         frame.put_slice(b"\r\n");
         drop(chunk);
+        self.mid_chunk = true;
         let write = self.sock.write_all(&frame);
         tokio::pin!(write);
         let mut resync = false;
@@ -289,6 +451,7 @@ impl Output for SocketOut<'_> {
                 }
             }
         };
+        self.mid_chunk = false;
         if resync {
             // Keep the resync request for the session loop.
             signal.renotify();
@@ -297,16 +460,19 @@ impl Output for SocketOut<'_> {
     }
 }
 
-async fn hand_to_hyper(sock: TcpStream, read: Bytes, router: Router) {
+async fn hand_to_hyper(sock: TcpStream, read: Bytes, front: &Front, unrouted: Unrouted) {
     let io = hyper_util::rt::TokioIo::new(Rewind { read, sock });
-    let svc = hyper_util::service::TowerToHyperService::new(router);
+    let svc = hyper_util::service::TowerToHyperService::new(front.router.clone());
+    // hyper's header read timeout also covers the whole head (and an idle
+    // keep-alive wait); the connection stays counted as unrouted.
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(64 * 1024)
+        .header_read_timeout(front.head_timeout)
+        .max_buf_size(front.max_head.max(8192))
         .serve_connection(io, svc)
         .with_upgrades()
         .await;
+    drop(unrouted);
 }
 
 /// A socket with bytes already read put back in front.

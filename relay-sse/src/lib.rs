@@ -98,7 +98,8 @@ pub struct GatewayOptions {
     pub max_connections: usize,
     /// Wait for an unknown job this long before 404.
     pub pending_job: Duration,
-    /// Per-client buffer in chunks (and live inbox in messages).
+    /// Per-client live inbox, in messages: a client whose inbox overflows
+    /// while a write to it is blocked is disconnected as slow.
     pub client_buffer: usize,
     /// Longest single stream.
     pub max_stream: Duration,
@@ -114,6 +115,24 @@ pub struct GatewayOptions {
     pub probe_interval: Duration,
     /// History records per read.
     pub history_page: usize,
+    /// Longest time a request head may take to arrive, in whole (front only;
+    /// also hyper's header read timeout on the plain HTTP path).
+    pub head_timeout: Duration,
+    /// Largest request head accepted by the front (larger: 431).
+    pub max_head_bytes: usize,
+    /// Most connections the front holds that are not SSE streams (reading a
+    /// request head, or served by the plain HTTP path); beyond it new
+    /// connections are closed at once.
+    pub max_unrouted: usize,
+    /// Longest wait for a client to take one chunk (catch-up or live);
+    /// beyond it the client is slow and disconnected (it resumes).
+    pub write_timeout: Duration,
+    /// Framing stops at this many bytes and the chunk is written (under
+    /// `write_timeout`) before more history is read: a client that does not
+    /// read pins about two chunks, never the job's whole history.
+    pub catchup_chunk_bytes: usize,
+    /// Largest declared request body (the routes read none); larger: 413.
+    pub max_body_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -133,6 +152,12 @@ impl Default for GatewayOptions {
             retry_ms: 2000,
             probe_interval: Duration::from_secs(5),
             history_page: 256,
+            head_timeout: Duration::from_secs(10),
+            max_head_bytes: 16 * 1024,
+            max_unrouted: 1024,
+            write_timeout: Duration::from_secs(30),
+            catchup_chunk_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024,
         }
     }
 }
@@ -154,6 +179,12 @@ impl From<&Config> for GatewayOptions {
             retry_ms: c.retry_ms,
             probe_interval: config::secs(c.probe_secs),
             history_page: c.history_page.max(1),
+            head_timeout: config::secs(c.head_timeout_secs),
+            max_head_bytes: c.max_head_bytes.max(1024),
+            max_unrouted: c.max_unrouted.max(1),
+            write_timeout: config::secs(c.write_timeout_secs),
+            catchup_chunk_bytes: c.catchup_chunk_bytes.max(1024),
+            max_body_bytes: c.max_body_bytes,
         }
     }
 }
@@ -275,7 +306,12 @@ impl Gateway {
         if self.inner.opts.demo_page {
             r = r.route("/", get(demo_page));
         }
-        let r = r.with_state(self.clone());
+        let r = r
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                limit_body,
+            ))
+            .with_state(self.clone());
         match cors(&self.inner.opts.allow_origins) {
             Some(layer) => r.layer(layer),
             None => r,
@@ -330,6 +366,34 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 fn json_error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
     let detail: String = detail.into();
     (status, axum::Json(json!({"detail": detail, "code": code}))).into_response()
+}
+
+/// Refuses a request whose declared body exceeds `max_body_bytes` (413).
+/// The gateway's routes are all `GET`s and never read a body; this keeps a
+/// client from making the server wait for (and discard) a large one.
+async fn limit_body(
+    State(gw): State<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = gw.inner.opts.max_body_bytes as u64;
+    if declared.is_some_and(|n| n > max) {
+        gw.inner.metrics.reject("body_too_large");
+        let mut resp = json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("request bodies are limited to {max} bytes"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
@@ -510,13 +574,16 @@ fn sse_headers(resp: &mut Response) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-/// A 200 event stream that only tells the client to retry (pre-stream
-/// backend trouble: never a 5xx to an EventSource).
+/// A 200 event stream that only tells the client to retry, then ends and
+/// closes the connection (at the connection limit, or pre-stream backend
+/// trouble: never a 5xx to an EventSource, which would stop reconnecting).
 fn retry_later(retry_ms: u64) -> Response {
     let mut buf = BytesMut::new();
     sse::put_retry(&mut buf, retry_ms);
     let mut resp = Response::new(Body::from(buf.freeze()));
     sse_headers(&mut resp);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
@@ -572,14 +639,10 @@ async fn sse_response(
     if inner.active.fetch_add(1, Ordering::AcqRel) >= inner.opts.max_connections {
         inner.active.fetch_sub(1, Ordering::AcqRel);
         m.reject("connection_limit");
-        let mut resp = json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TOO_MANY_CONNECTIONS",
-            "connection limit reached",
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return resp;
+        // An EventSource gives up for good on any non-200 answer (a 503
+        // too): an event stream that only says when to retry, and ends,
+        // makes it reconnect (and resume) later.
+        return retry_later(inner.opts.retry_ms);
     }
     m.active.inc();
     let guard = ConnGuard(inner.clone());
@@ -607,6 +670,8 @@ async fn sse_response(
             history_page: opts.history_page,
             heartbeat: opts.heartbeat,
             max_stream: opts.max_stream,
+            write_timeout: opts.write_timeout,
+            chunk_bytes: opts.catchup_chunk_bytes,
         },
         opts.client_buffer.max(1024),
     );
@@ -644,6 +709,16 @@ async fn sse_response(
         m.reject("not_found");
         return json_error(StatusCode::NOT_FOUND, "JOB_NOT_FOUND", "job not found");
     }
+    if session.terminal && session.nothing_framed() {
+        // The client already has the job's terminal event: nothing to send.
+        // 204 tells an EventSource to stop reconnecting (an ended 200
+        // stream would make it reconnect every `retry` ms).
+        m.reject("finished");
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return resp;
+    }
     if from.is_some() {
         m.resume(session.resume.snapshots() > 0);
     }
@@ -662,12 +737,13 @@ async fn sse_response(
     // (`Gateway::serve`) instead takes the session out of the response
     // extension and writes to the socket directly.
     let body_slot = slot.clone();
-    let capacity = opts.client_buffer.max(1);
+    // A few chunks in flight: each may be up to `catchup_chunk_bytes`.
+    let capacity = BODY_CHUNKS;
     let body = futures::stream::once(async move {
         match body_slot.take() {
             Some(streaming) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                tokio::spawn(streaming.run(stream::ChannelOut(tx)));
+                tokio::spawn(async move { streaming.run(&mut stream::ChannelOut(tx)).await });
                 ReceiverStream::new(rx).left_stream()
             }
             None => futures::stream::empty().right_stream(),
@@ -681,10 +757,14 @@ async fn sse_response(
     resp
 }
 
+/// Chunks queued for hyper on the axum path (the front writes directly).
+const BODY_CHUNKS: usize = 4;
+
 /// A started SSE stream waiting for whoever writes the response.
 pub(crate) struct Streaming {
     session: Session,
-    /// `retry:` and the catch-up framed before the response was returned.
+    /// `retry:` and the first catch-up chunk, framed before the response
+    /// was returned (at most about `catchup_chunk_bytes`).
     first: bytes::Bytes,
     _guard: ConnGuard,
     shutdown: watch::Receiver<bool>,
@@ -693,20 +773,11 @@ pub(crate) struct Streaming {
 
 impl Streaming {
     /// Writes the stream into `out` until it ends; records why.
-    pub(crate) async fn run<O: stream::Output>(mut self, mut out: O) -> CloseReason {
+    pub(crate) async fn run<O: stream::Output>(mut self, out: &mut O) -> CloseReason {
         let m = self.session.metrics.clone();
-        let signal = self.session.member.signal.clone();
-        let session = &mut self.session;
         let first = std::mem::take(&mut self.first);
-        let drive = async {
-            if !first.is_empty() {
-                out.write(first, &signal).await?;
-                session.delivered();
-            }
-            Err::<(), _>(session.stream(&mut out).await)
-        };
         let reason = tokio::select! {
-            r = drive => r.err().unwrap_or(CloseReason::Done),
+            r = self.session.stream(out, first) => r,
             _ = self.shutdown.wait_for(|s| *s) => CloseReason::Shutdown,
         };
         if reason == CloseReason::SlowClient {

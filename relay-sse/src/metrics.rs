@@ -68,6 +68,26 @@ pub struct Metrics {
     pub bad_messages: Counter,
     /// Seconds from the event's `ts` (producer publish) to the client write.
     pub latency: Histogram,
+    /// Open connections that are not SSE streams (reading a request head,
+    /// or served by the plain HTTP path): bounded by `--max-unrouted`.
+    pub unrouted: Gauge,
+    /// Failed `accept()` calls (e.g. out of file descriptors); the front
+    /// backs off and logs at most one warning per interval.
+    pub accept_errors: Counter,
+    /// Bytes held for clients: framed and not yet written, plus history
+    /// records read and not yet framed (bounded per connection by about
+    /// two `--catchup-chunk-bytes`).
+    pub buffered_bytes: Gauge,
+    /// Times framing stopped at `--catchup-chunk-bytes` to write the chunk
+    /// before reading or framing more.
+    pub chunk_cuts: Counter,
+    /// Chunks a client did not take within `--write-timeout-secs` (the
+    /// client is then closed as `slow_client`).
+    pub write_timeouts: Counter,
+    /// Live messages that found a catching-up client's merge buffer full
+    /// (`--client-buffer`, at least 1024): dropped there and read from
+    /// history instead.
+    pub merge_buffer_full: Counter,
 }
 
 impl Default for Metrics {
@@ -93,6 +113,12 @@ impl Metrics {
             history_reads: Counter::default(),
             bad_messages: Counter::default(),
             latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            unrouted: Gauge::default(),
+            accept_errors: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            chunk_cuts: Counter::default(),
+            write_timeouts: Counter::default(),
+            merge_buffer_full: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +180,36 @@ impl Metrics {
             "delivery_latency_seconds",
             "Event ts (producer publish) to client write",
             m.latency.clone(),
+        );
+        registry.register(
+            "unrouted_connections",
+            "Open connections that are not SSE streams (bounded by --max-unrouted)",
+            m.unrouted.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "Failed accept() calls (the front backs off)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "buffered_bytes",
+            "Bytes held for clients: framed and unwritten, or read and unframed",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "chunk_cuts",
+            "Framing stopped at --catchup-chunk-bytes to write first",
+            m.chunk_cuts.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Chunks not taken within --write-timeout-secs (slow client)",
+            m.write_timeouts.clone(),
+        );
+        registry.register(
+            "merge_buffer_full",
+            "Live messages not buffered during a catch-up (read from history)",
+            m.merge_buffer_full.clone(),
         );
         Metrics { registry, ..m }
     }

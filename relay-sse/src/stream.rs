@@ -1,6 +1,7 @@
 //! One SSE connection: drives a [`Resume`] against the backend and the live
 //! inbox, and encodes what it emits into SSE frames.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -145,9 +146,41 @@ impl Framing {
 /// Per-connection settings.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionConfig {
+    /// Most history records per read.
     pub history_page: usize,
     pub heartbeat: Duration,
+    /// Longest stream (catch-up included).
     pub max_stream: Duration,
+    /// Longest wait for the client to take one chunk; then it is slow.
+    pub write_timeout: Duration,
+    /// Framing stops at this many bytes and the chunk is written before
+    /// more history is read or framed.
+    pub chunk_bytes: usize,
+}
+
+/// History records read first, before record sizes are known.
+const FIRST_PAGE: usize = 16;
+
+/// Bytes a connection holds (framed and not yet written, plus history
+/// records waiting to be framed), mirrored into the process-wide
+/// `relay_sse_buffered_bytes` gauge.
+struct Held {
+    bytes: i64,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Held {
+    fn set(&mut self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.gauge.inc_by(bytes - self.bytes);
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
+    }
 }
 
 /// Why a session could not go on.
@@ -173,8 +206,23 @@ pub(crate) struct Session {
     /// envelopes), with its epoch. A terminal event below it is not the end
     /// of the job (e.g. a `failed` run followed by a dead-letter replay).
     top: Option<(Epoch, Offset)>,
+    /// Read the job's state once the client is at the top of the history:
+    /// if it is terminal the client has the job's end, even when no
+    /// terminal event was (or will be) framed as the last record (see
+    /// [`Session::check_finished`]).
+    state_check: bool,
     /// Events framed into the current chunk (for the delivered counter).
     pending_ts: Vec<Option<u64>>,
+    /// Actions not performed yet: framing stops at `chunk_bytes`, the
+    /// rest waits here (at most one history page) until the chunk is
+    /// written.
+    queue: VecDeque<Action>,
+    /// Records and bytes read from history so far (sizes the next page).
+    read_records: u64,
+    read_bytes: u64,
+    held: Held,
+    /// Bound on live envelopes the resume buffers during a catch-up.
+    merge_limit: usize,
 }
 
 async fn retry<T, F, Fut>(mut f: F) -> Result<T, relay_core::BackendError>
@@ -215,12 +263,24 @@ impl Session {
             keys,
             framing,
             resume: Resume::new(from).with_buffer_limit(buffer_limit),
+            merge_limit: buffer_limit.max(1),
             member,
-            metrics,
             cfg,
             terminal: false,
             top: None,
+            // A new client frames the whole history, so a terminal event
+            // below the top re-arms the check; a resuming one may hold the
+            // end already (nothing left to frame).
+            state_check: from.is_some(),
             pending_ts: Vec::new(),
+            queue: VecDeque::new(),
+            read_records: 0,
+            read_bytes: 0,
+            held: Held {
+                bytes: 0,
+                gauge: metrics.buffered_bytes.clone(),
+            },
+            metrics,
         }
     }
 
@@ -249,14 +309,51 @@ impl Session {
         }
     }
 
-    /// Performs actions (and the ones they lead to) and frames the output
-    /// into `buf`. Stops framing after a terminal event.
+    /// Queues actions and performs them (and the ones they lead to),
+    /// framing the output into `buf` until it holds `chunk_bytes`; what is
+    /// left waits for [`Session::drain`]. Stops framing after a terminal
+    /// event.
     pub async fn run(
         &mut self,
         actions: Vec<Action>,
         buf: &mut BytesMut,
     ) -> Result<(), SessionError> {
         self.run_with(actions, buf, None).await
+    }
+
+    /// Whether queued actions wait for the current chunk to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Performs queued actions into `buf` (see [`Session::run`]).
+    pub async fn drain(&mut self, buf: &mut BytesMut) -> Result<(), SessionError> {
+        self.run_with(Vec::new(), buf, None).await
+    }
+
+    /// Bytes of the history records queued and not framed yet.
+    fn queued_bytes(&self) -> usize {
+        self.queue
+            .iter()
+            .map(|a| match a {
+                Action::Emit(env) => env.record.payload.0.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Records per history read: about one chunk's worth at the record
+    /// size seen so far, so a client that does not read pins at most about
+    /// one chunk of history besides the chunk being written.
+    fn page_len(&self) -> usize {
+        let max = self.cfg.history_page.max(1);
+        if self.read_records == 0 {
+            return FIRST_PAGE.min(max);
+        }
+        let avg = (self.read_bytes / self.read_records).max(1);
+        usize::try_from(self.cfg.chunk_bytes as u64 / avg)
+            .unwrap_or(max)
+            .clamp(1, max)
     }
 
     /// [`Session::run`], reusing `live`'s shared frame when it is emitted.
@@ -266,8 +363,11 @@ impl Session {
         buf: &mut BytesMut,
         live: Option<&LiveMsg>,
     ) -> Result<(), SessionError> {
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
+        self.queue.extend(actions);
+        while buf.len() < self.cfg.chunk_bytes.max(1) {
+            let Some(action) = self.queue.pop_front() else {
+                break;
+            };
             match action {
                 Action::Emit(env) => {
                     if self.terminal {
@@ -288,8 +388,15 @@ impl Session {
                         Some(f) => {
                             buf.extend_from_slice(&f.bytes);
                             self.pending_ts.push(f.ts_ms);
-                            self.terminal |=
-                                f.terminal && self.is_last(env.epoch, env.record.offset);
+                            if f.terminal {
+                                if self.is_last(env.epoch, env.record.offset) {
+                                    self.terminal = true;
+                                } else {
+                                    // Records follow the terminal event: the
+                                    // state decides once they are sent.
+                                    self.state_check = true;
+                                }
+                            }
                         }
                         None => {
                             self.metrics.bad_messages.inc();
@@ -317,19 +424,75 @@ impl Session {
                 }
                 Action::ReadHistory { after } => {
                     self.metrics.history_reads.inc();
-                    let (b, k, n) = (&self.backend, &self.keys, self.cfg.history_page);
+                    let n = self.page_len();
+                    let (b, k) = (&self.backend, &self.keys);
                     let page = retry(|| b.read_history(k, after, n)).await?;
                     if let Some(e) = page.epoch {
                         self.note_top(e, page.top);
                     }
-                    queue.extend(self.resume.on_history(page));
+                    self.read_records += page.records.len() as u64;
+                    self.read_bytes += page
+                        .records
+                        .iter()
+                        .map(|r| r.payload.0.len() as u64)
+                        .sum::<u64>();
+                    let next = self.resume.on_history(page);
+                    self.queue.extend(next);
                 }
                 Action::ReadState => {
                     let (b, k) = (&self.backend, &self.keys);
                     let state: Option<JobState> = retry(|| b.get_state(k)).await?;
-                    queue.extend(self.resume.on_state(state));
+                    let next = self.resume.on_state(state);
+                    self.queue.extend(next);
                 }
             }
+        }
+        if self.queue.is_empty() {
+            self.check_finished().await?;
+        } else {
+            self.metrics.chunk_cuts.inc();
+        }
+        self.held.set(buf.len() + self.queued_bytes());
+        Ok(())
+    }
+
+    /// Whether nothing was framed since the last delivery.
+    pub fn nothing_framed(&self) -> bool {
+        self.pending_ts.is_empty()
+    }
+
+    /// Ends the stream when the client holds the whole history and the
+    /// job's state is terminal. The state is the job's highest-seq event,
+    /// so this covers what the "terminal event at the top" rule cannot: a
+    /// client resuming *at* the terminal event (nothing left to frame), and
+    /// a lower-seq event applied after the terminal one (history `…, done,
+    /// late`: the state stays `done`). A dead-letter replay runs with higher
+    /// seqs, so its job's state is not terminal until the replay ends.
+    async fn check_finished(&mut self) -> Result<(), SessionError> {
+        if self.terminal || !self.state_check || self.resume.is_reading() {
+            return Ok(());
+        }
+        let (Some(pos), Some((epoch, top))) = (self.resume.position(), self.top) else {
+            return Ok(());
+        };
+        if pos.epoch != epoch || pos.offset < top {
+            return Ok(());
+        }
+        let (b, k) = (&self.backend, &self.keys);
+        let Some(state) = retry(|| b.get_state(k)).await? else {
+            return Ok(());
+        };
+        if state.epoch != pos.epoch {
+            return Ok(());
+        }
+        self.note_top(state.epoch, state.top);
+        if state.top > pos.offset {
+            return Ok(()); // more records exist: check again at the new top
+        }
+        self.state_check = false;
+        let terminal = state.record.payload.decode().is_ok_and(|d| d.is_terminal());
+        if terminal && state.record.offset <= pos.offset {
+            self.terminal = true;
         }
         Ok(())
     }
@@ -343,6 +506,9 @@ impl Session {
         match &msg.env {
             Some(env) => {
                 self.note_top(env.epoch, env.record.offset);
+                if self.resume.buffered() >= self.merge_limit {
+                    self.metrics.merge_buffer_full.inc();
+                }
                 let actions = self.resume.on_live(env.clone());
                 self.run_with(actions, buf, Some(&msg)).await
             }
@@ -376,12 +542,12 @@ impl Session {
         }
     }
 
-    /// Streams into `out` until the terminal event, the client leaving, a
-    /// slow client, the stream time limit or a persistent backend failure.
-    pub async fn stream<O: Output>(&mut self, out: &mut O) -> CloseReason {
-        if self.terminal {
-            return CloseReason::Done;
-        }
+    /// Streams into `out`, starting with `first` (the `retry:` hint and
+    /// the first catch-up chunk), until the terminal event, the client
+    /// leaving, a slow client, the stream time limit or a persistent backend
+    /// failure. The catch-up is framed and written one chunk at a time, each
+    /// write under the same rules as live delivery.
+    pub async fn stream<O: Output>(&mut self, out: &mut O, first: Bytes) -> CloseReason {
         // One timer per connection: the next heartbeat or the stream's end.
         let start = tokio::time::Instant::now();
         let deadline = start + self.cfg.max_stream;
@@ -389,38 +555,64 @@ impl Session {
         let timer = tokio::time::sleep_until(next_beat.min(deadline));
         tokio::pin!(timer);
         let signal = self.member.signal.clone();
+        let mut chunk = (!first.is_empty()).then_some(first);
         loop {
+            if let Some(c) = chunk.take() {
+                if let Err(reason) = self.write(out, c, &signal, deadline).await {
+                    return reason;
+                }
+            }
+            if self.terminal {
+                return CloseReason::Done;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return CloseReason::MaxDuration;
+            }
             let mut buf = BytesMut::new();
-            let result = tokio::select! {
-                biased;
-                _ = out.closed() => return CloseReason::ClientGone,
-                _ = signal.notified() => self.check_resync(&mut buf).await,
-                msg = self.member.rx.recv() => match msg {
-                    Some(msg) => {
-                        let mut r = self.on_message(msg, &mut buf).await;
-                        // Drain what is already queued into the same chunk.
-                        while r.is_ok() && !self.terminal {
-                            match self.member.rx.try_recv() {
-                                Ok(msg) => r = self.on_message(msg, &mut buf).await,
-                                Err(_) => break,
+            // Catch-up left over: frame the next chunk before anything else.
+            // Live messages wait in the bounded inbox meanwhile; if it
+            // overflows while the client does not take the chunk, the
+            // client is slow.
+            let result = if self.has_pending() {
+                self.drain(&mut buf).await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = out.closed() => return CloseReason::ClientGone,
+                    _ = signal.notified() => self.check_resync(&mut buf).await,
+                    msg = self.member.rx.recv() => match msg {
+                        Some(msg) => {
+                            let mut r = self.on_message(msg, &mut buf).await;
+                            // Drain what is already queued into the same chunk.
+                            while r.is_ok()
+                                && !self.terminal
+                                && !self.has_pending()
+                                && buf.len() < self.cfg.chunk_bytes
+                            {
+                                match self.member.rx.try_recv() {
+                                    Ok(msg) => r = self.on_message(msg, &mut buf).await,
+                                    Err(_) => break,
+                                }
                             }
+                            if r.is_ok() && !self.has_pending() {
+                                r = self.check_resync(&mut buf).await;
+                            }
+                            r
                         }
-                        if r.is_ok() { r = self.check_resync(&mut buf).await; }
-                        r
+                        None => return CloseReason::Shutdown,
+                    },
+                    _ = &mut timer => {
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            return CloseReason::MaxDuration;
+                        }
+                        next_beat = now + self.cfg.heartbeat;
+                        timer.as_mut().reset(next_beat.min(deadline));
+                        sse::put_comment(&mut buf, "keep-alive");
+                        // Catches a lost last message that no later one reveals.
+                        let actions = self.resume.poll();
+                        self.run(actions, &mut buf).await
                     }
-                    None => return CloseReason::Shutdown,
-                },
-                _ = &mut timer => {
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline {
-                        return CloseReason::MaxDuration;
-                    }
-                    next_beat = now + self.cfg.heartbeat;
-                    timer.as_mut().reset(next_beat.min(deadline));
-                    sse::put_comment(&mut buf, "keep-alive");
-                    // Catches a lost last message that no later one reveals.
-                    let actions = self.resume.poll();
-                    self.run(actions, &mut buf).await
                 }
             };
             if let Err(e) = result {
@@ -428,14 +620,39 @@ impl Session {
                 return CloseReason::BackendError;
             }
             if !buf.is_empty() {
-                if let Err(reason) = out.write(buf.freeze(), &signal).await {
-                    return reason;
-                }
+                chunk = Some(buf.freeze());
+            }
+        }
+    }
+
+    /// Writes one chunk within the write timeout (else the client is slow)
+    /// and the stream's deadline; counts what it carried as delivered.
+    async fn write<O: Output>(
+        &mut self,
+        out: &mut O,
+        chunk: Bytes,
+        signal: &Signal,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), CloseReason> {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(CloseReason::MaxDuration);
+        }
+        let slow_at = now + self.cfg.write_timeout;
+        self.held.set(chunk.len() + self.queued_bytes());
+        let result = tokio::time::timeout_at(slow_at.min(deadline), out.write(chunk, signal)).await;
+        self.held.set(self.queued_bytes());
+        match result {
+            Ok(Ok(())) => {
                 self.delivered();
+                Ok(())
             }
-            if self.terminal {
-                return CloseReason::Done;
+            Ok(Err(reason)) => Err(reason),
+            Err(_) if slow_at <= deadline => {
+                self.metrics.write_timeouts.inc();
+                Err(CloseReason::SlowClient)
             }
+            Err(_) => Err(CloseReason::MaxDuration),
         }
     }
 }
@@ -446,7 +663,8 @@ pub(crate) trait Output: Send {
     fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
     /// Writes one chunk; an error ends the stream with that reason. A write
     /// that cannot complete while the client's live inbox overflows is a
-    /// slow client.
+    /// slow client. Dropping the future mid-write leaves the output
+    /// unusable for further chunks (the stream then ends).
     fn write(
         &mut self,
         chunk: Bytes,
@@ -462,12 +680,27 @@ impl Output for ChannelOut {
         self.0.closed().await
     }
 
-    async fn write(&mut self, chunk: Bytes, _signal: &Signal) -> Result<(), CloseReason> {
-        match self.0.try_send(chunk) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(CloseReason::SlowClient),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(CloseReason::ClientGone),
+    async fn write(&mut self, chunk: Bytes, signal: &Signal) -> Result<(), CloseReason> {
+        let send = self.0.send(chunk);
+        tokio::pin!(send);
+        let mut resync = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut send => break r.map_err(|_| CloseReason::ClientGone),
+                // Same rule as the socket: the live inbox overflowed while
+                // the body would not take more.
+                _ = signal.notified() => {
+                    if signal.take_overflow() {
+                        return Err(CloseReason::SlowClient);
+                    }
+                    resync = true;
+                }
+            }
+        };
+        if resync {
+            signal.renotify();
         }
+        result
     }
 }
 
@@ -500,8 +733,11 @@ pub(crate) fn state_json(state: &JobState) -> serde_json::Value {
     })
 }
 
-/// eco2: maps a `Last-Event-ID` stream id to a history position: after the
-/// record with that stream id (or the last one before it). Unknown → a
+/// eco2: maps a `Last-Event-ID` stream id to a history position: right
+/// after the retained record whose stream id *equals* it. Stream ids do not
+/// follow history offsets (a restarted router routes new entries at once
+/// while a dead consumer's pending entry is claimed later), so ids are never
+/// compared by order. Not found (trimmed, another job's id, nonsense) → a
 /// position that makes the resume answer with a snapshot.
 pub(crate) async fn eco2_position(
     backend: &Arc<dyn Backend>,
@@ -509,49 +745,35 @@ pub(crate) async fn eco2_position(
     target: relay_core::backend::StreamId,
     page: usize,
 ) -> Result<Position, relay_core::BackendError> {
-    let unknown = UNKNOWN_POSITION;
     let mut after = Offset::ZERO;
-    let mut best: Option<Offset> = None;
     let mut epoch = None;
     loop {
         let p = retry(|| backend.read_history(keys, after, page.max(1))).await?;
-        let Some(e) = p.epoch else { return Ok(unknown) };
+        let Some(e) = p.epoch else {
+            return Ok(UNKNOWN_POSITION);
+        };
         if epoch.is_some_and(|x| x != e) {
-            return Ok(unknown);
+            return Ok(UNKNOWN_POSITION); // the history was re-created under us
         }
         epoch = Some(e);
         let Some(last) = p.records.last().map(|r| r.offset) else {
-            break;
+            return Ok(UNKNOWN_POSITION);
         };
         for rec in &p.records {
             let sid = match Payload::decode(&rec.payload) {
                 Ok(Decoded::Eco2(r)) => r.stream_id.parse::<relay_core::backend::StreamId>().ok(),
                 _ => None,
             };
-            match sid {
-                Some(s) if s <= target => best = Some(rec.offset),
-                Some(_) => {
-                    return Ok(finish(e, best));
-                }
-                None => {}
+            if sid == Some(target) {
+                return Ok(Position {
+                    epoch: e,
+                    offset: rec.offset,
+                });
             }
         }
-        after = last;
         if last >= p.top {
-            break;
+            return Ok(UNKNOWN_POSITION);
         }
-    }
-    Ok(match epoch {
-        Some(e) => finish(e, best),
-        None => unknown,
-    })
-}
-
-fn finish(epoch: Epoch, best: Option<Offset>) -> Position {
-    // Before everything retained: offset 0, and the resume snapshots if the
-    // history was trimmed (first retained > 1).
-    Position {
-        epoch,
-        offset: best.unwrap_or(Offset::ZERO),
+        after = last;
     }
 }

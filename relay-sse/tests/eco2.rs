@@ -28,6 +28,11 @@ async fn gw() -> TestGateway {
 
 /// Routes one step as the relay router would in the eco2 profile; returns the routed JSON.
 async fn route(t: &TestGateway, stage: &str, status: &str, n: u64) -> String {
+    route_as(t, stage, status, n, &format!("1766899796{n:03}-0")).await
+}
+
+/// [`route`] with an explicit stream id.
+async fn route_as(t: &TestGateway, stage: &str, status: &str, n: u64, stream_id: &str) -> String {
     let job = JobId::new(JOB).unwrap();
     let seq = seq_for(stage, status);
     let result =
@@ -42,7 +47,7 @@ async fn route(t: &TestGateway, stage: &str, status: &str, n: u64) -> String {
         result.as_ref(),
         None,
     );
-    let json = entry.routed_json(&format!("1766899796{n:03}-0"));
+    let json = entry.routed_json(stream_id);
     apply_payload(&*t.backend, &t.keys, &job, seq, Payload(bytes(&json))).await;
     json
 }
@@ -111,7 +116,8 @@ async fn eco2_resume_by_stream_id() {
         ids,
         ["1766899796003-0", "1766899796004-0", "1766899796005-0"]
     );
-    // An id between two entries resumes after the earlier one.
+    // An id of no retained entry: snapshot semantics (the state, sent as the
+    // event it is, here `done`).
     let mut c = connect(&url, Some("1766899796004-5")).await;
     let ids: Vec<String> = c.collect().await.into_iter().filter_map(|e| e.id).collect();
     assert_eq!(ids, ["1766899796005-0"]);
@@ -133,4 +139,58 @@ async fn eco2_short_or_invalid_job_ids_rejected() {
     assert_eq!(c.status, 400);
     let c = connect(&t.url(&format!("/api/v1/other/{JOB}/events")), None).await;
     assert_eq!(c.status, 404);
+}
+
+/// Resuming from the terminal entry's stream id: nothing is left to send,
+/// the answer is `204 No Content` (an EventSource stops reconnecting).
+#[tokio::test]
+async fn eco2_resume_at_terminal_id_is_204() {
+    let t = gw().await;
+    for (n, (stage, status)) in STEPS.iter().enumerate() {
+        route(&t, stage, status, n as u64).await;
+    }
+    let c = connect(
+        &t.url(&format!("/api/v1/scan/{JOB}/events")),
+        Some("1766899796005-0"),
+    )
+    .await;
+    assert_eq!(c.status, 204);
+}
+
+/// History offsets out of stream-id order: a restarted router routes new
+/// entries at once while a dead consumer's pending entry (`vision
+/// completed`) is claimed only later, so it lands after `rule started`.
+/// A Last-Event-ID resumes after the record with exactly that stream id,
+/// never by comparing ids: nothing lost, nothing twice.
+#[tokio::test]
+async fn eco2_resume_with_history_out_of_stream_id_order() {
+    let t = gw().await;
+    let order = [
+        ("queued", "started", "1766899796001-0"),
+        ("vision", "started", "1766899796002-0"),
+        ("rule", "started", "1766899796004-0"),
+        ("vision", "completed", "1766899796003-0"),
+        ("rule", "completed", "1766899796005-0"),
+    ];
+    for (n, (stage, status, id)) in order.iter().enumerate() {
+        route_as(&t, stage, status, n as u64, id).await;
+    }
+    let url = t.url(&format!("/api/v1/scan/{JOB}/events"));
+    // Resuming from `rule started`: `vision completed` follows it.
+    let mut c = connect(&url, Some("1766899796004-0")).await;
+    assert_eq!(c.status, 200);
+    let mut got = vec![c.next_event().await.unwrap(), c.next_event().await.unwrap()];
+    // Resuming from `vision completed`: only `rule completed` (once).
+    let mut c2 = connect(&url, Some("1766899796003-0")).await;
+    let mut got2 = vec![c2.next_event().await.unwrap()];
+    route_as(&t, "done", "completed", 9, "1766899796006-0").await;
+    got.extend(c.collect().await);
+    got2.extend(c2.collect().await);
+    let ids: Vec<&str> = got.iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(
+        ids,
+        ["1766899796003-0", "1766899796005-0", "1766899796006-0"]
+    );
+    let ids: Vec<&str> = got2.iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(ids, ["1766899796005-0", "1766899796006-0"]);
 }

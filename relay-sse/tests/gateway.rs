@@ -11,6 +11,7 @@ use relay_core::backend::Backend;
 use relay_core::{auth, Event, JobId, Payload, Status};
 use relay_sse::client::SseItem;
 use relay_sse::{CloseReason, GatewayOptions};
+use tokio::io::AsyncWriteExt;
 
 async fn gw_with(opts: GatewayOptions) -> (TestGateway, Arc<MemoryBackend>) {
     let mem = Arc::new(MemoryBackend::new());
@@ -178,27 +179,46 @@ async fn job_appearing_during_pending_wait_streams() {
     assert_eq!(client.await.unwrap(), [1, 2, 3]);
 }
 
+/// At the connection limit the answer is one an EventSource retries: a
+/// `200 text/event-stream` that only carries the `retry:` hint and ends at
+/// once (any non-200 answer, e.g. a 503, makes a browser give up for
+/// good). Resuming requests get the same; both paths, counted.
 #[tokio::test]
-async fn connection_limit_503_before_streaming() {
-    let (t, _) = gw_with(GatewayOptions {
+async fn connection_limit_answers_a_retry_stream() {
+    let o = GatewayOptions {
         max_connections: 1,
+        retry_ms: 1500,
         ..opts()
-    })
-    .await;
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let embedded = TestGateway::start_axum(mem, o).await;
     let job = "job-limit-1";
-    t.apply(&step(job, 1, 5)).await;
-    let url = t.url(&format!("/v1/jobs/{job}/events"));
-    let mut first = connect(&url, None).await;
-    assert_eq!(first.status, 200);
-    first.next_event().await.unwrap();
-    let second = connect(&url, None).await;
-    assert_eq!(second.status, 503);
-    assert_eq!(second.headers["retry-after"], "5");
-    drop(first);
-    wait_for(|| t.gateway.active_connections() == 0).await;
-    let mut third = connect(&url, None).await;
-    assert_eq!(third.status, 200);
-    assert_eq!(offset_of(&third.next_event().await.unwrap()), 1);
+    let (e, _) = t.apply(&step(job, 1, 5)).await;
+    let path = format!("/v1/jobs/{job}/events");
+    for gw in [&t, &embedded] {
+        let url = gw.url(&path);
+        let mut first = connect(&url, None).await;
+        assert_eq!(first.status, 200);
+        first.next_event().await.unwrap();
+        for last_id in [None, Some(format!("{e}:1"))] {
+            let mut c = connect(&url, last_id.as_deref()).await;
+            assert_eq!(c.status, 200);
+            assert_eq!(c.headers["content-type"], "text/event-stream");
+            assert_eq!(c.headers["connection"], "close");
+            assert_eq!(c.next_item().await, Some(SseItem::Retry(1500)));
+            assert_eq!(c.next_item().await, None, "no events, then the end");
+        }
+        let m = gw.gateway.metrics().render();
+        assert!(
+            m.contains("relay_sse_rejected_total{reason=\"connection_limit\"} 2"),
+            "{m}"
+        );
+        drop(first);
+        wait_for(|| gw.gateway.active_connections() == 0).await;
+        let mut third = connect(&url, None).await;
+        assert_eq!(third.status, 200);
+        assert_eq!(offset_of(&third.next_event().await.unwrap()), 1);
+    }
 }
 
 #[tokio::test]
@@ -288,7 +308,6 @@ async fn slow_client_is_disconnected_and_counted() {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut stream = sock.connect(t.addr).await.unwrap();
-    use tokio::io::AsyncWriteExt;
     stream
         .write_all(format!("GET /v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await
@@ -517,4 +536,236 @@ async fn front_serves_other_routes_and_keeps_alive() {
     let events = c.collect().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event, "done");
+}
+
+/// Clients that hang up while their request waits for an unknown job give
+/// their connection slots back at once, not after `pending_job`: otherwise
+/// a burst of abandoned requests holds the gateway at its connection limit.
+#[tokio::test]
+async fn hung_up_pending_requests_release_their_slots() {
+    let (t, _) = gw_with(GatewayOptions {
+        max_connections: 5,
+        pending_job: Duration::from_secs(3600),
+        ..opts()
+    })
+    .await;
+    let mut socks = Vec::new();
+    for i in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        s.write_all(
+            format!("GET /v1/jobs/job-gone-{i}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        socks.push(s);
+    }
+    wait_for(|| t.gateway.active_connections() == 5).await;
+    drop(socks);
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_rejected_total{reason=\"client_gone\"} 5"),
+        "{m}"
+    );
+    // The slots are free: a client of a known job streams.
+    let job = "job-gone-ok";
+    t.apply(&step(job, 1, 1)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.collect().await.len(), 1);
+}
+
+/// A client resuming at a finished job's terminal event has everything:
+/// the gateway answers `204 No Content` at once (an EventSource stops
+/// reconnecting on 204) instead of holding an empty stream open with
+/// heartbeats until `max_stream`.
+#[tokio::test]
+async fn resume_at_terminal_offset_ends_with_204() {
+    let o = GatewayOptions {
+        max_stream: Duration::from_secs(3600),
+        ..opts()
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let job = "job-resume-done-1";
+    let mut epoch = None;
+    for n in 1..=4 {
+        epoch = Some(t.apply(&step(job, n, 4)).await.0);
+    }
+    let e = epoch.unwrap();
+    let url = t.url(&format!("/v1/jobs/{job}/events"));
+    let c = connect(&url, Some(&format!("{e}:4"))).await;
+    assert_eq!(c.status, 204);
+    assert_eq!(c.body.as_deref(), Some(""));
+    // The query parameter form too.
+    let c = connect(&format!("{url}?last_event_id={e}:4"), None).await;
+    assert_eq!(c.status, 204);
+    // And on the embedding (axum) path.
+    let embedded = TestGateway::start_axum(mem, o).await;
+    let path = format!("/v1/jobs/{job}/events");
+    let c = connect(&embedded.url(&path), Some(&format!("{e}:4"))).await;
+    assert_eq!(c.status, 204);
+    assert_eq!(t.gateway.active_connections(), 0);
+    let m = t.gateway.metrics().render();
+    assert!(
+        m.contains("relay_sse_rejected_total{reason=\"finished\"} 2"),
+        "{m}"
+    );
+    // One event short of the end still streams the terminal event, then ends.
+    let mut c = connect(&url, Some(&format!("{e}:3"))).await;
+    assert_eq!(c.status, 200);
+    let events = c.collect().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event, "done");
+}
+
+/// A late lower-seq event after `done`: seqs 1–3, `done` as seq 10, then a
+/// late seq 4. The history is `1, 2, 3, done, seq 4` and the job's state
+/// stays `done` (the highest seq). A client catching up gets every record
+/// and then the stream ends, instead of idling until `max_stream`.
+#[tokio::test]
+async fn late_event_after_done_still_ends_the_catch_up() {
+    let (t, _) = gw_with(GatewayOptions {
+        max_stream: Duration::from_secs(3600),
+        ..opts()
+    })
+    .await;
+    let job = "job-late-after-done";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 10)).await;
+    }
+    t.apply(&Event::new("scan", job, 10, "done", Status::Completed).unwrap())
+        .await;
+    t.apply(&step(job, 4, 10)).await;
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    let events = c.collect().await;
+    let offsets: Vec<u64> = events.iter().map(offset_of).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    assert_eq!(events[3].event, "done");
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+    // Resuming right after `done` gets the late event, then the end.
+    let e = events[0].id.as_deref().unwrap().split(':').next().unwrap();
+    let mut c = connect(
+        &t.url(&format!("/v1/jobs/{job}/events")),
+        Some(&format!("{e}:4")),
+    )
+    .await;
+    let offsets: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+    assert_eq!(offsets, [5]);
+}
+
+/// The same history found by a client already streaming (here through a
+/// heartbeat poll: no live message reaches it): `done` arrives with a
+/// record after it, and the stream still ends once both are sent.
+#[tokio::test]
+async fn late_event_after_done_ends_a_following_client() {
+    let mem = Arc::new(MemoryBackend::new());
+    let silent: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let t = TestGateway::start_split(
+        mem.clone(),
+        silent,
+        GatewayOptions {
+            max_stream: Duration::from_secs(3600),
+            ..opts()
+        },
+    )
+    .await;
+    let job = "job-late-after-done-2";
+    for n in 1..=3 {
+        t.apply(&step(job, n, 10)).await;
+    }
+    let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
+    for _ in 0..3 {
+        c.next_event().await.unwrap();
+    }
+    t.apply(&Event::new("scan", job, 10, "done", Status::Completed).unwrap())
+        .await;
+    t.apply(&step(job, 4, 10)).await;
+    let rest = c.collect().await;
+    let offsets: Vec<u64> = rest.iter().map(offset_of).collect();
+    assert_eq!(offsets, [4, 5]);
+    assert_eq!(rest[0].event, "done");
+    wait_for(|| t.gateway.metrics().closed_count(CloseReason::Done) == 1).await;
+}
+
+/// A client that never reads during its catch-up used to pin the job's
+/// whole retained history (framed into one buffer before the response,
+/// written with no time bound). The catch-up is now written chunk by chunk
+/// under the write timeout: the client is disconnected as slow, and what
+/// the gateway holds for it meanwhile stays around two chunks.
+#[tokio::test]
+async fn stuck_reader_during_catch_up_is_cut_with_bounded_buffer() {
+    let chunk = 16 * 1024;
+    let (t, _) = gw_with(GatewayOptions {
+        heartbeat: Duration::from_secs(60),
+        max_stream: Duration::from_secs(3600),
+        write_timeout: Duration::from_secs(1),
+        catchup_chunk_bytes: chunk,
+        ..opts()
+    })
+    .await;
+    let job = "job-stuck-catchup";
+    let pad = "x".repeat(4000);
+    let mut event_len = 0;
+    for n in 1..=1000u64 {
+        let ev = step(job, n, 1_000_000).with_data(serde_json::json!({ "pad": pad }));
+        event_len = serde_json::to_vec(&ev).unwrap().len();
+        t.apply(&ev).await;
+    }
+    // A tiny receive window, and nothing is ever read.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stream = sock.connect(t.addr).await.unwrap();
+    stream
+        .write_all(format!("GET /v1/jobs/{job}/events HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let m = t.gateway.metrics().clone();
+    let mut peak = 0;
+    tokio::time::timeout(LIMIT, async {
+        while m.closed_count(CloseReason::SlowClient) == 0 {
+            peak = peak.max(m.buffered_bytes.get());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stuck client was never disconnected");
+    assert_eq!(m.slow_disconnects.get(), 1);
+    assert_eq!(m.write_timeouts.get(), 1);
+    assert!(peak > 0, "nothing was ever held for the client");
+    // A chunk being written, plus about one chunk of records read ahead,
+    // each overshooting by at most one event (framing adds a little).
+    let bound = 2 * (chunk + 2 * event_len) as i64;
+    assert!(peak <= bound, "held {peak} bytes (bound {bound})");
+    wait_for(|| t.gateway.active_connections() == 0).await;
+    assert_eq!(m.buffered_bytes.get(), 0);
+    assert!(m.chunk_cuts.get() > 0);
+    drop(stream);
+}
+
+/// The catch-up of a long history streams in chunks to a client that
+/// reads, in order and complete, on the gateway's front and on the
+/// embedding (axum) path.
+#[tokio::test]
+async fn long_catch_up_streams_in_chunks_complete_and_in_order() {
+    let o = GatewayOptions {
+        catchup_chunk_bytes: 8 * 1024,
+        history_page: 50,
+        ..opts()
+    };
+    let (t, mem) = gw_with(o.clone()).await;
+    let embedded = TestGateway::start_axum(mem, o).await;
+    let job = "job-long-catchup";
+    let pad = "y".repeat(1000);
+    for n in 1..=400u64 {
+        let ev = step(job, n, 400).with_data(serde_json::json!({ "pad": pad }));
+        t.apply(&ev).await;
+    }
+    let path = format!("/v1/jobs/{job}/events");
+    for url in [t.url(&path), embedded.url(&path)] {
+        let mut c = connect(&url, None).await;
+        let offsets: Vec<u64> = c.collect().await.iter().map(offset_of).collect();
+        assert_eq!(offsets, (1..=400).collect::<Vec<u64>>());
+    }
+    assert!(t.gateway.metrics().chunk_cuts.get() > 0);
+    assert!(embedded.gateway.metrics().chunk_cuts.get() > 0);
 }

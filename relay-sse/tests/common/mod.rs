@@ -33,13 +33,34 @@ impl TestGateway {
         Self::start_with(backend, opts, true).await
     }
 
+    /// Live messages come from `pubsub` instead of `backend`: with a pubsub
+    /// nobody publishes to, clients learn of new events only by reading
+    /// history (catch-up, heartbeat polls).
+    pub async fn start_split(
+        backend: Arc<dyn Backend>,
+        pubsub: Arc<dyn Backend>,
+        opts: GatewayOptions,
+    ) -> Self {
+        Self::start_full(backend, Some(pubsub), opts, false).await
+    }
+
     async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
+        Self::start_full(backend, None, opts, axum).await
+    }
+
+    async fn start_full(
+        backend: Arc<dyn Backend>,
+        pubsub: Option<Arc<dyn Backend>>,
+        opts: GatewayOptions,
+        axum: bool,
+    ) -> Self {
         let keys = KeySpace::new(
             opts.profile,
             Domain::new(opts.domain.clone()).unwrap(),
             opts.shards,
         );
-        let gateway = Gateway::new(backend.clone(), opts).unwrap();
+        let pubsub = pubsub.unwrap_or_else(|| backend.clone());
+        let gateway = Gateway::with_pubsub(backend.clone(), pubsub, opts).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let gw = gateway.clone();
