@@ -2,8 +2,9 @@
 //! the `api` binary, the demo and tests mount the same code.
 //!
 //! - `POST /api/v1/scan`: header `X-User-ID` required (401), optional
-//!   `X-Idempotency-Key` (atomic `SET NX`; a repeat returns the first
-//!   response), body `{"image_url","user_input"?,"model"?}` bounded by
+//!   `X-Idempotency-Key` (atomic `SET NX` on a hash of the `(user, key)`
+//!   pair; a repeat of the same request returns the first response, the key
+//!   reused with a different request is a 422), body `{"image_url","user_input"?,"model"?}` bounded by
 //!   [`ApiConfig::body_limit`] (413). Emits `queued`, then enqueues; when the
 //!   enqueue fails the job gets its terminal `failed` event and the client a
 //!   503 — never an orphan job.
@@ -40,6 +41,7 @@
 //! | 404 | `RESULT_NOT_FOUND` | unknown job |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over the limit |
 //! | 422 | `VALIDATION_ERROR` | missing field / wrong type |
+//! | 422 | `IDEMPOTENCY_KEY_REUSED` | key already used by this user for a different request |
 //! | 422 | `INVALID_IMAGE_URL` | not an absolute http/https URL |
 //! | 422 | `IMAGE_URL_NOT_ALLOWED` | private/loopback/link-local host, or host not allow-listed |
 //! | 422 | `UNSUPPORTED_MODEL` | model not in the allow-list |
@@ -58,6 +60,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::pipeline::{Envelope, JobControl, JobStore};
 use crate::scan::{self, ScanHooks, ScanRequest};
@@ -187,8 +190,93 @@ fn job_marker(job: &JobId) -> String {
     format!("{}:job:{job}", scan::DOMAIN)
 }
 
+/// The store key of an idempotency record: a SHA-256 over the
+/// length-prefixed `(user, key)` pair, so no two distinct pairs share a
+/// record whatever characters they contain (`alice` + `k:tail` and
+/// `alice:k` + `tail` are different pairs), and the key stays 64 hex chars.
 fn idempotency_key(user: &str, key: &str) -> String {
-    format!("{}:idempotency:{user}:{key}", scan::DOMAIN)
+    let mut h = Sha256::new();
+    h.update(b"scan-idempotency-v2\0");
+    h.update((user.len() as u64).to_be_bytes());
+    h.update(user.as_bytes());
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key.as_bytes());
+    format!("{}:idempotency:{}", scan::DOMAIN, hex::encode(h.finalize()))
+}
+
+/// SHA-256 (hex) of the canonical form of a validated request: its typed
+/// fields re-serialized in a fixed order, so JSON that differs only in
+/// whitespace, key order or ignored fields has the same fingerprint.
+fn request_fingerprint(req: &ScanRequest) -> Result<String, ApiError> {
+    let canonical = serde_json::to_vec(req).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
+    Ok(hex::encode(Sha256::digest(&canonical)))
+}
+
+/// What is stored under an idempotency key: the fingerprint of the request
+/// that claimed it and the response it got.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct IdempotencyRecord {
+    request_sha256: String,
+    response: Value,
+}
+
+/// Whether this submission claimed its idempotency key or repeats an earlier one.
+enum Claim {
+    /// First use: go on and create the job.
+    Fresh,
+    /// The same request again: answer with the stored response.
+    Replay(Value),
+}
+
+/// Claims `key` for `record` (atomic `SET NX`), or reads the earlier claim:
+/// same request → [`Claim::Replay`], different request → 422
+/// `IDEMPOTENCY_KEY_REUSED`.
+async fn claim_idempotency(
+    api: &ScanApi,
+    key: &str,
+    record: &IdempotencyRecord,
+) -> Result<Claim, ApiError> {
+    let store = |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
+    let stored = serde_json::to_vec(record).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
+    // A record can expire (or be released by a failed submission) between
+    // the SET NX and the GET: claim again, a bounded number of times.
+    for _ in 0..3 {
+        if api
+            .backend
+            .set_nx(
+                key,
+                Bytes::from(stored.clone()),
+                Some(api.config.idempotency_ttl),
+            )
+            .await
+            .map_err(store)?
+        {
+            return Ok(Claim::Fresh);
+        }
+        let Some(raw) = api.backend.get(key).await.map_err(store)? else {
+            continue;
+        };
+        let previous: IdempotencyRecord = serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                format!("unreadable idempotency record: {e}"),
+            )
+        })?;
+        if previous.request_sha256 != record.request_sha256 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "X-Idempotency-Key was already used with a different request body; \
+                 use a new key for a new request",
+            ));
+        }
+        return Ok(Claim::Replay(previous.response));
+    }
+    Err(unavailable(
+        "EVENT_STORE_UNAVAILABLE",
+        "the idempotency record changed during the request; retry".into(),
+    ))
 }
 
 fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -420,21 +508,12 @@ async fn submit(
 
     let idem_key = idem.map(|k| idempotency_key(&user, &k));
     if let Some(key) = &idem_key {
-        let stored = Bytes::from(response.to_string());
-        let fresh = api
-            .backend
-            .set_nx(key, stored, Some(api.config.idempotency_ttl))
-            .await
-            .map_err(|e| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string()))?;
-        if !fresh {
-            let previous = api
-                .backend
-                .get(key)
-                .await
-                .map_err(|e| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string()))?;
-            if let Some(prev) = previous.and_then(|p| serde_json::from_slice::<Value>(&p).ok()) {
-                return Ok((StatusCode::OK, Json(prev)).into_response());
-            }
+        let record = IdempotencyRecord {
+            request_sha256: request_fingerprint(&req)?,
+            response: response.clone(),
+        };
+        if let Claim::Replay(previous) = claim_idempotency(&api, key, &record).await? {
+            return Ok((StatusCode::OK, Json(previous)).into_response());
         }
     }
 
