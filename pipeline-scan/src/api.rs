@@ -42,8 +42,11 @@
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over the limit |
 //! | 422 | `VALIDATION_ERROR` | missing field / wrong type |
 //! | 422 | `IDEMPOTENCY_KEY_REUSED` | key already used by this user for a different request |
-//! | 422 | `INVALID_IMAGE_URL` | not an absolute http/https URL |
-//! | 422 | `IMAGE_URL_NOT_ALLOWED` | private/loopback/link-local host, or host not allow-listed |
+//! | 422 | `INVALID_IMAGE_URL` | not an absolute http/https URL, credentials, `\\`/space/control characters |
+//! | 422 | `IMAGE_URL_NOT_ALLOWED` | host inside by its literal form ([`crate::image_url`]), or not allow-listed |
+//!
+//! The accepted image URL is forwarded (job input, `queued` event) in its
+//! canonical serialization, never as the raw string.
 //! | 422 | `UNSUPPORTED_MODEL` | model not in the allow-list |
 //! | 503 | `EVENT_STORE_UNAVAILABLE` / `QUEUE_UNAVAILABLE` | backend / broker down |
 
@@ -62,6 +65,7 @@ use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::image_url::{self, ImageUrlError, ImageUrlPolicy};
 use crate::pipeline::{Envelope, JobControl, JobStore};
 use crate::scan::{self, ScanHooks, ScanRequest};
 use crate::transport::Transport;
@@ -326,95 +330,31 @@ fn idempotency(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Whether an IP address is private, loopback, link-local or otherwise not a
-/// public unicast address.
+/// public unicast address (see [`crate::image_url::ip_non_public`]).
 pub fn is_non_public_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_non_public_ip(IpAddr::V4(v4)))
-        }
+    image_url::ip_non_public(ip).is_some()
+}
+
+impl From<ImageUrlError> for ApiError {
+    fn from(e: ImageUrlError) -> Self {
+        let code = if e.is_malformed() {
+            "INVALID_IMAGE_URL"
+        } else {
+            "IMAGE_URL_NOT_ALLOWED"
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
     }
 }
 
-/// Validates an image URL against the API config.
-pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<(), ApiError> {
-    let invalid = |why: &str| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_IMAGE_URL",
-            format!("image_url {why}"),
-        )
+/// Validates an image URL against the API config ([`crate::image_url`]) and
+/// returns its canonical form, the one to forward.
+pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<url::Url, ApiError> {
+    let policy = ImageUrlPolicy {
+        max_len: config.max_url_len,
+        allowed_hosts: &config.allowed_hosts,
+        allow_private_hosts: config.allow_private_hosts,
     };
-    let denied = |why: String| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "IMAGE_URL_NOT_ALLOWED",
-            why,
-        )
-    };
-    if raw.len() > config.max_url_len {
-        return Err(invalid("is too long"));
-    }
-    let url = url::Url::parse(raw).map_err(|_| invalid("is not an absolute URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("must use http or https"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("must not contain credentials"));
-    }
-    let host = url.host().ok_or_else(|| invalid("has no host"))?;
-    let host_name = match &host {
-        url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
-        url::Host::Ipv4(ip) => ip.to_string(),
-        url::Host::Ipv6(ip) => ip.to_string(),
-    };
-    if !config.allow_private_hosts {
-        let private = match host {
-            url::Host::Ipv4(ip) => is_non_public_ip(IpAddr::V4(ip)),
-            url::Host::Ipv6(ip) => is_non_public_ip(IpAddr::V6(ip)),
-            url::Host::Domain(_) => {
-                host_name == "localhost"
-                    || host_name.ends_with(".localhost")
-                    || host_name.ends_with(".local")
-                    || host_name.ends_with(".internal")
-            }
-        };
-        if private {
-            return Err(denied(format!(
-                "image_url host {host_name} is private, loopback or link-local"
-            )));
-        }
-    }
-    if !config.allowed_hosts.is_empty()
-        && !config.allowed_hosts.iter().any(|h| {
-            let h = h.trim_end_matches('.').to_ascii_lowercase();
-            host_name == h || host_name.ends_with(&format!(".{h}"))
-        })
-    {
-        return Err(denied(format!("image_url host {host_name} is not allowed")));
-    }
-    Ok(())
+    Ok(image_url::check(raw, &policy)?)
 }
 
 fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiError> {
@@ -432,14 +372,15 @@ fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiErro
             "request body must be a JSON object",
         ));
     }
-    let req: ScanRequest = serde_json::from_value(value).map_err(|e| {
+    let mut req: ScanRequest = serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "VALIDATION_ERROR",
             e.to_string(),
         )
     })?;
-    validate_image_url(&req.image_url, config)?;
+    // Forward the checked URL's canonical serialization, never the raw string.
+    req.image_url = validate_image_url(&req.image_url, config)?.into();
     if let Some(model) = &req.model {
         if !config.models.iter().any(|m| m == model) {
             return Err(ApiError::new(

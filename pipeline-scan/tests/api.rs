@@ -534,3 +534,71 @@ async fn idempotency_replay_with_the_same_body_returns_the_first_job_and_token()
     assert!(v1["token"].is_string());
     assert_eq!(f.transport.submitted.lock().unwrap().len(), 1);
 }
+
+/// Image URLs naming a host inside the deployment, in literal forms the old
+/// check let through (IPv4-embedding IPv6, NAT64, site-local, 192.0.0/24,
+/// single-label and cluster names): refused before anything is enqueued.
+#[tokio::test]
+async fn image_urls_pointing_inside_are_refused() {
+    let f = fixture(ApiConfig::default());
+    for url in [
+        "http://[::ffff:0:7f00:1]/a.jpg",
+        "http://[::ffff:127.0.0.1]/a.jpg",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[fec0::1]/a.jpg",
+        "http://[::127.0.0.1]/a.jpg",
+        "http://[2002:7f00:1::1]/a.jpg",
+        "http://192.0.0.1/a.jpg",
+        "http://0x7f.1/a.jpg",
+        "http://0177.0.0.1/a.jpg",
+        "http://2130706433/a.jpg",
+        "http://100.64.0.1/a.jpg",
+        "http://metadata/computeMetadata/v1/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://kubernetes.default.svc/api",
+        "http://printer.local/a.jpg",
+        "http://LocalHost./a.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({ "image_url": url }).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IMAGE_URL_NOT_ALLOWED",
+        )
+        .await;
+    }
+    // Parser-differential spellings are refused outright.
+    for url in [
+        "http://example.com\\@127.0.0.1/a.jpg",
+        "http://images.example.com\t/a.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({ "image_url": url }).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE_URL",
+        )
+        .await;
+    }
+}
+
+/// The canonical serialization of the checked URL is what the job carries
+/// (the worker's input and the `queued` event), never the raw string.
+#[tokio::test]
+async fn the_canonical_image_url_is_forwarded_not_the_raw_string() {
+    let f = fixture(ApiConfig::default());
+    let raw = "HTTP://Images.EXAMPLE.com:80/./x/../can.jpg?q=1";
+    let (s, _, v) = call(
+        &f.app,
+        post(json!({ "image_url": raw }).to_string(), Some("u1")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let canonical = "http://images.example.com/can.jpg?q=1";
+    let sub = f.transport.submitted.lock().unwrap().clone();
+    assert_eq!(sub[0].input["image_url"], canonical);
+    let job = JobId::new(v["job_id"].as_str().unwrap()).unwrap();
+    let evs = events(&f.backend, &keys(Profile::Native), &job).await;
+    let data = &evs[0].data;
+    assert_eq!(data["image_url"], canonical, "{data}");
+}
