@@ -39,6 +39,7 @@
 //! | 400 | `INVALID_JOB_ID` | malformed job id on the result route |
 //! | 401 | `MISSING_USER_ID` | no `X-User-ID` |
 //! | 404 | `RESULT_NOT_FOUND` | unknown job |
+//! | 408 | `REQUEST_TIMEOUT` | the body stalled longer than `--http-body-timeout-secs` |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over the limit |
 //! | 422 | `VALIDATION_ERROR` | missing field / wrong type |
 //! | 422 | `IDEMPOTENCY_KEY_REUSED` | key already used by this user for a different request |
@@ -61,6 +62,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use relay_core::http_serve::BodyReadTimeout;
 use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -411,9 +413,17 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if BodyReadTimeout::in_chain(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                format!("the request body stalled: {e}"),
+            )
+        } else {
+            too_large()
+        }
+    })
 }
 
 fn unavailable(code: &'static str, detail: String) -> ApiError {
