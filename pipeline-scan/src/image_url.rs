@@ -225,7 +225,7 @@ pub fn ipv6_non_public(ip: Ipv6Addr) -> Option<&'static str> {
 
 /// Name suffixes that only resolve inside a network (RFC 6761 special-use
 /// names, RFC 6762 appendix G private TLDs, Kubernetes service names).
-const INSIDE_SUFFIXES: &[&str] = &[
+pub const INSIDE_SUFFIXES: &[&str] = &[
     "localhost",
     "local",
     "localdomain",
