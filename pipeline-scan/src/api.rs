@@ -2,8 +2,9 @@
 //! the `api` binary, the demo and tests mount the same code.
 //!
 //! - `POST /api/v1/scan`: header `X-User-ID` required (401), optional
-//!   `X-Idempotency-Key` (atomic `SET NX`; a repeat returns the first
-//!   response), body `{"image_url","user_input"?,"model"?}` bounded by
+//!   `X-Idempotency-Key` (atomic `SET NX` on a hash of the `(user, key)`
+//!   pair; a repeat of the same request returns the first response, the key
+//!   reused with a different request is a 422), body `{"image_url","user_input"?,"model"?}` bounded by
 //!   [`ApiConfig::body_limit`] (413). Emits `queued`, then enqueues; when the
 //!   enqueue fails the job gets its terminal `failed` event and the client a
 //!   503 — never an orphan job.
@@ -38,10 +39,15 @@
 //! | 400 | `INVALID_JOB_ID` | malformed job id on the result route |
 //! | 401 | `MISSING_USER_ID` | no `X-User-ID` |
 //! | 404 | `RESULT_NOT_FOUND` | unknown job |
+//! | 408 | `REQUEST_TIMEOUT` | the body stalled longer than `--http-body-timeout-secs` |
 //! | 413 | `PAYLOAD_TOO_LARGE` | body over the limit |
 //! | 422 | `VALIDATION_ERROR` | missing field / wrong type |
-//! | 422 | `INVALID_IMAGE_URL` | not an absolute http/https URL |
-//! | 422 | `IMAGE_URL_NOT_ALLOWED` | private/loopback/link-local host, or host not allow-listed |
+//! | 422 | `IDEMPOTENCY_KEY_REUSED` | key already used by this user for a different request |
+//! | 422 | `INVALID_IMAGE_URL` | not an absolute http/https URL, credentials, `\\`/space/control characters |
+//! | 422 | `IMAGE_URL_NOT_ALLOWED` | host inside by its literal form ([`crate::image_url`]), or not allow-listed |
+//!
+//! The accepted image URL is forwarded (job input, `queued` event) in its
+//! canonical serialization, never as the raw string.
 //! | 422 | `UNSUPPORTED_MODEL` | model not in the allow-list |
 //! | 503 | `EVENT_STORE_UNAVAILABLE` / `QUEUE_UNAVAILABLE` | backend / broker down |
 
@@ -56,9 +62,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use relay_core::http_serve::BodyReadTimeout;
 use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
+use crate::image_url::{self, ImageUrlError, ImageUrlPolicy};
 use crate::pipeline::{Envelope, JobControl, JobStore};
 use crate::scan::{self, ScanHooks, ScanRequest};
 use crate::transport::Transport;
@@ -187,8 +196,93 @@ fn job_marker(job: &JobId) -> String {
     format!("{}:job:{job}", scan::DOMAIN)
 }
 
+/// The store key of an idempotency record: a SHA-256 over the
+/// length-prefixed `(user, key)` pair, so no two distinct pairs share a
+/// record whatever characters they contain (`alice` + `k:tail` and
+/// `alice:k` + `tail` are different pairs), and the key stays 64 hex chars.
 fn idempotency_key(user: &str, key: &str) -> String {
-    format!("{}:idempotency:{user}:{key}", scan::DOMAIN)
+    let mut h = Sha256::new();
+    h.update(b"scan-idempotency-v2\0");
+    h.update((user.len() as u64).to_be_bytes());
+    h.update(user.as_bytes());
+    h.update((key.len() as u64).to_be_bytes());
+    h.update(key.as_bytes());
+    format!("{}:idempotency:{}", scan::DOMAIN, hex::encode(h.finalize()))
+}
+
+/// SHA-256 (hex) of the canonical form of a validated request: its typed
+/// fields re-serialized in a fixed order, so JSON that differs only in
+/// whitespace, key order or ignored fields has the same fingerprint.
+fn request_fingerprint(req: &ScanRequest) -> Result<String, ApiError> {
+    let canonical = serde_json::to_vec(req).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
+    Ok(hex::encode(Sha256::digest(&canonical)))
+}
+
+/// What is stored under an idempotency key: the fingerprint of the request
+/// that claimed it and the response it got.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct IdempotencyRecord {
+    request_sha256: String,
+    response: Value,
+}
+
+/// Whether this submission claimed its idempotency key or repeats an earlier one.
+enum Claim {
+    /// First use: go on and create the job.
+    Fresh,
+    /// The same request again: answer with the stored response.
+    Replay(Value),
+}
+
+/// Claims `key` for `record` (atomic `SET NX`), or reads the earlier claim:
+/// same request → [`Claim::Replay`], different request → 422
+/// `IDEMPOTENCY_KEY_REUSED`.
+async fn claim_idempotency(
+    api: &ScanApi,
+    key: &str,
+    record: &IdempotencyRecord,
+) -> Result<Claim, ApiError> {
+    let store = |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
+    let stored = serde_json::to_vec(record).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
+    // A record can expire (or be released by a failed submission) between
+    // the SET NX and the GET: claim again, a bounded number of times.
+    for _ in 0..3 {
+        if api
+            .backend
+            .set_nx(
+                key,
+                Bytes::from(stored.clone()),
+                Some(api.config.idempotency_ttl),
+            )
+            .await
+            .map_err(store)?
+        {
+            return Ok(Claim::Fresh);
+        }
+        let Some(raw) = api.backend.get(key).await.map_err(store)? else {
+            continue;
+        };
+        let previous: IdempotencyRecord = serde_json::from_slice(&raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                format!("unreadable idempotency record: {e}"),
+            )
+        })?;
+        if previous.request_sha256 != record.request_sha256 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "X-Idempotency-Key was already used with a different request body; \
+                 use a new key for a new request",
+            ));
+        }
+        return Ok(Claim::Replay(previous.response));
+    }
+    Err(unavailable(
+        "EVENT_STORE_UNAVAILABLE",
+        "the idempotency record changed during the request; retry".into(),
+    ))
 }
 
 fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -238,95 +332,31 @@ fn idempotency(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Whether an IP address is private, loopback, link-local or otherwise not a
-/// public unicast address.
+/// public unicast address (see [`crate::image_url::ip_non_public`]).
 pub fn is_non_public_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_non_public_ip(IpAddr::V4(v4)))
-        }
+    image_url::ip_non_public(ip).is_some()
+}
+
+impl From<ImageUrlError> for ApiError {
+    fn from(e: ImageUrlError) -> Self {
+        let code = if e.is_malformed() {
+            "INVALID_IMAGE_URL"
+        } else {
+            "IMAGE_URL_NOT_ALLOWED"
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string())
     }
 }
 
-/// Validates an image URL against the API config.
-pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<(), ApiError> {
-    let invalid = |why: &str| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_IMAGE_URL",
-            format!("image_url {why}"),
-        )
+/// Validates an image URL against the API config ([`crate::image_url`]) and
+/// returns its canonical form, the one to forward.
+pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<url::Url, ApiError> {
+    let policy = ImageUrlPolicy {
+        max_len: config.max_url_len,
+        allowed_hosts: &config.allowed_hosts,
+        allow_private_hosts: config.allow_private_hosts,
     };
-    let denied = |why: String| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "IMAGE_URL_NOT_ALLOWED",
-            why,
-        )
-    };
-    if raw.len() > config.max_url_len {
-        return Err(invalid("is too long"));
-    }
-    let url = url::Url::parse(raw).map_err(|_| invalid("is not an absolute URL"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid("must use http or https"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("must not contain credentials"));
-    }
-    let host = url.host().ok_or_else(|| invalid("has no host"))?;
-    let host_name = match &host {
-        url::Host::Domain(d) => d.trim_end_matches('.').to_ascii_lowercase(),
-        url::Host::Ipv4(ip) => ip.to_string(),
-        url::Host::Ipv6(ip) => ip.to_string(),
-    };
-    if !config.allow_private_hosts {
-        let private = match host {
-            url::Host::Ipv4(ip) => is_non_public_ip(IpAddr::V4(ip)),
-            url::Host::Ipv6(ip) => is_non_public_ip(IpAddr::V6(ip)),
-            url::Host::Domain(_) => {
-                host_name == "localhost"
-                    || host_name.ends_with(".localhost")
-                    || host_name.ends_with(".local")
-                    || host_name.ends_with(".internal")
-            }
-        };
-        if private {
-            return Err(denied(format!(
-                "image_url host {host_name} is private, loopback or link-local"
-            )));
-        }
-    }
-    if !config.allowed_hosts.is_empty()
-        && !config.allowed_hosts.iter().any(|h| {
-            let h = h.trim_end_matches('.').to_ascii_lowercase();
-            host_name == h || host_name.ends_with(&format!(".{h}"))
-        })
-    {
-        return Err(denied(format!("image_url host {host_name} is not allowed")));
-    }
-    Ok(())
+    Ok(image_url::check(raw, &policy)?)
 }
 
 fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiError> {
@@ -344,14 +374,15 @@ fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiErro
             "request body must be a JSON object",
         ));
     }
-    let req: ScanRequest = serde_json::from_value(value).map_err(|e| {
+    let mut req: ScanRequest = serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "VALIDATION_ERROR",
             e.to_string(),
         )
     })?;
-    validate_image_url(&req.image_url, config)?;
+    // Forward the checked URL's canonical serialization, never the raw string.
+    req.image_url = validate_image_url(&req.image_url, config)?.into();
     if let Some(model) = &req.model {
         if !config.models.iter().any(|m| m == model) {
             return Err(ApiError::new(
@@ -382,9 +413,17 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if BodyReadTimeout::in_chain(&e) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                format!("the request body stalled: {e}"),
+            )
+        } else {
+            too_large()
+        }
+    })
 }
 
 fn unavailable(code: &'static str, detail: String) -> ApiError {
@@ -420,21 +459,12 @@ async fn submit(
 
     let idem_key = idem.map(|k| idempotency_key(&user, &k));
     if let Some(key) = &idem_key {
-        let stored = Bytes::from(response.to_string());
-        let fresh = api
-            .backend
-            .set_nx(key, stored, Some(api.config.idempotency_ttl))
-            .await
-            .map_err(|e| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string()))?;
-        if !fresh {
-            let previous = api
-                .backend
-                .get(key)
-                .await
-                .map_err(|e| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string()))?;
-            if let Some(prev) = previous.and_then(|p| serde_json::from_slice::<Value>(&p).ok()) {
-                return Ok((StatusCode::OK, Json(prev)).into_response());
-            }
+        let record = IdempotencyRecord {
+            request_sha256: request_fingerprint(&req)?,
+            response: response.clone(),
+        };
+        if let Claim::Replay(previous) = claim_idempotency(&api, key, &record).await? {
+            return Ok((StatusCode::OK, Json(previous)).into_response());
         }
     }
 

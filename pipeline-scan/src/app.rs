@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::routing::get;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay_core::cli::{ConnectionArgs, LogFormat};
+use relay_core::http_serve::{self, HttpServeArgs, ServeMetrics};
 use relay_core::{Backend, Publisher};
 use tokio_util::sync::CancellationToken;
 
@@ -166,6 +167,9 @@ pub struct DemoArgs {
     /// Require stream tokens (the API issues them, the gateway checks them).
     #[arg(long, env = "RELAY_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
+    /// Listener limits (`--http-*`).
+    #[command(flatten)]
+    pub http: HttpServeArgs,
 }
 
 /// `api` flags.
@@ -198,6 +202,9 @@ pub struct ApiArgs {
     /// Lifetime of issued stream tokens, seconds.
     #[arg(long, env = "RELAY_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,
+    /// Listener limits (`--http-*`).
+    #[command(flatten)]
+    pub http: HttpServeArgs,
 }
 
 impl ApiArgs {
@@ -307,6 +314,9 @@ pub struct WorkerArgs {
     /// `completed` event data.
     #[arg(long, env = "RELAY_SIM_STAGE_LATENCY_MS", value_delimiter = ',')]
     pub sim_stage_latency_ms: Vec<String>,
+    /// Limits of the metrics listener (`--http-*`).
+    #[command(flatten)]
+    pub http: HttpServeArgs,
 }
 
 /// `dlq` actions.
@@ -411,6 +421,32 @@ pub fn start_in_process(
     (engine, inprocess)
 }
 
+/// Prefix of the listener metrics of every `pipeline-scan` listener
+/// (`pipeline_scan_http_*`, see [`relay_core::http_serve`]).
+pub const HTTP_METRICS_PREFIX: &str = "pipeline_scan";
+
+/// `/metrics` (the listener's `pipeline_scan_http_*`) and `/healthz`, for
+/// the `api` listener.
+pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let http = http.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        http.render(HTTP_METRICS_PREFIX),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
 /// `/metrics` (Prometheus text) and `/healthz`.
 pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
     axum::Router::new()
@@ -460,6 +496,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 .as_ref()
                 .filter(|s| !s.is_empty())
                 .map(|s| s.clone().into_bytes()),
+            http: args.http.config(),
         };
         return crate::demo::run(config, shutdown).await;
     }
@@ -480,13 +517,17 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             if let Err(e) = producer.connect().await {
                 tracing::warn!(error = %e, "broker not reachable yet; submissions will retry the connection");
             }
-            let app = ScanApi::new(publisher, producer.clone(), args.config()).router();
+            let http = ServeMetrics::new();
+            let app = ScanApi::new(publisher, producer.clone(), args.config())
+                .router()
+                .merge(api_ops_router(http.clone()));
             let listener = tokio::net::TcpListener::bind(args.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "scan api listening");
             let stop = shutdown.clone();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
+            http_serve::serve(listener, app, args.http.config(), http, async move {
+                stop.cancelled().await
+            })
+            .await;
             producer.close().await;
             Ok(())
         }
@@ -514,10 +555,17 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
             let stop = shutdown.clone();
+            let http = metrics.http().clone();
+            let limits = args.http.config();
             let server = tokio::spawn(async move {
-                axum::serve(listener, metrics_router(metrics))
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                http_serve::serve(
+                    listener,
+                    metrics_router(metrics),
+                    limits,
+                    http,
+                    async move { stop.cancelled().await },
+                )
+                .await
             });
             worker.run(shutdown.clone()).await;
             tracing::info!("worker stopped; in-flight steps finished");
@@ -548,5 +596,49 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             Ok(())
         }
         Command::Demo(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_listener_takes_the_http_limit_flags() {
+        let limits = [
+            "--http-head-timeout-secs",
+            "0.5",
+            "--http-idle-timeout-secs",
+            "7",
+            "--http-body-timeout-secs",
+            "3",
+            "--http-max-connections",
+            "9",
+        ];
+        let want = relay_core::http_serve::ServeConfig {
+            head_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(7),
+            body_timeout: Duration::from_secs(3),
+            max_connections: 9,
+        };
+        for sub in ["api", "worker", "demo"] {
+            let argv = std::iter::once("pipeline-scan")
+                .chain(std::iter::once(sub))
+                .chain(limits);
+            let cli = Cli::try_parse_from(argv).expect(sub);
+            let got = match &cli.command {
+                Command::Api(a) => a.http.config(),
+                Command::Worker(w) => w.http.config(),
+                Command::Demo(d) => d.http.config(),
+                Command::Dlq { .. } => unreachable!("not parsed here"),
+            };
+            assert_eq!(got, want, "{sub}");
+        }
     }
 }

@@ -9,7 +9,12 @@
 //! | `GET /` | the demo page: submit an image URL, watch the stages arrive live |
 //! | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` | the scan API ([`ScanApi`]) |
 //! | `GET /api/v1/scan/{job}/events`, `GET /v1/jobs/{job}/events`, … | the SSE gateway ([`relay_sse::Gateway`]) |
-//! | `/healthz`, `/readyz`, `/metrics` | the gateway's |
+//! | `/healthz`, `/readyz` | the gateway's |
+//! | `/metrics` | the gateway's, and the listener's `pipeline_scan_http_*` |
+//!
+//! The listener is [`relay_core::http_serve::serve`]: idle, slow-head and
+//! stalled-body connections are closed, open connections are capped
+//! ([`DemoConfig::http`], flags `--http-*`).
 //!
 //! The models are the simulators ([`SimulatedVision`]: a deterministic
 //! classification derived from the URL, [`SimulatedAnswer`]: the template
@@ -25,12 +30,13 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use relay_core::backend::memory::MemoryBackend;
+use relay_core::http_serve::{self, ServeConfig, ServeMetrics};
 use relay_core::{Backend, KeySpace, Publisher, Router, RouterConfig};
 use relay_sse::{Gateway, GatewayOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiConfig, ScanApi};
-use crate::app::{start_in_process, AppError};
+use crate::app::{start_in_process, AppError, HTTP_METRICS_PREFIX};
 use crate::scan::{
     self, LatencyDist, RuleSet, ScanModels, SimulatedAnswer, SimulatedVision, Taxonomy,
 };
@@ -54,6 +60,8 @@ pub struct DemoConfig {
     pub rules: Arc<RuleSet>,
     /// Stream token secret (API issues, gateway checks); `None`: open.
     pub auth_secret: Option<Vec<u8>>,
+    /// Listener limits (timeouts, connection cap).
+    pub http: ServeConfig,
 }
 
 /// The demo's simulated models.
@@ -124,11 +132,27 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
         },
     );
 
-    let app = gateway
+    // `/metrics` serves the gateway's registry and this listener's
+    // `pipeline_scan_http_*`; every other gateway route falls through.
+    let http = ServeMetrics::new();
+    let metrics = {
+        let (gw, http) = (gateway.clone(), http.clone());
+        move || async move {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                http.append_to(gw.metrics().render(), HTTP_METRICS_PREFIX),
+            )
+        }
+    };
+    let app = api
         .router()
-        .merge(api.router())
         .route("/", get(page))
-        .route("/index.html", get(page));
+        .route("/index.html", get(page))
+        .route("/metrics", get(metrics))
+        .fallback_service(gateway.router());
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, vision = %config.vision_latency, answer = %config.answer_latency, "demo listening");
@@ -136,15 +160,13 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
 
     let stop = shutdown.clone();
     let gw = gateway.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            // End open streams so the graceful shutdown does not wait on them.
-            gw.shutdown();
-        })
-        .await;
+    http_serve::serve(listener, app, config.http, http, async move {
+        stop.cancelled().await;
+        // End open streams so the graceful shutdown does not wait on them.
+        gw.shutdown();
+    })
+    .await;
     workers.shutdown().await;
     router.shutdown().await;
-    served?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! | [`transport`] | `Transport` trait; [`transport::inprocess`] and [`transport::amqp`] (queues, retries, DLQ, supervisor) |
 //! | [`scan`] | the scan stages, models (OpenAI-compatible and simulated), rule sets, results |
 //! | [`api`] | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` |
+//! | [`image_url`] | the image URL policy (SSRF): literal inside hosts refused, canonical URL forwarded |
 //! | [`app`] | the `pipeline-scan` binary: flags and `run` |
 //! | [`demo`] | `pipeline-scan demo`: everything in one process on the memory backend, with a browser page |
 //! | [`metrics`] | worker Prometheus metrics |
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod app;
 pub mod demo;
+pub mod image_url;
 pub mod metrics;
 pub mod pipeline;
 pub mod scan;

@@ -441,3 +441,164 @@ async fn api_with_in_process_workers_serves_the_done_result() {
     assert_eq!(steps(&evs), full_scan_steps());
     transport.shutdown().await;
 }
+
+fn keyed(user: &str, key: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post("/api/v1/scan")
+        .header("content-type", "application/json")
+        .header("x-user-id", user)
+        .header("x-idempotency-key", key)
+        .body(body.into())
+        .unwrap()
+}
+
+fn with_secret() -> ApiConfig {
+    ApiConfig {
+        auth_secret: Some(b"idempotency-test-secret".to_vec()),
+        ..ApiConfig::default()
+    }
+}
+
+/// `X-User-ID: alice` + key `kx29947:tail` and `X-User-ID: alice:kx29947` +
+/// key `tail` used to be stored under the same record: the second caller got
+/// alice's job id and stream token.
+#[tokio::test]
+async fn idempotency_keys_of_different_users_never_collide() {
+    let f = fixture(with_secret());
+    let (s1, _, alice) = call(&f.app, keyed("alice", "kx29947:tail", ok_body())).await;
+    let (s2, _, mallory) = call(&f.app, keyed("alice:kx29947", "tail", ok_body())).await;
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::OK, StatusCode::OK),
+        "{alice} {mallory}"
+    );
+    assert_ne!(alice["job_id"], mallory["job_id"], "two users, two jobs");
+    assert!(alice["token"].is_string() && mallory["token"].is_string());
+    assert_ne!(
+        alice["token"], mallory["token"],
+        "no token leaks across users"
+    );
+    let sub = f.transport.submitted.lock().unwrap().clone();
+    assert_eq!(sub.len(), 2);
+    assert_eq!(sub[0].user_id, "alice");
+    assert_eq!(sub[1].user_id, "alice:kx29947");
+    // The same key by two unrelated users: two jobs too.
+    let (_, _, a) = call(&f.app, keyed("u1", "same-key", ok_body())).await;
+    let (_, _, b) = call(&f.app, keyed("u2", "same-key", ok_body())).await;
+    assert_ne!(a["job_id"], b["job_id"]);
+}
+
+/// Reusing a key with another request is a client bug: 422, nothing enqueued,
+/// instead of silently answering with the first job.
+#[tokio::test]
+async fn idempotency_key_reused_with_a_different_body_is_422() {
+    let f = fixture(ApiConfig::default());
+    let (s, _, first) = call(&f.app, keyed("u1", "k-1", ok_body())).await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    for other in [
+        json!({"image_url": "https://images.example.com/other.jpg"}),
+        json!({"image_url": "https://images.example.com/can.jpg", "user_input": "elsewhere?"}),
+        json!({"image_url": "https://images.example.com/can.jpg", "user_input": "where?", "model": "gpt-4o"}),
+    ] {
+        let (s, _, v) = call(&f.app, keyed("u1", "k-1", other.to_string())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{other}: {v}");
+        assert_eq!(v["code"], "IDEMPOTENCY_KEY_REUSED", "{v}");
+        assert!(
+            v["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("different")),
+            "{v}"
+        );
+        assert!(
+            v.get("job_id").is_none(),
+            "the first job is not disclosed: {v}"
+        );
+    }
+    assert_eq!(f.transport.submitted.lock().unwrap().len(), 1);
+    // The original request still replays.
+    let (s, _, again) = call(&f.app, keyed("u1", "k-1", ok_body())).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["job_id"], first["job_id"]);
+}
+
+/// Same user, same key, same request (byte-different but equal JSON): the
+/// first job and token again, enqueued once.
+#[tokio::test]
+async fn idempotency_replay_with_the_same_body_returns_the_first_job_and_token() {
+    let f = fixture(with_secret());
+    let (s1, _, v1) = call(&f.app, keyed("u1", "replay:1", ok_body())).await;
+    let reordered = r#"{ "user_input" : "where?",
+        "image_url": "https://images.example.com/can.jpg" }"#;
+    let (s2, _, v2) = call(&f.app, keyed("u1", "replay:1", reordered)).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{v1} {v2}");
+    assert_eq!(v1, v2, "the stored first response, token included");
+    assert!(v1["token"].is_string());
+    assert_eq!(f.transport.submitted.lock().unwrap().len(), 1);
+}
+
+/// Image URLs naming a host inside the deployment, in literal forms the old
+/// check let through (IPv4-embedding IPv6, NAT64, site-local, 192.0.0/24,
+/// single-label and cluster names): refused before anything is enqueued.
+#[tokio::test]
+async fn image_urls_pointing_inside_are_refused() {
+    let f = fixture(ApiConfig::default());
+    for url in [
+        "http://[::ffff:0:7f00:1]/a.jpg",
+        "http://[::ffff:127.0.0.1]/a.jpg",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[fec0::1]/a.jpg",
+        "http://[::127.0.0.1]/a.jpg",
+        "http://[2002:7f00:1::1]/a.jpg",
+        "http://192.0.0.1/a.jpg",
+        "http://0x7f.1/a.jpg",
+        "http://0177.0.0.1/a.jpg",
+        "http://2130706433/a.jpg",
+        "http://100.64.0.1/a.jpg",
+        "http://metadata/computeMetadata/v1/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://kubernetes.default.svc/api",
+        "http://printer.local/a.jpg",
+        "http://LocalHost./a.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({ "image_url": url }).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IMAGE_URL_NOT_ALLOWED",
+        )
+        .await;
+    }
+    // Parser-differential spellings are refused outright.
+    for url in [
+        "http://example.com\\@127.0.0.1/a.jpg",
+        "http://images.example.com\t/a.jpg",
+    ] {
+        assert_rejected(
+            &f,
+            post(json!({ "image_url": url }).to_string(), Some("u1")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_IMAGE_URL",
+        )
+        .await;
+    }
+}
+
+/// The canonical serialization of the checked URL is what the job carries
+/// (the worker's input and the `queued` event), never the raw string.
+#[tokio::test]
+async fn the_canonical_image_url_is_forwarded_not_the_raw_string() {
+    let f = fixture(ApiConfig::default());
+    let raw = "HTTP://Images.EXAMPLE.com:80/./x/../can.jpg?q=1";
+    let (s, _, v) = call(
+        &f.app,
+        post(json!({ "image_url": raw }).to_string(), Some("u1")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let canonical = "http://images.example.com/can.jpg?q=1";
+    let sub = f.transport.submitted.lock().unwrap().clone();
+    assert_eq!(sub[0].input["image_url"], canonical);
+    let job = JobId::new(v["job_id"].as_str().unwrap()).unwrap();
+    let evs = events(&f.backend, &keys(Profile::Native), &job).await;
+    let data = &evs[0].data;
+    assert_eq!(data["image_url"], canonical, "{data}");
+}

@@ -75,6 +75,7 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
             },
             rules: Arc::new(RuleSet::default_dataset()),
             auth_secret: Some(secret.clone()),
+            http: Default::default(),
         },
         stop.clone(),
     ));

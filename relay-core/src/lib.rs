@@ -34,6 +34,8 @@ pub mod codec;
 pub mod eco2;
 pub mod error;
 pub mod event;
+#[cfg(feature = "http-serve")]
+pub mod http_serve;
 pub mod keys;
 pub mod publisher;
 pub mod resume;

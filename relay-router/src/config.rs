@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use relay_core::backend::{ApplyOptions, DeadLetterLimits};
 use relay_core::cli::{ConnectionArgs, LogFormat};
+use relay_core::http_serve::HttpServeArgs;
 use relay_core::router::default_consumer_name;
 use relay_core::{KeySpace, RouterConfig};
 
@@ -46,6 +47,9 @@ pub struct RouterArgs {
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "RELAY_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    /// Limits of the metrics server's listener (`--http-*`).
+    #[command(flatten)]
+    pub http: HttpServeArgs,
     /// Entries larger than this many bytes are dead-lettered.
     #[arg(long, env = "RELAY_MAX_ENTRY_BYTES", default_value_t = 1024 * 1024)]
     pub max_entry_bytes: usize,

@@ -65,6 +65,7 @@ pub async fn run(args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow
             group: args.group.clone(),
             routers: state,
         },
+        args.http.config(),
     )
     .await?;
     info!(addr = %server.local_addr, "metrics server listening");

@@ -8,8 +8,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::Extension;
 use relay_core::backend::Backend;
 use relay_core::cli::PromText;
+use relay_core::http_serve::{self, ServeConfig, ServeMetrics};
 use relay_core::router::{RouterMetrics, BATCH_LATENCY_BOUNDS, BATCH_SIZE_BOUNDS};
 use relay_core::KeySpace;
 use tokio::sync::oneshot;
@@ -41,23 +43,27 @@ impl ServerHandle {
     }
 }
 
-/// Binds and serves until stopped.
-pub async fn spawn(addr: SocketAddr, state: ServerState) -> std::io::Result<ServerHandle> {
+/// Binds and serves until stopped, with `limits` on the listener
+/// ([`relay_core::http_serve`]: idle/head/body timeouts, connection cap;
+/// its counters are `/metrics`' `relay_router_http_*`).
+pub async fn spawn(
+    addr: SocketAddr,
+    state: ServerState,
+    limits: ServeConfig,
+) -> std::io::Result<ServerHandle> {
+    let http = ServeMetrics::new();
     let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .layer(Extension(http.clone()))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let task = tokio::spawn(http_serve::serve(listener, app, limits, http, async {
+        let _ = stopped.await;
+    }));
     Ok(ServerHandle {
         local_addr,
         stop,
@@ -80,8 +86,12 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<ServerState>) -> impl IntoResponse {
+async fn metrics(
+    State(s): State<ServerState>,
+    Extension(http): Extension<ServeMetrics>,
+) -> impl IntoResponse {
     let mut p = PromText::new();
+    http.write_prom(&mut p, "relay_router");
     type Counter = fn(&RouterMetrics) -> u64;
     let counters: [(&str, &str, Counter); 11] = [
         (

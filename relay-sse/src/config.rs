@@ -66,6 +66,9 @@ pub struct Config {
     /// Serve `/metrics` on this address too (besides the main listener).
     #[arg(long, env = "RELAY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Limits of the metrics server's listener (`--http-*`).
+    #[command(flatten)]
+    pub http: relay_core::http_serve::HttpServeArgs,
     /// Serve a small demo page at `/`.
     #[arg(long, env = "RELAY_DEMO_PAGE")]
     pub demo_page: bool,

@@ -822,14 +822,34 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
     };
     let gateway = Gateway::with_pubsub(data, pubsub, opts)?;
     if let Some(addr) = config.metrics_addr {
+        use relay_core::http_serve::{serve, ServeMetrics};
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let app = gateway.metrics_router();
+        // Bounded like every other listener (idle/head/body timeouts,
+        // connection cap); `/metrics` adds its `relay_sse_http_*` counters.
+        let http = ServeMetrics::new();
+        let app = {
+            let (gw, http) = (gateway.clone(), http.clone());
+            Router::new().route(
+                "/metrics",
+                get(move || async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        http.append_to(gw.metrics().render(), "relay_sse"),
+                    )
+                }),
+            )
+        };
         tracing::info!(%addr, "metrics listening");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics server failed");
-            }
-        });
+        tokio::spawn(serve(
+            listener,
+            app,
+            config.http.config(),
+            http,
+            std::future::pending(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(addr = %config.listen, profile = %config.conn.profile, "relay-sse listening");
