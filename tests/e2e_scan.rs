@@ -406,7 +406,7 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
     }
     assert_eq!(seqs, [0, 10, 11, 20, 21, 30, 31, 40, 41, 51]);
 
-    // The done event's `result` is the WIRE.md done result.
+    // The done event's `result` is the docs/ECO2_WIRE.md done result.
     let done: Value = serde_json::from_str(&events[9].data).expect("done JSON");
     assert_eq!(done["status"], "completed");
     assert_eq!(done["progress"], 100);

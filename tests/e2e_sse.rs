@@ -496,7 +496,7 @@ async fn eco2_producer_entries_reach_sse_clients_with_wire_md_framing() {
 
 async fn eco2_run() {
     let stack = Stack::start(Profile::Eco2, &[]).await;
-    // WIRE.md's test vector: shard 0 of 4.
+    // docs/ECO2_WIRE.md's test vector: shard 0 of 4.
     let job = "fc052f15-449f-4ce4-aa96-99d400ed7865";
     assert_eq!(
         stack
@@ -600,7 +600,7 @@ async fn eco2_run() {
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
 
-    // The exact routed JSON of WIRE.md for each entry.
+    // The exact routed JSON of docs/ECO2_WIRE.md for each entry.
     let expected: Vec<(String, String, String)> = entries
         .iter()
         .enumerate()
@@ -640,7 +640,7 @@ async fn eco2_run() {
     assert_eq!(
         as_tuples(&early),
         expected,
-        "early client: WIRE.md framing, byte-exact data"
+        "early client: docs/ECO2_WIRE.md framing, byte-exact data"
     );
     let dropper = dropper.await.expect("task").expect("dropping client");
     assert!(dropper.connections > 1);

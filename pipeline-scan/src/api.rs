@@ -1,4 +1,4 @@
-//! The scan HTTP API (WIRE.md "Scan API"), as an axum [`Router`] builder so
+//! The scan HTTP API (docs/ECO2_WIRE.md "Scan API"), as an axum [`Router`] builder so
 //! the `api` binary, the demo and tests mount the same code.
 //!
 //! - `POST /api/v1/scan`: header `X-User-ID` required (401), optional

@@ -602,3 +602,42 @@ async fn the_canonical_image_url_is_forwarded_not_the_raw_string() {
     let data = &evs[0].data;
     assert_eq!(data["image_url"], canonical, "{data}");
 }
+
+/// D7: after Redis dropped the API's connections (`CLIENT KILL`), the next
+/// submit is accepted, with or without an idempotency key, instead of one
+/// 503 per drop while the connection is re-established.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_after_a_dropped_redis_connection_is_accepted() {
+    let redis = relay_core::testing::TestRedis::private();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let transport = Arc::new(Recording::default());
+    let app = ScanApi::new(
+        publisher(backend, Profile::Native),
+        transport.clone(),
+        ApiConfig::default(),
+    )
+    .router();
+    let (s, _, v) = call(&app, post(ok_body(), Some("u1"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for round in 0..3 {
+        for keyed_submit in [true, false] {
+            let killed = redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+            assert!(killed >= 1);
+            // The API is idle meanwhile: it learns of the drop only from
+            // its next command.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let req = if keyed_submit {
+                keyed("u1", &format!("d7-{round}"), ok_body())
+            } else {
+                post(ok_body(), Some("u1"))
+            };
+            let (s, _, v) = call(&app, req).await;
+            assert_eq!(
+                s,
+                StatusCode::OK,
+                "round {round}, keyed {keyed_submit}: {v}"
+            );
+        }
+    }
+    assert_eq!(transport.submitted.lock().unwrap().len(), 7);
+}

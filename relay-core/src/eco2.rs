@@ -1,5 +1,5 @@
 //! The eco2 compatibility profile: the Python Eco² system's stream entries,
-//! seq scheme and routed-event JSON, byte for byte (see `eco2/WIRE.md`).
+//! seq scheme and routed-event JSON, byte for byte (see docs/ECO2_WIRE.md).
 //!
 //! An eco2 stream entry is a flat list of string fields. The router turns it
 //! into the *routed JSON*: the same fields as one JSON object, in XADD order,
@@ -316,7 +316,7 @@ impl Eco2Routed {
         })
     }
 
-    /// The SSE event name: the stage, or `error` for a failure (WIRE.md).
+    /// The SSE event name: the stage, or `error` for a failure (docs/ECO2_WIRE.md).
     pub fn sse_event(&self) -> &str {
         if self.status == "failed" {
             "error"

@@ -21,7 +21,7 @@ pub enum Profile {
     /// `{epoch}:{offset}` SSE ids.
     #[default]
     Native,
-    /// The Python Eco² system's format (see `eco2/WIRE.md`).
+    /// The Python Eco² system's format (see docs/ECO2_WIRE.md).
     Eco2,
 }
 

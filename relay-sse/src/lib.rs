@@ -1,7 +1,7 @@
 //! # relay-sse
 //!
 //! relay's SSE gateway: streams a job's progress events to browsers and apps,
-//! gap-free across reconnects (DESIGN.md G1, G2, G4, G6).
+//! gap-free across reconnects (docs/GUARANTEES.md: G1, G2, G4, G6).
 //!
 //! Each connection subscribes to the job's live channel (one multiplexed
 //! subscriber connection per process, refcounted per job), then catches up

@@ -24,7 +24,7 @@ pub enum Framing {
     /// `id: {epoch}:{offset}`, `event: <stage>` (`failed` for a terminal
     /// failure, `snapshot` for a snapshot), `data: <event JSON>`.
     Native,
-    /// eco2 (WIRE.md): `id: <stream_id>`, `event: <stage>` or `error`,
+    /// eco2 (docs/ECO2_WIRE.md): `id: <stream_id>`, `event: <stage>` or `error`,
     /// `data: <routed JSON verbatim>`.
     Eco2,
 }

@@ -1,4 +1,4 @@
-//! eco2 routes and framing (WIRE.md): `id: <stream_id>`, `event: <stage>` or
+//! eco2 routes and framing (docs/ECO2_WIRE.md): `id: <stream_id>`, `event: <stage>` or
 //! `error`, `data: <routed JSON verbatim>`, Last-Event-ID as a stream id.
 
 mod common;

@@ -119,3 +119,27 @@ async fn readyz_fails_while_redis_is_down() {
     let mut c = connect(&t.url(&format!("/v1/jobs/{job}/events")), None).await;
     assert_eq!(c.collect().await.len(), 1);
 }
+
+/// D7: the first state read after Redis dropped the gateway's connections
+/// (`CLIENT KILL`, or a restart) answers 200, not one 503 while the
+/// connection is re-established.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_state_read_after_a_dropped_connection_is_200() {
+    let redis = TestRedis::private_with(relay_core::testing::RedisServerOptions::with_aof());
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let t = TestGateway::start(backend, opts()).await;
+    let job = "job-d7-state";
+    t.apply(&step(job, 1, 3)).await;
+    let url = t.url(&format!("/v1/jobs/{job}/state"));
+    assert_eq!(connect(&url, None).await.status, 200);
+    for round in 0..3 {
+        redis.client_kill(&["TYPE", "normal"]).await.unwrap();
+        // The gateway is idle meanwhile: it learns of the drop only from
+        // the next command.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(connect(&url, None).await.status, 200, "round {round}");
+    }
+    redis.restart().unwrap();
+    t.wait_ready().await;
+    assert_eq!(connect(&url, None).await.status, 200, "after a restart");
+}

@@ -1,4 +1,4 @@
-//! Data passed between the scan stages and the result shapes of WIRE.md.
+//! Data passed between the scan stages and the result shapes of docs/ECO2_WIRE.md.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,7 +116,7 @@ pub struct ScanOutcome {
     pub reward: Option<Reward>,
 }
 
-/// The done result (WIRE.md), stored at `scan:result:{job}` and carried by
+/// The done result (docs/ECO2_WIRE.md), stored at `scan:result:{job}` and carried by
 /// the `done` event.
 pub fn done_result(task_id: &str, outcome: &ScanOutcome) -> Value {
     serde_json::json!({
