@@ -11,7 +11,6 @@
 //! timed window runs from router start until every entry is acked.
 //! Also printed: Redis CPU and router-process CPU per event over the window.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,7 +79,7 @@ async fn route_all(
     let cpu_before = process_cpu();
     let start = Instant::now();
     let handle = Router::new(backend, config).spawn();
-    while handle.metrics().acked.load(Ordering::Relaxed) < TOTAL {
+    while handle.metrics().acked.get() < TOTAL {
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let elapsed = start.elapsed();

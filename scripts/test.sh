@@ -10,6 +10,8 @@
 # (guest/guest) and every test uses its own queue prefix.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A one-off build: incremental artifacts would only cost disk.
+export CARGO_INCREMENTAL=0
 
 log() { printf '\n==> %s\n' "$*"; }
 

@@ -1,7 +1,6 @@
 //! Command-line plumbing shared by relay's binaries (feature `cli`):
 //! connection flags, logging setup, shutdown signals and Prometheus text.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,84 +148,4 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutdown signal received");
-}
-
-/// A small writer for the Prometheus text exposition format.
-#[derive(Debug, Default)]
-pub struct PromText {
-    out: String,
-}
-
-impl PromText {
-    /// An empty document.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Writes `# HELP` and `# TYPE` lines.
-    pub fn header(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        self
-    }
-
-    /// Writes one sample with labels.
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{k}=\"{v}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-        self
-    }
-
-    /// A counter or gauge with no labels, with its header.
-    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
-        self.header(name, kind, help).sample(name, &[], value)
-    }
-
-    /// A histogram from per-bucket counts (`counts.len() == bounds.len() + 1`,
-    /// the last being +Inf) and the sum.
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        labels: &[(&str, &str)],
-        bounds: &[f64],
-        counts: &[u64],
-        sum: f64,
-    ) -> &mut Self {
-        self.header(name, "histogram", help);
-        let mut cumulative = 0u64;
-        let bucket = format!("{name}_bucket");
-        for (i, c) in counts.iter().enumerate() {
-            cumulative += c;
-            let le = bounds
-                .get(i)
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "+Inf".to_owned());
-            let mut l: Vec<(&str, &str)> = labels.to_vec();
-            l.push(("le", &le));
-            self.sample(&bucket, &l, cumulative as f64);
-        }
-        self.sample(&format!("{name}_sum"), labels, sum);
-        self.sample(&format!("{name}_count"), labels, cumulative as f64);
-        self
-    }
-
-    /// The document.
-    pub fn finish(self) -> String {
-        self.out
-    }
 }

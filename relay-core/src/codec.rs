@@ -80,20 +80,7 @@ pub fn decode_event(body: &[u8], enc: Encoding) -> Result<Event, CodecError> {
     })
 }
 
-/// Raw fields of a stream entry, in order.
-pub type Fields = Vec<(String, Bytes)>;
-
-/// The size of a stream entry as the limits count it: every field name and
-/// value, in bytes (the producer's `max_event_bytes` and the router's
-/// `max_entry_bytes` must measure the same thing).
-pub fn fields_size(fields: &[(String, Bytes)]) -> usize {
-    fields.iter().map(|(k, v)| k.len() + v.len()).sum()
-}
-
-/// Looks a field up by name.
-pub fn field<'a>(fields: &'a [(String, Bytes)], name: &str) -> Option<&'a Bytes> {
-    fields.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-}
+pub use crate::fields::{field, fields_size, Fields};
 
 fn text_field<'a>(
     fields: &'a [(String, Bytes)],

@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::codec::Fields;
 use crate::error::{CodecError, ValidationError};
 use crate::event::{
     parse_canonical_u64, Event, JobId, Stage, Status, TraceContext, DONE_STAGE, MAX_PROGRESS,
 };
+use crate::fields::Fields;
 
 /// The seq of the job-level terminal `failed` event relay's eco2 producer emits.
 pub const TERMINAL_FAILED_SEQ: u64 = 59;

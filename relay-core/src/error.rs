@@ -103,25 +103,32 @@ pub enum CodecError {
     Envelope(&'static str),
 }
 
-/// A failure talking to the storage backend.
+/// The error a backend client reports, kept whole as the `source` of a
+/// [`BackendError`] (for Redis a `redis::RedisError`; for relay's own checks
+/// a message).
+pub type ClientError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failure talking to the storage backend. The client's own error is
+/// kept as the source: `{:#}`-style reporters (anyhow, tracing) show the
+/// whole chain.
 #[derive(Debug, Error)]
 pub enum BackendError {
     /// The connection failed or was lost; retrying later may succeed.
     #[error("connection: {0}")]
-    Connection(String),
+    Connection(#[source] ClientError),
     /// The server is up but refuses the operation for now: out of memory
     /// under `noeviction`, too few replicas (`NOREPLICAS`), a failed disk
     /// save (`MISCONF`), loading, failing over or busy. Retrying after a
     /// backoff succeeds once the condition clears; never a reason to
     /// dead-letter what was being written.
     #[error("server refuses for now: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] ClientError),
     /// The server answered with an error (bad command, script error, …).
     #[error("server error: {0}")]
-    Server(String),
+    Server(#[source] ClientError),
     /// The server's reply had an unexpected shape.
     #[error("unexpected reply: {0}")]
-    Protocol(String),
+    Protocol(#[source] ClientError),
     /// The consumer group does not exist.
     #[error("no such consumer group {group:?} on {stream:?}")]
     NoGroup {

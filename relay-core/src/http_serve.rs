@@ -48,8 +48,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
-use crate::cli::PromText;
-
 /// A boxed error, as hyper and axum pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -234,21 +232,6 @@ impl ServeMetrics {
             match metric {
                 Metric::Gauge(g) => registry.register(name, help, g.clone()),
                 Metric::Counter(c) => registry.register(name, help, c.clone()),
-            }
-        }
-    }
-
-    /// Writes the metrics as `{prefix}_http_*` to a [`PromText`] document.
-    pub fn write_prom(&self, p: &mut PromText, prefix: &str) {
-        for (name, help, metric) in self.described() {
-            match metric {
-                Metric::Gauge(g) => {
-                    p.single(&format!("{prefix}_{name}"), "gauge", help, g.get() as f64);
-                }
-                Metric::Counter(c) => {
-                    let name = format!("{prefix}_{name}_total");
-                    p.single(&name, "counter", help, c.get() as f64);
-                }
             }
         }
     }
@@ -884,7 +867,7 @@ mod tests {
     }
 
     #[test]
-    fn metrics_append_before_eof_and_write_prom_text() {
+    fn metrics_append_before_eof() {
         let m = ServeMetrics::new();
         m.idle_timeouts.inc();
         let text = m.append_to("# TYPE a counter\na_total 1\n# EOF\n".into(), "svc");
@@ -897,18 +880,6 @@ mod tests {
         assert!(
             plain.starts_with("a 1\n") && !plain.contains("# EOF"),
             "{plain}"
-        );
-        let mut p = PromText::new();
-        m.write_prom(&mut p, "relay_router");
-        let p = p.finish();
-        assert!(
-            p.contains("# TYPE relay_router_http_idle_timeouts_total counter"),
-            "{p}"
-        );
-        assert!(p.contains("relay_router_http_idle_timeouts_total 1"), "{p}");
-        assert!(
-            p.contains("relay_router_http_connection_limit_waits_total 0"),
-            "{p}"
         );
     }
 }

@@ -34,6 +34,7 @@ pub mod codec;
 pub mod eco2;
 pub mod error;
 pub mod event;
+pub mod fields;
 #[cfg(feature = "http-serve")]
 pub mod http_serve;
 pub mod keys;

@@ -1,7 +1,6 @@
 //! The router's HTTP side: `/metrics` (Prometheus text), `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,10 +8,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Extension;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use relay_core::backend::Backend;
-use relay_core::cli::PromText;
 use relay_core::http_serve::{self, ServeConfig, ServeMetrics};
-use relay_core::router::{RouterMetrics, BATCH_LATENCY_BOUNDS, BATCH_SIZE_BOUNDS};
+use relay_core::router::RouterMetrics;
 use relay_core::KeySpace;
 use tokio::sync::oneshot;
 
@@ -56,7 +59,7 @@ pub async fn spawn(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(Extension(http.clone()))
+        .layer(Extension(Arc::new(Exposition::new(&state, &http))))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
@@ -86,177 +89,123 @@ async fn readyz(State(s): State<ServerState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(
-    State(s): State<ServerState>,
-    Extension(http): Extension<ServeMetrics>,
-) -> impl IntoResponse {
-    let mut p = PromText::new();
-    http.write_prom(&mut p, "relay_router");
-    type Counter = fn(&RouterMetrics) -> u64;
-    let counters: [(&str, &str, Counter); 11] = [
-        (
-            "relay_router_events_applied_total",
-            "Events applied for the first time.",
-            |m| m.applied.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_duplicates_total",
-            "Entries whose (job, seq) was already applied.",
-            |m| m.duplicates.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_published_total",
-            "Live messages published.",
-            |m| m.published.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_acked_total",
-            "Stream entries acknowledged.",
-            |m| m.acked.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_dead_lettered_total",
-            "Entries moved to the dead-letter stream.",
-            |m| m.dead_lettered.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_dlq_truncated_total",
-            "Dead-lettered entries stored cut to --dlq-max-field-bytes.",
-            |m| m.dlq_truncated.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_apply_failed_total",
-            "Entry applies that failed for the entry's own reason (left pending, dead-lettered after --max-deliveries).",
-            |m| m.apply_failed.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_trimmed_total",
-            "Pending entries trimmed from the stream before routing.",
-            |m| m.lost_trimmed.load(Ordering::Relaxed),
-        ),
-        (
-            "relay_router_claimed_total",
-            "Entries claimed from idle consumers.",
-            |m| m.claimed.load(Ordering::Relaxed),
-        ),
-        ("relay_router_batches_total", "Batches processed.", |m| {
-            m.batches.load(Ordering::Relaxed)
-        }),
-        (
-            "relay_router_backend_errors_total",
-            "Backend errors (each retried).",
-            |m| m.errors.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, get) in counters {
-        p.header(name, "counter", help);
-        for (keys, m) in &s.routers {
-            p.sample(name, &[("domain", keys.domain().as_str())], get(m) as f64);
+/// Per-shard gauges, read from the data server at each scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    domain: String,
+    shard: String,
+}
+
+/// Per-domain gauges, read from the data server at each scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    domain: String,
+}
+
+/// The `/metrics` registry: every router's metrics under its `domain`
+/// label, the listener's `relay_router_http_*` counters, and the stream
+/// gauges (pending, lag, dead letters) refreshed from Redis at each scrape.
+pub(crate) struct Exposition {
+    registry: Registry,
+    pending: Family<ShardLabels, Gauge>,
+    lag: Family<ShardLabels, Gauge>,
+    dlq: Family<DomainLabels, Gauge>,
+}
+
+impl Exposition {
+    fn new(state: &ServerState, http: &ServeMetrics) -> Self {
+        let mut registry = Registry::with_prefix("relay_router");
+        for (keys, m) in &state.routers {
+            let sub = registry.sub_registry_with_label((
+                "domain".into(),
+                keys.domain().as_str().to_owned().into(),
+            ));
+            m.register(sub);
+        }
+        http.register(&mut registry);
+        let pending = Family::<ShardLabels, Gauge>::default();
+        let lag = Family::<ShardLabels, Gauge>::default();
+        let dlq = Family::<DomainLabels, Gauge>::default();
+        registry.register(
+            "pending",
+            "Entries delivered and not yet acked, per shard",
+            pending.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Entries not yet delivered to the group, per shard",
+            lag.clone(),
+        );
+        registry.register(
+            "dlq_length",
+            "Entries in the dead-letter stream",
+            dlq.clone(),
+        );
+        Self {
+            registry,
+            pending,
+            lag,
+            dlq,
         }
     }
-    p.header(
-        "relay_router_connected",
-        "gauge",
-        "1 while the router's last backend call succeeded.",
-    );
-    for (keys, m) in &s.routers {
-        let up = if m.connected.load(Ordering::Relaxed) {
-            1.0
-        } else {
-            0.0
-        };
-        p.sample(
-            "relay_router_connected",
-            &[("domain", keys.domain().as_str())],
-            up,
-        );
-    }
-    for (keys, m) in &s.routers {
-        let d = [("domain", keys.domain().as_str())];
-        let sizes: Vec<u64> = m
-            .batch_size_buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let lat: Vec<u64> = m
-            .batch_latency_buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        p.histogram(
-            "relay_router_batch_size",
-            "Entries per routed batch.",
-            &d,
-            &BATCH_SIZE_BOUNDS,
-            &sizes,
-            m.batch_entries.load(Ordering::Relaxed) as f64,
-        );
-        p.histogram(
-            "relay_router_batch_seconds",
-            "Apply + publish + ack latency per batch.",
-            &d,
-            &BATCH_LATENCY_BOUNDS,
-            &lat,
-            m.batch_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        );
-    }
-    p.header(
-        "relay_router_pending",
-        "gauge",
-        "Entries delivered and not yet acked, per shard.",
-    );
-    let mut lags = Vec::new();
-    for (keys, _) in &s.routers {
-        let group = s
-            .group
-            .clone()
-            .unwrap_or_else(|| keys.default_group().to_owned());
-        for shard in 0..keys.shards() {
-            let stream = keys.shard_stream(shard);
-            if let Ok(st) = s.data.group_stats(&stream, &group).await {
-                let shard_s = shard.to_string();
-                let l = [
-                    ("domain", keys.domain().as_str()),
-                    ("shard", shard_s.as_str()),
-                ];
-                p.sample("relay_router_pending", &l, st.pending as f64);
-                lags.push((keys.domain().to_string(), shard_s, st.lag));
+
+    /// Refreshes the stream gauges from the data server. A shard whose
+    /// stats cannot be read is left out of this scrape (not reported as 0).
+    async fn refresh(&self, s: &ServerState) {
+        self.pending.clear();
+        self.lag.clear();
+        self.dlq.clear();
+        for (keys, _) in &s.routers {
+            let group = s
+                .group
+                .clone()
+                .unwrap_or_else(|| keys.default_group().to_owned());
+            let domain = keys.domain().as_str().to_owned();
+            for shard in 0..keys.shards() {
+                let stream = keys.shard_stream(shard);
+                if let Ok(st) = s.data.group_stats(&stream, &group).await {
+                    let l = ShardLabels {
+                        domain: domain.clone(),
+                        shard: shard.to_string(),
+                    };
+                    self.pending.get_or_create(&l).set(gauge_value(st.pending));
+                    if let Some(lag) = st.lag {
+                        self.lag.get_or_create(&l).set(gauge_value(lag));
+                    }
+                }
+            }
+            if let Ok(n) = s.data.stream_len(&keys.dlq_stream()).await {
+                self.dlq
+                    .get_or_create(&DomainLabels { domain })
+                    .set(gauge_value(n));
             }
         }
     }
-    p.header(
-        "relay_router_consumer_lag",
-        "gauge",
-        "Entries not yet delivered to the group, per shard.",
-    );
-    for (domain, shard, lag) in &lags {
-        if let Some(lag) = lag {
-            p.sample(
-                "relay_router_consumer_lag",
-                &[("domain", domain), ("shard", shard)],
-                *lag as f64,
-            );
-        }
-    }
-    p.header(
-        "relay_router_dlq_length",
-        "gauge",
-        "Entries in the dead-letter stream.",
-    );
-    for (keys, _) in &s.routers {
-        if let Ok(n) = s.data.stream_len(&keys.dlq_stream()).await {
-            p.sample(
-                "relay_router_dlq_length",
-                &[("domain", keys.domain().as_str())],
-                n as f64,
-            );
-        }
+}
+
+fn gauge_value(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn metrics(
+    Extension(x): Extension<Arc<Exposition>>,
+    State(s): State<ServerState>,
+) -> impl IntoResponse {
+    x.refresh(&s).await;
+    let mut body = String::new();
+    if encode(&mut body, &x.registry).is_err() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "metrics encoding failed".to_owned(),
+        );
     }
     (
+        StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        p.finish(),
+        body,
     )
 }

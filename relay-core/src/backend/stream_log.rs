@@ -43,7 +43,7 @@ impl fmt::Display for StreamId {
 impl FromStr for StreamId {
     type Err = BackendError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || BackendError::Protocol(format!("invalid stream id {s:?}"));
+        let err = || BackendError::Protocol(format!("invalid stream id {s:?}").into());
         let (ms, seq) = match s.split_once('-') {
             Some((a, b)) => (a, b),
             None => (s, "0"),

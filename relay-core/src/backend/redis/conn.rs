@@ -139,9 +139,9 @@ impl RedisBackend {
                 }
                 Err(BlockingError::Redis(e))
             }
-            Err(_) => Err(BlockingError::Backend(BackendError::Connection(format!(
-                "blocking read got no reply within {limit:?}"
-            )))),
+            Err(_) => Err(BlockingError::Backend(BackendError::Connection(
+                format!("blocking read got no reply within {limit:?}").into(),
+            ))),
         }
     }
 }
@@ -209,11 +209,14 @@ pub(super) async fn run_pipeline(
     }
     let values: Vec<Value> = pipe.query_async(conn).await.map_err(PipelineError::Redis)?;
     if values.len() != cmds.len() {
-        return Err(PipelineError::Backend(BackendError::Protocol(format!(
-            "pipeline of {} commands got {} replies",
-            cmds.len(),
-            values.len()
-        ))));
+        return Err(PipelineError::Backend(BackendError::Protocol(
+            format!(
+                "pipeline of {} commands got {} replies",
+                cmds.len(),
+                values.len()
+            )
+            .into(),
+        )));
     }
     Ok(values
         .into_iter()

@@ -38,27 +38,27 @@ pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> Backend
                     stream: stream.to_owned(),
                     group: group.to_owned(),
                 },
-                None => BackendError::Server(e.to_string()),
+                None => BackendError::Server(Box::new(e)),
             },
             // The server is up but refuses for now: (re)starting, failing
             // over, busy, out of memory under `noeviction`, short of
             // replicas, or unable to persist. Retry later; never a reason to
             // dead-letter the event being written.
             "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
-            | "NOREPLICAS" | "MISCONF" => BackendError::Unavailable(e.to_string()),
-            _ => BackendError::Server(e.to_string()),
+            | "NOREPLICAS" | "MISCONF" => BackendError::Unavailable(Box::new(e)),
+            _ => BackendError::Server(Box::new(e)),
         };
     }
     if is_connection_error(&e) {
-        return BackendError::Connection(e.to_string());
+        return BackendError::Connection(Box::new(e));
     }
     match e.kind() {
-        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendError::Protocol(e.to_string()),
-        ErrorKind::Io => BackendError::Connection(e.to_string()),
-        _ => BackendError::Server(e.to_string()),
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendError::Protocol(Box::new(e)),
+        ErrorKind::Io => BackendError::Connection(Box::new(e)),
+        _ => BackendError::Server(Box::new(e)),
     }
 }
 
 pub(super) fn protocol(what: impl Into<String>) -> BackendError {
-    BackendError::Protocol(what.into())
+    BackendError::Protocol(what.into().into())
 }

@@ -121,8 +121,7 @@ impl RedisBackend {
 
     /// Connects with explicit settings.
     pub async fn connect_with(url: &str, config: RedisConfig) -> Result<Self, BackendError> {
-        let client = Client::open(url)
-            .map_err(|e| BackendError::Connection(format!("invalid redis url: {e}")))?;
+        let client = Client::open(url).map_err(|e| BackendError::Connection(Box::new(e)))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.connection_timeout))

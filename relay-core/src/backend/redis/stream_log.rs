@@ -31,10 +31,9 @@ impl StreamLog for RedisBackend {
             Resend::Never
         };
         if let Some(r) = reqs.iter().find(|r| r.fields.is_empty()) {
-            return Err(BackendError::Server(format!(
-                "append to {}: an entry needs at least one field",
-                r.stream
-            )));
+            return Err(BackendError::Server(
+                format!("append to {}: an entry needs at least one field", r.stream).into(),
+            ));
         }
         // Consecutive deduplicated requests share one script call (the
         // per-call overhead dominates Redis CPU); plain appends are XADDs.

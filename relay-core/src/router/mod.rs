@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,13 @@ use crate::eco2::Eco2Entry;
 use crate::error::BackendError;
 use crate::event::{Epoch, JobId};
 use crate::keys::{KeySpace, Profile};
+
+mod backoff;
+mod janitor;
+mod metrics;
+
+use backoff::Backoff;
+pub use metrics::{RouterMetrics, BATCH_LATENCY_BOUNDS, BATCH_SIZE_BOUNDS};
 
 /// Router settings (see the `relay-router` flags for their meaning).
 #[derive(Clone, Debug)]
@@ -107,107 +114,6 @@ pub fn default_consumer_name() -> String {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "router".to_owned());
     format!("{host}-{}", std::process::id())
-}
-
-/// Counters the router maintains; rendered by the binary at `/metrics`.
-#[derive(Debug, Default)]
-pub struct RouterMetrics {
-    /// Events applied for the first time.
-    pub applied: AtomicU64,
-    /// Entries whose (job, seq) had been applied before.
-    pub duplicates: AtomicU64,
-    /// Live messages published.
-    pub published: AtomicU64,
-    /// Entries acked.
-    pub acked: AtomicU64,
-    /// Entries moved to the dead-letter stream.
-    pub dead_lettered: AtomicU64,
-    /// Dead-lettered entries stored cut to the field size limit.
-    pub dlq_truncated: AtomicU64,
-    /// Entry applies that failed for the entry's own reason (left pending,
-    /// retried until `max_deliveries`).
-    pub apply_failed: AtomicU64,
-    /// Pending entries whose data had been trimmed before routing.
-    pub lost_trimmed: AtomicU64,
-    /// Entries claimed from idle consumers.
-    pub claimed: AtomicU64,
-    /// Batches processed.
-    pub batches: AtomicU64,
-    /// Entries in all processed batches.
-    pub batch_entries: AtomicU64,
-    /// Backend errors (each retried).
-    pub errors: AtomicU64,
-    /// Sum of apply+publish+ack latency, microseconds.
-    pub batch_micros: AtomicU64,
-    /// Whether the last call to the data server succeeded.
-    pub connected: AtomicBool,
-    /// Whether the last publish to a separate Pub/Sub server (`--pubsub-url`)
-    /// failed. Kept apart from [`RouterMetrics::connected`]: reads of other
-    /// shards succeeding say nothing about the Pub/Sub server.
-    pub pubsub_failing: AtomicBool,
-    /// Batch size histogram: buckets ≤1, ≤16, ≤64, ≤256, ≤1024, more.
-    pub batch_size_buckets: [AtomicU64; 6],
-    /// Batch latency histogram (ms): ≤1, ≤5, ≤25, ≤100, ≤500, more.
-    pub batch_latency_buckets: [AtomicU64; 6],
-}
-
-/// Upper bounds of [`RouterMetrics::batch_size_buckets`].
-pub const BATCH_SIZE_BOUNDS: [f64; 5] = [1.0, 16.0, 64.0, 256.0, 1024.0];
-/// Upper bounds (seconds) of [`RouterMetrics::batch_latency_buckets`].
-pub const BATCH_LATENCY_BOUNDS: [f64; 5] = [0.001, 0.005, 0.025, 0.1, 0.5];
-
-impl RouterMetrics {
-    fn observe_batch(&self, size: usize, took: Duration) {
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batch_entries.fetch_add(size as u64, Ordering::Relaxed);
-        self.batch_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        let i = BATCH_SIZE_BOUNDS
-            .iter()
-            .position(|b| size as f64 <= *b)
-            .unwrap_or(5);
-        self.batch_size_buckets[i].fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let j = BATCH_LATENCY_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(5);
-        self.batch_latency_buckets[j].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn set_connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
-    }
-
-    /// Ready to route: the data server answers and live messages go out.
-    pub fn is_ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && !self.pubsub_failing.load(Ordering::Relaxed)
-    }
-}
-
-/// Exponential backoff between retries of a failing backend call.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(50);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self { next: Self::MIN }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    async fn wait(&mut self) {
-        let jitter = rand::random::<u64>() % (self.next.as_millis() as u64 / 4 + 1);
-        tokio::time::sleep(self.next + Duration::from_millis(jitter)).await;
-        self.next = (self.next * 2).min(Self::MAX);
-    }
 }
 
 /// How far applying a batch got.
@@ -367,13 +273,13 @@ impl Router {
     /// A failed publish to the separate Pub/Sub server: not ready until a
     /// publish succeeds again.
     fn on_publish_error(&self, e: &BackendError) {
-        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.errors.inc();
         self.metrics.pubsub_failing.store(true, Ordering::Relaxed);
         warn!(error = %e, op = "publish", "pub/sub server error, retrying");
     }
 
     fn on_error(&self, what: &str, e: &BackendError) {
-        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.errors.inc();
         if e.is_transient() {
             self.metrics.set_connected(false);
         }
@@ -525,7 +431,7 @@ impl Router {
         let mut to_ack = Vec::with_capacity(n);
         for entry in entries {
             if entry.is_deleted() {
-                self.metrics.lost_trimmed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.lost_trimmed.inc();
                 warn!(id = %entry.id, stream, "pending entry was trimmed before it was routed");
                 to_ack.push(entry.id);
                 continue;
@@ -552,9 +458,7 @@ impl Router {
             {
                 Routed::Stopped => return false,
                 Routed::Acked => {
-                    self.metrics
-                        .acked
-                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
+                    self.metrics.acked.inc_by(to_ack.len() as u64);
                     to_ack.clear();
                 }
                 Routed::Applied { failed } => {
@@ -568,9 +472,7 @@ impl Router {
         while !to_ack.is_empty() {
             match self.data.ack(stream, &self.config.group, &to_ack).await {
                 Ok(_) => {
-                    self.metrics
-                        .acked
-                        .fetch_add(to_ack.len() as u64, Ordering::Relaxed);
+                    self.metrics.acked.inc_by(to_ack.len() as u64);
                     break;
                 }
                 Err(e) => {
@@ -639,9 +541,9 @@ impl Router {
         loop {
             match self.data.dead_letter(dl).await {
                 Ok(_) => {
-                    self.metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.dead_lettered.inc();
                     if dl.truncates() {
-                        self.metrics.dlq_truncated.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.dlq_truncated.inc();
                     }
                     warn!(id = %entry.id, stream, reason, "entry dead-lettered");
                     return true;
@@ -738,7 +640,7 @@ impl Router {
             loop {
                 match pubsub.publish_batch(messages.clone()).await {
                     Ok(()) => {
-                        self.metrics.published.fetch_add(count, Ordering::Relaxed);
+                        self.metrics.published.inc_by(count);
                         self.metrics.pubsub_failing.store(false, Ordering::Relaxed);
                         break;
                     }
@@ -793,7 +695,7 @@ impl Router {
                     return None;
                 }
                 Err(e) => {
-                    self.metrics.apply_failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.apply_failed.inc();
                     warn!(
                         id = %r.entry.id,
                         job = %r.job,
@@ -819,17 +721,15 @@ impl Router {
                 }
             }
         }
-        self.metrics.applied.fetch_add(new, Ordering::Relaxed);
-        self.metrics.duplicates.fetch_add(dup, Ordering::Relaxed);
+        self.metrics.applied.inc_by(new);
+        self.metrics.duplicates.inc_by(dup);
         if self.pubsub.is_none() {
             let per_event = if jobs.iter().any(|j| j.extra_channel.is_some()) {
                 2
             } else {
                 1
             };
-            self.metrics
-                .published
-                .fetch_add((new + dup) * per_event, Ordering::Relaxed);
+            self.metrics.published.inc_by((new + dup) * per_event);
         }
     }
 
@@ -851,97 +751,5 @@ impl Router {
             }
         }
         out
-    }
-
-    async fn janitor_loop(self, mut stop: watch::Receiver<bool>) {
-        let streams: Vec<(u32, String)> = self
-            .shards()
-            .into_iter()
-            .map(|s| (s, self.config.keys.shard_stream(s)))
-            .collect();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.janitor_interval) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
-            for (shard, stream) in &streams {
-                if let Err(e) = self.janitor_pass(*shard, stream, &stop).await {
-                    self.on_error("janitor", &e);
-                }
-            }
-        }
-    }
-
-    /// One janitor pass over a shard: claim idle entries (dead-lettering
-    /// those over `max_deliveries`), route them, and remove long-idle
-    /// consumers with nothing pending.
-    pub async fn janitor_pass(
-        &self,
-        shard: u32,
-        stream: &str,
-        stop: &watch::Receiver<bool>,
-    ) -> Result<(), BackendError> {
-        loop {
-            let claim = self
-                .data
-                .claim_idle(
-                    stream,
-                    &self.config.group,
-                    &self.config.consumer,
-                    self.config.claim_idle,
-                    self.config.batch,
-                )
-                .await?;
-            let found = claim.claimed.len() + claim.deleted.len();
-            if !claim.deleted.is_empty() {
-                self.metrics
-                    .lost_trimmed
-                    .fetch_add(claim.deleted.len() as u64, Ordering::Relaxed);
-                warn!(
-                    count = claim.deleted.len(),
-                    stream, "claimed entries were trimmed before routing"
-                );
-            }
-            let mut routable = Vec::new();
-            for d in claim.claimed {
-                self.metrics.claimed.fetch_add(1, Ordering::Relaxed);
-                if d.deliveries > self.config.max_deliveries {
-                    let reason = format!(
-                        "delivered {} times (max_deliveries {})",
-                        d.deliveries, self.config.max_deliveries
-                    );
-                    if !self
-                        .dead_letter(stream, &d.entry, &reason, d.deliveries, stop)
-                        .await
-                    {
-                        return Ok(());
-                    }
-                } else {
-                    routable.push(d.entry);
-                }
-            }
-            if !routable.is_empty() && !self.process(shard, stream, routable, stop).await {
-                return Ok(());
-            }
-            if found < self.config.batch || *stop.borrow() {
-                break;
-            }
-        }
-        let stats = self.data.group_stats(stream, &self.config.group).await?;
-        for c in stats.consumers {
-            if c.name != self.config.consumer
-                && c.pending == 0
-                && c.idle_ms >= self.config.consumer_gc_idle.as_millis() as u64
-            {
-                self.data
-                    .delete_consumer(stream, &self.config.group, &c.name)
-                    .await?;
-                info!(consumer = %c.name, stream, "removed idle consumer");
-            }
-        }
-        Ok(())
     }
 }

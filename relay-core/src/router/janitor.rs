@@ -1,0 +1,101 @@
+//! The janitor: claims entries left pending by dead or stuck consumers,
+//! dead-letters those delivered too often, and removes idle consumers.
+
+use tracing::{info, warn};
+
+use tokio::sync::watch;
+
+use super::Router;
+use crate::error::BackendError;
+
+impl Router {
+    pub(super) async fn janitor_loop(self, mut stop: watch::Receiver<bool>) {
+        let streams: Vec<(u32, String)> = self
+            .shards()
+            .into_iter()
+            .map(|s| (s, self.config.keys.shard_stream(s)))
+            .collect();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.janitor_interval) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            for (shard, stream) in &streams {
+                if let Err(e) = self.janitor_pass(*shard, stream, &stop).await {
+                    self.on_error("janitor", &e);
+                }
+            }
+        }
+    }
+
+    /// One janitor pass over a shard: claim idle entries (dead-lettering
+    /// those over `max_deliveries`), route them, and remove long-idle
+    /// consumers with nothing pending.
+    pub async fn janitor_pass(
+        &self,
+        shard: u32,
+        stream: &str,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<(), BackendError> {
+        loop {
+            let claim = self
+                .data
+                .claim_idle(
+                    stream,
+                    &self.config.group,
+                    &self.config.consumer,
+                    self.config.claim_idle,
+                    self.config.batch,
+                )
+                .await?;
+            let found = claim.claimed.len() + claim.deleted.len();
+            if !claim.deleted.is_empty() {
+                self.metrics.lost_trimmed.inc_by(claim.deleted.len() as u64);
+                warn!(
+                    count = claim.deleted.len(),
+                    stream, "claimed entries were trimmed before routing"
+                );
+            }
+            let mut routable = Vec::new();
+            for d in claim.claimed {
+                self.metrics.claimed.inc();
+                if d.deliveries > self.config.max_deliveries {
+                    let reason = format!(
+                        "delivered {} times (max_deliveries {})",
+                        d.deliveries, self.config.max_deliveries
+                    );
+                    if !self
+                        .dead_letter(stream, &d.entry, &reason, d.deliveries, stop)
+                        .await
+                    {
+                        return Ok(());
+                    }
+                } else {
+                    routable.push(d.entry);
+                }
+            }
+            if !routable.is_empty() && !self.process(shard, stream, routable, stop).await {
+                return Ok(());
+            }
+            if found < self.config.batch || *stop.borrow() {
+                break;
+            }
+        }
+        let stats = self.data.group_stats(stream, &self.config.group).await?;
+        for c in stats.consumers {
+            if c.name != self.config.consumer
+                && c.pending == 0
+                && c.idle_ms >= self.config.consumer_gc_idle.as_millis() as u64
+            {
+                self.data
+                    .delete_consumer(stream, &self.config.group, &c.name)
+                    .await?;
+                info!(consumer = %c.name, stream, "removed idle consumer");
+            }
+        }
+        Ok(())
+    }
+}
