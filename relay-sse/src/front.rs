@@ -29,7 +29,7 @@ use tower::ServiceExt;
 
 use crate::hub::Signal;
 use crate::metrics::{CloseReason, Metrics};
-use crate::stream::Output;
+use crate::output::Output;
 use crate::{Gateway, SseTakeover};
 
 /// Largest non-streaming response body written by the front.

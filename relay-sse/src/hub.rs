@@ -15,8 +15,8 @@ use relay_core::backend::{Backend, PubSubMessage, SubscriberHandle};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use crate::frame::LiveMsg;
 use crate::metrics::Metrics;
-use crate::stream::LiveMsg;
 
 /// Timing of the subscriber supervisor.
 #[derive(Clone, Debug)]

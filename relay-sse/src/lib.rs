@@ -35,11 +35,15 @@
 
 pub mod client;
 mod config;
+mod frame;
 mod front;
 mod hub;
 pub mod metrics;
+mod output;
+mod position;
+mod retry;
+mod session;
 pub mod sse;
-mod stream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -63,11 +67,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use config::{BackendKind, Config, LogFormat};
+pub use frame::Framing;
 pub use metrics::{CloseReason, Metrics};
-pub use stream::Framing;
 
 use hub::{Hub, HubOptions};
-use stream::{Session, SessionConfig};
+use session::{Session, SessionConfig};
 
 /// Errors building or running the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -498,7 +502,7 @@ async fn native_state(
     let keys = gw.inner.default_keys.job(&job);
     match gw.inner.backend.get_state(&keys).await {
         Ok(Some(state)) => {
-            let mut body = stream::state_json(&state);
+            let mut body = frame::state_json(&state);
             body["job_id"] = json!(job.as_str());
             axum::Json(body).into_response()
         }
@@ -611,11 +615,12 @@ async fn client_position(
     if let Ok(p) = raw.parse::<Position>() {
         return Ok(Some(p));
     }
-    let unknown = stream::UNKNOWN_POSITION;
+    let unknown = position::UNKNOWN_POSITION;
     if framing == Framing::Eco2 {
         if let Ok(sid) = raw.parse::<StreamId>() {
-            let p = stream::eco2_position(&gw.inner.backend, keys, sid, gw.inner.opts.history_page)
-                .await?;
+            let p =
+                position::eco2_position(&gw.inner.backend, keys, sid, gw.inner.opts.history_page)
+                    .await?;
             return Ok(Some(p));
         }
     }
@@ -743,7 +748,7 @@ async fn sse_response(
         match body_slot.take() {
             Some(streaming) => {
                 let (tx, rx) = mpsc::channel(capacity);
-                tokio::spawn(async move { streaming.run(&mut stream::ChannelOut(tx)).await });
+                tokio::spawn(async move { streaming.run(&mut output::ChannelOut(tx)).await });
                 ReceiverStream::new(rx).left_stream()
             }
             None => futures::stream::empty().right_stream(),
@@ -773,7 +778,7 @@ pub(crate) struct Streaming {
 
 impl Streaming {
     /// Writes the stream into `out` until it ends; records why.
-    pub(crate) async fn run<O: stream::Output>(mut self, out: &mut O) -> CloseReason {
+    pub(crate) async fn run<O: output::Output>(mut self, out: &mut O) -> CloseReason {
         let m = self.session.metrics.clone();
         let first = std::mem::take(&mut self.first);
         let reason = tokio::select! {
