@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use crate::hub::Signal;
 use crate::metrics::{CloseReason, Metrics};
 use crate::output::Output;
+use crate::routes::is_sse_path;
 use crate::{Gateway, SseTakeover};
 
 /// Largest non-streaming response body written by the front.
@@ -154,13 +155,6 @@ pub(crate) async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// Whether a path is one of the SSE routes.
-fn is_sse_path(path: &str) -> bool {
-    path == "/api/v1/stream"
-        || ((path.starts_with("/v1/jobs/") || path.starts_with("/api/v1/"))
-            && path.ends_with("/events"))
 }
 
 enum Head {
@@ -530,15 +524,6 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_paths() {
-        assert!(is_sse_path("/v1/jobs/j1/events"));
-        assert!(is_sse_path("/api/v1/stream"));
-        assert!(is_sse_path("/api/v1/scan/abcdefghijk/events"));
-        assert!(!is_sse_path("/v1/jobs/j1/state"));
-        assert!(!is_sse_path("/healthz"));
-    }
 
     #[test]
     fn heads() {

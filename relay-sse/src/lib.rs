@@ -42,6 +42,7 @@ pub mod metrics;
 mod output;
 mod position;
 mod retry;
+mod routes;
 mod session;
 pub mod sse;
 
@@ -71,6 +72,7 @@ pub use frame::Framing;
 pub use metrics::{CloseReason, Metrics};
 
 use hub::{Hub, HubOptions};
+use routes::RouteKind;
 use session::{Session, SessionConfig};
 
 /// Errors building or running the gateway.
@@ -299,16 +301,20 @@ impl Gateway {
 
     /// The gateway's routes (with CORS when origins are configured).
     pub fn router(&self) -> Router {
-        let mut r = Router::new()
-            .route("/v1/jobs/{job_id}/events", get(native_events))
-            .route("/v1/jobs/{job_id}/state", get(native_state))
-            .route("/api/v1/stream", get(eco2_stream))
-            .route("/api/v1/{domain}/{job_id}/events", get(eco2_events))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_handler));
-        if self.inner.opts.demo_page {
-            r = r.route("/", get(demo_page));
+        let mut r = Router::new();
+        for &(path, kind) in routes::ROUTES {
+            let handler = match kind {
+                RouteKind::NativeEvents => get(native_events),
+                RouteKind::NativeState => get(native_state),
+                RouteKind::Eco2Stream => get(eco2_stream),
+                RouteKind::Eco2Events => get(eco2_events),
+                RouteKind::Healthz => get(|| async { "ok" }),
+                RouteKind::Readyz => get(readyz),
+                RouteKind::Metrics => get(metrics_handler),
+                RouteKind::DemoPage if self.inner.opts.demo_page => get(demo_page),
+                RouteKind::DemoPage => continue,
+            };
+            r = r.route(path, handler);
         }
         let r = r
             .layer(axum::middleware::from_fn_with_state(
