@@ -27,11 +27,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::gateway::{Gateway, GatewayError};
 use crate::hub::Signal;
 use crate::metrics::{CloseReason, Metrics};
 use crate::output::Output;
 use crate::routes::is_sse_path;
-use crate::{Gateway, SseTakeover};
+use crate::takeover::SseTakeover;
 
 /// Largest non-streaming response body written by the front.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -99,6 +100,23 @@ impl AcceptLog {
         );
         self.last = Some(now);
         self.suppressed = 0;
+    }
+}
+
+impl Gateway {
+    /// Serves the gateway on `listener` until `shutdown` resolves, then ends
+    /// every stream. SSE requests are served by a lean HTTP/1.1 front that
+    /// writes the stream straight to the socket (a few KiB per idle
+    /// connection); every other request goes to [`Gateway::router`] over
+    /// hyper. Use [`Gateway::router`] instead to merge the routes into your
+    /// own axum app.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
+        serve(listener, self.clone(), shutdown).await?;
+        Ok(())
     }
 }
 

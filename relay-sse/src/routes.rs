@@ -1,11 +1,26 @@
-//! The gateway's route table: every path pattern and what it serves.
+//! The gateway's routes: the table of every path pattern and what it
+//! serves, and the axum `Router` built from it with its layers (body limit,
+//! CORS).
 //!
-//! It is the one list of routes: the axum `Router` is built from it
-//! (`Gateway::router`), and the HTTP/1.1 front derives from it which
-//! requests are SSE streams it writes itself ([`is_sse_path`]). Written
+//! The table is the one list of routes: [`Gateway::router`] is built from
+//! it, and the HTTP/1.1 front derives from it which requests are SSE
+//! streams it writes itself ([`is_sse_path`]). Written
 //! twice, the two lists drifted apart silently: a new SSE route missing
 //! from the front still worked, through hyper, at several times the
 //! memory per idle stream.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+
+use crate::gateway::Gateway;
+use crate::handlers::{
+    demo_page, eco2_events, eco2_stream, healthz, metrics_handler, native_events, native_state,
+    readyz,
+};
+use crate::rejection::json_error;
 
 /// What a route serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,9 +64,12 @@ pub(crate) const ROUTES: &[(&str, RouteKind)] = &[
     ("/api/v1/{domain}/{job_id}/events", RouteKind::Eco2Events),
     ("/healthz", RouteKind::Healthz),
     ("/readyz", RouteKind::Readyz),
-    ("/metrics", RouteKind::Metrics),
+    (METRICS_PATH, RouteKind::Metrics),
     ("/", RouteKind::DemoPage),
 ];
+
+/// Where `/metrics` is served (also alone, on `--metrics-addr`).
+pub(crate) const METRICS_PATH: &str = "/metrics";
 
 /// Whether `path` (without its query) is one of the SSE routes, matched as
 /// axum matches it: segment by segment, a `{param}` taking any one
@@ -78,6 +96,95 @@ fn matches(pattern: &str, path: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+impl Gateway {
+    /// The gateway's routes (with CORS when origins are configured).
+    pub fn router(&self) -> Router {
+        let mut r = Router::new();
+        for &(path, kind) in ROUTES {
+            let handler = match kind {
+                RouteKind::NativeEvents => get(native_events),
+                RouteKind::NativeState => get(native_state),
+                RouteKind::Eco2Stream => get(eco2_stream),
+                RouteKind::Eco2Events => get(eco2_events),
+                RouteKind::Healthz => get(healthz),
+                RouteKind::Readyz => get(readyz),
+                RouteKind::Metrics => get(metrics_handler),
+                RouteKind::DemoPage if self.inner.opts.demo_page => get(demo_page),
+                RouteKind::DemoPage => continue,
+            };
+            r = r.route(path, handler);
+        }
+        let r = r
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                limit_body,
+            ))
+            .with_state(self.clone());
+        match cors(&self.inner.opts.allow_origins) {
+            Some(layer) => r.layer(layer),
+            None => r,
+        }
+    }
+
+    /// A router serving only `/metrics` (for `--metrics-addr`).
+    pub fn metrics_router(&self) -> Router {
+        Router::new()
+            .route(METRICS_PATH, get(metrics_handler))
+            .with_state(self.clone())
+    }
+}
+
+/// The CORS layer for `origins` (`*`: any; none: no CORS headers).
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
+    )
+}
+
+/// Refuses a request whose declared body exceeds `max_body_bytes` (413).
+/// The gateway's routes are all `GET`s and never read a body; this keeps a
+/// client from making the server wait for (and discard) a large one.
+async fn limit_body(
+    State(gw): State<Gateway>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let max = gw.inner.opts.max_body_bytes as u64;
+    if declared.is_some_and(|n| n > max) {
+        gw.inner.metrics.reject("body_too_large");
+        let mut resp = json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("request bodies are limited to {max} bytes"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]
