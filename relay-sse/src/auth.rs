@@ -1,54 +1,52 @@
-//! Stream tokens: a request for a job's events or state carries a token
-//! (`Authorization: Bearer …` or `?token=`) signed for that job, when the
-//! gateway has an `auth_secret`.
+//! Stream tokens: with an `auth_secret`, a request for a job's events or
+//! state must carry a token signed for that job (`Authorization: Bearer …`,
+//! or `?token=` for an EventSource, which cannot set headers). The
+//! [`Authorized`] extractor checks it, so no handler can forget to.
 
 use std::collections::HashMap;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
-use relay_core::auth::{self, AuthError};
-use relay_core::JobId;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use relay_core::auth;
 
+use crate::extract::NamesJob;
 use crate::gateway::Gateway;
-use crate::rejection::json_error;
+use crate::rejection::GatewayRejection;
 
-/// Checks the request's token against `job` (open gateway: always ok).
-#[allow(clippy::result_large_err)]
-pub(crate) fn check_auth(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
-    job: &JobId,
-) -> Result<(), Response> {
-    let Some(secret) = &gw.inner.opts.auth_secret else {
-        return Ok(());
-    };
-    let bearer = headers
+/// The job extractor `J`, once the request's token is valid for its job
+/// (on an open gateway, any request). The job is validated first: an
+/// invalid job id is refused as such, whatever the token.
+#[derive(Debug)]
+pub(crate) struct Authorized<J>(pub J);
+
+impl<J> FromRequestParts<Gateway> for Authorized<J>
+where
+    J: FromRequestParts<Gateway, Rejection = GatewayRejection> + NamesJob + Send,
+{
+    type Rejection = GatewayRejection;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
+        let named = J::from_request_parts(parts, gw).await?;
+        let Some(secret) = &gw.inner.opts.auth_secret else {
+            return Ok(Authorized(named));
+        };
+        let Query(params) = Query::<HashMap<String, String>>::try_from_uri(&parts.uri)?;
+        let token = bearer(&parts.headers).or(params.get("token").map(String::as_str));
+        auth::verify(secret, token, named.job(), auth::now_unix())
+            .map_err(|e| GatewayRejection::Auth(e).counted(&gw.inner.metrics))?;
+        Ok(Authorized(named))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme matched
+/// case-insensitively); any other scheme is no token.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    let token = bearer.or(params.get("token").map(String::as_str));
-    match auth::verify(secret, token, job, auth::now_unix()) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            gw.inner.metrics.reject(match e {
-                AuthError::WrongJob => "forbidden",
-                _ => "unauthorized",
-            });
-            let (status, code) = match e {
-                AuthError::WrongJob => (StatusCode::FORBIDDEN, "FORBIDDEN"),
-                AuthError::Expired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
-                _ => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            };
-            let mut resp = json_error(status, code, e.to_string());
-            if status == StatusCode::UNAUTHORIZED {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            Err(resp)
-        }
-    }
+        })
 }

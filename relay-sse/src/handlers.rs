@@ -1,25 +1,27 @@
-//! The route handlers: parse the request, then answer (JSON, text) or open
-//! a stream ([`crate::open`]).
+//! The route handlers. Each takes what its route names through typed
+//! extractors (a valid, authorized job; the client's last event id), so a
+//! handler only runs for a request it can answer, then answers it (JSON,
+//! text) or opens a stream ([`crate::open`]). Their errors are
+//! [`GatewayRejection`]s.
 
-use std::collections::HashMap;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use relay_core::JobId;
 use serde_json::json;
 
-use crate::auth::check_auth;
+use crate::auth::Authorized;
+use crate::extract::{Eco2PathJob, Eco2QueryJob, Job, LastEventId};
 use crate::frame::{self, Framing};
 use crate::gateway::Gateway;
 use crate::open::sse_response;
-use crate::rejection::json_error;
+use crate::rejection::GatewayRejection;
 
 /// `GET /healthz`.
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `GET /readyz`: `200` while the subscriber connection is up, else `503`.
 pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
     if gw.is_ready() {
         (StatusCode::OK, "ready").into_response()
@@ -28,6 +30,7 @@ pub(crate) async fn readyz(State(gw): State<Gateway>) -> Response {
     }
 }
 
+/// `GET /metrics`: the gateway's metrics, Prometheus text.
 pub(crate) async fn metrics_handler(State(gw): State<Gateway>) -> Response {
     (
         [(
@@ -39,6 +42,7 @@ pub(crate) async fn metrics_handler(State(gw): State<Gateway>) -> Response {
         .into_response()
 }
 
+/// `GET /`: the demo page (when enabled).
 pub(crate) async fn demo_page() -> Response {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
@@ -47,103 +51,51 @@ pub(crate) async fn demo_page() -> Response {
         .into_response()
 }
 
-pub(crate) type Params = Query<HashMap<String, String>>;
-
+/// `GET /v1/jobs/{job_id}/events`: the job's native event stream.
 pub(crate) async fn native_events(
     State(gw): State<Gateway>,
-    Path(job_id): Path<String>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    let job = match JobId::new(job_id) {
-        Ok(j) => j,
-        Err(e) => {
-            gw.inner.metrics.reject("invalid_job_id");
-            return json_error(StatusCode::BAD_REQUEST, "INVALID_JOB_ID", e.to_string());
-        }
-    };
+    Authorized(Job(job)): Authorized<Job>,
+    LastEventId(last): LastEventId,
+) -> Result<Response, GatewayRejection> {
     let keys = gw.inner.default_keys.clone();
-    sse_response(gw, job, keys, Framing::Native, headers, params).await
+    sse_response(gw, job, keys, Framing::Native, last).await
 }
 
+/// `GET /v1/jobs/{job_id}/state`: the job's state (its highest-seq event
+/// and the history's top) as JSON.
 pub(crate) async fn native_state(
     State(gw): State<Gateway>,
-    Path(job_id): Path<String>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    let job = match JobId::new(job_id) {
-        Ok(j) => j,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, "INVALID_JOB_ID", e.to_string()),
-    };
-    if let Err(resp) = check_auth(&gw, &headers, &params, &job) {
-        return resp;
-    }
+    Authorized(Job(job)): Authorized<Job>,
+) -> Result<Response, GatewayRejection> {
     let keys = gw.inner.default_keys.job(&job);
     match gw.inner.backend.get_state(&keys).await {
         Ok(Some(state)) => {
             let mut body = frame::state_json(&state);
             body["job_id"] = json!(job.as_str());
-            axum::Json(body).into_response()
+            Ok(axum::Json(body).into_response())
         }
-        Ok(None) => json_error(StatusCode::NOT_FOUND, "JOB_NOT_FOUND", "job not found"),
-        Err(e) => json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "BACKEND_UNAVAILABLE",
-            e.to_string(),
-        ),
+        Ok(None) => Err(GatewayRejection::JobNotFound),
+        Err(e) => Err(GatewayRejection::BackendUnavailable(e)),
     }
 }
 
-#[allow(clippy::result_large_err)]
-fn eco2_job(raw: Option<&str>, status: StatusCode) -> Result<JobId, Response> {
-    let raw = raw.unwrap_or("");
-    if raw.chars().count() < 10 {
-        return Err(json_error(
-            status,
-            "INVALID_JOB_ID",
-            "job_id must be at least 10 characters",
-        ));
-    }
-    JobId::new(raw).map_err(|e| json_error(status, "INVALID_JOB_ID", e.to_string()))
-}
-
+/// `GET /api/v1/stream?job_id=`: the job's eco2 event stream (default
+/// domain).
 pub(crate) async fn eco2_stream(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    let job = match eco2_job(
-        params.get("job_id").map(String::as_str),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    ) {
-        Ok(j) => j,
-        Err(r) => {
-            gw.inner.metrics.reject("invalid_job_id");
-            return r;
-        }
-    };
+    Authorized(Eco2QueryJob(job)): Authorized<Eco2QueryJob>,
+    LastEventId(last): LastEventId,
+) -> Result<Response, GatewayRejection> {
     let keys = gw.inner.default_keys.clone();
-    sse_response(gw, job, keys, Framing::Eco2, headers, params).await
+    sse_response(gw, job, keys, Framing::Eco2, last).await
 }
 
+/// `GET /api/v1/{scan|chat}/{job_id}/events`: the job's eco2 event stream
+/// in that domain.
 pub(crate) async fn eco2_events(
     State(gw): State<Gateway>,
-    Path((domain, job_id)): Path<(String, String)>,
-    headers: HeaderMap,
-    Query(params): Params,
-) -> Response {
-    let keys = match domain.as_str() {
-        "scan" => gw.inner.scan_keys.clone(),
-        "chat" => gw.inner.chat_keys.clone(),
-        _ => return json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown domain"),
-    };
-    let job = match eco2_job(Some(&job_id), StatusCode::BAD_REQUEST) {
-        Ok(j) => j,
-        Err(r) => {
-            gw.inner.metrics.reject("invalid_job_id");
-            return r;
-        }
-    };
-    sse_response(gw, job, keys, Framing::Eco2, headers, params).await
+    Authorized(Eco2PathJob { keys, job }): Authorized<Eco2PathJob>,
+    LastEventId(last): LastEventId,
+) -> Result<Response, GatewayRejection> {
+    sse_response(gw, job, keys, Framing::Eco2, last).await
 }

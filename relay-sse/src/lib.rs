@@ -51,6 +51,7 @@
 mod auth;
 pub mod client;
 mod config;
+mod extract;
 mod frame;
 mod front;
 mod gateway;

@@ -4,20 +4,18 @@
 //! `204` when the client already has the end, a retry-only `200` at the
 //! connection limit or on backend trouble.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use relay_core::{JobId, KeySpace};
 
-use crate::auth::check_auth;
 use crate::frame::Framing;
 use crate::gateway::Gateway;
 use crate::position::client_position;
-use crate::rejection::json_error;
+use crate::rejection::GatewayRejection;
 use crate::session::{Session, SessionConfig};
 use crate::sse;
 use crate::takeover::{sse_headers, Streaming};
@@ -35,27 +33,24 @@ fn retry_later(retry_ms: u64) -> Response {
     resp
 }
 
-/// Answers an SSE request (see the module docs).
+/// Answers an SSE request for `job` whose token (if any) was checked
+/// (see the module docs).
 pub(crate) async fn sse_response(
     gw: Gateway,
     job: JobId,
     keyspace: KeySpace,
     framing: Framing,
-    headers: HeaderMap,
-    params: HashMap<String, String>,
-) -> Response {
+    last_event_id: Option<String>,
+) -> Result<Response, GatewayRejection> {
     let inner = gw.inner.clone();
     let m = inner.metrics.clone();
-    if let Err(resp) = check_auth(&gw, &headers, &params, &job) {
-        return resp;
-    }
     // Connection limit, before anything is streamed.
     let Some(guard) = gw.admit() else {
         m.reject("connection_limit");
         // An EventSource gives up for good on any non-200 answer (a 503
         // too): an event stream that only says when to retry, and ends,
         // makes it reconnect (and resume) later.
-        return retry_later(inner.opts.retry_ms);
+        return Ok(retry_later(inner.opts.retry_ms));
     };
     let keys = keyspace.job(&job);
     let opts = &inner.opts;
@@ -66,8 +61,7 @@ pub(crate) async fn sse_response(
         &inner.backend,
         &keys,
         framing == Framing::Eco2,
-        &headers,
-        &params,
+        last_event_id.as_deref(),
         opts.history_page,
     )
     .await
@@ -76,7 +70,7 @@ pub(crate) async fn sse_response(
         Err(e) => {
             tracing::warn!(error = %e, "backend unavailable before streaming");
             m.reject("backend");
-            return retry_later(opts.retry_ms);
+            return Ok(retry_later(opts.retry_ms));
         }
     };
     let mut session = Session::new(
@@ -123,11 +117,10 @@ pub(crate) async fn sse_response(
     if let Err(e) = result {
         tracing::warn!(error = %e, "backend unavailable before streaming");
         m.reject("backend");
-        return retry_later(opts.retry_ms);
+        return Ok(retry_later(opts.retry_ms));
     }
     if !session.resume.is_known() {
-        m.reject("not_found");
-        return json_error(StatusCode::NOT_FOUND, "JOB_NOT_FOUND", "job not found");
+        return Err(GatewayRejection::JobNotFound.counted(&m));
     }
     if session.terminal && session.nothing_framed() {
         // The client already has the job's terminal event: nothing to send.
@@ -137,7 +130,7 @@ pub(crate) async fn sse_response(
         let mut resp = StatusCode::NO_CONTENT.into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return resp;
+        return Ok(resp);
     }
     if from.is_some() {
         m.resume(session.resume.snapshots() > 0);
@@ -151,5 +144,5 @@ pub(crate) async fn sse_response(
         inner.shutdown.subscribe(),
         job,
     );
-    streaming.into_response()
+    Ok(streaming.into_response())
 }

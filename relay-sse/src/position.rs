@@ -2,10 +2,7 @@
 //! position. Native ids are `{epoch}:{offset}`; eco2 ids are Redis stream
 //! ids, found by searching the history for the record that carries one.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use axum::http::HeaderMap;
 
 use relay_core::backend::{Backend, StreamId};
 use relay_core::keys::JobKeys;
@@ -65,39 +62,28 @@ pub(crate) async fn eco2_position(
     }
 }
 
-/// The client's position: `Last-Event-ID` header, else `last_event_id`
-/// query. With `stream_ids` (the eco2 routes) a Redis stream id is looked
-/// up in the history too. Unparsable ids become an unknown epoch (answered
-/// with a snapshot).
+/// The position of the client's last event id (see
+/// [`crate::extract::LastEventId`]). With `stream_ids` (the eco2 routes) a
+/// Redis stream id is looked up in the history too. Unparsable ids become
+/// an unknown epoch (answered with a snapshot).
 pub(crate) async fn client_position(
     backend: &Arc<dyn Backend>,
     keys: &JobKeys,
     stream_ids: bool,
-    headers: &HeaderMap,
-    params: &HashMap<String, String>,
+    last_event_id: Option<&str>,
     history_page: usize,
 ) -> Result<Option<Position>, relay_core::BackendError> {
-    let raw = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            params
-                .get("last_event_id")
-                .map(|s| s.trim())
-                .filter(|s| !s.is_empty())
-        });
-    let Some(raw) = raw else { return Ok(None) };
+    let Some(raw) = last_event_id else {
+        return Ok(None);
+    };
     if let Ok(p) = raw.parse::<Position>() {
         return Ok(Some(p));
     }
-    let unknown = UNKNOWN_POSITION;
     if stream_ids {
         if let Ok(sid) = raw.parse::<StreamId>() {
             let p = eco2_position(backend, keys, sid, history_page).await?;
             return Ok(Some(p));
         }
     }
-    Ok(Some(unknown))
+    Ok(Some(UNKNOWN_POSITION))
 }

@@ -10,8 +10,8 @@
 //! memory per idle stream.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::http::{header, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -20,7 +20,7 @@ use crate::handlers::{
     demo_page, eco2_events, eco2_stream, healthz, metrics_handler, native_events, native_state,
     readyz,
 };
-use crate::rejection::json_error;
+use crate::rejection::GatewayRejection;
 
 /// What a route serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,15 +174,8 @@ async fn limit_body(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let max = gw.inner.opts.max_body_bytes as u64;
     if declared.is_some_and(|n| n > max) {
-        gw.inner.metrics.reject("body_too_large");
-        let mut resp = json_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
-            format!("request bodies are limited to {max} bytes"),
-        );
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return resp;
+        let refused = GatewayRejection::BodyTooLarge { max }.counted(&gw.inner.metrics);
+        return refused.into_response();
     }
     next.run(req).await
 }
