@@ -175,6 +175,7 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// What a buffer holds so far.
 enum Head {
     /// More bytes needed.
     Partial,
@@ -237,6 +238,8 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
+/// Serves one connection: reads request heads, streams SSE requests itself
+/// (keep-alive between short answers), hands anything else to hyper.
 async fn connection(mut sock: TcpStream, front: Arc<Front>, unrouted: Unrouted) {
     let mut buf = BytesMut::new();
     let mut counted = Some(unrouted);
@@ -472,6 +475,7 @@ impl Output for SocketOut<'_> {
     }
 }
 
+/// Serves the rest of the connection with hyper, `read` first.
 async fn hand_to_hyper(sock: TcpStream, read: Bytes, front: &Front, unrouted: Unrouted) {
     let io = hyper_util::rt::TokioIo::new(Rewind { read, sock });
     let svc = hyper_util::service::TowerToHyperService::new(front.router.clone());

@@ -38,7 +38,9 @@ pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn Backend>,
     /// The live subscription.
     pub(crate) hub: Arc<Hub>,
+    /// The gateway's metrics.
     pub(crate) metrics: Arc<Metrics>,
+    /// The options it was built with.
     pub(crate) opts: GatewayOptions,
     /// Keys of the native routes and `/api/v1/stream` (`opts.domain`).
     pub(crate) default_keys: KeySpace,
@@ -55,6 +57,7 @@ pub(crate) struct Inner {
 /// The SSE gateway. Cheap to clone; build its routes with [`Gateway::router`].
 #[derive(Clone)]
 pub struct Gateway {
+    /// The shared state.
     pub(crate) inner: Arc<Inner>,
 }
 

@@ -41,10 +41,13 @@
 //!   shared live message), [`client`] (a reader, for tests and tools);
 //! - the live side: `hub` (one subscriber connection, fan-out), `session`
 //!   (one connection's catch-up + live merge) writing to an `output`;
-//! - the HTTP side: `gateway` (shared state), `routes` (the one route table,
-//!   the Router), `handlers`, request extraction and `rejection`, `open`
-//!   (from a request to a stream or a final answer), `takeover` (handing a
-//!   started stream to whoever writes it), `front` (the HTTP/1.1 front);
+//! - the HTTP side: `gateway` (shared state, options in
+//!   [`GatewayOptions`]), `routes` (the one route table and the Router built
+//!   from it), `handlers`, their typed extractors (`extract`: the job and
+//!   the last event id; `auth`: the token) and their one error type
+//!   (`rejection`), `open` (from a request to a stream or a final answer),
+//!   `takeover` (handing a started stream to whoever writes it), `front`
+//!   (the HTTP/1.1 front);
 //! - the binary: [`Config`], `server` ([`run`]).
 #![warn(missing_docs)]
 

@@ -26,6 +26,7 @@ use crate::sse;
 pub(crate) struct SessionConfig {
     /// Most history records per read.
     pub history_page: usize,
+    /// Comment heartbeat interval (also the idle history re-check).
     pub heartbeat: Duration,
     /// Longest stream (catch-up included).
     pub max_stream: Duration,
@@ -64,18 +65,26 @@ impl Drop for Held {
 /// Why a session could not go on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
+    /// A backend read failed (after its retries).
     #[error("backend: {0}")]
     Backend(#[from] relay_core::BackendError),
 }
 
 /// The state of one SSE connection.
 pub(crate) struct Session {
+    /// State and history reads.
     pub backend: Arc<dyn Backend>,
+    /// The job's keys.
     pub keys: JobKeys,
+    /// How events are framed.
     pub framing: Framing,
+    /// The history + live merge (what to read, send or snapshot next).
     pub resume: Resume,
+    /// The live inbox and resync signal.
     pub member: Membership,
+    /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-connection settings.
     pub cfg: SessionConfig,
     /// A terminal event that is the job's last known event was framed:
     /// close after writing.
@@ -104,6 +113,9 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session for the client at `from` (`None`: a new client, sent the
+    /// whole history), subscribed through `member`; `buffer_limit` bounds
+    /// the live envelopes merged during a catch-up.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: Arc<dyn Backend>,

@@ -5,6 +5,12 @@
 //! The gateway's own front takes it out and writes to the socket directly;
 //! served by plain axum/hyper instead, the response body takes it on its
 //! first poll and runs it in a task feeding a bounded channel.
+//!
+//! Why a hand-off rather than two handlers: both serving paths route the
+//! request through the same axum `Router`, so validation, tokens, limits
+//! and error answers are identical; only the writing differs (the front's
+//! direct socket writes keep an idle stream at a few KiB, a hyper
+//! connection costs several times that).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -110,6 +116,7 @@ impl Streaming {
 }
 
 impl SseTakeover {
+    /// Takes the stream out (`None`: someone already did).
     pub(crate) fn take(&self) -> Option<Box<Streaming>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
