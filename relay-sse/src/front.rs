@@ -27,10 +27,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::gateway::{Gateway, GatewayError};
 use crate::hub::Signal;
 use crate::metrics::{CloseReason, Metrics};
-use crate::stream::Output;
-use crate::{Gateway, SseTakeover};
+use crate::output::Output;
+use crate::routes::is_sse_path;
+use crate::takeover::SseTakeover;
 
 /// Largest non-streaming response body written by the front.
 const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -101,6 +103,23 @@ impl AcceptLog {
     }
 }
 
+impl Gateway {
+    /// Serves the gateway on `listener` until `shutdown` resolves, then ends
+    /// every stream. SSE requests are served by a lean HTTP/1.1 front that
+    /// writes the stream straight to the socket (a few KiB per idle
+    /// connection); every other request goes to [`Gateway::router`] over
+    /// hyper. Use [`Gateway::router`] instead to merge the routes into your
+    /// own axum app.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), GatewayError> {
+        serve(listener, self.clone(), shutdown).await?;
+        Ok(())
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then ends every stream.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -156,13 +175,7 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Whether a path is one of the SSE routes.
-fn is_sse_path(path: &str) -> bool {
-    path == "/api/v1/stream"
-        || ((path.starts_with("/v1/jobs/") || path.starts_with("/api/v1/"))
-            && path.ends_with("/events"))
-}
-
+/// What a buffer holds so far.
 enum Head {
     /// More bytes needed.
     Partial,
@@ -225,6 +238,8 @@ fn parse_head(buf: &[u8]) -> Head {
     }
 }
 
+/// Serves one connection: reads request heads, streams SSE requests itself
+/// (keep-alive between short answers), hands anything else to hyper.
 async fn connection(mut sock: TcpStream, front: Arc<Front>, unrouted: Unrouted) {
     let mut buf = BytesMut::new();
     let mut counted = Some(unrouted);
@@ -460,6 +475,7 @@ impl Output for SocketOut<'_> {
     }
 }
 
+/// Serves the rest of the connection with hyper, `read` first.
 async fn hand_to_hyper(sock: TcpStream, read: Bytes, front: &Front, unrouted: Unrouted) {
     let io = hyper_util::rt::TokioIo::new(Rewind { read, sock });
     let svc = hyper_util::service::TowerToHyperService::new(front.router.clone());
@@ -530,15 +546,6 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sse_paths() {
-        assert!(is_sse_path("/v1/jobs/j1/events"));
-        assert!(is_sse_path("/api/v1/stream"));
-        assert!(is_sse_path("/api/v1/scan/abcdefghijk/events"));
-        assert!(!is_sse_path("/v1/jobs/j1/state"));
-        assert!(!is_sse_path("/healthz"));
-    }
 
     #[test]
     fn heads() {

@@ -15,8 +15,8 @@ use relay_core::backend::{Backend, PubSubMessage, SubscriberHandle};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use crate::frame::LiveMsg;
 use crate::metrics::Metrics;
-use crate::stream::LiveMsg;
 
 /// Timing of the subscriber supervisor.
 #[derive(Clone, Debug)]
@@ -75,17 +75,23 @@ impl Signal {
     }
 }
 
+/// One client's registration: its live inbox and its signal.
 struct Slot {
     tx: mpsc::Sender<Arc<LiveMsg>>,
     signal: Arc<Signal>,
 }
 
+/// Requests to the supervisor.
 enum Ctl {
+    /// Subscribe to the channel (if not yet), then answer.
     Ensure(String, oneshot::Sender<()>),
+    /// Unsubscribe from the channel, unless a client joined it again.
     Release(String),
 }
 
+/// What the hub handle, the supervisor and the reader task share.
 struct Shared {
+    /// Registered clients by channel, then by id.
     clients: RwLock<HashMap<String, HashMap<u64, Slot>>>,
     ready: AtomicBool,
     metrics: Arc<Metrics>,
@@ -227,12 +233,16 @@ impl Hub {
     }
 }
 
+/// The current subscriber connection.
 struct Conn {
     handle: Box<dyn SubscriberHandle>,
     reader: JoinHandle<()>,
     generation: u64,
 }
 
+/// The supervisor task: (re)connects with backoff, subscribes and
+/// unsubscribes channels on request, probes liveness, and tells every
+/// client to re-run catch-up after a reconnect.
 async fn supervise(
     shared: Arc<Shared>,
     backend: Arc<dyn Backend>,
@@ -371,6 +381,8 @@ async fn supervise(
     shared.ready.store(false, Ordering::Release);
 }
 
+/// Opens a subscriber connection subscribed to every registered channel
+/// (and the probe channel), with a reader task fanning messages out.
 async fn connect(
     shared: &Arc<Shared>,
     backend: &Arc<dyn Backend>,

@@ -1,153 +1,32 @@
-//! One SSE connection: drives a [`Resume`] against the backend and the live
-//! inbox, and encodes what it emits into SSE frames.
+//! One SSE connection's session: drives a [`Resume`] against the backend
+//! and the live inbox, frames what it emits (see [`crate::frame`]) in
+//! bounded chunks, and writes them to an [`Output`] under the write
+//! timeout, the heartbeat and the stream's time limit.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use relay_core::backend::{Backend, JobState};
 use relay_core::event::now_ms;
 use relay_core::keys::JobKeys;
-use relay_core::resume::{Action, Resume, Snapshot};
-use relay_core::{Decoded, Epoch, LiveEnvelope, Offset, Payload, Position};
-use serde_json::json;
-use tokio::sync::mpsc;
+use relay_core::resume::{Action, Resume};
+use relay_core::{Epoch, Offset, Position};
 
+use crate::frame::{Framing, LiveMsg};
 use crate::hub::{Membership, Signal};
 use crate::metrics::{CloseReason, Metrics};
+use crate::output::Output;
+use crate::retry::retry;
 use crate::sse;
-
-/// How events are framed on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
-    /// `id: {epoch}:{offset}`, `event: <stage>` (`failed` for a terminal
-    /// failure, `snapshot` for a snapshot), `data: <event JSON>`.
-    Native,
-    /// eco2 (docs/ECO2_WIRE.md): `id: <stream_id>`, `event: <stage>` or `error`,
-    /// `data: <routed JSON verbatim>`.
-    Eco2,
-}
-
-/// A framed record, with what the connection needs to know about it.
-#[derive(Clone, Debug)]
-pub(crate) struct Frame {
-    /// The SSE frame bytes.
-    pub bytes: Bytes,
-    /// A terminal event (`done`/`failed`).
-    pub terminal: bool,
-    /// Producer timestamp (unix ms) for the latency histogram.
-    pub ts_ms: Option<u64>,
-}
-
-/// One live Pub/Sub message, decoded once by the hub and framed at most once
-/// per framing, shared by every subscriber of its channel.
-#[derive(Debug)]
-pub(crate) struct LiveMsg {
-    /// `None`: the message could not be decoded.
-    pub env: Option<LiveEnvelope>,
-    native: OnceLock<Option<Frame>>,
-    eco2: OnceLock<Option<Frame>>,
-}
-
-impl LiveMsg {
-    /// Decodes the envelope (cheap: the payload stays encoded until framed).
-    pub fn new(raw: &Bytes) -> Self {
-        Self {
-            env: LiveEnvelope::decode(raw).ok(),
-            native: OnceLock::new(),
-            eco2: OnceLock::new(),
-        }
-    }
-
-    /// The frame of this message in `framing` (computed by the first caller).
-    fn frame(&self, framing: Framing) -> Option<&Frame> {
-        let env = self.env.as_ref()?;
-        let cell = match framing {
-            Framing::Native => &self.native,
-            Framing::Eco2 => &self.eco2,
-        };
-        cell.get_or_init(|| framing.frame_record(env)).as_ref()
-    }
-}
-
-impl Framing {
-    /// The frame for one record; `None` when the payload cannot be decoded
-    /// (skipped, counted by the caller).
-    pub(crate) fn frame_record(self, env: &LiveEnvelope) -> Option<Frame> {
-        let mut buf = BytesMut::new();
-        let (terminal, ts_ms) = self.put_record(&mut buf, env)?;
-        Some(Frame {
-            bytes: buf.freeze(),
-            terminal,
-            ts_ms,
-        })
-    }
-
-    /// Appends the frame for one record: (terminal, producer ts).
-    fn put_record(self, buf: &mut BytesMut, env: &LiveEnvelope) -> Option<(bool, Option<u64>)> {
-        let decoded = env.record.payload.decode().ok()?;
-        let pos = env.position().to_string();
-        match decoded {
-            Decoded::Native(ev) => {
-                let data = serde_json::to_vec(&ev).ok()?;
-                let name = if ev.is_terminal() && ev.status == relay_core::Status::Failed {
-                    "failed"
-                } else {
-                    ev.stage.as_str()
-                };
-                sse::put_event(buf, Some(&pos), Some(name), &data);
-                Some((ev.is_terminal(), Some(ev.ts)))
-            }
-            Decoded::Eco2(r) => {
-                let id = match self {
-                    Framing::Native => pos.as_str(),
-                    Framing::Eco2 => r.stream_id.as_str(),
-                };
-                sse::put_event(buf, Some(id), Some(r.sse_event()), &r.raw);
-                Some((r.is_terminal(), r.ts_ms))
-            }
-        }
-    }
-
-    /// Appends the frame for a snapshot. Returns whether the state is terminal.
-    pub(crate) fn put_snapshot(self, buf: &mut BytesMut, snap: &Snapshot) -> bool {
-        let decoded = snap
-            .state
-            .as_ref()
-            .and_then(|s| s.record.payload.decode().ok());
-        let terminal = decoded.as_ref().is_some_and(Decoded::is_terminal);
-        if let (Framing::Eco2, Some(Decoded::Eco2(r))) = (self, &decoded) {
-            // The Python frontend knows no snapshot event: the state is sent
-            // as the event it is (as the Python gateway's state recovery did).
-            sse::put_event(buf, Some(&r.stream_id), Some(r.sse_event()), &r.raw);
-            return terminal;
-        }
-        let state_json = event_json(decoded.as_ref());
-        let pos = snap.position().unwrap_or(UNKNOWN_POSITION);
-        let data = json!({
-            "reason": snap.reason.as_str(),
-            "epoch": pos.epoch.0,
-            "offset": pos.offset.0,
-            "seq": snap.state.as_ref().map(|s| s.seq),
-            "state_offset": snap.state.as_ref().map(|s| s.record.offset.0),
-            "state": state_json,
-        });
-        sse::put_event(
-            buf,
-            Some(&pos.to_string()),
-            Some("snapshot"),
-            data.to_string().as_bytes(),
-        );
-        terminal
-    }
-}
 
 /// Per-connection settings.
 #[derive(Clone, Debug)]
 pub(crate) struct SessionConfig {
     /// Most history records per read.
     pub history_page: usize,
+    /// Comment heartbeat interval (also the idle history re-check).
     pub heartbeat: Duration,
     /// Longest stream (catch-up included).
     pub max_stream: Duration,
@@ -186,18 +65,26 @@ impl Drop for Held {
 /// Why a session could not go on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
+    /// A backend read failed (after its retries).
     #[error("backend: {0}")]
     Backend(#[from] relay_core::BackendError),
 }
 
 /// The state of one SSE connection.
 pub(crate) struct Session {
+    /// State and history reads.
     pub backend: Arc<dyn Backend>,
+    /// The job's keys.
     pub keys: JobKeys,
+    /// How events are framed.
     pub framing: Framing,
+    /// The history + live merge (what to read, send or snapshot next).
     pub resume: Resume,
+    /// The live inbox and resync signal.
     pub member: Membership,
+    /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-connection settings.
     pub cfg: SessionConfig,
     /// A terminal event that is the job's last known event was framed:
     /// close after writing.
@@ -225,28 +112,10 @@ pub(crate) struct Session {
     merge_limit: usize,
 }
 
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, relay_core::BackendError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, relay_core::BackendError>>,
-{
-    let mut delay = Duration::from_millis(50);
-    let mut attempts = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && attempts < 8 => {
-                attempts += 1;
-                tracing::debug!(error = %e, attempts, "backend read failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 impl Session {
+    /// A session for the client at `from` (`None`: a new client, sent the
+    /// whole history), subscribed through `member`; `buffer_limit` bounds
+    /// the live envelopes merged during a catch-up.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         backend: Arc<dyn Backend>,
@@ -654,126 +523,5 @@ impl Session {
             }
             Err(_) => Err(CloseReason::MaxDuration),
         }
-    }
-}
-
-/// Where a session's chunks go.
-pub(crate) trait Output: Send {
-    /// Resolves when the client is gone (cancel-safe).
-    fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
-    /// Writes one chunk; an error ends the stream with that reason. A write
-    /// that cannot complete while the client's live inbox overflows is a
-    /// slow client. Dropping the future mid-write leaves the output
-    /// unusable for further chunks (the stream then ends).
-    fn write(
-        &mut self,
-        chunk: Bytes,
-        signal: &Signal,
-    ) -> impl std::future::Future<Output = Result<(), CloseReason>> + Send;
-}
-
-/// Output into a bounded channel (the body of an axum response).
-pub(crate) struct ChannelOut(pub mpsc::Sender<Bytes>);
-
-impl Output for ChannelOut {
-    async fn closed(&mut self) {
-        self.0.closed().await
-    }
-
-    async fn write(&mut self, chunk: Bytes, signal: &Signal) -> Result<(), CloseReason> {
-        let send = self.0.send(chunk);
-        tokio::pin!(send);
-        let mut resync = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut send => break r.map_err(|_| CloseReason::ClientGone),
-                // Same rule as the socket: the live inbox overflowed while
-                // the body would not take more.
-                _ = signal.notified() => {
-                    if signal.take_overflow() {
-                        return Err(CloseReason::SlowClient);
-                    }
-                    resync = true;
-                }
-            }
-        };
-        if resync {
-            signal.renotify();
-        }
-        result
-    }
-}
-
-/// A position in no history (epoch 0): resuming from it always ends in a
-/// snapshot.
-pub(crate) const UNKNOWN_POSITION: Position = Position {
-    epoch: Epoch(0),
-    offset: Offset::ZERO,
-};
-
-/// A decoded record as JSON: the native event, or the eco2 routed JSON
-/// as it is; `null` when there is none (or it does not convert).
-fn event_json(decoded: Option<&Decoded>) -> serde_json::Value {
-    match decoded {
-        Some(Decoded::Native(ev)) => serde_json::to_value(ev).unwrap_or(serde_json::Value::Null),
-        Some(Decoded::Eco2(r)) => serde_json::from_slice(&r.raw).unwrap_or(serde_json::Value::Null),
-        None => serde_json::Value::Null,
-    }
-}
-
-/// The payload of a state response.
-pub(crate) fn state_json(state: &JobState) -> serde_json::Value {
-    let event = event_json(state.record.payload.decode().ok().as_ref());
-    json!({
-        "epoch": state.epoch.0,
-        "offset": state.top.0,
-        "seq": state.seq,
-        "state_offset": state.record.offset.0,
-        "event": event,
-    })
-}
-
-/// eco2: maps a `Last-Event-ID` stream id to a history position: right
-/// after the retained record whose stream id *equals* it. Stream ids do not
-/// follow history offsets (a restarted router routes new entries at once
-/// while a dead consumer's pending entry is claimed later), so ids are never
-/// compared by order. Not found (trimmed, another job's id, nonsense) → a
-/// position that makes the resume answer with a snapshot.
-pub(crate) async fn eco2_position(
-    backend: &Arc<dyn Backend>,
-    keys: &JobKeys,
-    target: relay_core::backend::StreamId,
-    page: usize,
-) -> Result<Position, relay_core::BackendError> {
-    let mut after = Offset::ZERO;
-    let mut epoch = None;
-    loop {
-        let p = retry(|| backend.read_history(keys, after, page.max(1))).await?;
-        let Some(e) = p.epoch else {
-            return Ok(UNKNOWN_POSITION);
-        };
-        if epoch.is_some_and(|x| x != e) {
-            return Ok(UNKNOWN_POSITION); // the history was re-created under us
-        }
-        epoch = Some(e);
-        let Some(last) = p.records.last().map(|r| r.offset) else {
-            return Ok(UNKNOWN_POSITION);
-        };
-        for rec in &p.records {
-            let sid = match Payload::decode(&rec.payload) {
-                Ok(Decoded::Eco2(r)) => r.stream_id.parse::<relay_core::backend::StreamId>().ok(),
-                _ => None,
-            };
-            if sid == Some(target) {
-                return Ok(Position {
-                    epoch: e,
-                    offset: rec.offset,
-                });
-            }
-        }
-        if last >= p.top {
-            return Ok(UNKNOWN_POSITION);
-        }
-        after = last;
     }
 }
