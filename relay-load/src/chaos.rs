@@ -477,7 +477,7 @@ impl FaultLog {
     }
 
     fn note(&self, what: impl Into<String>) {
-        let line = format!("t={:7.2}s {}", self.t(), what.into());
+        let line = format!("t={:7.2}s {} {}", self.t(), utc_now(), what.into());
         if self.verbose {
             eprintln!("chaos: {line}");
         }
@@ -486,6 +486,22 @@ impl FaultLog {
             .unwrap_or_else(|p| p.into_inner())
             .push(line);
     }
+}
+
+/// `HH:MM:SS.mmmZ` of now, to match the processes' log lines.
+fn utc_now() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 fn jitter(rng: &mut StdRng, mean_secs: f64) -> Duration {
@@ -1492,6 +1508,8 @@ pub struct ChaosFigures {
     pub not_terminal: u64,
     /// … of which had no history at all (never queued).
     pub never_queued: u64,
+    /// … of which have only their `queued` event (never reached a worker).
+    pub only_queued: u64,
     /// Events delivered to clients (snapshots excluded).
     pub events_delivered: u64,
     /// Client reconnects.
@@ -1592,8 +1610,11 @@ fn summary_rows(f: &ChaosFigures) -> Vec<(String, String)> {
             format!("{} / {}", f.rejected, f.gave_up),
         ),
         (
-            "not terminal at the end (never queued)".into(),
-            format!("{} ({})", f.not_terminal, f.never_queued),
+            "not terminal at the end (no event / only queued)".into(),
+            format!(
+                "{} ({} / {})",
+                f.not_terminal, f.never_queued, f.only_queued
+            ),
         ),
         ("submit retries".into(), f.submit_retries.to_string()),
         ("events delivered".into(), f.events_delivered.to_string()),
@@ -1977,6 +1998,13 @@ async fn soak(
                     f.notes
                         .push("no history at all: the job was never queued".into());
                 } else {
+                    if h.records.len() == 1
+                        && h.last().is_some_and(|e| {
+                            e.stage.as_str() == pipeline_scan::pipeline::QUEUED_STAGE
+                        })
+                    {
+                        fig.only_queued += 1;
+                    }
                     f.notes.push(format!(
                         "not terminal; last history event {}",
                         describe(h.last())
