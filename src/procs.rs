@@ -3,7 +3,7 @@
 //! flags, wait until they answer, and kill them (SIGKILL) on drop.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,7 @@ pub struct Proc {
     name: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    stderr_log: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -57,6 +58,22 @@ impl Proc {
     /// Spawns `name` with `args` (stdout discarded, stderr inherited, logs at
     /// `RUST_LOG=warn` unless `envs` sets it).
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn_inner(name, args, envs, None)
+    }
+
+    /// [`Proc::spawn`], with stderr appended to `log` instead of inherited
+    /// (the same file across restarts): long runs with many processes, such
+    /// as `relay-load chaos`, keep each process's log apart.
+    pub fn spawn_logged(name: &str, args: &[&str], envs: &[(&str, &str)], log: &Path) -> Self {
+        Self::spawn_inner(name, args, envs, Some(log.to_path_buf()))
+    }
+
+    fn spawn_inner(
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stderr_log: Option<PathBuf>,
+    ) -> Self {
         let mut p = Self {
             name: name.to_owned(),
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -64,6 +81,7 @@ impl Proc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            stderr_log,
             child: None,
         };
         p.start();
@@ -76,7 +94,7 @@ impl Proc {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(self.stderr());
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
@@ -84,6 +102,27 @@ impl Proc {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name)),
         );
+    }
+
+    fn stderr(&self) -> Stdio {
+        let Some(path) = &self.stderr_log else {
+            return Stdio::inherit();
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::inherit())
+    }
+
+    /// The process's exit status if it ended on its own since it was last
+    /// started (not through [`Proc::kill9`] or [`Proc::terminate`]): reaped
+    /// and reported once; [`Proc::pid`] is then `None` until a restart.
+    pub fn try_exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// The process id, while running.

@@ -15,12 +15,17 @@
 //!   event, next to the same run against a raw loopback TCP/HTTP echo (the
 //!   ceiling of the SSE path) and `redis-benchmark` ceilings for the Redis
 //!   work.
+//! - `relay-load chaos`: a full-stack soak under faults (process kills,
+//!   Redis restarts, client kills and write refusals, broker disconnects)
+//!   with an exact checker of every job's history and every client's
+//!   received sequence (see [`chaos`] and `docs/CHAOS.md`).
 //!
 //! Targets: a deployment by URL (`--api-url`, `--sse-url`, `--redis-url`), or
 //! `--spawn` to start redis-server, `relay-router`, `relay-sse`,
 //! `pipeline-scan api` and `pipeline-scan worker`(s) on loopback.
 //! Output: a progress bar, a table on stdout, `--json`, `--html` (inline SVG).
 
+pub mod chaos;
 pub mod echo;
 pub mod relay;
 pub mod report;
@@ -110,6 +115,10 @@ pub enum Scenario {
     Scan(scan::ScanArgs),
     /// Producers → router → gateway → SSE clients at a target rate.
     Relay(relay::RelayArgs),
+    /// Full-stack soak under faults (kills, Redis restarts and refusals,
+    /// broker disconnects) with an exact delivery checker; always spawns its
+    /// own deployment and exits non-zero on any violation.
+    Chaos(chaos::ChaosArgs),
     /// Write a report from synthetic data (checks the HTML/SVG output).
     DemoReport,
 }
@@ -139,6 +148,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Scenario::Scan(args) => run_scan(&cli.common, args).await?,
         Scenario::Relay(args) => run_relay(&cli.common, args).await?,
         Scenario::DemoReport => report::synthetic(),
+        Scenario::Chaos(args) => {
+            let (report, violations) = chaos::run(&cli.common, args).await?;
+            emit(&cli.common, &report)?;
+            anyhow::ensure!(
+                violations == 0,
+                "chaos: {violations} violations (see the findings above)"
+            );
+            return Ok(report);
+        }
     };
     emit(&cli.common, &report)?;
     Ok(report)

@@ -91,3 +91,100 @@ fn scan_spawn_handful_of_vus_completes() {
     assert!((150.0..400.0).contains(&model), "model p50 {model}");
     assert!(f["overhead"]["count"].as_u64().unwrap_or(0) >= 10, "{f}");
 }
+
+#[test]
+fn chaos_short_run_injects_every_fault_checks_and_cleans_up() {
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:5672".parse().expect("addr"),
+            Duration::from_millis(500),
+        )
+        .is_ok(),
+        "no RabbitMQ on 127.0.0.1:5672: start it (`rabbitmq-server -detached`; scripts/test.sh does)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("chaos.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .args(["--quiet", "--json"])
+        .arg(&json)
+        .args([
+            "chaos",
+            "--secs",
+            "12",
+            "--rate",
+            "3",
+            "--drain-secs",
+            "60",
+            "--kill-every-secs",
+            "1.5",
+            "--redis-fault-every-secs",
+            "1",
+            "--redis-restarts",
+            "1",
+            "--amqp-close-every-secs",
+            "4",
+            "--seed",
+            "7",
+        ])
+        .output()
+        .expect("run relay-load chaos");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit 1 is how violations of the system under test are reported; any
+    // other failure is the tool's.
+    assert!(
+        out.status.success() || stderr.contains("violations (see the findings above)"),
+        "relay-load chaos failed\nstdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let f = &r["figures"];
+    let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {f}"));
+    assert!(n("accepted") >= 20, "{f}");
+    assert_eq!(
+        n("submitted"),
+        n("accepted") + n("rejected") + n("gave_up"),
+        "{f}"
+    );
+    assert_eq!(n("accepted"), n("terminal") + n("not_terminal"), "{f}");
+    assert!(n("events_delivered") >= 10 * n("terminal") / 2, "{f}");
+    assert!(n("kills_total") >= 4, "{f}");
+    assert_eq!(n("redis_restarts"), 1, "{f}");
+    assert!(n("amqp_rounds") >= 1, "{f}");
+    assert!(
+        n("client_kill_normal")
+            + n("client_kill_pubsub")
+            + n("refusals_oom")
+            + n("refusals_noreplicas")
+            + n("pauses")
+            >= 4,
+        "{f}"
+    );
+    // Everything it started is gone: the gateways and the queues.
+    let env: Vec<(String, String)> =
+        serde_json::from_value(r["environment"].clone()).expect("environment");
+    let get = |k: &str| {
+        env.iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing: {env:?}"))
+    };
+    for gw in get("gateways").split(", ") {
+        let addr = gw.trim_start_matches("http://").parse().expect("gateway");
+        assert!(
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+            "gateway {gw} still listening"
+        );
+    }
+    let prefix = get("queue prefix");
+    let queues = Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name"])
+        .output()
+        .expect("rabbitmqctl");
+    let left: Vec<String> = String::from_utf8_lossy(&queues.stdout)
+        .lines()
+        .filter(|q| q.starts_with(&format!("{prefix}.")))
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "queues left behind: {left:?}");
+}
