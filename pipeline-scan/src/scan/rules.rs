@@ -177,8 +177,13 @@ pub struct CharacterInfo {
     pub points: u32,
 }
 
+/// Points of a character whose rule document does not name any. Defined
+/// here, with the rule documents that carry points; the reward stage (which
+/// grants them) re-exports it.
+pub const DEFAULT_POINTS: u32 = 10;
+
 fn default_points() -> u32 {
-    super::reward::DEFAULT_POINTS
+    DEFAULT_POINTS
 }
 
 /// A rule document normalized from either format, for the answer composer
