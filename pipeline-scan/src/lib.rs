@@ -13,6 +13,7 @@
 //! | [`image_url`] | the image URL policy (SSRF): literal inside hosts refused, canonical URL forwarded |
 //! | [`app`] | the `pipeline-scan` binary: flags and `run` |
 //! | [`demo`] | `pipeline-scan demo`: everything in one process on the memory backend, with a browser page |
+//! | [`wiring`] | the parts both entry points compose: scan engine on a backend, in-process start, ops routes, [`wiring::AppError`] |
 //! | [`metrics`] | worker Prometheus metrics |
 #![warn(missing_docs)]
 
@@ -24,3 +25,4 @@ pub mod metrics;
 pub mod pipeline;
 pub mod scan;
 pub mod transport;
+pub mod wiring;
