@@ -363,6 +363,7 @@ pub fn scan_models(args: &ModelArgs) -> Result<ScanModels, AppError> {
         vision,
         rules,
         answer,
+        stage_latency: Vec::new(),
     })
 }
 
@@ -430,7 +431,9 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             Ok(())
         }
         Command::Worker(args) => {
-            let models = scan_models(&args.models)?;
+            let mut models = scan_models(&args.models)?;
+            models.stage_latency =
+                pairs::<LatencyDist>(&args.sim_stage_latency_ms, "--sim-stage-latency-ms")?;
             let mut config = scan::engine_config();
             config.retry = cli.pipeline.retry();
             config.stage_timeout = Duration::from_secs(args.stage_timeout_secs.max(1));
@@ -438,8 +441,6 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 .into_iter()
                 .map(|(k, v)| (k, Duration::from_secs(v.max(1))))
                 .collect();
-            config.simulated_latency =
-                pairs::<LatencyDist>(&args.sim_stage_latency_ms, "--sim-stage-latency-ms")?;
             let metrics = Arc::new(Metrics::new());
             let engine = Arc::new(
                 scan_engine(backend, &cli.connection, &models, config)

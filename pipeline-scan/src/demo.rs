@@ -73,6 +73,7 @@ pub fn models(config: &DemoConfig) -> ScanModels {
         )),
         rules: config.rules.clone(),
         answer: Arc::new(SimulatedAnswer::new(config.answer_latency)),
+        stage_latency: Vec::new(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | [`pipeline`] | `Stage`, `Pipeline::new(a).then(b)`, the step `Engine`, seq scheme, idempotency records |
 //! | [`transport`] | `Transport` trait; [`transport::inprocess`] and [`transport::amqp`] (queues, retries, DLQ, supervisor) |
+//! | [`sim`] | simulated work: `LatencyDist`, `simulate_latency`, the `SimulatedLatency` stage decorator (`model_ms`) |
 //! | [`scan`] | the scan stages, models (OpenAI-compatible and simulated), rule sets, results |
 //! | [`api`] | `POST /api/v1/scan`, `GET /api/v1/scan/{job}/result` |
 //! | [`image_url`] | the image URL policy (SSRF): literal inside hosts refused, canonical URL forwarded |
@@ -24,5 +25,6 @@ pub mod image_url;
 pub mod metrics;
 pub mod pipeline;
 pub mod scan;
+pub mod sim;
 pub mod transport;
 pub mod wiring;

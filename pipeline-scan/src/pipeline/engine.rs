@@ -111,9 +111,6 @@ pub struct EngineConfig {
     pub stage_timeouts: Vec<(String, Duration)>,
     /// How long stage completion records and terminal markers live.
     pub record_ttl: Duration,
-    /// Simulated extra latency per stage name (load tests: a stand-in for
-    /// model or database time). Counted in the stage's `model_ms`.
-    pub simulated_latency: Vec<(String, crate::scan::LatencyDist)>,
 }
 
 impl EngineConfig {
@@ -126,7 +123,6 @@ impl EngineConfig {
             stage_timeout: Duration::from_secs(60),
             stage_timeouts: Vec::new(),
             record_ttl: Duration::from_secs(7200),
-            simulated_latency: Vec::new(),
         }
     }
 
@@ -773,38 +769,16 @@ impl Engine {
                     backend: store.backend().clone(),
                 };
                 let started = Instant::now();
-                let extra = self
-                    .config
-                    .simulated_latency
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, l)| l.sample());
-                let run = async {
-                    if let Some(d) = extra {
-                        super::simulate_latency(d).await;
-                    }
-                    stage.run_json(&ctx, env.input.clone()).await
-                };
-                let (result, model_ms) =
-                    match tokio::time::timeout(timeout, super::measure_simulated(run)).await {
-                        Ok((r, ms)) => (r, ms),
-                        Err(_) => (
-                            Err(StageError::retryable(format!(
-                                "stage {name} timed out after {} ms",
-                                timeout.as_millis()
-                            ))),
-                            0,
-                        ),
+                let result =
+                    match tokio::time::timeout(timeout, stage.run_json(&ctx, env.input.clone()))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(StageError::retryable(format!(
+                            "stage {name} timed out after {} ms",
+                            timeout.as_millis()
+                        ))),
                     };
-                // Simulated model time goes into the `completed` data.
-                let result = result.map(|(output, mut data)| {
-                    if model_ms > 0 {
-                        if let Value::Object(map) = &mut data {
-                            map.insert("model_ms".into(), json!(model_ms));
-                        }
-                    }
-                    (output, data)
-                });
                 if let Some(m) = &self.metrics {
                     m.stage_duration(name, started.elapsed());
                 }

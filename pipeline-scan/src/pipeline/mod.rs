@@ -233,27 +233,6 @@ impl SeqScheme {
 /// The stage name of the event the API emits when a job is accepted.
 pub const QUEUED_STAGE: &str = "queued";
 
-tokio::task_local! {
-    static SIMULATED_MS: Arc<std::sync::atomic::AtomicU64>;
-}
-
-/// Sleeps `d` as **simulated** model time of the running stage (simulators
-/// call this instead of `tokio::time::sleep`). The engine adds the stage's
-/// total to its `completed` event data as `model_ms`, so a load test knows
-/// how much of a job's time was simulated model work.
-pub async fn simulate_latency(d: std::time::Duration) {
-    tokio::time::sleep(d).await;
-    let _ = SIMULATED_MS
-        .try_with(|ms| ms.fetch_add(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed));
-}
-
-/// Runs `f` and returns its output with the simulated time it recorded.
-pub(crate) async fn measure_simulated<F: std::future::Future>(f: F) -> (F::Output, u64) {
-    let ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let out = SIMULATED_MS.scope(ms.clone(), f).await;
-    (out, ms.load(std::sync::atomic::Ordering::Relaxed))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

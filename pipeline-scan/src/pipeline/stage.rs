@@ -114,6 +114,22 @@ pub trait Stage: Send + Sync + 'static {
     fn event_data(output: &Self::Output) -> Value {
         serde_json::to_value(output).unwrap_or(Value::Null)
     }
+
+    /// Runs the stage and returns its output with the `data` of its
+    /// `completed` event: what the engine calls. The default runs
+    /// [`run`](Self::run) and derives the data with
+    /// [`event_data`](Self::event_data); a decorator overrides it to add facts
+    /// about the run that are not part of the output (e.g.
+    /// [`SimulatedLatency`](crate::sim::SimulatedLatency) adds `model_ms`).
+    async fn run_with_data(
+        &self,
+        ctx: &StageContext,
+        input: Self::Input,
+    ) -> Result<(Self::Output, Value), StageError> {
+        let output = self.run(ctx, input).await?;
+        let data = Self::event_data(&output);
+        Ok((output, data))
+    }
 }
 
 /// A stage with its types erased to JSON, as the engine runs it.
@@ -143,8 +159,7 @@ impl<S: Stage> ErasedStage for Erased<S> {
     ) -> Result<(Value, Value), StageError> {
         let input: S::Input = serde_json::from_value(input)
             .map_err(|e| StageError::fatal(format!("invalid input for stage {}: {e}", S::NAME)))?;
-        let output = self.0.run(ctx, input).await?;
-        let data = S::event_data(&output);
+        let (output, data) = self.0.run_with_data(ctx, input).await?;
         let value = serde_json::to_value(&output).map_err(|e| {
             StageError::fatal(format!("stage {} output not serializable: {e}", S::NAME))
         })?;

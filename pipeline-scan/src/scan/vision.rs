@@ -12,17 +12,16 @@
 
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::Rng;
 use serde_json::json;
 
 use super::openai::{ModelError, OpenAiClient};
 use super::types::{Classification, Classified, ScanRequest, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
+/// Re-exported from [`crate::sim`], where the simulators' latency lives.
+pub use crate::sim::LatencyDist;
 
 /// Errors loading taxonomy files.
 #[derive(Debug, thiserror::Error)]
@@ -209,59 +208,6 @@ impl VisionModel for OpenAiVision {
     }
 }
 
-/// A latency distribution `mean±jitter` milliseconds (uniform).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LatencyDist {
-    /// Mean, ms.
-    pub mean_ms: u64,
-    /// Half-width of the uniform range, ms.
-    pub jitter_ms: u64,
-}
-
-impl LatencyDist {
-    /// No delay.
-    pub const ZERO: LatencyDist = LatencyDist {
-        mean_ms: 0,
-        jitter_ms: 0,
-    };
-
-    /// Draws a latency.
-    pub fn sample(&self) -> Duration {
-        if self.jitter_ms == 0 {
-            return Duration::from_millis(self.mean_ms);
-        }
-        let lo = self.mean_ms.saturating_sub(self.jitter_ms);
-        let hi = self.mean_ms + self.jitter_ms;
-        Duration::from_millis(rand::rng().random_range(lo..=hi))
-    }
-}
-
-impl FromStr for LatencyDist {
-    type Err = String;
-    /// Parses `4500`, `4500±1500` or `4500+-1500`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (mean, jitter) = match s.split_once('±').or_else(|| s.split_once("+-")) {
-            Some((m, j)) => (m.trim(), j.trim()),
-            None => (s, "0"),
-        };
-        let parse = |x: &str| {
-            x.parse::<u64>()
-                .map_err(|_| format!("invalid latency {s:?}: expected MS or MS±JITTER"))
-        };
-        Ok(Self {
-            mean_ms: parse(mean)?,
-            jitter_ms: parse(jitter)?,
-        })
-    }
-}
-
-impl fmt::Display for LatencyDist {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}±{}", self.mean_ms, self.jitter_ms)
-    }
-}
-
 /// FNV-1a: a stable hash (std's hasher is not stable across releases).
 fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -352,7 +298,7 @@ impl SimulatedVision {
 #[async_trait]
 impl VisionModel for SimulatedVision {
     async fn classify(&self, req: VisionRequest<'_>) -> Result<VisionResult, ModelError> {
-        crate::pipeline::simulate_latency(self.latency.sample()).await;
+        crate::sim::simulate_latency(self.latency.sample()).await;
         Ok(self.classify_now(req.image_url))
     }
 }
@@ -405,34 +351,6 @@ impl Stage for VisionStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn latency_parses() {
-        assert_eq!(
-            "4500±1500".parse::<LatencyDist>(),
-            Ok(LatencyDist {
-                mean_ms: 4500,
-                jitter_ms: 1500
-            })
-        );
-        assert_eq!(
-            "10+-5".parse::<LatencyDist>(),
-            Ok(LatencyDist {
-                mean_ms: 10,
-                jitter_ms: 5
-            })
-        );
-        assert_eq!("0".parse::<LatencyDist>(), Ok(LatencyDist::ZERO));
-        assert!("abc".parse::<LatencyDist>().is_err());
-        for _ in 0..100 {
-            let d = LatencyDist {
-                mean_ms: 100,
-                jitter_ms: 50,
-            }
-            .sample();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150));
-        }
-    }
 
     #[test]
     fn simulator_is_deterministic_and_in_taxonomy() {
