@@ -134,7 +134,7 @@ pub trait Stage: Send + Sync + 'static {
 
 /// A stage with its types erased to JSON, as the engine runs it.
 #[async_trait]
-pub(crate) trait ErasedStage: Send + Sync {
+pub(super) trait ErasedStage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs the stage on JSON input; returns (output, completed-event data).
     async fn run_json(
@@ -144,7 +144,7 @@ pub(crate) trait ErasedStage: Send + Sync {
     ) -> Result<(Value, Value), StageError>;
 }
 
-pub(crate) struct Erased<S>(pub S);
+pub(super) struct Erased<S>(pub S);
 
 #[async_trait]
 impl<S: Stage> ErasedStage for Erased<S> {
