@@ -523,3 +523,102 @@ async fn simulated_latency_decorator_reports_model_ms_and_obeys_the_timeout() {
         other => panic!("expected a timeout dead letter, got {other:?}"),
     }
 }
+
+/// Fails every success hook (e.g. its result store is down).
+struct FailingHooks;
+
+#[async_trait::async_trait]
+impl pipeline_scan::pipeline::JobHooks for FailingHooks {
+    async fn on_success(
+        &self,
+        _job: &pipeline_scan::pipeline::JobInfo,
+        _output: &serde_json::Value,
+    ) -> Result<serde_json::Value, pipeline_scan::pipeline::StageError> {
+        Err(pipeline_scan::pipeline::StageError::retryable(
+            "result store down",
+        ))
+    }
+
+    async fn on_failure(
+        &self,
+        _job: &pipeline_scan::pipeline::JobInfo,
+        _stage: Option<&str>,
+        error: &str,
+    ) -> Result<serde_json::Value, pipeline_scan::pipeline::StageError> {
+        Ok(json!({ "error": error }))
+    }
+}
+
+/// `JobControl` errors are typed: the hook's `StageError` and the
+/// publisher's `PublishError` are kept as sources (not flattened to text),
+/// and `is_transient` tells a retryable cause from a permanent one.
+#[tokio::test]
+async fn job_control_errors_keep_their_typed_source() {
+    use pipeline_scan::pipeline::{ControlError, JobInfo, StageError};
+    use std::error::Error as _;
+
+    let backend = memory();
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        }),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(FailingHooks),
+        config(3),
+    );
+    let info = JobInfo {
+        job_id: job("ctl-hook"),
+        user_id: "u".into(),
+        run: 0,
+    };
+    let err = engine
+        .control()
+        .complete(&info, &json!(1), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ControlError::Hook(StageError::Retryable(_))),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    let source = err.source().expect("source kept");
+    assert_eq!(
+        source.downcast_ref::<StageError>(),
+        Some(&StageError::retryable("result store down"))
+    );
+
+    // An event over the publisher's size limit: a permanent publish error.
+    let tiny = relay_core::Publisher::new(
+        backend.clone(),
+        keys(Profile::Native),
+        relay_core::PublisherConfig {
+            max_event_bytes: 64,
+            ..pipeline_scan::pipeline::publisher_config()
+        },
+    );
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        }),
+        tiny,
+        Arc::new(PlainHooks),
+        config(3),
+    );
+    let err = engine
+        .control()
+        .queued(&job("ctl-big"), json!({ "blob": "x".repeat(1024) }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ControlError::Publish(relay_core::PublishError::TooLarge { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(err
+        .source()
+        .and_then(|s| s.downcast_ref::<relay_core::PublishError>())
+        .is_some());
+}

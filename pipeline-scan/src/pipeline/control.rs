@@ -3,13 +3,55 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::{Domain, Event, JobId, PublishError, Publisher, Status, TraceContext};
+use relay_core::{
+    BackendError, Domain, Event, JobId, PublishError, Publisher, Status, TraceContext,
+    ValidationError,
+};
 use serde_json::Value;
 
 use super::envelope::Envelope;
 use super::hooks::{JobHooks, JobInfo};
 use super::seq::{SeqScheme, QUEUED_STAGE};
+use super::stage::StageError;
 use super::store::{JobStore, TerminalRecord};
+
+/// Why a [`JobControl`] operation (an event, a terminal outcome) failed. The
+/// cause is kept as the error's source. The engine defers the step (retries
+/// it later without consuming an attempt) on any of these; the API answers
+/// 503.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The event could not be built: the job id or the stage name is not a
+    /// valid relay name.
+    #[error("event: {0}")]
+    Event(#[source] ValidationError),
+    /// Publishing the event failed (after a few quick retries when the
+    /// backend error was transient).
+    #[error("event publish: {0}")]
+    Publish(#[source] PublishError),
+    /// The job store (terminal marker, stage records) failed.
+    #[error("job store: {0}")]
+    Store(#[source] BackendError),
+    /// The job's success or failure hook failed (e.g. storing the result).
+    #[error("job hook: {0}")]
+    Hook(#[source] StageError),
+}
+
+impl ControlError {
+    /// Whether trying again later may succeed: a transient backend error
+    /// (connection, timeout, busy) or a retryable hook failure. Invalid
+    /// names, oversized events and permanent backend refusals are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ControlError::Event(_) => false,
+            ControlError::Publish(PublishError::Backend(e)) | ControlError::Store(e) => {
+                e.is_transient()
+            }
+            ControlError::Publish(_) => false,
+            ControlError::Hook(e) => e.is_retryable(),
+        }
+    }
+}
 
 /// Publishes a job's lifecycle events and terminal outcome. Shared by the
 /// engine and the HTTP API (which emits `queued`, and `failed` when the
@@ -30,10 +72,6 @@ impl std::fmt::Debug for JobControl {
             .field("domain", &self.domain)
             .finish_non_exhaustive()
     }
-}
-
-fn backend_err(e: PublishError) -> String {
-    e.to_string()
 }
 
 impl JobControl {
@@ -79,9 +117,9 @@ impl JobControl {
         progress: u8,
         data: Value,
         trace: Option<&str>,
-    ) -> Result<Event, String> {
+    ) -> Result<Event, ControlError> {
         let mut e = Event::new(self.domain.as_str(), job.as_str(), seq, stage, status)
-            .map_err(|e| e.to_string())?
+            .map_err(ControlError::Event)?
             .with_progress(progress)
             .with_data(data);
         if let Some(t) = trace.and_then(|t| TraceContext::parse_traceparent(t).ok()) {
@@ -91,24 +129,26 @@ impl JobControl {
     }
 
     /// Publishes with a few quick retries to ride over a connection blip.
-    async fn publish(&self, event: Event) -> Result<(), String> {
+    async fn publish(&self, event: Event) -> Result<(), ControlError> {
+        const ATTEMPTS: u32 = 4;
         let mut delay = Duration::from_millis(50);
-        for attempt in 0..4 {
+        let mut attempt = 1;
+        loop {
             match self.publisher.publish(&event).await {
                 Ok(_) => return Ok(()),
-                Err(PublishError::Backend(e)) if e.is_transient() && attempt < 3 => {
+                Err(PublishError::Backend(e)) if e.is_transient() && attempt < ATTEMPTS => {
                     tracing::warn!(error = %e, "event publish failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
+                    attempt += 1;
                 }
-                Err(e) => return Err(backend_err(e)),
+                Err(e) => return Err(ControlError::Publish(e)),
             }
         }
-        Err("event publish failed".into())
     }
 
     /// Emits the `queued` event (seq 0, progress 0).
-    pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), String> {
+    pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), ControlError> {
         let e = self.event(
             job,
             self.scheme.queued(),
@@ -127,7 +167,7 @@ impl JobControl {
         name: &str,
         status: Status,
         data: Value,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         let i = env.stage + 1;
         let (seq, progress) = match status {
             Status::Started => (self.scheme.started(i), self.scheme.progress_started(i)),
@@ -156,7 +196,7 @@ impl JobControl {
         job: &JobInfo,
         output: &Value,
         trace: Option<&str>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ControlError> {
         let claimed = self
             .store
             .claim_terminal(
@@ -169,7 +209,7 @@ impl JobControl {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ControlError::Store)?;
         if !claimed.done {
             return Ok(false);
         }
@@ -177,7 +217,7 @@ impl JobControl {
             .hooks
             .on_success(job, output)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ControlError::Hook)?;
         let e = self.event(
             &job.job_id,
             self.scheme.in_run(self.scheme.done(), claimed.run),
@@ -201,7 +241,7 @@ impl JobControl {
         stage: Option<&str>,
         error: &str,
         trace: Option<&str>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, ControlError> {
         let claimed = self
             .store
             .claim_terminal(
@@ -214,7 +254,7 @@ impl JobControl {
                 },
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ControlError::Store)?;
         if claimed.done {
             return Ok(false);
         }
@@ -223,7 +263,7 @@ impl JobControl {
             .hooks
             .on_failure(job, claimed.stage.as_deref(), error)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ControlError::Hook)?;
         let e = self.event(
             &job.job_id,
             self.scheme.in_run(self.scheme.job_failed(), claimed.run),

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::chain::Pipeline;
-use super::control::JobControl;
+use super::control::{ControlError, JobControl};
 use super::envelope::Envelope;
 use super::hooks::{JobHooks, JobInfo};
 use super::retry::RetryPolicy;
@@ -175,8 +175,11 @@ impl Engine {
             .await
     }
 
-    fn defer(&self, env: Envelope, why: &str) -> Disposition {
-        tracing::warn!(job = %env.job_id, stage = env.stage, error = why, "infrastructure failure; step deferred");
+    /// An infrastructure failure (backend, event publish, hook) that is not
+    /// the stage's fault: the step is retried later without consuming an
+    /// attempt.
+    fn defer(&self, env: Envelope, why: &dyn std::error::Error) -> Disposition {
+        tracing::warn!(job = %env.job_id, stage = env.stage, error = %why, "infrastructure failure; step deferred");
         self.count(
             self.stages.get(env.stage).map(|s| s.name()).unwrap_or("?"),
             "deferred",
@@ -217,13 +220,13 @@ impl Engine {
                 };
             }
             Ok(None) => {}
-            Err(e) => return self.defer(env, &e.to_string()),
+            Err(e) => return self.defer(env, &e),
         }
 
         // Redelivery of a completed stage: reuse its recorded output and
         // re-emit its `completed` event (covers a crash between the two).
         let output = match store.completed(&env.job_id, env.stage).await {
-            Err(e) => return self.defer(env, &e.to_string()),
+            Err(e) => return self.defer(env, &e),
             Ok(Some((output, data))) => {
                 tracing::info!("stage already completed; reusing its output");
                 self.count(name, "skipped");
@@ -277,7 +280,7 @@ impl Engine {
                             .record_completed(&env.job_id, env.stage, &output, &data)
                             .await
                         {
-                            return self.defer(env, &e.to_string());
+                            return self.defer(env, &e);
                         }
                         if let Err(e) = self
                             .control
@@ -327,7 +330,7 @@ impl Engine {
         job: &JobInfo,
         rec: TerminalRecord,
         trace: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControlError> {
         if rec.done {
             let last = self.stages.len().saturating_sub(1);
             let Some((output, _)) = self
@@ -335,7 +338,7 @@ impl Engine {
                 .store()
                 .completed(&job.job_id, last)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(ControlError::Store)?
             else {
                 return Ok(());
             };

@@ -62,7 +62,7 @@ mod stage;
 mod store;
 
 pub use chain::Pipeline;
-pub use control::JobControl;
+pub use control::{ControlError, JobControl};
 pub use engine::{Disposition, Engine, EngineConfig};
 pub use envelope::Envelope;
 pub use hooks::{JobHooks, JobInfo, PlainHooks};
