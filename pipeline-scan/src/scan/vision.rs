@@ -34,6 +34,14 @@ pub enum TaxonomyError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The YAML does not parse.
+    #[error("parse {what}: {source}")]
+    Yaml {
+        /// Which document.
+        what: String,
+        /// The parser's error.
+        source: serde_yaml::Error,
+    },
     /// The YAML does not have the expected shape.
     #[error("parse {what}: {reason}")]
     Parse {
@@ -70,19 +78,23 @@ impl Taxonomy {
 
     /// Parses the two YAML documents.
     pub fn parse(items_yaml: &str, tags_yaml: &str) -> Result<Self, TaxonomyError> {
-        let perr = |what: &str, e: &dyn fmt::Display| TaxonomyError::Parse {
+        let perr = |what: &str, reason: &str| TaxonomyError::Parse {
             what: what.into(),
-            reason: e.to_string(),
+            reason: reason.into(),
+        };
+        let yaml = |what: &str| {
+            let what = what.to_owned();
+            move |source| TaxonomyError::Yaml { what, source }
         };
         let items: serde_yaml::Value =
-            serde_yaml::from_str(items_yaml).map_err(|e| perr("item_class_list", &e))?;
+            serde_yaml::from_str(items_yaml).map_err(yaml("item_class_list"))?;
         let root = items
             .get("item_class_list")
             .and_then(|v| v.as_mapping())
             .ok_or_else(|| {
                 perr(
                     "item_class_list",
-                    &"missing top-level item_class_list mapping",
+                    "missing top-level item_class_list mapping",
                 )
             })?;
         let mut entries = Vec::new();
@@ -115,11 +127,11 @@ impl Taxonomy {
             }
         }
         let tags: serde_yaml::Value =
-            serde_yaml::from_str(tags_yaml).map_err(|e| perr("situation_tags", &e))?;
+            serde_yaml::from_str(tags_yaml).map_err(yaml("situation_tags"))?;
         let tags = tags
             .get("situation_tags")
             .and_then(|v| v.as_sequence())
-            .ok_or_else(|| perr("situation_tags", &"missing top-level situation_tags list"))?
+            .ok_or_else(|| perr("situation_tags", "missing top-level situation_tags list"))?
             .iter()
             .filter_map(text)
             .collect();
