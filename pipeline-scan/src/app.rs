@@ -454,12 +454,12 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
             let stop = shutdown.clone();
-            let http = metrics.http().clone();
+            let http = ServeMetrics::new();
             let limits = args.http.config();
             let server = tokio::spawn(async move {
                 http_serve::serve(
                     listener,
-                    metrics_router(metrics),
+                    metrics_router(metrics, http.clone()),
                     limits,
                     http,
                     async move { stop.cancelled().await },

@@ -104,20 +104,21 @@ pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
         .route("/healthz", get(|| async { "ok" }))
 }
 
-/// `/metrics` (Prometheus text) and `/healthz`.
-pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
+/// `/metrics` (Prometheus text: the worker's metrics, then its listener's
+/// `pipeline_scan_http_*`) and `/healthz`, for the `worker` listener.
+pub fn metrics_router(metrics: Arc<Metrics>, http: ServeMetrics) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = metrics.clone();
+                let (m, http) = (metrics.clone(), http.clone());
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        m.render(),
+                        http.append_to(m.render(), HTTP_METRICS_PREFIX),
                     )
                 }
             }),
