@@ -52,12 +52,11 @@ async fn deployment() -> Target {
         keys.clone(),
         pipeline_scan::pipeline::publisher_config(),
     );
-    let models = ScanModels::simulated(LatencyDist {
+    let mut models = ScanModels::simulated(LatencyDist {
         mean_ms: 40,
         jitter_ms: 10,
     });
-    let mut config = scan::engine_config();
-    config.simulated_latency = vec![
+    models.stage_latency = vec![
         (
             "rule".into(),
             LatencyDist {
@@ -83,7 +82,7 @@ async fn deployment() -> Target {
     let (_engine, transport) = pipeline_scan::app::start_in_process(
         publisher.clone(),
         &models,
-        config,
+        scan::engine_config(),
         InProcessConfig {
             capacity: 4096,
             concurrency: 1024,

@@ -68,7 +68,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::image_url::{self, ImageUrlError, ImageUrlPolicy};
-use crate::pipeline::{Envelope, JobControl, JobStore};
+use crate::pipeline::{ControlError, Envelope, JobControl, JobStore};
 use crate::scan::{self, ScanHooks, ScanRequest};
 use crate::transport::Transport;
 
@@ -490,7 +490,7 @@ async fn submit(
                 .queued(&job, json!({ "image_url": req.image_url }))
                 .await
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(ControlError::Store(e)),
     };
     if let Err(e) = queued {
         forget_idem(api.clone(), idem_key).await;

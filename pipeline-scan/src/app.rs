@@ -3,59 +3,33 @@
 //! subcommands.
 //!
 //! The building blocks are public so other entry points (the all-in-one
-//! demo) compose the same parts: [`scan_models`] (models from flags),
-//! [`start_in_process`] (engine + in-process workers),
-//! [`ScanApi`] (the HTTP routes) and [`metrics_router`].
+//! demo) compose the same parts: [`scan_models`] (models from flags), and
+//! from [`crate::wiring`] (re-exported here) [`start_in_process`] (engine +
+//! in-process workers) and [`metrics_router`]; [`ScanApi`] is the HTTP routes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use relay_core::cli::{ConnectionArgs, LogFormat};
 use relay_core::http_serve::{self, HttpServeArgs, ServeMetrics};
-use relay_core::{Backend, Publisher};
+use relay_core::Publisher;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiConfig, ScanApi};
 use crate::metrics::Metrics;
-use crate::pipeline::{Engine, EngineConfig, JobStore, RetryPolicy};
+use crate::pipeline::{JobStore, RetryPolicy};
 use crate::scan::openai::{OpenAiClient, OpenAiConfig};
-use crate::scan::vision::TaxonomyError;
 use crate::scan::{
     self, AnswerModel, LatencyDist, OpenAiAnswer, OpenAiVision, RuleSet, ScanModels,
     SimulatedAnswer, SimulatedVision, Taxonomy, TemplateAnswer, VisionModel,
 };
 use crate::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Dlq, Topology};
-use crate::transport::inprocess::{InProcess, InProcessConfig};
-
-/// Why the binary stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// Bad flag values.
-    #[error("config: {0}")]
-    Config(String),
-    /// Backend connection failed.
-    #[error("backend: {0}")]
-    Backend(#[from] relay_core::BackendError),
-    /// Broker failure.
-    #[error(transparent)]
-    Amqp(#[from] crate::transport::amqp::AmqpError),
-    /// Rules failed to load.
-    #[error(transparent)]
-    Rules(#[from] crate::scan::rules::RulesError),
-    /// Taxonomy failed to load.
-    #[error(transparent)]
-    Taxonomy(#[from] TaxonomyError),
-    /// Model client setup failed.
-    #[error(transparent)]
-    Model(#[from] crate::scan::openai::ModelError),
-    /// Listening or serving failed.
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
-}
+pub use crate::wiring::{
+    api_ops_router, metrics_router, scan_engine, start_in_process, AppError, HTTP_METRICS_PREFIX,
+};
 
 /// `pipeline-scan`: the scan pipeline's API, workers and DLQ tool.
 #[derive(Debug, Parser)]
@@ -389,83 +363,8 @@ pub fn scan_models(args: &ModelArgs) -> Result<ScanModels, AppError> {
         vision,
         rules,
         answer,
+        stage_latency: Vec::new(),
     })
-}
-
-/// The scan engine on `backend` with the connection's key space.
-pub fn scan_engine(
-    backend: Arc<dyn Backend>,
-    connection: &ConnectionArgs,
-    models: &ScanModels,
-    config: EngineConfig,
-) -> Engine {
-    let publisher = Publisher::new(
-        backend,
-        connection.key_space(),
-        crate::pipeline::publisher_config(),
-    );
-    scan::engine(models, publisher, config)
-}
-
-/// Starts the scan engine with in-process workers (the embedded mode the
-/// demo uses with a `MemoryBackend`): returns the engine and the transport,
-/// which is also what [`ScanApi`] submits to.
-pub fn start_in_process(
-    publisher: Publisher,
-    models: &ScanModels,
-    config: EngineConfig,
-    transport: InProcessConfig,
-) -> (Arc<Engine>, InProcess) {
-    let engine = Arc::new(scan::engine(models, publisher, config));
-    let inprocess = InProcess::start(engine.clone(), transport);
-    (engine, inprocess)
-}
-
-/// Prefix of the listener metrics of every `pipeline-scan` listener
-/// (`pipeline_scan_http_*`, see [`relay_core::http_serve`]).
-pub const HTTP_METRICS_PREFIX: &str = "pipeline_scan";
-
-/// `/metrics` (the listener's `pipeline_scan_http_*`) and `/healthz`, for
-/// the `api` listener.
-pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let http = http.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        http.render(HTTP_METRICS_PREFIX),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-}
-
-/// `/metrics` (Prometheus text) and `/healthz`.
-pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
-    axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
 }
 
 /// Runs the parsed command until it finishes or a shutdown signal arrives.
@@ -532,7 +431,9 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             Ok(())
         }
         Command::Worker(args) => {
-            let models = scan_models(&args.models)?;
+            let mut models = scan_models(&args.models)?;
+            models.stage_latency =
+                pairs::<LatencyDist>(&args.sim_stage_latency_ms, "--sim-stage-latency-ms")?;
             let mut config = scan::engine_config();
             config.retry = cli.pipeline.retry();
             config.stage_timeout = Duration::from_secs(args.stage_timeout_secs.max(1));
@@ -540,8 +441,6 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 .into_iter()
                 .map(|(k, v)| (k, Duration::from_secs(v.max(1))))
                 .collect();
-            config.simulated_latency =
-                pairs::<LatencyDist>(&args.sim_stage_latency_ms, "--sim-stage-latency-ms")?;
             let metrics = Arc::new(Metrics::new());
             let engine = Arc::new(
                 scan_engine(backend, &cli.connection, &models, config)
@@ -555,12 +454,12 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
             let stop = shutdown.clone();
-            let http = metrics.http().clone();
+            let http = ServeMetrics::new();
             let limits = args.http.config();
             let server = tokio::spawn(async move {
                 http_serve::serve(
                     listener,
-                    metrics_router(metrics),
+                    metrics_router(metrics, http.clone()),
                     limits,
                     http,
                     async move { stop.cancelled().await },

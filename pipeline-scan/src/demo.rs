@@ -36,11 +36,11 @@ use relay_sse::{Gateway, GatewayOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiConfig, ScanApi};
-use crate::app::{start_in_process, AppError, HTTP_METRICS_PREFIX};
 use crate::scan::{
     self, LatencyDist, RuleSet, ScanModels, SimulatedAnswer, SimulatedVision, Taxonomy,
 };
 use crate::transport::inprocess::InProcessConfig;
+use crate::wiring::{start_in_process, AppError, HTTP_METRICS_PREFIX};
 
 /// The demo page served at `/`.
 pub const PAGE: &str = include_str!("../static/demo.html");
@@ -73,6 +73,7 @@ pub fn models(config: &DemoConfig) -> ScanModels {
         )),
         rules: config.rules.clone(),
         answer: Arc::new(SimulatedAnswer::new(config.answer_latency)),
+        stage_latency: Vec::new(),
     }
 }
 
@@ -107,7 +108,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
             ..GatewayOptions::default()
         },
     )
-    .map_err(|e| AppError::Config(e.to_string()))?;
+    .map_err(AppError::Gateway)?;
 
     // 3. Workers and API on the in-process transport.
     let publisher = Publisher::new(

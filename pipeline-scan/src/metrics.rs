@@ -9,7 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use relay_core::http_serve::ServeMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageOutcome {
@@ -32,8 +31,9 @@ fn stage_histogram() -> Histogram {
 }
 
 /// Worker metrics: stage outcomes and durations, job outcomes, transport
-/// reconnects, dead-lettered messages, in-flight steps, and the metrics
-/// listener's connection limits.
+/// reconnects, dead-lettered messages, in-flight steps. (The `pipeline-scan
+/// worker` binary appends its metrics listener's `pipeline_scan_http_*` to
+/// [`render`](Self::render)'s text.)
 pub struct Metrics {
     registry: Mutex<Registry>,
     stage_outcomes: Family<StageOutcome, Counter>,
@@ -42,7 +42,6 @@ pub struct Metrics {
     reconnects: Counter,
     dead_lettered: Counter,
     in_flight: Gauge,
-    http: ServeMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -96,8 +95,6 @@ impl Metrics {
             "Steps currently running",
             in_flight.clone(),
         );
-        let http = ServeMetrics::new();
-        http.register(&mut registry);
         Self {
             registry: Mutex::new(registry),
             stage_outcomes,
@@ -106,13 +103,7 @@ impl Metrics {
             reconnects,
             dead_lettered,
             in_flight,
-            http,
         }
-    }
-
-    /// The metrics listener's own counters (`pipeline_scan_http_*`).
-    pub fn http(&self) -> &ServeMetrics {
-        &self.http
     }
 
     /// Counts a stage outcome.

@@ -270,3 +270,28 @@ async fn openai_answer_parses_and_flags_missing_rules() {
         .unwrap();
     assert_eq!(without.insufficiencies, [NO_MATCHING_RULES]);
 }
+
+/// Nothing listens: a connection error, retryable for the stage, with the
+/// HTTP client's error kept as its source (not flattened to text).
+#[tokio::test]
+async fn connection_failure_keeps_the_http_error_as_source() {
+    use std::error::Error as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let v = vision(client(
+        &format!("http://127.0.0.1:{port}/v1"),
+        Duration::from_secs(5),
+        0,
+    ));
+    let err = v
+        .classify(req("https://img.example.com/a.jpg"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Connection(_)), "{err:?}");
+    assert!(err
+        .source()
+        .and_then(|s| s.downcast_ref::<reqwest::Error>())
+        .is_some_and(|e| e.is_connect()));
+    assert!(StageError::from(err).is_retryable());
+}

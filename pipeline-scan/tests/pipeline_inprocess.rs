@@ -444,3 +444,181 @@ async fn many_concurrent_jobs_all_complete() {
     }
     transport.shutdown().await;
 }
+
+/// A stage whose output (and `completed` data) is a JSON object.
+struct Describe;
+
+#[async_trait::async_trait]
+impl pipeline_scan::pipeline::Stage for Describe {
+    type Input = Num;
+    type Output = serde_json::Value;
+    const NAME: &'static str = "describe";
+    async fn run(
+        &self,
+        _ctx: &pipeline_scan::pipeline::StageContext,
+        input: Num,
+    ) -> Result<serde_json::Value, pipeline_scan::pipeline::StageError> {
+        Ok(json!({ "n": input.0 }))
+    }
+}
+
+/// The `SimulatedLatency` decorator is an ordinary stage to the engine: same
+/// name and types as the stage it wraps, its sleep reported as `model_ms` in
+/// the `completed` data, and cut off by the stage timeout like any work.
+#[tokio::test]
+async fn simulated_latency_decorator_reports_model_ms_and_obeys_the_timeout() {
+    use pipeline_scan::sim::{LatencyDist, SimulatedLatency};
+    let backend = memory();
+    let ms = |mean_ms| LatencyDist {
+        mean_ms,
+        jitter_ms: 0,
+    };
+    let pipeline = Pipeline::new(SimulatedLatency::new(
+        AddOne {
+            runs: Arc::default(),
+        },
+        ms(5),
+    ))
+    .then(SimulatedLatency::new(Describe, ms(25)));
+    assert_eq!(pipeline.stage_names(), ["add", "describe"]);
+    let engine = Arc::new(Engine::new(
+        pipeline,
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        config(3),
+    ));
+    let transport = InProcess::start(engine.clone(), InProcessConfig::default());
+    let id = job("simlat");
+    transport
+        .submit(Envelope::first(id.clone(), "u", json!(1)))
+        .await
+        .unwrap();
+    assert_eq!(wait_terminal(&store(&engine), &id, WAIT).await, Some(true));
+    let evs = wait_done_event(&backend, &keys(Profile::Native), &id, WAIT).await;
+    let completed = |stage: &str| {
+        evs.iter()
+            .find(|e| e.stage.as_str() == stage && e.status == Status::Completed)
+            .map(|e| e.data.clone())
+            .expect("completed event")
+    };
+    // A number is not an object: nothing to add `model_ms` to.
+    assert_eq!(completed("add"), json!(2));
+    assert_eq!(completed("describe"), json!({ "n": 2, "model_ms": 25 }));
+    transport.shutdown().await;
+
+    // The decorator's sleep runs inside the stage timeout.
+    let mut short = config(1);
+    short.stage_timeout = Duration::from_millis(20);
+    let engine = Engine::new(
+        Pipeline::new(SimulatedLatency::new(Describe, ms(60_000))),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(PlainHooks),
+        short,
+    );
+    let d = engine
+        .process(Envelope::first(job("simlat-timeout"), "u", json!(1)))
+        .await;
+    match d {
+        Disposition::DeadLetter { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
+        other => panic!("expected a timeout dead letter, got {other:?}"),
+    }
+}
+
+/// Fails every success hook (e.g. its result store is down).
+struct FailingHooks;
+
+#[async_trait::async_trait]
+impl pipeline_scan::pipeline::JobHooks for FailingHooks {
+    async fn on_success(
+        &self,
+        _job: &pipeline_scan::pipeline::JobInfo,
+        _output: &serde_json::Value,
+    ) -> Result<serde_json::Value, pipeline_scan::pipeline::StageError> {
+        Err(pipeline_scan::pipeline::StageError::retryable(
+            "result store down",
+        ))
+    }
+
+    async fn on_failure(
+        &self,
+        _job: &pipeline_scan::pipeline::JobInfo,
+        _stage: Option<&str>,
+        error: &str,
+    ) -> Result<serde_json::Value, pipeline_scan::pipeline::StageError> {
+        Ok(json!({ "error": error }))
+    }
+}
+
+/// `JobControl` errors are typed: the hook's `StageError` and the
+/// publisher's `PublishError` are kept as sources (not flattened to text),
+/// and `is_transient` tells a retryable cause from a permanent one.
+#[tokio::test]
+async fn job_control_errors_keep_their_typed_source() {
+    use pipeline_scan::pipeline::{ControlError, JobInfo, StageError};
+    use std::error::Error as _;
+
+    let backend = memory();
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        }),
+        publisher(backend.clone(), Profile::Native),
+        Arc::new(FailingHooks),
+        config(3),
+    );
+    let info = JobInfo {
+        job_id: job("ctl-hook"),
+        user_id: "u".into(),
+        run: 0,
+    };
+    let err = engine
+        .control()
+        .complete(&info, &json!(1), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ControlError::Hook(StageError::Retryable(_))),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+    let source = err.source().expect("source kept");
+    assert_eq!(
+        source.downcast_ref::<StageError>(),
+        Some(&StageError::retryable("result store down"))
+    );
+
+    // An event over the publisher's size limit: a permanent publish error.
+    let tiny = relay_core::Publisher::new(
+        backend.clone(),
+        keys(Profile::Native),
+        relay_core::PublisherConfig {
+            max_event_bytes: 64,
+            ..pipeline_scan::pipeline::publisher_config()
+        },
+    );
+    let engine = Engine::new(
+        Pipeline::new(AddOne {
+            runs: Arc::default(),
+        }),
+        tiny,
+        Arc::new(PlainHooks),
+        config(3),
+    );
+    let err = engine
+        .control()
+        .queued(&job("ctl-big"), json!({ "blob": "x".repeat(1024) }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ControlError::Publish(relay_core::PublishError::TooLarge { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(err
+        .source()
+        .and_then(|s| s.downcast_ref::<relay_core::PublishError>())
+        .is_some());
+}

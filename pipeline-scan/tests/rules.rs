@@ -181,3 +181,31 @@ fn template_answer_composes_rules_and_reports_missing_ones() {
     assert_eq!(a2.disposal_steps.len(), 3);
     assert!(a2.user_answer.contains("비우고"));
 }
+
+/// Unparseable data files report the parser's error as the source.
+#[test]
+fn unparseable_rules_and_taxonomy_keep_the_parser_error_as_source() {
+    use pipeline_scan::scan::rules::RulesError;
+    use pipeline_scan::scan::vision::TaxonomyError;
+    use std::error::Error as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.json"), "{ not json").unwrap();
+    let err = RuleSet::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, RulesError::Json { .. }), "{err:?}");
+    assert!(err
+        .source()
+        .is_some_and(|s| s.downcast_ref::<serde_json::Error>().is_some()));
+
+    std::fs::write(dir.path().join("broken.json"), "[1, 2]").unwrap();
+    let err = RuleSet::load_dir(dir.path()).unwrap_err();
+    assert!(matches!(err, RulesError::Parse { .. }), "{err:?}");
+
+    let err = Taxonomy::parse("item_class_list: [unclosed", "situation_tags: []").unwrap_err();
+    assert!(matches!(err, TaxonomyError::Yaml { .. }), "{err:?}");
+    assert!(err
+        .source()
+        .is_some_and(|s| s.downcast_ref::<serde_yaml::Error>().is_some()));
+    let err = Taxonomy::parse("other: {}", "situation_tags: []").unwrap_err();
+    assert!(matches!(err, TaxonomyError::Parse { .. }), "{err:?}");
+}

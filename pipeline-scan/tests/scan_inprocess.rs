@@ -188,6 +188,7 @@ async fn eco2_mode_uses_eco2_data_and_wire_seqs() {
         vision: Arc::new(SimulatedVision::new(taxonomy.clone(), LatencyDist::ZERO)),
         rules: Arc::new(RuleSet::load_dir(&a.join("source")).unwrap()),
         answer: Arc::new(TemplateAnswer),
+        stage_latency: Vec::new(),
     };
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Eco2),
@@ -305,4 +306,53 @@ async fn reward_rerun_by_the_same_job_reports_the_same_grant() {
         .unwrap()
         .reward
         .is_none());
+}
+
+/// Simulated model time reaches each stage's `completed` data as `model_ms`:
+/// the simulators' own sleeps (vision) and the per-stage extra latency
+/// (`--sim-stage-latency-ms`, here on `rule`); stages without simulated
+/// time carry none.
+#[tokio::test]
+async fn simulated_model_time_is_reported_as_model_ms_per_stage() {
+    let backend = memory();
+    let mut models = ScanModels::simulated(LatencyDist {
+        mean_ms: 30,
+        jitter_ms: 0,
+    });
+    models.stage_latency = vec![(
+        "rule".into(),
+        LatencyDist {
+            mean_ms: 20,
+            jitter_ms: 0,
+        },
+    )];
+    let (engine, transport) = start_in_process(
+        publisher(backend.clone(), Profile::Native),
+        &models,
+        scan::engine_config(),
+        InProcessConfig::default(),
+    );
+    let job = submit(
+        engine.control(),
+        &transport,
+        "user-ms",
+        "https://images.example.com/bottle-3.jpg",
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(engine.control().store(), &job, WAIT).await,
+        Some(true)
+    );
+    let evs = wait_done_event(&backend, &keys(Profile::Native), &job, WAIT).await;
+    let model_ms = |stage: &str| {
+        evs.iter()
+            .find(|e| e.stage.as_str() == stage && e.status.to_string() == "completed")
+            .map(|e| e.data.get("model_ms").cloned())
+            .expect("completed event")
+    };
+    assert_eq!(model_ms("vision"), Some(json!(30)));
+    assert_eq!(model_ms("rule"), Some(json!(20)));
+    assert_eq!(model_ms("answer"), None);
+    assert_eq!(model_ms("reward"), None);
+    transport.shutdown().await;
 }

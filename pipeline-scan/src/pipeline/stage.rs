@@ -114,11 +114,27 @@ pub trait Stage: Send + Sync + 'static {
     fn event_data(output: &Self::Output) -> Value {
         serde_json::to_value(output).unwrap_or(Value::Null)
     }
+
+    /// Runs the stage and returns its output with the `data` of its
+    /// `completed` event: what the engine calls. The default runs
+    /// [`run`](Self::run) and derives the data with
+    /// [`event_data`](Self::event_data); a decorator overrides it to add facts
+    /// about the run that are not part of the output (e.g.
+    /// [`SimulatedLatency`](crate::sim::SimulatedLatency) adds `model_ms`).
+    async fn run_with_data(
+        &self,
+        ctx: &StageContext,
+        input: Self::Input,
+    ) -> Result<(Self::Output, Value), StageError> {
+        let output = self.run(ctx, input).await?;
+        let data = Self::event_data(&output);
+        Ok((output, data))
+    }
 }
 
 /// A stage with its types erased to JSON, as the engine runs it.
 #[async_trait]
-pub(crate) trait ErasedStage: Send + Sync {
+pub(super) trait ErasedStage: Send + Sync {
     fn name(&self) -> &'static str;
     /// Runs the stage on JSON input; returns (output, completed-event data).
     async fn run_json(
@@ -128,7 +144,7 @@ pub(crate) trait ErasedStage: Send + Sync {
     ) -> Result<(Value, Value), StageError>;
 }
 
-pub(crate) struct Erased<S>(pub S);
+pub(super) struct Erased<S>(pub S);
 
 #[async_trait]
 impl<S: Stage> ErasedStage for Erased<S> {
@@ -143,8 +159,7 @@ impl<S: Stage> ErasedStage for Erased<S> {
     ) -> Result<(Value, Value), StageError> {
         let input: S::Input = serde_json::from_value(input)
             .map_err(|e| StageError::fatal(format!("invalid input for stage {}: {e}", S::NAME)))?;
-        let output = self.0.run(ctx, input).await?;
-        let data = S::event_data(&output);
+        let (output, data) = self.0.run_with_data(ctx, input).await?;
         let value = serde_json::to_value(&output).map_err(|e| {
             StageError::fatal(format!("stage {} output not serializable: {e}", S::NAME))
         })?;

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::openai::{ModelError, OpenAiClient};
 use super::rules::RuleDoc;
 use super::types::{Answered, FinalAnswer, Ruled, VisionResult};
-use super::vision::LatencyDist;
 use crate::pipeline::{Stage, StageContext, StageError};
+use crate::sim::LatencyDist;
 
 /// The shortcoming reported when no rule document matched.
 pub const NO_MATCHING_RULES: &str = "no_matching_rules";
@@ -133,7 +133,7 @@ impl SimulatedAnswer {
 #[async_trait]
 impl AnswerModel for SimulatedAnswer {
     async fn answer(&self, req: AnswerRequest<'_>) -> Result<FinalAnswer, ModelError> {
-        crate::pipeline::simulate_latency(self.latency.sample()).await;
+        crate::sim::simulate_latency(self.latency.sample()).await;
         Ok(TemplateAnswer::compose(&req))
     }
 }

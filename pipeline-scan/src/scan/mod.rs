@@ -3,6 +3,12 @@
 //! [`pipeline`] builds the typed pipeline from the models and the rule set;
 //! [`ScanHooks`] stores the done result at `scan:result:{job}` (TTL 3600 s)
 //! before the `done` event and a failure result before the terminal `failed`.
+//!
+//! Every scan stage runs inside a [`SimulatedLatency`] decorator: it adds the
+//! configured simulated latency of the stage ([`ScanModels::stage_latency`],
+//! `--sim-stage-latency-ms`; none by default) and reports the simulated
+//! model time of the run (the simulators' sleeps included) as `model_ms` in
+//! the stage's `completed` event data.
 
 pub mod answer;
 pub mod openai;
@@ -19,7 +25,8 @@ use bytes::Bytes;
 use relay_core::{Backend, Domain, JobId, Publisher};
 use serde_json::Value;
 
-use crate::pipeline::{Engine, EngineConfig, JobHooks, JobInfo, Pipeline, StageError};
+use crate::pipeline::{Engine, EngineConfig, JobHooks, JobInfo, Pipeline, Stage, StageError};
+use crate::sim::SimulatedLatency;
 pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, SimulatedAnswer, TemplateAnswer};
 pub use reward::RewardStage;
 pub use rules::{RuleSet, RuleStage};
@@ -54,12 +61,17 @@ pub struct ScanModels {
     pub rules: Arc<RuleSet>,
     /// The answer writer.
     pub answer: Arc<dyn AnswerModel>,
+    /// Simulated extra latency per stage name (load tests: a stand-in for
+    /// model or database time), added by the stage's [`SimulatedLatency`]
+    /// decorator and counted in its `model_ms`. Empty: none.
+    pub stage_latency: Vec<(String, LatencyDist)>,
 }
 
 impl std::fmt::Debug for ScanModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScanModels")
             .field("rules", &self.rules.len())
+            .field("stage_latency", &self.stage_latency)
             .finish_non_exhaustive()
     }
 }
@@ -75,16 +87,32 @@ impl ScanModels {
             )),
             rules: Arc::new(RuleSet::default_dataset()),
             answer: Arc::new(TemplateAnswer),
+            stage_latency: Vec::new(),
         }
+    }
+
+    /// The simulated extra latency of stage `name` ([`LatencyDist::ZERO`]
+    /// when none is configured).
+    pub fn latency_of(&self, name: &str) -> LatencyDist {
+        self.stage_latency
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| *l)
+            .unwrap_or(LatencyDist::ZERO)
+    }
+
+    fn decorated<S: Stage>(&self, stage: S) -> SimulatedLatency<S> {
+        SimulatedLatency::new(stage, self.latency_of(S::NAME))
     }
 }
 
-/// The typed scan pipeline.
+/// The typed scan pipeline, each stage in its [`SimulatedLatency`]
+/// decorator (see the module docs).
 pub fn pipeline(models: &ScanModels) -> Pipeline<ScanRequest, ScanOutcome> {
-    Pipeline::new(VisionStage::new(models.vision.clone()))
-        .then(RuleStage::new(models.rules.clone()))
-        .then(AnswerStage::new(models.answer.clone()))
-        .then(RewardStage)
+    Pipeline::new(models.decorated(VisionStage::new(models.vision.clone())))
+        .then(models.decorated(RuleStage::new(models.rules.clone())))
+        .then(models.decorated(AnswerStage::new(models.answer.clone())))
+        .then(models.decorated(RewardStage))
 }
 
 /// Stores the job result before the terminal event (see the module docs).

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 
 use crate::pipeline::StageError;
 
-/// Why a model call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a model call failed. Compares equal by kind and data (a connection
+/// failure by its message: the HTTP client's error has no equality).
+#[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The request timed out (after retries).
     #[error("model request timed out")]
@@ -33,13 +34,36 @@ pub enum ModelError {
         /// Body excerpt.
         body: String,
     },
-    /// Transport failure (connect, reset).
+    /// Transport failure (connect, reset, client setup), the HTTP client's
+    /// error as source.
     #[error("model connection: {0}")]
-    Connection(String),
+    Connection(#[source] reqwest::Error),
     /// The response does not have the expected shape.
     #[error("malformed model response: {0}")]
     Malformed(String),
 }
+
+impl PartialEq for ModelError {
+    fn eq(&self, other: &Self) -> bool {
+        use ModelError::*;
+        match (self, other) {
+            (Timeout, Timeout) | (RateLimited, RateLimited) => true,
+            (Server(a), Server(b)) => a == b,
+            (
+                Rejected { status, body },
+                Rejected {
+                    status: s2,
+                    body: b2,
+                },
+            ) => status == s2 && body == b2,
+            (Connection(a), Connection(b)) => a.to_string() == b.to_string(),
+            (Malformed(a), Malformed(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ModelError {}
 
 impl ModelError {
     /// Whether a later attempt may succeed.
@@ -106,7 +130,7 @@ impl OpenAiClient {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()
-            .map_err(|e| ModelError::Connection(e.to_string()))?;
+            .map_err(ModelError::Connection)?;
         Ok(Self { http, config })
     }
 
@@ -158,7 +182,7 @@ impl OpenAiClient {
         if let Some(key) = &self.config.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| (classify_reqwest(&e), None))?;
+        let resp = req.send().await.map_err(|e| (classify_reqwest(e), None))?;
         let status = resp.status();
         if status.as_u16() == 429 || status.is_server_error() {
             let retry_after = resp
@@ -174,10 +198,7 @@ impl OpenAiClient {
             };
             return Err((err, retry_after));
         }
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| (classify_reqwest(&e), None))?;
+        let text = resp.text().await.map_err(|e| (classify_reqwest(e), None))?;
         if !status.is_success() {
             return Err((
                 ModelError::Rejected {
@@ -191,11 +212,11 @@ impl OpenAiClient {
     }
 }
 
-fn classify_reqwest(e: &reqwest::Error) -> ModelError {
+fn classify_reqwest(e: reqwest::Error) -> ModelError {
     if e.is_timeout() {
         ModelError::Timeout
     } else {
-        ModelError::Connection(e.to_string())
+        ModelError::Connection(e)
     }
 }
 

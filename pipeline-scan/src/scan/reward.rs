@@ -10,12 +10,10 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use super::rules::DEFAULT_POINTS;
 use super::rules::{CharacterInfo, RuleDoc};
 use super::types::{Answered, Reward, ScanOutcome};
 use crate::pipeline::{Stage, StageContext, StageError};
-
-/// Points of a character whose rule document does not name any.
-pub const DEFAULT_POINTS: u32 = 10;
 
 /// The reward key of a (user, character).
 pub fn reward_key(user: &str, character: &str) -> String {

@@ -37,7 +37,15 @@ pub enum RulesError {
         /// The cause.
         source: std::io::Error,
     },
-    /// A document is not valid JSON or not an object.
+    /// A document is not valid JSON.
+    #[error("parse {path}: {source}")]
+    Json {
+        /// The path.
+        path: String,
+        /// The parser's error.
+        source: serde_json::Error,
+    },
+    /// A document is not a JSON object.
     #[error("parse {path}: {reason}")]
     Parse {
         /// The path.
@@ -111,9 +119,9 @@ impl RuleSet {
                 continue;
             };
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| RulesError::Parse {
+            let v: Value = serde_json::from_str(&text).map_err(|source| RulesError::Json {
                 path: path.display().to_string(),
-                reason: e.to_string(),
+                source,
             })?;
             if !v.is_object() {
                 return Err(RulesError::Parse {
@@ -177,8 +185,13 @@ pub struct CharacterInfo {
     pub points: u32,
 }
 
+/// Points of a character whose rule document does not name any. Defined
+/// here, with the rule documents that carry points; the reward stage (which
+/// grants them) re-exports it.
+pub const DEFAULT_POINTS: u32 = 10;
+
 fn default_points() -> u32 {
-    super::reward::DEFAULT_POINTS
+    DEFAULT_POINTS
 }
 
 /// A rule document normalized from either format, for the answer composer

@@ -12,17 +12,16 @@
 
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::Rng;
 use serde_json::json;
 
 use super::openai::{ModelError, OpenAiClient};
 use super::types::{Classification, Classified, ScanRequest, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
+/// Re-exported from [`crate::sim`], where the simulators' latency lives.
+pub use crate::sim::LatencyDist;
 
 /// Errors loading taxonomy files.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +33,14 @@ pub enum TaxonomyError {
         path: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The YAML does not parse.
+    #[error("parse {what}: {source}")]
+    Yaml {
+        /// Which document.
+        what: String,
+        /// The parser's error.
+        source: serde_yaml::Error,
     },
     /// The YAML does not have the expected shape.
     #[error("parse {what}: {reason}")]
@@ -71,19 +78,23 @@ impl Taxonomy {
 
     /// Parses the two YAML documents.
     pub fn parse(items_yaml: &str, tags_yaml: &str) -> Result<Self, TaxonomyError> {
-        let perr = |what: &str, e: &dyn fmt::Display| TaxonomyError::Parse {
+        let perr = |what: &str, reason: &str| TaxonomyError::Parse {
             what: what.into(),
-            reason: e.to_string(),
+            reason: reason.into(),
+        };
+        let yaml = |what: &str| {
+            let what = what.to_owned();
+            move |source| TaxonomyError::Yaml { what, source }
         };
         let items: serde_yaml::Value =
-            serde_yaml::from_str(items_yaml).map_err(|e| perr("item_class_list", &e))?;
+            serde_yaml::from_str(items_yaml).map_err(yaml("item_class_list"))?;
         let root = items
             .get("item_class_list")
             .and_then(|v| v.as_mapping())
             .ok_or_else(|| {
                 perr(
                     "item_class_list",
-                    &"missing top-level item_class_list mapping",
+                    "missing top-level item_class_list mapping",
                 )
             })?;
         let mut entries = Vec::new();
@@ -116,11 +127,11 @@ impl Taxonomy {
             }
         }
         let tags: serde_yaml::Value =
-            serde_yaml::from_str(tags_yaml).map_err(|e| perr("situation_tags", &e))?;
+            serde_yaml::from_str(tags_yaml).map_err(yaml("situation_tags"))?;
         let tags = tags
             .get("situation_tags")
             .and_then(|v| v.as_sequence())
-            .ok_or_else(|| perr("situation_tags", &"missing top-level situation_tags list"))?
+            .ok_or_else(|| perr("situation_tags", "missing top-level situation_tags list"))?
             .iter()
             .filter_map(text)
             .collect();
@@ -206,59 +217,6 @@ impl VisionModel for OpenAiVision {
         ]);
         let v = self.client.chat_json(messages, req.model).await?;
         serde_json::from_value(v).map_err(|e| ModelError::Malformed(format!("classification: {e}")))
-    }
-}
-
-/// A latency distribution `mean±jitter` milliseconds (uniform).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LatencyDist {
-    /// Mean, ms.
-    pub mean_ms: u64,
-    /// Half-width of the uniform range, ms.
-    pub jitter_ms: u64,
-}
-
-impl LatencyDist {
-    /// No delay.
-    pub const ZERO: LatencyDist = LatencyDist {
-        mean_ms: 0,
-        jitter_ms: 0,
-    };
-
-    /// Draws a latency.
-    pub fn sample(&self) -> Duration {
-        if self.jitter_ms == 0 {
-            return Duration::from_millis(self.mean_ms);
-        }
-        let lo = self.mean_ms.saturating_sub(self.jitter_ms);
-        let hi = self.mean_ms + self.jitter_ms;
-        Duration::from_millis(rand::rng().random_range(lo..=hi))
-    }
-}
-
-impl FromStr for LatencyDist {
-    type Err = String;
-    /// Parses `4500`, `4500±1500` or `4500+-1500`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (mean, jitter) = match s.split_once('±').or_else(|| s.split_once("+-")) {
-            Some((m, j)) => (m.trim(), j.trim()),
-            None => (s, "0"),
-        };
-        let parse = |x: &str| {
-            x.parse::<u64>()
-                .map_err(|_| format!("invalid latency {s:?}: expected MS or MS±JITTER"))
-        };
-        Ok(Self {
-            mean_ms: parse(mean)?,
-            jitter_ms: parse(jitter)?,
-        })
-    }
-}
-
-impl fmt::Display for LatencyDist {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}±{}", self.mean_ms, self.jitter_ms)
     }
 }
 
@@ -352,7 +310,7 @@ impl SimulatedVision {
 #[async_trait]
 impl VisionModel for SimulatedVision {
     async fn classify(&self, req: VisionRequest<'_>) -> Result<VisionResult, ModelError> {
-        crate::pipeline::simulate_latency(self.latency.sample()).await;
+        crate::sim::simulate_latency(self.latency.sample()).await;
         Ok(self.classify_now(req.image_url))
     }
 }
@@ -405,34 +363,6 @@ impl Stage for VisionStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn latency_parses() {
-        assert_eq!(
-            "4500±1500".parse::<LatencyDist>(),
-            Ok(LatencyDist {
-                mean_ms: 4500,
-                jitter_ms: 1500
-            })
-        );
-        assert_eq!(
-            "10+-5".parse::<LatencyDist>(),
-            Ok(LatencyDist {
-                mean_ms: 10,
-                jitter_ms: 5
-            })
-        );
-        assert_eq!("0".parse::<LatencyDist>(), Ok(LatencyDist::ZERO));
-        assert!("abc".parse::<LatencyDist>().is_err());
-        for _ in 0..100 {
-            let d = LatencyDist {
-                mean_ms: 100,
-                jitter_ms: 50,
-            }
-            .sample();
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(150));
-        }
-    }
 
     #[test]
     fn simulator_is_deterministic_and_in_taxonomy() {

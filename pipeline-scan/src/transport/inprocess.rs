@@ -124,7 +124,7 @@ impl InProcess {
                 .store()
                 .clear_terminal(&env.job_id)
                 .await
-                .map_err(|e| TransportError::Connection(e.to_string()))?;
+                .map_err(TransportError::Store)?;
             send(&self.inner, env).await?;
         }
         Ok(n)
@@ -150,7 +150,7 @@ async fn send(inner: &Inner, env: Envelope) -> Result<(), TransportError> {
     let tx = inner
         .senders
         .get(env.stage)
-        .ok_or_else(|| TransportError::Encode(format!("no stage {}", env.stage)))?;
+        .ok_or(TransportError::UnknownStage(env.stage))?;
     tokio::select! {
         r = tx.send(env) => r.map_err(|_| TransportError::Closed),
         _ = inner.shutdown.cancelled() => Err(TransportError::Closed),

@@ -15,12 +15,19 @@ use async_trait::async_trait;
 
 use crate::pipeline::Envelope;
 
-/// Why a submission could not be enqueued.
+/// Why a submission (or a transport operation such as a dead-letter replay)
+/// failed. The cause is kept as the error's source; ask
+/// [`is_transient`](Self::is_transient) whether trying again may help rather
+/// than reading the message.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    /// The broker is unreachable or the connection failed.
+    /// The AMQP broker is unreachable, or its connection or channel failed.
+    #[error("broker connection: amqp: {0}")]
+    Broker(#[source] lapin::Error),
+    /// The connection was lost for another reason (the AMQP connection or a
+    /// consumer ended; a custom transport's own failure), the cause as source.
     #[error("broker connection: {0}")]
-    Connection(String),
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The broker refused the message (negative publisher confirm).
     #[error("broker rejected the message")]
     Rejected,
@@ -29,7 +36,38 @@ pub enum TransportError {
     Closed,
     /// The envelope could not be encoded.
     #[error("encode: {0}")]
-    Encode(String),
+    Encode(#[source] serde_json::Error),
+    /// The envelope names a stage the pipeline does not have.
+    #[error("no stage {0}")]
+    UnknownStage(usize),
+    /// The job store failed (a replay clears the job's terminal marker).
+    #[error("job store: {0}")]
+    Store(#[source] relay_core::BackendError),
+}
+
+impl TransportError {
+    /// Whether the same operation may succeed later: a broker connection
+    /// or channel failure that lapin deems recoverable, a lost connection, a
+    /// transient job-store error. A rejected or unencodable message, an
+    /// unknown stage and a closed transport are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransportError::Broker(e) => lapin_is_transient(e),
+            TransportError::Connection(_) => true,
+            TransportError::Store(e) => e.is_transient(),
+            TransportError::Rejected
+            | TransportError::Closed
+            | TransportError::Encode(_)
+            | TransportError::UnknownStage(_) => false,
+        }
+    }
+}
+
+/// Whether a lapin error may go away on a fresh connection or channel
+/// (lapin's own [`lapin::Error::can_be_recovered`]: I/O, connection and
+/// channel state, missed heartbeats, broker protocol errors).
+pub(crate) fn lapin_is_transient(e: &lapin::Error) -> bool {
+    e.can_be_recovered()
 }
 
 /// Where new jobs are submitted (the API side of a transport).

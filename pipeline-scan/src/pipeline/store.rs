@@ -1,0 +1,167 @@
+//! The job store: per-job records in the backend that make redelivery
+//! idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use relay_core::{Backend, BackendError, Domain, JobId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Per-job bookkeeping in the backend that makes redelivery idempotent:
+/// stage completion records (with the stage output) and the terminal marker.
+#[derive(Clone)]
+pub struct JobStore {
+    backend: Arc<dyn Backend>,
+    domain: Domain,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStore")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A job's terminal outcome as recorded in its marker (so a redelivered
+/// step can re-emit exactly the same terminal event after a crash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    /// True for `done`, false for the terminal failure.
+    pub done: bool,
+    /// The failed stage (failures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// The failure reason (failures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The run that reached this outcome (its terminal event's seq is shifted
+    /// by it; see [`Envelope::run`](super::Envelope::run)).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+}
+
+/// A completed stage's record: its output and its `completed` event data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StageRecord {
+    o: Value,
+    d: Value,
+}
+
+impl JobStore {
+    /// A store in `backend` for `domain`, records living `ttl`.
+    pub fn new(backend: Arc<dyn Backend>, domain: Domain, ttl: Duration) -> Self {
+        Self {
+            backend,
+            domain,
+            ttl,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn stage_key(&self, job: &JobId, stage: usize) -> String {
+        format!("pipeline:{}:{{{}}}:stage:{stage}", self.domain, job)
+    }
+
+    fn terminal_key(&self, job: &JobId) -> String {
+        format!("pipeline:{}:{{{}}}:terminal", self.domain, job)
+    }
+
+    /// The recorded output and `completed` event data of a completed stage.
+    pub async fn completed(
+        &self,
+        job: &JobId,
+        stage: usize,
+    ) -> Result<Option<(Value, Value)>, BackendError> {
+        let Some(raw) = self.backend.get(&self.stage_key(job, stage)).await? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice::<StageRecord>(&raw)
+            .ok()
+            .map(|r| (r.o, r.d)))
+    }
+
+    /// Records a stage's completion with its output and event data.
+    pub async fn record_completed(
+        &self,
+        job: &JobId,
+        stage: usize,
+        output: &Value,
+        data: &Value,
+    ) -> Result<(), BackendError> {
+        let rec = StageRecord {
+            o: output.clone(),
+            d: data.clone(),
+        };
+        let raw = serde_json::to_vec(&rec).unwrap_or_default();
+        self.backend
+            .set(
+                &self.stage_key(job, stage),
+                Bytes::from(raw),
+                Some(self.ttl),
+            )
+            .await
+    }
+
+    /// Claims the job's terminal outcome atomically (`SET NX`). Returns the
+    /// record in force: `record` itself when this call claimed it, or the
+    /// earlier one.
+    pub(super) async fn claim_terminal(
+        &self,
+        job: &JobId,
+        record: TerminalRecord,
+    ) -> Result<TerminalRecord, BackendError> {
+        let key = self.terminal_key(job);
+        let raw = serde_json::to_vec(&record).unwrap_or_default();
+        if self
+            .backend
+            .set_nx(&key, Bytes::from(raw), Some(self.ttl))
+            .await?
+        {
+            return Ok(record);
+        }
+        Ok(self.terminal_record(job).await?.unwrap_or(record))
+    }
+
+    /// The job's terminal record, if it has one.
+    pub async fn terminal_record(
+        &self,
+        job: &JobId,
+    ) -> Result<Option<TerminalRecord>, BackendError> {
+        let Some(raw) = self.backend.get(&self.terminal_key(job)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_slice(&raw).unwrap_or(
+            TerminalRecord {
+                done: false,
+                stage: None,
+                error: Some("unreadable terminal record".into()),
+                run: 0,
+            },
+        )))
+    }
+
+    /// The job's terminal outcome if it has one: `Some(true)` done, `Some(false)` failed.
+    pub async fn terminal(&self, job: &JobId) -> Result<Option<bool>, BackendError> {
+        Ok(self.terminal_record(job).await?.map(|r| r.done))
+    }
+
+    /// Clears the terminal marker so a replayed job can finish (dead-letter replay).
+    pub async fn clear_terminal(&self, job: &JobId) -> Result<(), BackendError> {
+        self.backend
+            .delete(&[self.terminal_key(job)])
+            .await
+            .map(|_| ())
+    }
+}

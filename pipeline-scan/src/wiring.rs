@@ -1,0 +1,127 @@
+//! Process wiring shared by the `pipeline-scan` entry points: the
+//! [`app`](crate::app) subcommands (`api`, `worker`, `dlq`) and the all-in-one
+//! [`demo`](crate::demo) compose the same parts from here — the scan engine on
+//! a backend ([`scan_engine`], [`start_in_process`]), the ops routes
+//! ([`api_ops_router`], [`metrics_router`]) and the error they stop with
+//! ([`AppError`]).
+//!
+//! It sits below both entry points so neither imports the other's internals
+//! (the binary's `app` runs the `demo`; the demo only needs these parts).
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use relay_core::cli::ConnectionArgs;
+use relay_core::http_serve::ServeMetrics;
+use relay_core::{Backend, Publisher};
+
+use crate::metrics::Metrics;
+use crate::pipeline::{Engine, EngineConfig};
+use crate::scan::{self, ScanModels};
+use crate::transport::inprocess::{InProcess, InProcessConfig};
+
+/// Why the binary stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad flag values.
+    #[error("config: {0}")]
+    Config(String),
+    /// The demo's SSE gateway could not be built from its options.
+    #[error("gateway: {0}")]
+    Gateway(#[source] relay_sse::GatewayError),
+    /// Backend connection failed.
+    #[error("backend: {0}")]
+    Backend(#[from] relay_core::BackendError),
+    /// Broker failure.
+    #[error(transparent)]
+    Amqp(#[from] crate::transport::amqp::AmqpError),
+    /// Rules failed to load.
+    #[error(transparent)]
+    Rules(#[from] crate::scan::rules::RulesError),
+    /// Taxonomy failed to load.
+    #[error(transparent)]
+    Taxonomy(#[from] crate::scan::vision::TaxonomyError),
+    /// Model client setup failed.
+    #[error(transparent)]
+    Model(#[from] crate::scan::openai::ModelError),
+    /// Listening or serving failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The scan engine on `backend` with the connection's key space.
+pub fn scan_engine(
+    backend: Arc<dyn Backend>,
+    connection: &ConnectionArgs,
+    models: &ScanModels,
+    config: EngineConfig,
+) -> Engine {
+    let publisher = Publisher::new(
+        backend,
+        connection.key_space(),
+        crate::pipeline::publisher_config(),
+    );
+    scan::engine(models, publisher, config)
+}
+
+/// Starts the scan engine with in-process workers (the embedded mode the
+/// demo uses with a `MemoryBackend`): returns the engine and the transport,
+/// which is also what [`ScanApi`](crate::api::ScanApi) submits to.
+pub fn start_in_process(
+    publisher: Publisher,
+    models: &ScanModels,
+    config: EngineConfig,
+    transport: InProcessConfig,
+) -> (Arc<Engine>, InProcess) {
+    let engine = Arc::new(scan::engine(models, publisher, config));
+    let inprocess = InProcess::start(engine.clone(), transport);
+    (engine, inprocess)
+}
+
+/// Prefix of the listener metrics of every `pipeline-scan` listener
+/// (`pipeline_scan_http_*`, see [`relay_core::http_serve`]).
+pub const HTTP_METRICS_PREFIX: &str = "pipeline_scan";
+
+/// `/metrics` (the listener's `pipeline_scan_http_*`) and `/healthz`, for
+/// the `api` listener.
+pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let http = http.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        http.render(HTTP_METRICS_PREFIX),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+/// `/metrics` (Prometheus text: the worker's metrics, then its listener's
+/// `pipeline_scan_http_*`) and `/healthz`, for the `worker` listener.
+pub fn metrics_router(metrics: Arc<Metrics>, http: ServeMetrics) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let (m, http) = (metrics.clone(), http.clone());
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        http.append_to(m.render(), HTTP_METRICS_PREFIX),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
