@@ -138,6 +138,20 @@ impl KeySpace {
         }
     }
 
+    /// The lease that makes one router of `group` the owner of `shard`
+    /// (see [`crate::backend::Coordination`]).
+    pub fn shard_lease(&self, group: &str, shard: u32) -> String {
+        format!("{}:owner:{group}", self.shard_stream(shard))
+    }
+
+    /// The membership hash of the routers of `group`.
+    pub fn router_members(&self, group: &str) -> String {
+        match self.profile {
+            Profile::Native => format!("relay:{}:routers:{group}", self.domain),
+            Profile::Eco2 => format!("{}:events:routers:{group}", self.domain),
+        }
+    }
+
     /// Default consumer group of the router.
     pub fn default_group(&self) -> &'static str {
         match self.profile {

@@ -1049,6 +1049,44 @@ mod cases {
         assert_eq!(fx.b().group_stats(&s, "g").await.unwrap().pending, 0);
     }
 
+    /// Shard ownership: a lease has one holder, who can renew it; once it
+    /// expires (or is released) another owner takes it.
+    pub async fn lease_is_exclusive_and_expires(fx: &Fixture) {
+        let key = fx.key("lease");
+        let ttl = Duration::from_millis(300);
+        assert!(fx.b().try_lease(&key, "a", ttl).await.unwrap());
+        assert!(!fx.b().try_lease(&key, "b", ttl).await.unwrap());
+        assert!(fx.b().try_lease(&key, "a", ttl).await.unwrap(), "renewal");
+        fx.b().release_lease(&key, "b").await.unwrap();
+        assert!(
+            !fx.b().try_lease(&key, "b", ttl).await.unwrap(),
+            "not b's to free"
+        );
+        tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+        assert!(fx.b().try_lease(&key, "b", ttl).await.unwrap(), "expired");
+        assert!(!fx.b().try_lease(&key, "a", ttl).await.unwrap());
+        fx.b().release_lease(&key, "b").await.unwrap();
+        assert!(fx.b().try_lease(&key, "a", ttl).await.unwrap(), "released");
+    }
+
+    /// Membership: every live member is listed, sorted; one whose
+    /// heartbeat expired is dropped.
+    pub async fn heartbeat_lists_live_members(fx: &Fixture) {
+        let key = fx.key("members");
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(30);
+        assert_eq!(fx.b().heartbeat(&key, "r2", long).await.unwrap(), ["r2"]);
+        assert_eq!(
+            fx.b().heartbeat(&key, "r1", short).await.unwrap(),
+            ["r1", "r2"]
+        );
+        tokio::time::sleep(short + Duration::from_millis(200)).await;
+        assert_eq!(
+            fx.b().heartbeat(&key, "r3", long).await.unwrap(),
+            ["r2", "r3"]
+        );
+    }
+
     pub async fn blocking_read_wakes_on_append(fx: &Fixture) {
         let s = fx.key("block");
         fx.b().ensure_group(&s, "g").await.unwrap();
@@ -1282,6 +1320,8 @@ macro_rules! conformance_tests {
                 dead_letter_moves_and_acks,
                 dead_letter_is_bounded,
                 blocking_read_wakes_on_append,
+                lease_is_exclusive_and_expires,
+                heartbeat_lists_live_members,
                 concurrent_blocking_reads,
                 kv_operations,
                 range_delete_len,

@@ -32,6 +32,12 @@ pub struct RouterArgs {
     /// Entries pending longer than this (ms) on any consumer are claimed.
     #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
+    /// Lifetime of a shard lease and of this router's membership heartbeat
+    /// (ms): each shard has one owner in the group; a router that stops
+    /// renewing (killed, cut off) loses its shards to the others after
+    /// this long.
+    #[arg(long, env = "RELAY_SHARD_LEASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub shard_lease_ms: u64,
     /// Deliveries after which an entry goes to the dead-letter stream.
     #[arg(long, env = "RELAY_MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
@@ -86,6 +92,7 @@ impl RouterArgs {
         c.claim_idle = Duration::from_millis(self.claim_idle_ms);
         c.janitor_interval = Duration::from_millis((self.claim_idle_ms / 2).clamp(100, 5000));
         c.max_deliveries = self.max_deliveries;
+        c.lease = Duration::from_millis(self.shard_lease_ms);
         c.apply = ApplyOptions {
             state_ttl: Duration::from_secs(self.state_ttl),
             history_ttl: Duration::from_secs(self.history_ttl),

@@ -905,3 +905,90 @@ async fn readyz_stays_down_while_pubsub_publishes_fail() {
     pubsub.restart().expect("restart pub/sub server");
     await_readyz(port, 200).await;
 }
+
+/// The chaos soak's finding: an entry a dead consumer left pending was
+/// routed after newer entries of the same job (by the janitor, once idle),
+/// so `done` took offset 1 and the earlier event offset 2, after the
+/// terminal. The shard's new owner routes what earlier owners left pending
+/// before anything newer: history stays in stream order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
+    let redis = TestRedis::get();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = KeySpace::new(Profile::Native, Domain::new(&domain).expect("domain"), 1);
+    let group = keys.default_group();
+    let stream = keys.shard_stream(0);
+    backend.ensure_group(&stream, group).await.expect("group");
+    let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
+    let job = JobId::new("ordered-job").expect("job");
+    let first = Event::new(&domain, job.as_str(), 10, "vision", Status::Started).expect("event");
+    publisher.publish(&first).await.expect("publish");
+    // A consumer reads it and dies before routing it.
+    let taken = backend
+        .read_group(&stream, group, "dead", ReadFrom::New, 1, None)
+        .await
+        .expect("dead consumer read");
+    assert_eq!(taken.len(), 1);
+    let done = Event::new(&domain, job.as_str(), 51, "done", Status::Completed).expect("event");
+    publisher.publish(&done).await.expect("publish");
+
+    let _router = spawn_router(
+        redis.url(),
+        &domain,
+        "r1",
+        &["--shards", "1", "--claim-idle-ms", "3000"],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let seqs = loop {
+        let page = backend
+            .read_history(&keys.job(&job), Offset::ZERO, 10)
+            .await
+            .expect("history");
+        if page.records.len() == 2 {
+            break page
+                .records
+                .iter()
+                .map(|r| seq_of(&r.payload))
+                .collect::<Vec<_>>();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not routed: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seqs, [10, 51], "history in stream order, done last");
+}
+
+/// Two routers of one group split the shards between them (one owner per
+/// shard), and each job's history is in the producer's seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_routers_split_the_shards_and_keep_each_job_in_order() {
+    let redis = TestRedis::get();
+    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let domain = unique_domain();
+    let keys = keyspace(Profile::Native, &domain);
+    let lease = ["--shard-lease-ms", "1000"];
+    let r1 = spawn_router(redis.url(), &domain, "r1", &lease);
+    let r2 = spawn_router(redis.url(), &domain, "r2", &lease);
+    produce(
+        backend.clone(),
+        keys.clone(),
+        40,
+        20,
+        Duration::from_millis(5),
+    )
+    .await;
+    await_routed(backend.as_ref(), &keys, 40, 20).await;
+    for j in 0..40 {
+        let job = JobId::new(format!("job-{j}")).expect("job");
+        let page = backend
+            .read_history(&keys.job(&job), Offset::ZERO, 100)
+            .await
+            .expect("history");
+        let seqs: Vec<u64> = page.records.iter().map(|r| seq_of(&r.payload)).collect();
+        assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "job-{j}");
+    }
+    drop((r1, r2));
+}

@@ -163,6 +163,24 @@ impl PubSub for DeafBackend {
 }
 
 #[async_trait]
+impl Coordination for DeafBackend {
+    async fn try_lease(&self, key: &str, owner: &str, ttl: Duration) -> BackendResult<bool> {
+        self.inner.try_lease(key, owner, ttl).await
+    }
+    async fn release_lease(&self, key: &str, owner: &str) -> BackendResult<()> {
+        self.inner.release_lease(key, owner).await
+    }
+    async fn heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BackendResult<Vec<String>> {
+        self.inner.heartbeat(group, member, ttl).await
+    }
+}
+
+#[async_trait]
 impl KvStore for DeafBackend {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
         self.inner.set_nx(key, value, ttl).await

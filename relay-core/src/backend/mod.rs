@@ -1,8 +1,9 @@
 //! The storage backend, by role: the stream log producers append to and
 //! routers read ([`StreamLog`]), the per-job log the router writes and
 //! gateways read ([`JobLog`]), live delivery ([`PubSub`]) and a small
-//! key-value store for applications ([`KvStore`]). [`Backend`] is all four
-//! on one server, plus what needs more than one role at once.
+//! key-value store for applications ([`KvStore`]), and the leases and
+//! membership routers coordinate with ([`Coordination`]). [`Backend`] is
+//! all of them on one server, plus what needs more than one role at once.
 //!
 //! Implementations:
 //! - [`MemoryBackend`](memory::MemoryBackend): in-process, full semantics
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 
 use crate::error::BackendError;
 
+mod coordination;
 mod job_log;
 mod kv;
 pub mod memory;
@@ -25,6 +27,7 @@ mod pubsub;
 pub mod redis;
 mod stream_log;
 
+pub use coordination::*;
 pub use job_log::*;
 pub use kv::*;
 pub use pubsub::*;
@@ -36,7 +39,7 @@ pub type BackendResult<T> = Result<T, BackendError>;
 /// Everything relay needs from one storage server: the four roles, plus the
 /// operations that span two of them.
 #[async_trait]
-pub trait Backend: StreamLog + JobLog + PubSub + KvStore + 'static {
+pub trait Backend: StreamLog + JobLog + PubSub + KvStore + Coordination + 'static {
     /// Short name for logs and test names (`memory`, `redis`, `fred`).
     fn name(&self) -> &'static str;
 

@@ -42,6 +42,8 @@ pub struct RouterMetrics {
     pub batch_size: Histogram,
     /// Apply + publish + ack latency per batch, seconds.
     pub batch_seconds: Histogram,
+    /// Shards this router owns now.
+    pub shards_owned: Gauge,
     /// 1 while the last call to the data server succeeded.
     connected_gauge: Gauge,
     /// Whether the last call to the data server succeeded.
@@ -73,6 +75,7 @@ impl Default for RouterMetrics {
             errors: Counter::default(),
             batch_size: Histogram::new(BATCH_SIZE_BOUNDS),
             batch_seconds: Histogram::new(BATCH_LATENCY_BOUNDS),
+            shards_owned: Gauge::default(),
             connected_gauge: Gauge::default(),
             connected: AtomicBool::new(false),
             pubsub_failing: AtomicBool::new(false),
@@ -116,6 +119,11 @@ impl RouterMetrics {
             "connected",
             "1 while the router's last call to the data server succeeded",
             self.connected_gauge.clone(),
+        );
+        registry.register(
+            "shards_owned",
+            "Shards this router owns (holds the lease of) now",
+            self.shards_owned.clone(),
         );
         registry.register(
             "batch_size",

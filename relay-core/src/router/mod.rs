@@ -1,9 +1,14 @@
 //! The router engine: shard streams in, per-job state, history and live
 //! publishes out.
 //!
-//! Per shard, a reader task runs the consumer-group loop:
-//! 1. on start, re-read this consumer's own pending entries (id `0`), then new
-//!    ones (`>`), in batches of [`RouterConfig::batch`];
+//! Each shard has one owner in a group of routers at a time
+//! ([`Coordination`](crate::backend::Coordination) leases; shard `s` goes to
+//! the `s mod n`-th of the `n` live routers, sorted by name), so a job's
+//! events are applied in stream order. Per owned shard, a reader task runs
+//! the consumer-group loop:
+//! 1. on taking the shard, route every entry earlier owners left pending
+//!    (claimed whatever their idle time, oldest first), then new ones (`>`),
+//!    in batches of [`RouterConfig::batch`], renewing the lease as it goes;
 //! 2. decode every entry; one that cannot be decoded goes to the dead-letter
 //!    stream with the reason (and is acked there) — nothing blocks a shard (G5);
 //! 3. apply the whole batch in one round trip ([`Backend::apply`], atomic per
@@ -44,9 +49,11 @@ use crate::keys::{KeySpace, Profile};
 mod backoff;
 mod janitor;
 mod metrics;
+mod ownership;
 
 use backoff::Backoff;
 pub use metrics::{RouterMetrics, BATCH_LATENCY_BOUNDS, BATCH_SIZE_BOUNDS};
+use ownership::{Ended, Ownership};
 
 /// Router settings (see the `relay-router` flags for their meaning).
 #[derive(Clone, Debug)]
@@ -71,6 +78,10 @@ pub struct RouterConfig {
     pub janitor_interval: Duration,
     /// Consumers idle this long with nothing pending are removed.
     pub consumer_gc_idle: Duration,
+    /// Lifetime of a shard lease and of a router's membership heartbeat:
+    /// a router that stops renewing loses its shards after this long, and
+    /// another router of the group takes them over.
+    pub lease: Duration,
     /// State/history bounds and TTLs (`publish` is set by the router).
     pub apply: ApplyOptions,
     /// eco2: also publish routed JSON to `sse:events:{shard}` (for the
@@ -99,6 +110,7 @@ impl RouterConfig {
             max_deliveries: 5,
             janitor_interval: Duration::from_secs(5),
             consumer_gc_idle: Duration::from_secs(3600),
+            lease: Duration::from_secs(10),
             apply: ApplyOptions::default(),
             eco2_shard_channel: true,
             max_entry_bytes: 1024 * 1024,
@@ -159,6 +171,7 @@ pub struct Router {
     pubsub: Option<Arc<dyn Backend>>,
     config: Arc<RouterConfig>,
     metrics: Arc<RouterMetrics>,
+    ownership: Arc<Ownership>,
 }
 
 /// A running router (from [`Router::spawn`]).
@@ -187,11 +200,13 @@ impl RouterHandle {
 impl Router {
     /// A router reading and writing `data`, publishing inside the apply step.
     pub fn new(data: Arc<dyn Backend>, config: RouterConfig) -> Self {
+        let ownership = Arc::new(Ownership::new(config.keys.shards()));
         Self {
             data,
             pubsub: None,
             config: Arc::new(config),
             metrics: Arc::new(RouterMetrics::default()),
+            ownership,
         }
     }
 
@@ -235,6 +250,9 @@ impl Router {
             let rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move { r.shard_loop(shard, rx).await }));
         }
+        let r = self.clone();
+        let rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move { r.membership_loop(rx).await }));
         let r = self.clone();
         tasks.push(tokio::spawn(async move { r.janitor_loop(stop_rx).await }));
         info!(
@@ -286,30 +304,57 @@ impl Router {
         warn!(error = %e, op = what, "backend error, retrying");
     }
 
-    /// One shard: drain this consumer's own pending entries synchronously,
-    /// then read new entries in a pipeline (the next read is in flight while
-    /// the previous batch is applied), until shutdown or an error, which
-    /// starts over from the pending list.
-    async fn shard_loop(self, shard: u32, stop: watch::Receiver<bool>) {
+    /// One shard: wait until this router should and may own it (its lease),
+    /// route what earlier owners left pending, then read new entries in a
+    /// pipeline (the next read is in flight while the previous batch is
+    /// applied) until shutdown, an error, the lease lost, or the shard
+    /// assigned to another router (then it is handed over).
+    async fn shard_loop(self, shard: u32, mut stop: watch::Receiver<bool>) {
         let stream = self.config.keys.shard_stream(shard);
         if !self.ensure_group(&stream, &stop).await {
             return;
         }
+        let lease = self.config.keys.shard_lease(&self.config.group, shard);
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
-            let healthy = match self.drain_pending(shard, &stream, &stop).await {
+            match self.acquire(shard, &lease, &mut stop).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.on_error("lease", &e);
+                    backoff.wait().await;
+                    continue;
+                }
+            }
+            self.ownership.set_holding(shard, true);
+            self.metrics.shards_owned.inc();
+            info!(shard, consumer = %self.config.consumer, "shard taken");
+            let ended = match self.take_over(shard, &stream, &stop).await {
                 Ok(true) => {
                     // Reads work again: the next failure starts from the
-                    // shortest delay (`pipelined_new` returns only on
-                    // shutdown or an error).
+                    // shortest delay.
                     backoff.reset();
-                    self.pipelined_new(shard, &stream, &stop).await
+                    self.pipelined_new(shard, &stream, &lease, &stop).await
                 }
-                Ok(false) => break,
+                Ok(false) => Ok(Ended::Stopped),
                 Err(e) => Err(e),
             };
-            match healthy {
-                Ok(()) => {}
+            self.ownership.set_holding(shard, false);
+            self.metrics.shards_owned.dec();
+            match ended {
+                Ok(Ended::Stopped) => break,
+                Ok(Ended::Reassigned) => {
+                    info!(shard, "shard handed over to another router");
+                    if let Err(e) = self.data.release_lease(&lease, &self.config.consumer).await {
+                        self.on_error("lease", &e);
+                    }
+                }
+                Ok(Ended::LeaseLost) => {
+                    warn!(
+                        shard,
+                        "shard lease lost (renewal came too late); taking it again if free"
+                    );
+                }
                 Err(BackendError::NoGroup { .. }) => {
                     // The stream or group was deleted (e.g. FLUSHALL or a
                     // restart without persistence): recreate and re-read.
@@ -323,55 +368,72 @@ impl Router {
                 }
             }
         }
+        // Hand the shard over at once instead of after the lease expires.
+        let _ = self.data.release_lease(&lease, &self.config.consumer).await;
         debug!(shard, "shard reader stopped");
     }
 
-    /// Reads and routes this consumer's pending entries until none are left.
+    /// Waits until this router is assigned `shard` and holds its lease.
     /// `Ok(false)`: stopped by shutdown.
-    async fn drain_pending(
+    async fn acquire(
+        &self,
+        shard: u32,
+        lease: &str,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, BackendError> {
+        let mut assigned = self.ownership.subscribe();
+        loop {
+            if *stop.borrow() {
+                return Ok(false);
+            }
+            if self.ownership.assigned(shard)
+                && self
+                    .data
+                    .try_lease(lease, &self.config.consumer, self.config.lease)
+                    .await?
+            {
+                return Ok(true);
+            }
+            // The previous owner may still hold the lease (it hands over
+            // or it expires): look again soon, or when the assignment
+            // changes.
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.lease / 8) => {}
+                _ = assigned.changed() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Routes every entry pending in `stream`'s group, whoever it was
+    /// delivered to, oldest first: what the previous owners read and did
+    /// not finish goes before anything newer of the same jobs.
+    /// `Ok(false)`: stopped by shutdown.
+    async fn take_over(
         &self,
         shard: u32,
         stream: &str,
         stop: &watch::Receiver<bool>,
     ) -> Result<bool, BackendError> {
-        loop {
-            if *stop.borrow() {
-                return Ok(false);
-            }
-            let entries = self
-                .data
-                .read_group(
-                    stream,
-                    &self.config.group,
-                    &self.config.consumer,
-                    ReadFrom::Pending,
-                    self.config.batch,
-                    None,
-                )
-                .await?;
-            self.metrics.set_connected(true);
-            let n = entries.len();
-            if n == 0 {
-                return Ok(true);
-            }
-            if !self.process(shard, stream, entries, stop).await {
-                return Ok(false);
-            }
-            if n < self.config.batch {
-                return Ok(true);
-            }
-        }
+        let done = self
+            .claim_and_route(shard, stream, Duration::ZERO, stop)
+            .await?;
+        self.metrics.set_connected(true);
+        Ok(done && !*stop.borrow())
     }
 
-    /// Reads new entries while a separate task routes the previous batch.
-    /// Returns `Ok` on shutdown, the read error otherwise (after the routing
-    /// task has finished what it was given).
+    /// Reads new entries while a separate task routes the previous batch,
+    /// renewing the shard's lease every third of its lifetime. Ends on
+    /// shutdown, on a read or renewal error, when the lease turns out lost,
+    /// or when the shard is assigned to another router — in each case
+    /// after the routing task has finished what it was given.
     async fn pipelined_new(
         &self,
         shard: u32,
         stream: &str,
+        lease: &str,
         stop: &watch::Receiver<bool>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Ended, BackendError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamEntry>>(1);
         let worker = {
             let router = self.clone();
@@ -385,9 +447,25 @@ impl Router {
                 }
             })
         };
+        let renew_every = self.config.lease / 3;
+        let mut renewed = Instant::now();
         let result = loop {
             if *stop.borrow() {
-                break Ok(());
+                break Ok(Ended::Stopped);
+            }
+            if !self.ownership.assigned(shard) {
+                break Ok(Ended::Reassigned);
+            }
+            if renewed.elapsed() >= renew_every {
+                match self
+                    .data
+                    .try_lease(lease, &self.config.consumer, self.config.lease)
+                    .await
+                {
+                    Ok(true) => renewed = Instant::now(),
+                    Ok(false) => break Ok(Ended::LeaseLost),
+                    Err(e) => break Err(e),
+                }
             }
             let read = self
                 .data
@@ -397,14 +475,14 @@ impl Router {
                     &self.config.consumer,
                     ReadFrom::New,
                     self.config.batch,
-                    Some(self.config.block),
+                    Some(self.config.block.min(renew_every)),
                 )
                 .await;
             match read {
                 Ok(entries) => {
                     self.metrics.set_connected(true);
                     if !entries.is_empty() && tx.send(entries).await.is_err() {
-                        break Ok(()); // the routing task stopped (shutdown)
+                        break Ok(Ended::Stopped); // the routing task stopped (shutdown)
                     }
                 }
                 Err(e) => break Err(e),

@@ -51,6 +51,8 @@ struct Shared {
 struct Inner {
     streams: HashMap<String, StreamData>,
     kv: HashMap<String, Expiring<Bytes>>,
+    /// Heartbeat groups: member -> alive until.
+    members: HashMap<String, HashMap<String, Instant>>,
     jobs: HashMap<String, Expiring<JobData>>,
     subs: HashMap<u64, mpsc::Sender<PubSubMessage>>,
     channels: HashMap<String, HashSet<u64>>,
@@ -332,6 +334,7 @@ impl MemoryBackend {
     }
 }
 
+mod coordination;
 mod job_log;
 mod kv;
 mod pubsub;

@@ -42,6 +42,7 @@ use super::{AckRequest, ApplyJob, ApplyOptions, ApplyResult, Backend, BackendRes
 use crate::error::BackendError;
 
 mod conn;
+mod coordination;
 mod error;
 mod job_log;
 mod kv;

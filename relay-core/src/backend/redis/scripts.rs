@@ -10,6 +10,8 @@ pub(super) struct Scripts {
     pub(super) get_state: Script,
     pub(super) append_dedupe: Script,
     pub(super) claim: Script,
+    pub(super) lease: Script,
+    pub(super) heartbeat: Script,
 }
 
 impl Scripts {
@@ -20,6 +22,8 @@ impl Scripts {
             get_state: Script::new(include_str!("scripts/get_state.lua")),
             append_dedupe: Script::new(include_str!("scripts/append_dedupe.lua")),
             claim: Script::new(include_str!("scripts/claim.lua")),
+            lease: Script::new(include_str!("scripts/lease.lua")),
+            heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
         }
     }
 }

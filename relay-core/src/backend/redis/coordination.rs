@@ -1,0 +1,48 @@
+//! [`Coordination`] on Redis: the lease and heartbeat scripts.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::conn::{evalsha, ms, Resend};
+use super::reply::{array, str_of, u64_of};
+use super::RedisBackend;
+use crate::backend::{BackendResult, Coordination};
+
+#[async_trait]
+impl Coordination for RedisBackend {
+    async fn try_lease(&self, key: &str, owner: &str, ttl: Duration) -> BackendResult<bool> {
+        let script = &self.inner.scripts.lease;
+        let mut c = evalsha(script, &[key]);
+        c.arg("take").arg(owner).arg(ms(ttl));
+        // Taking or renewing twice is the same as once.
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
+        Ok(u64_of(&v) == Some(1))
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> BackendResult<()> {
+        let script = &self.inner.scripts.lease;
+        let mut c = evalsha(script, &[key]);
+        c.arg("release").arg(owner).arg(0);
+        self.eval_one(script, c, None, Resend::AfterDrop).await?;
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        group: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> BackendResult<Vec<String>> {
+        let script = &self.inner.scripts.heartbeat;
+        let mut c = evalsha(script, &[group]);
+        c.arg(member).arg(ms(ttl)).arg(crate::event::now_ms());
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
+        let mut live: Vec<String> = array(&v, "heartbeat reply")?
+            .iter()
+            .filter_map(|m| str_of(m).map(str::to_owned))
+            .collect();
+        live.sort();
+        Ok(live)
+    }
+}
