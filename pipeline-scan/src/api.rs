@@ -3,7 +3,7 @@
 //!
 //! - `POST /api/v1/scan`: header `X-User-ID` required (401), optional
 //!   `X-Idempotency-Key` (a two-state record claimed by an atomic `SET NX`
-//!   on a hash of the `(user, key)` pair — see [`IdempotencyRecord`]; a
+//!   on a hash of the `(user, key)` pair — see `IdempotencyRecord` in the source; a
 //!   repeat of the same request returns the first response and, when the
 //!   first request died before its job was enqueued, enqueues that same job;
 //!   the key reused with a different request is a 422), body `{"image_url","user_input"?,"model"?}` bounded by
@@ -96,7 +96,7 @@ pub struct ApiConfig {
     /// abandoned (the API died mid-submit) and its job is enqueued by the
     /// replay. Keep it above the longest submission (event store + broker
     /// confirm, with their retries) so a slow but live submission is not
-    /// duplicated; see [`IdempotencyRecord`].
+    /// duplicated; see `IdempotencyRecord` in this module's source.
     pub idempotency_pending_lease: Duration,
     /// HMAC secret shared with the SSE gateway (`relay-sse --auth-secret`).
     /// When set, a submission's response carries a stream token for its job
