@@ -2,9 +2,11 @@
 //! the `api` binary, the demo and tests mount the same code.
 //!
 //! - `POST /api/v1/scan`: header `X-User-ID` required (401), optional
-//!   `X-Idempotency-Key` (atomic `SET NX` on a hash of the `(user, key)`
-//!   pair; a repeat of the same request returns the first response, the key
-//!   reused with a different request is a 422), body `{"image_url","user_input"?,"model"?}` bounded by
+//!   `X-Idempotency-Key` (a two-state record claimed by an atomic `SET NX`
+//!   on a hash of the `(user, key)` pair — see `IdempotencyRecord` in the source; a
+//!   repeat of the same request returns the first response and, when the
+//!   first request died before its job was enqueued, enqueues that same job;
+//!   the key reused with a different request is a 422), body `{"image_url","user_input"?,"model"?}` bounded by
 //!   [`ApiConfig::body_limit`] (413). Emits `queued`, then enqueues; when the
 //!   enqueue fails the job gets its terminal `failed` event and the client a
 //!   503 — never an orphan job.
@@ -50,6 +52,7 @@
 //! canonical serialization, never as the raw string.
 //! | 422 | `UNSUPPORTED_MODEL` | model not in the allow-list |
 //! | 503 | `EVENT_STORE_UNAVAILABLE` / `QUEUE_UNAVAILABLE` | backend / broker down |
+//! | 503 | `IDEMPOTENCY_KEY_IN_PROGRESS` | the key's first request is still being enqueued (`Retry-After`) |
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -87,6 +90,14 @@ pub struct ApiConfig {
     pub models: Vec<String>,
     /// How long an idempotency key is remembered.
     pub idempotency_ttl: Duration,
+    /// How long a `pending` idempotency record belongs to the request that
+    /// wrote it (or to the replay that resumed it): a replay finding a
+    /// younger one waits for it to be committed; an older one is taken as
+    /// abandoned (the API died mid-submit) and its job is enqueued by the
+    /// replay. Keep it above the longest submission (event store + broker
+    /// confirm, with their retries) so a slow but live submission is not
+    /// duplicated; see `IdempotencyRecord` in this module's source.
+    pub idempotency_pending_lease: Duration,
     /// HMAC secret shared with the SSE gateway (`relay-sse --auth-secret`).
     /// When set, a submission's response carries a stream token for its job
     /// (see the module docs); `None`: no token (the gateway is open).
@@ -104,6 +115,7 @@ impl Default for ApiConfig {
             allow_private_hosts: false,
             models: vec!["gpt-4o-mini".into(), "gpt-4o".into(), "simulated".into()],
             idempotency_ttl: Duration::from_secs(3600),
+            idempotency_pending_lease: Duration::from_secs(10),
             auth_secret: None,
             token_ttl: Duration::from_secs(3600),
         }
@@ -170,6 +182,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// `Retry-After` seconds, when trying again later is the answer.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -178,17 +192,23 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(json!({ "detail": self.detail, "code": self.code })),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -218,25 +238,108 @@ fn request_fingerprint(req: &ScanRequest) -> Result<String, ApiError> {
     Ok(hex::encode(Sha256::digest(&canonical)))
 }
 
+/// The life cycle of an idempotency record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RecordState {
+    /// Claimed: the job id is chosen, its marker, `queued` event and
+    /// enqueue may or may not have happened yet.
+    Pending,
+    /// The job was enqueued (the transport took responsibility for it).
+    Committed,
+}
+
+/// Records written before the two states existed had no `state`; they were
+/// only ever written by a request that went on to enqueue (or delete them).
+fn legacy_state() -> RecordState {
+    RecordState::Committed
+}
+
 /// What is stored under an idempotency key: the fingerprint of the request
-/// that claimed it and the response it got.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// that claimed it, the response it gets (job id and stream token) and
+/// whether that job is known to be enqueued.
+///
+/// # Why two states
+///
+/// The record must be claimed (`SET NX`) before the job is created, or two
+/// concurrent duplicates would create two jobs; but a process that dies
+/// between the claim and the confirmed enqueue must not leave a record whose
+/// replays answer 200 with a job that never runs. So the claim is written
+/// [`Pending`](RecordState::Pending) with the job id it chose and the time,
+/// and marked [`Committed`](RecordState::Committed) only after
+/// [`Transport::submit`] returned `Ok`. A replay that finds:
+///
+/// - `committed`: answers with the stored response;
+/// - `pending`, younger than [`ApiConfig::idempotency_pending_lease`]: the
+///   first request is presumably still submitting; it polls until the record
+///   is committed (the usual concurrent-duplicate case: milliseconds), or
+///   deleted (the first request failed: it claims afresh), or the lease runs
+///   out;
+/// - `pending`, older than the lease: the first request is taken as dead. One
+///   replay at a time (a second `SET NX` on [`resume_key`], living one lease)
+///   re-runs the submit steps for the **same** job id and user, then commits
+///   and answers with the stored response, token included.
+///
+/// Re-running the steps is safe because each is idempotent per job id: the
+/// job marker is a plain `SET` of the same user; the `queued` event has seq
+/// 0, and a repeated (job, seq) is dropped once (at apply by the router, or
+/// by the publisher: see [`relay_core::publisher`]); and a second first-step
+/// envelope for the job is a redelivery to the engine, which skips a job that
+/// already has its terminal record (re-emitting the same terminal event),
+/// reuses the recorded output of a completed stage instead of running it
+/// again, and whose reward grant is a `SET NX` per (user, character) holding
+/// the job id, so a job never grants twice (see `scan::reward`). The second
+/// envelope exists only when the first process died after the broker's
+/// confirm and before the commit (a single backend `SET`), or when a
+/// submission outlived the lease; it then usually finds the job finished or
+/// its stages recorded, since it is sent a lease later.
+///
+/// Clocks: the age is the API host's wall clock minus `claimed_at_ms`, so
+/// API replicas are assumed to agree on time to well within the lease; a
+/// record from the future counts as age 0 (wait).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct IdempotencyRecord {
     request_sha256: String,
     response: Value,
+    #[serde(default = "legacy_state")]
+    state: RecordState,
+    /// Unix milliseconds when the record was claimed.
+    #[serde(default)]
+    claimed_at_ms: u64,
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The lock a replay takes (`SET NX`, one lease long) before resuming an
+/// abandoned `pending` record, so concurrent replays resume it once.
+fn resume_key(record_key: &str) -> String {
+    format!("{record_key}:resume")
 }
 
 /// Whether this submission claimed its idempotency key or repeats an earlier one.
 enum Claim {
     /// First use: go on and create the job.
     Fresh,
-    /// The same request again: answer with the stored response.
+    /// The same request again, its job enqueued: answer with the stored response.
     Replay(Value),
+    /// The same request again, whose first submission was abandoned before
+    /// the enqueue: run the submit steps for the stored job, then commit.
+    Resume(IdempotencyRecord),
 }
 
-/// Claims `key` for `record` (atomic `SET NX`), or reads the earlier claim:
-/// same request → [`Claim::Replay`], different request → 422
-/// `IDEMPOTENCY_KEY_REUSED`.
+/// How often a replay re-reads a `pending` record.
+const PENDING_POLL: Duration = Duration::from_millis(25);
+
+/// Claims `key` for `record` (a `pending` record, atomic `SET NX`), or reads
+/// the earlier claim: same request → [`Claim::Replay`] once committed or
+/// [`Claim::Resume`] once abandoned (see [`IdempotencyRecord`]), different
+/// request → 422 `IDEMPOTENCY_KEY_REUSED`; still pending after the lease →
+/// 503 `IDEMPOTENCY_KEY_IN_PROGRESS`.
 async fn claim_idempotency(
     api: &ScanApi,
     key: &str,
@@ -244,9 +347,12 @@ async fn claim_idempotency(
 ) -> Result<Claim, ApiError> {
     let store = |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
     let stored = serde_json::to_vec(record).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
-    // A record can expire (or be released by a failed submission) between
-    // the SET NX and the GET: claim again, a bounded number of times.
-    for _ in 0..3 {
+    let lease = api.config.idempotency_pending_lease;
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    // Long enough for a fresh pending record to become resumable; a resume
+    // lock left by a replay that died answers 503 and the client retries.
+    let deadline = tokio::time::Instant::now() + lease + 4 * PENDING_POLL;
+    loop {
         if api
             .backend
             .set_nx(
@@ -259,30 +365,71 @@ async fn claim_idempotency(
         {
             return Ok(Claim::Fresh);
         }
-        let Some(raw) = api.backend.get(key).await.map_err(store)? else {
-            continue;
-        };
-        let previous: IdempotencyRecord = serde_json::from_slice(&raw).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "INTERNAL",
-                format!("unreadable idempotency record: {e}"),
-            )
-        })?;
-        if previous.request_sha256 != record.request_sha256 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "IDEMPOTENCY_KEY_REUSED",
-                "X-Idempotency-Key was already used with a different request body; \
-                 use a new key for a new request",
-            ));
+        // The record can expire, or be released by a failed submission,
+        // between the SET NX and the GET: then claim again.
+        if let Some(raw) = api.backend.get(key).await.map_err(store)? {
+            let previous: IdempotencyRecord = serde_json::from_slice(&raw).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    format!("unreadable idempotency record: {e}"),
+                )
+            })?;
+            if previous.request_sha256 != record.request_sha256 {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "X-Idempotency-Key was already used with a different request body; \
+                     use a new key for a new request",
+                ));
+            }
+            if previous.state == RecordState::Committed {
+                return Ok(Claim::Replay(previous.response));
+            }
+            let age_ms = now_unix_ms().saturating_sub(previous.claimed_at_ms);
+            if age_ms >= lease_ms
+                && api
+                    .backend
+                    .set_nx(&resume_key(key), Bytes::from_static(b"1"), Some(lease))
+                    .await
+                    .map_err(store)?
+            {
+                return Ok(Claim::Resume(previous));
+            }
         }
-        return Ok(Claim::Replay(previous.response));
+        if tokio::time::Instant::now() >= deadline {
+            let mut err = unavailable(
+                "IDEMPOTENCY_KEY_IN_PROGRESS",
+                "the first request with this X-Idempotency-Key is still being submitted; \
+                 retry with the same key"
+                    .into(),
+            );
+            err.retry_after = Some(lease.as_secs().max(1));
+            return Err(err);
+        }
+        tokio::time::sleep(PENDING_POLL).await;
     }
-    Err(unavailable(
-        "EVENT_STORE_UNAVAILABLE",
-        "the idempotency record changed during the request; retry".into(),
-    ))
+}
+
+/// Marks the record committed (its job is enqueued). A failure is logged and
+/// not returned: the job is accepted, and a replay that finds the record
+/// still pending resumes it, which is idempotent (see [`IdempotencyRecord`]).
+async fn commit_idempotency(api: &ScanApi, key: &str, mut record: IdempotencyRecord) {
+    record.state = RecordState::Committed;
+    let raw = match serde_json::to_vec(&record) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode the idempotency record");
+            return;
+        }
+    };
+    if let Err(e) = api
+        .backend
+        .set(key, Bytes::from(raw), Some(api.config.idempotency_ttl))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot commit the idempotency record; a replay will resume it");
+    }
 }
 
 fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -457,20 +604,60 @@ async fn submit(
         response["token_expires_at"] = json!(expires);
     }
 
-    let idem_key = idem.map(|k| idempotency_key(&user, &k));
-    if let Some(key) = &idem_key {
-        let record = IdempotencyRecord {
-            request_sha256: request_fingerprint(&req)?,
-            response: response.clone(),
-        };
-        if let Claim::Replay(previous) = claim_idempotency(&api, key, &record).await? {
-            return Ok((StatusCode::OK, Json(previous)).into_response());
+    let Some(idem) = idem else {
+        start_job(&api, &job, &user, &req, &headers, None).await?;
+        return Ok((StatusCode::OK, Json(response)).into_response());
+    };
+    let key = idempotency_key(&user, &idem);
+    let record = IdempotencyRecord {
+        request_sha256: request_fingerprint(&req)?,
+        response,
+        state: RecordState::Pending,
+        claimed_at_ms: now_unix_ms(),
+    };
+    let (job, record) = match claim_idempotency(&api, &key, &record).await? {
+        Claim::Fresh => (job, record),
+        Claim::Replay(previous) => return Ok((StatusCode::OK, Json(previous)).into_response()),
+        Claim::Resume(previous) => {
+            // The key hashes this user, so the record is this user's own.
+            let stored = previous
+                .response
+                .get("job_id")
+                .and_then(Value::as_str)
+                .and_then(|j| JobId::new(j).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "INTERNAL",
+                        "the idempotency record has no valid job id",
+                    )
+                })?;
+            tracing::warn!(job = %stored, "resuming a submission abandoned before its enqueue");
+            (stored, previous)
         }
-    }
+    };
+    start_job(&api, &job, &user, &req, &headers, Some(&key)).await?;
+    commit_idempotency(&api, &key, record.clone()).await;
+    Ok((StatusCode::OK, Json(record.response)).into_response())
+}
 
-    let forget_idem = |api: ScanApi, key: Option<String>| async move {
-        if let Some(k) = key {
-            let _ = api.backend.delete(&[k]).await;
+/// The submit steps of a job, each idempotent per job id so that a replay
+/// can run them again for an abandoned submission (see
+/// [`IdempotencyRecord`]): the job marker, the `queued` event, the enqueue.
+/// On failure the idempotency record (if any) is released so a retry starts
+/// a new job, and an enqueue failure ends this job with its terminal
+/// `failed` event — never an orphan job.
+async fn start_job(
+    api: &ScanApi,
+    job: &JobId,
+    user: &str,
+    req: &ScanRequest,
+    headers: &HeaderMap,
+    idem_key: Option<&str>,
+) -> Result<(), ApiError> {
+    let forget_idem = || async {
+        if let Some(k) = idem_key {
+            let _ = api.backend.delete(&[k.to_owned(), resume_key(k)]).await;
         }
     };
 
@@ -479,7 +666,7 @@ async fn submit(
     let marker = api
         .backend
         .set(
-            &job_marker(&job),
+            &job_marker(job),
             Bytes::copy_from_slice(user.as_bytes()),
             Some(scan::RESULT_TTL),
         )
@@ -487,13 +674,13 @@ async fn submit(
     let queued = match marker {
         Ok(()) => {
             api.control
-                .queued(&job, json!({ "image_url": req.image_url }))
+                .queued(job, json!({ "image_url": req.image_url }))
                 .await
         }
         Err(e) => Err(ControlError::Store(e)),
     };
     if let Err(e) = queued {
-        forget_idem(api.clone(), idem_key).await;
+        forget_idem().await;
         return Err(unavailable(
             "EVENT_STORE_UNAVAILABLE",
             format!("cannot record the job: {e}"),
@@ -501,8 +688,8 @@ async fn submit(
     }
 
     // 2. Enqueue; a failure ends the job with its terminal `failed` event.
-    let input = serde_json::to_value(&req).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
-    let mut envelope = Envelope::first(job.clone(), user.clone(), input);
+    let input = serde_json::to_value(req).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
+    let mut envelope = Envelope::first(job.clone(), user, input);
     envelope.traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -512,19 +699,19 @@ async fn submit(
         tracing::error!(job = %job, error = %e, "enqueue failed; failing the job");
         let info = crate::pipeline::JobInfo {
             job_id: job.clone(),
-            user_id: user,
+            user_id: user.to_owned(),
             run: 0,
         };
         let reason = format!("enqueue failed: {e}");
         if let Err(e2) = api.control.fail(&info, None, &reason, None).await {
             tracing::error!(job = %job, error = %e2, "could not emit the failed event");
         }
-        forget_idem(api.clone(), idem_key).await;
+        forget_idem().await;
         let mut err = unavailable("QUEUE_UNAVAILABLE", reason);
         err.detail.push_str(&format!(" (job {job} failed)"));
         return Err(err);
     }
-    Ok((StatusCode::OK, Json(response)).into_response())
+    Ok(())
 }
 
 async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<Response, ApiError> {

@@ -641,3 +641,209 @@ async fn submit_after_a_dropped_redis_connection_is_accepted() {
     }
     assert_eq!(transport.submitted.lock().unwrap().len(), 7);
 }
+
+/// A transport that stands for an API process dying mid-submit: while
+/// `hang` is set its `submit` never returns (the request's future is then
+/// dropped, as a `kill -9` would end it); otherwise it waits `delay`, records
+/// the envelope and hands it to `inner` (the in-process workers), if any.
+struct Stalling {
+    hang: AtomicBool,
+    delay: Duration,
+    submitted: Mutex<Vec<Envelope>>,
+    inner: Option<Arc<dyn Transport>>,
+}
+
+impl Stalling {
+    fn new(delay: Duration, inner: Option<Arc<dyn Transport>>) -> Arc<Self> {
+        Arc::new(Self {
+            hang: AtomicBool::new(false),
+            delay,
+            submitted: Mutex::default(),
+            inner,
+        })
+    }
+
+    fn submitted(&self) -> Vec<Envelope> {
+        self.submitted.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Transport for Stalling {
+    fn name(&self) -> &'static str {
+        "stalling"
+    }
+    async fn submit(&self, envelope: Envelope) -> Result<(), TransportError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        self.submitted.lock().unwrap().push(envelope.clone());
+        match &self.inner {
+            Some(inner) => inner.submit(envelope).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every event in the backend's streams, any job.
+async fn all_events(backend: &Arc<dyn Backend>) -> Vec<relay_core::Event> {
+    let mut all = Vec::new();
+    for stream in keys(Profile::Native).shard_streams() {
+        for e in backend.range(&stream, None, 1000).await.unwrap() {
+            all.push(relay_core::codec::parse_native(&e.fields).unwrap().event);
+        }
+    }
+    all
+}
+
+/// The first request claims its key, emits `queued` and dies before its
+/// enqueue is confirmed (its future is dropped while `submit` hangs). The
+/// job id it chose is the one retries get: it must be enqueued by them,
+/// not only reported.
+async fn crash_mid_submit(
+    app: &axum::Router,
+    transport: &Stalling,
+    backend: &Arc<dyn Backend>,
+    key: &str,
+) -> JobId {
+    transport.hang.store(true, Ordering::SeqCst);
+    let crashed = tokio::time::timeout(
+        Duration::from_millis(500),
+        call(app, keyed("u1", key, ok_body())),
+    )
+    .await;
+    assert!(crashed.is_err(), "the first request hangs in submit");
+    transport.hang.store(false, Ordering::SeqCst);
+    assert!(transport.submitted().is_empty(), "nothing was enqueued");
+    let evs = all_events(backend).await;
+    assert_eq!(
+        steps(&evs),
+        pairs(&[("queued", "started")]),
+        "the crashed request got as far as `queued`"
+    );
+    evs[0].job_id.clone()
+}
+
+fn short_lease(config: ApiConfig) -> ApiConfig {
+    ApiConfig {
+        idempotency_pending_lease: Duration::from_millis(200),
+        ..config
+    }
+}
+
+/// Chaos-soak finding: the idempotency record was written (`SET NX`) before
+/// the job was enqueued, so after a crash between the two every retry with
+/// the same key answered 200 with a job that never ran. Now the retry
+/// enqueues that same job (same id, same token), and later replays answer
+/// from the committed record without enqueueing it again.
+#[tokio::test]
+async fn a_retry_after_a_crash_mid_submit_enqueues_the_same_job() {
+    let backend = memory();
+    let transport = Stalling::new(Duration::ZERO, None);
+    let app = ScanApi::new(
+        publisher(backend.clone(), Profile::Native),
+        transport.clone(),
+        short_lease(with_secret()),
+    )
+    .router();
+    let job = crash_mid_submit(&app, &transport, &backend, "crash-1").await;
+
+    let (s, _, v) = call(&app, keyed("u1", "crash-1", ok_body())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["job_id"], job.as_str(), "the crashed request's job");
+    assert!(v["token"].is_string(), "{v}");
+    let sub = transport.submitted();
+    assert_eq!(sub.len(), 1, "the retry enqueued the job");
+    assert_eq!(sub[0].job_id, job);
+    assert_eq!(sub[0].user_id, "u1");
+    assert_eq!(sub[0].stage, 0);
+
+    let (s, _, again) = call(&app, keyed("u1", "crash-1", ok_body())).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again, v, "the same response, token included");
+    assert_eq!(
+        transport.submitted().len(),
+        1,
+        "committed: not enqueued again"
+    );
+    let other = json!({"image_url": "https://images.example.com/other.jpg"});
+    let (s, _, v) = call(&app, keyed("u1", "crash-1", other.to_string())).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["code"], "IDEMPOTENCY_KEY_REUSED");
+    // Another user's request with the same key is its own job.
+    let (s, _, v) = call(&app, keyed("u2", "crash-1", ok_body())).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(v["job_id"], job.as_str());
+    assert_eq!(
+        all_events(&backend)
+            .await
+            .iter()
+            .filter(|e| e.job_id == job)
+            .count(),
+        1,
+        "the repeated `queued` event was deduplicated"
+    );
+}
+
+/// The same crash with the in-process workers behind the API: the retried
+/// job runs to its terminal `done`, exactly once.
+#[tokio::test]
+async fn a_retry_after_a_crash_mid_submit_runs_the_job_to_done() {
+    let backend = memory();
+    let (engine, workers) = start_in_process(
+        publisher(backend.clone(), Profile::Native),
+        &ScanModels::simulated(LatencyDist::ZERO),
+        scan::engine_config(),
+        InProcessConfig::default(),
+    );
+    let transport = Stalling::new(Duration::ZERO, Some(Arc::new(workers.clone())));
+    let app = ScanApi::new(
+        publisher(backend.clone(), Profile::Native),
+        transport.clone(),
+        short_lease(ApiConfig::default()),
+    )
+    .router();
+    let job = crash_mid_submit(&app, &transport, &backend, "crash-2").await;
+
+    let (s, _, v) = call(&app, keyed("u1", "crash-2", ok_body())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["job_id"], job.as_str());
+    assert_eq!(
+        wait_terminal(engine.control().store(), &job, Duration::from_secs(20)).await,
+        Some(true)
+    );
+    let evs = wait_done_event(
+        &backend,
+        &keys(Profile::Native),
+        &job,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(steps(&evs), full_scan_steps());
+    assert_eq!(evs.iter().filter(|e| e.is_terminal()).count(), 1);
+    workers.shutdown().await;
+}
+
+/// A duplicate that arrives while the first request is still (slowly)
+/// submitting waits for it instead of enqueueing the job a second time.
+#[tokio::test]
+async fn a_duplicate_during_a_slow_live_submit_waits_and_enqueues_once() {
+    let backend = memory();
+    let transport = Stalling::new(Duration::from_millis(300), None);
+    let app = ScanApi::new(
+        publisher(backend.clone(), Profile::Native),
+        transport.clone(),
+        ApiConfig::default(),
+    )
+    .router();
+    let first = call(&app, keyed("u1", "slow-1", ok_body()));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call(&app, keyed("u1", "slow-1", ok_body())).await
+    };
+    let ((s1, _, v1), (s2, _, v2)) = tokio::join!(first, second);
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{v1} {v2}");
+    assert_eq!(v1, v2);
+    assert_eq!(transport.submitted().len(), 1);
+}
