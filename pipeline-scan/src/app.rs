@@ -176,6 +176,18 @@ pub struct ApiArgs {
     /// Lifetime of issued stream tokens, seconds.
     #[arg(long, env = "RELAY_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub token_ttl_secs: u64,
+    /// How long an idempotency key is remembered, seconds.
+    #[arg(long, env = "RELAY_IDEMPOTENCY_TTL_SECS", default_value_t = 3600)]
+    pub idempotency_ttl_secs: u64,
+    /// How long a submission with an idempotency key may take before a
+    /// retry with the same key takes it over (it was abandoned: the API
+    /// died mid-submit), seconds. Longer than the slowest enqueue.
+    #[arg(
+        long,
+        env = "RELAY_IDEMPOTENCY_PENDING_LEASE_SECS",
+        default_value_t = 10
+    )]
+    pub idempotency_pending_lease_secs: u64,
     /// Listener limits (`--http-*`).
     #[command(flatten)]
     pub http: HttpServeArgs,
@@ -195,6 +207,10 @@ impl ApiArgs {
                 .filter(|s| !s.is_empty())
                 .map(|s| s.clone().into_bytes()),
             token_ttl: Duration::from_secs(self.token_ttl_secs.max(1)),
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs.max(1)),
+            idempotency_pending_lease: Duration::from_secs(
+                self.idempotency_pending_lease_secs.max(1),
+            ),
             ..ApiConfig::default()
         }
     }
