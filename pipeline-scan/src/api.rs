@@ -238,7 +238,8 @@ fn idempotency(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Whether an IP address is private, loopback, link-local or otherwise not a
-/// public unicast address.
+/// public unicast address. An IPv6 address that embeds an IPv4 one (mapped,
+/// NAT64, 6to4) is judged by the IPv4 address it reaches.
 pub fn is_non_public_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -253,18 +254,37 @@ pub fn is_non_public_ip(ip: IpAddr) -> bool {
                 || o[0] == 0
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
                 || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0], o[1], o[2]) == (192, 0, 0)
                 || o[0] >= 240
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_non_public_ip(IpAddr::V4(v4)))
+            let v4 = |hi: u16, lo: u16| std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+            // IPv4 addresses a translator or tunnel delivers to: mapped
+            // (::ffff:0:0/96), NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+            let embedded = match s {
+                [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
+                    Some(v4(hi, lo))
+                }
+                [0x2002, hi, lo, ..] => Some(v4(hi, lo)),
+                _ => None,
+            };
+            match embedded {
+                Some(ip) => is_non_public_ip(IpAddr::V4(ip)),
+                // ::/16 holds unspecified, loopback and the deprecated
+                // IPv4-compatible addresses; then local NAT64, discard-only,
+                // documentation, unique-local, link-local, site-local, multicast.
+                None => {
+                    s[0] == 0
+                        || (s[0], s[1], s[2]) == (0x64, 0xff9b, 1)
+                        || s[..4] == [0x100, 0, 0, 0]
+                        || (s[0], s[1]) == (0x2001, 0xdb8)
+                        || (s[0] & 0xfe00) == 0xfc00
+                        || (s[0] & 0xffc0) == 0xfe80
+                        || (s[0] & 0xffc0) == 0xfec0
+                        || v6.is_multicast()
+                }
+            }
         }
     }
 }
@@ -559,6 +579,43 @@ async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `scan_api` fuzz target (`http://[::2]/a.jpg` was
+    /// accepted): reserved IPv6 ranges, and IPv6 forms that deliver to a
+    /// private IPv4 address through a translator or tunnel, are not public.
+    #[test]
+    fn reserved_and_embedded_private_addresses_are_refused() {
+        let c = ApiConfig::default();
+        for private in [
+            "http://[::2]/a.jpg",
+            "http://[::127.0.0.1]/a.jpg",
+            "http://[::a00:1]/a.jpg",
+            "http://[64:ff9b::7f00:1]/a.jpg",
+            "http://[64:ff9b::10.0.0.1]/a.jpg",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "http://[2002:7f00:1::1]/a.jpg",
+            "http://[2002:c0a8:101::]/a.jpg",
+            "http://[64:ff9b:1::1]/a.jpg",
+            "http://[fec0::1]/a.jpg",
+            "http://[2001:db8::1]/a.jpg",
+            "http://[100::1]/a.jpg",
+            "http://192.0.0.8/a.jpg",
+        ] {
+            assert_eq!(
+                validate_image_url(private, &c).map_err(|e| e.code),
+                Err("IMAGE_URL_NOT_ALLOWED"),
+                "{private}"
+            );
+        }
+        for public in [
+            "http://[2606:4700::1111]/a.jpg",
+            "http://[64:ff9b::5db8:d822]/a.jpg",
+            "http://[2002:5db8:d822::1]/a.jpg",
+            "http://192.0.1.1/a.jpg",
+        ] {
+            assert!(validate_image_url(public, &c).is_ok(), "{public}");
+        }
+    }
 
     #[test]
     fn url_rules() {
