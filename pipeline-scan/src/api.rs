@@ -191,7 +191,8 @@ fn idempotency_key(user: &str, key: &str) -> String {
     format!("{}:idempotency:{user}:{key}", scan::DOMAIN)
 }
 
-fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
+#[doc(hidden)]
+pub fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(raw) = headers.get("x-user-id") else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -221,7 +222,8 @@ fn user_id(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(v.to_owned())
 }
 
-fn idempotency(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+#[doc(hidden)]
+pub fn idempotency(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(raw) = headers.get("x-idempotency-key") else {
         return Ok(None);
     };
@@ -349,7 +351,8 @@ pub fn validate_image_url(raw: &str, config: &ApiConfig) -> Result<(), ApiError>
     Ok(())
 }
 
-fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiError> {
+#[doc(hidden)]
+pub fn parse_request(body: &[u8], config: &ApiConfig) -> Result<ScanRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -66,6 +66,12 @@ pub use config::{BackendKind, Config, LogFormat};
 pub use metrics::{CloseReason, Metrics};
 pub use stream::Framing;
 
+/// Internals exposed for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::front::{parse_head, Head};
+}
+
 use hub::{Hub, HubOptions};
 use stream::{Session, SessionConfig};
 
