@@ -145,6 +145,12 @@ impl Eco2Entry {
             })?;
             fields.push((k.clone(), v.to_owned()));
         }
+        // One value per name: the routed JSON is an object, where a repeated
+        // key would override what the router validated here.
+        let mut names = std::collections::HashSet::with_capacity(fields.len());
+        if let Some((k, _)) = fields.iter().find(|(k, _)| !names.insert(k.as_str())) {
+            return Err(CodecError::DuplicateField(k.chars().take(40).collect()));
+        }
         let get = |name: &'static str| -> Result<&str, CodecError> {
             fields
                 .iter()
@@ -204,8 +210,10 @@ impl Eco2Entry {
                     Err(_) => push_json_str(&mut out, v),
                 },
                 "result" if !v.is_empty() => match serde_json::from_str::<serde_json::Value>(v) {
-                    Ok(val) => out.push_str(&val.to_string()),
-                    Err(_) => push_json_str(&mut out, v),
+                    Ok(val) if nesting(&val) <= MAX_RESULT_NESTING => {
+                        out.push_str(&val.to_string())
+                    }
+                    _ => push_json_str(&mut out, v),
                 },
                 _ => push_json_str(&mut out, v),
             }
@@ -247,6 +255,21 @@ impl Eco2Entry {
             e.trace = TraceContext::parse_traceparent(tp).ok();
         }
         Ok(e)
+    }
+}
+
+/// Deepest `result` embedded as JSON in the routed object: serde_json reads
+/// 127 levels and the routed object adds one. A deeper (but parsable)
+/// `result` is embedded as a string, so the gateway can always read the
+/// event (the Python router would embed it; no real result nests this deep).
+const MAX_RESULT_NESTING: usize = 126;
+
+/// Array/object nesting depth of a value (bounded: it was parsed by serde_json).
+fn nesting(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -492,6 +515,59 @@ mod tests {
         ));
         let bad = vec![("job_id".to_string(), Bytes::from_static(b"\xff"))];
         assert!(Eco2Entry::parse(&bad).is_err());
+    }
+
+    /// Found by the `stream_entry` fuzz target: with a field given twice the
+    /// router used the first value and the routed JSON (a JSON object: last
+    /// key wins) told the gateway the second, so they disagreed on the
+    /// status, stage or job of the event.
+    #[test]
+    fn duplicate_field_is_rejected() {
+        let e = Eco2Entry::parse(&raw(&[
+            ("job_id", "abc-123"),
+            ("stage", "queued"),
+            ("status", "started"),
+            ("seq", "0"),
+            ("status", "s\u{7}\0tarted"),
+        ]));
+        assert!(
+            matches!(&e, Err(CodecError::DuplicateField(f)) if f == "status"),
+            "{e:?}"
+        );
+        // Any repeated name, not only the ones the router reads.
+        let e = Eco2Entry::parse(&raw(&[
+            ("job_id", "abc-123"),
+            ("stage", "queued"),
+            ("status", "started"),
+            ("seq", "0"),
+            ("result", "1"),
+            ("result", "2"),
+        ]));
+        assert!(matches!(e, Err(CodecError::DuplicateField(_))), "{e:?}");
+    }
+
+    /// Found while writing the `stream_entry` fuzz target's invariant (the
+    /// gateway reads every routed JSON the router writes): a `result` nested
+    /// as deep as the JSON parser allows parsed on its own, but one level
+    /// deeper inside the routed object it did not, so the gateway dropped
+    /// the event — a terminal `done` never reached the client.
+    #[test]
+    fn deepest_result_still_gives_readable_routed_json() {
+        for depth in [100, 126, 127, 128, 200] {
+            let result = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let e = Eco2Entry::parse(&raw(&[
+                ("job_id", "abc-123"),
+                ("stage", "done"),
+                ("status", "completed"),
+                ("seq", "51"),
+                ("result", &result),
+            ]))
+            .unwrap();
+            let json = e.routed_json("1-0");
+            let routed = Eco2Routed::parse(&Bytes::from(json))
+                .unwrap_or_else(|err| panic!("depth {depth}: {err}"));
+            assert!(routed.is_terminal());
+        }
     }
 
     #[test]

@@ -95,6 +95,10 @@ pub enum CodecError {
     /// A name or id inside the entry is invalid.
     #[error(transparent)]
     Validation(#[from] ValidationError),
+    /// A field name appears more than once in one stream entry (its readers
+    /// would disagree on the value).
+    #[error("field {0:?} appears more than once")]
+    DuplicateField(String),
     /// The body disagrees with the plain fields next to it.
     #[error("body disagrees with field {0:?}")]
     Mismatch(&'static str),

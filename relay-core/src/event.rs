@@ -213,7 +213,7 @@ impl FromStr for Status {
 }
 
 /// W3C trace context carried with an event (`traceparent`, optional).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct TraceContext {
     /// 32 lowercase hex digits.
     pub trace_id: String,
@@ -221,6 +221,21 @@ pub struct TraceContext {
     pub span_id: String,
     /// Trace flags (bit 0: sampled).
     pub flags: u8,
+}
+
+/// Deserialised through [`TraceContext::new`]: a body's trace context is
+/// validated like its job id, never taken on trust.
+impl<'de> Deserialize<'de> for TraceContext {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            trace_id: String,
+            span_id: String,
+            flags: u8,
+        }
+        let r = Raw::deserialize(d)?;
+        TraceContext::new(&r.trace_id, &r.span_id, r.flags).map_err(serde::de::Error::custom)
+    }
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
@@ -557,6 +572,43 @@ mod tests {
     fn json_rejects_invalid_job_id() {
         let r: Result<JobId, _> = serde_json::from_str("\"a b\"");
         assert!(r.is_err());
+    }
+
+    /// Found by the `stream_entry` fuzz target: an event body whose trace
+    /// context is not hex was accepted, so the event could not be re-sent as
+    /// eco2 (its `traceparent` no longer parsed) and carried ids no
+    /// `TraceContext::new` would build.
+    #[test]
+    fn event_with_malformed_trace_is_rejected() {
+        let ok = r#"{"domain":"scan","job_id":"job-1","seq":11,"stage":"vision","status":"completed","ts":1,"trace":{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","flags":1}}"#;
+        let e: Event = serde_json::from_str(ok).unwrap();
+        assert_eq!(e.trace.unwrap().span_id, "00f067aa0ba902b7");
+        for bad in [
+            ok.replace("00f067aa0ba902b7", "00f067aa0,ba902b7"),
+            ok.replace(
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "4BF92F3577B34DA6A3CE929D0E0E4736",
+            ),
+            ok.replace("00f067aa0ba902b7", "00f067aa"),
+        ] {
+            assert!(serde_json::from_str::<Event>(&bad).is_err(), "{bad}");
+        }
+        let e = Event::new("scan", "job-1", 1, "vision", Status::Started).unwrap();
+        let mut v = rmp_serde::to_vec_named(&e).unwrap();
+        let with_trace = rmp_serde::to_vec_named(
+            &e.clone()
+                .with_trace(TraceContext::new(&"a".repeat(32), &"b".repeat(16), 0).unwrap()),
+        )
+        .unwrap();
+        assert!(rmp_serde::from_slice::<Event>(&with_trace).is_ok());
+        // The same body with a span id that is not 16 hex digits.
+        v.clear();
+        v.extend(
+            String::from_utf8_lossy(&with_trace)
+                .replace(&"b".repeat(16), "bbbbbbbbbbbbbbb!")
+                .bytes(),
+        );
+        assert!(rmp_serde::from_slice::<Event>(&v).is_err());
     }
 
     #[test]

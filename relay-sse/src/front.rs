@@ -175,8 +175,8 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// What a buffer holds so far.
-enum Head {
+/// What [`parse_head`] made of the bytes read so far.
+pub enum Head {
     /// More bytes needed.
     Partial,
     /// An SSE request this front serves (head length consumed).
@@ -187,7 +187,7 @@ enum Head {
 
 /// Parses a request head from `buf` (sync: the header array stays off the
 /// connection's future).
-fn parse_head(buf: &[u8]) -> Head {
+pub fn parse_head(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {

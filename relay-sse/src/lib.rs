@@ -80,3 +80,9 @@ pub use metrics::{CloseReason, Metrics};
 pub use options::GatewayOptions;
 pub use relay_core::cli::init_tracing;
 pub use server::run;
+
+/// Internals exposed for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::front::{parse_head, Head};
+}
