@@ -50,9 +50,17 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo fmt --all -- --check
   log "cargo clippy"
   cargo clippy --workspace --all-targets --all-features -- -D warnings
+  log "module import cycles"
+  python3 scripts/module_cycles.py
 fi
 
 log "cargo test --workspace"
 # Build every member's binaries first: end-to-end tests spawn them.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+
+# A bounded run of every fuzz target (a few seconds each) plus a replay of
+# every input a fuzzer ever found (fuzz/regressions); long runs are
+# `scripts/fuzz.sh long <secs>` (docs/FUZZING.md).
+log "fuzz smoke"
+bash scripts/fuzz.sh smoke
