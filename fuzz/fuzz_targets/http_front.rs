@@ -21,7 +21,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend};
+use relay_core::backend::{ApplyEvent, ApplyJob, ApplyOptions, JobLog};
 use relay_core::{Domain, Encoding, Epoch, Event, JobId, KeySpace, Payload, Profile, Status};
 use relay_sse::fuzzing::{parse_head, Head};
 use relay_sse::{Gateway, GatewayOptions};
