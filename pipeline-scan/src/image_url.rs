@@ -134,7 +134,14 @@ pub fn check(raw: &str, policy: &ImageUrlPolicy<'_>) -> Result<url::Url, ImageUr
         let reason = match host {
             url::Host::Ipv4(ip) => ipv4_non_public(ip),
             url::Host::Ipv6(ip) => ipv6_non_public(ip),
-            url::Host::Domain(_) => domain_non_public(&host_name),
+            // With more than one trailing dot the URL parser keeps an
+            // address as a domain (`127.0.0.1..`), which resolvers still
+            // read as the address: judge it as the address it names.
+            url::Host::Domain(_) => match url::Host::parse(&host_name) {
+                Ok(url::Host::Ipv4(ip)) => ipv4_non_public(ip),
+                Ok(url::Host::Ipv6(ip)) => ipv6_non_public(ip),
+                _ => domain_non_public(&host_name),
+            },
         };
         if let Some(reason) = reason {
             return Err(ImageUrlError::NonPublicHost {
@@ -268,6 +275,30 @@ mod tests {
             allowed_hosts: &[],
             allow_private_hosts: false,
         }
+    }
+
+    /// Found by the `scan_api` fuzz target: `http://127.0.0.1../` was
+    /// accepted (two or more trailing dots keep the host a domain).
+    #[test]
+    fn addresses_with_trailing_dots_are_judged_as_addresses() {
+        for raw in [
+            "http://127.0.0.1../a.jpg",
+            "http://127.0.0.1........./a.jpg",
+            "http://0x7f.0.0.1../a.jpg",
+            "http://10.0.0.1.../a.jpg",
+            "http://169.254.169.254../latest/meta-data",
+            "http://2130706433../a.jpg",
+        ] {
+            assert!(
+                matches!(
+                    check(raw, &open()),
+                    Err(ImageUrlError::NonPublicHost { .. })
+                ),
+                "{raw}: {:?}",
+                check(raw, &open())
+            );
+        }
+        assert!(check("http://93.184.216.34../a.jpg", &open()).is_ok());
     }
 
     #[test]
