@@ -130,18 +130,23 @@ pub fn check(raw: &str, policy: &ImageUrlPolicy<'_>) -> Result<url::Url, ImageUr
         url::Host::Ipv4(ip) => ip.to_string(),
         url::Host::Ipv6(ip) => ip.to_string(),
     };
+    // With more than one trailing dot the URL parser keeps an address as a
+    // domain (`127.0.0.1..`), which resolvers still read as the address:
+    // a host that means an address in one reading and a name in another
+    // is refused, like any other ambiguous spelling.
+    if matches!(host, url::Host::Domain(_))
+        && matches!(
+            url::Host::parse(&host_name),
+            Ok(url::Host::Ipv4(_) | url::Host::Ipv6(_))
+        )
+    {
+        return Err(ImageUrlError::Ambiguous);
+    }
     if !policy.allow_private_hosts {
         let reason = match host {
             url::Host::Ipv4(ip) => ipv4_non_public(ip),
             url::Host::Ipv6(ip) => ipv6_non_public(ip),
-            // With more than one trailing dot the URL parser keeps an
-            // address as a domain (`127.0.0.1..`), which resolvers still
-            // read as the address: judge it as the address it names.
-            url::Host::Domain(_) => match url::Host::parse(&host_name) {
-                Ok(url::Host::Ipv4(ip)) => ipv4_non_public(ip),
-                Ok(url::Host::Ipv6(ip)) => ipv6_non_public(ip),
-                _ => domain_non_public(&host_name),
-            },
+            url::Host::Domain(_) => domain_non_public(&host_name),
         };
         if let Some(reason) = reason {
             return Err(ImageUrlError::NonPublicHost {
@@ -278,9 +283,10 @@ mod tests {
     }
 
     /// Found by the `scan_api` fuzz target: `http://127.0.0.1../` was
-    /// accepted (two or more trailing dots keep the host a domain).
+    /// accepted (two or more trailing dots keep the host a domain, which
+    /// resolvers read as the address). Such hosts are refused, public or not.
     #[test]
-    fn addresses_with_trailing_dots_are_judged_as_addresses() {
+    fn addresses_with_trailing_dots_are_refused() {
         for raw in [
             "http://127.0.0.1../a.jpg",
             "http://127.0.0.1........./a.jpg",
@@ -288,17 +294,19 @@ mod tests {
             "http://10.0.0.1.../a.jpg",
             "http://169.254.169.254../latest/meta-data",
             "http://2130706433../a.jpg",
+            "http://123.0.0.1........./",
         ] {
             assert!(
-                matches!(
-                    check(raw, &open()),
-                    Err(ImageUrlError::NonPublicHost { .. })
-                ),
+                matches!(check(raw, &open()), Err(ImageUrlError::Ambiguous)),
                 "{raw}: {:?}",
                 check(raw, &open())
             );
         }
-        assert!(check("http://93.184.216.34../a.jpg", &open()).is_ok());
+        assert!(matches!(
+            check("http://93.184.216.34../a.jpg", &open()),
+            Err(ImageUrlError::Ambiguous)
+        ));
+        assert!(check("http://93.184.216.34./a.jpg", &open()).is_ok());
     }
 
     #[test]
