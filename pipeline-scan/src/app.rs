@@ -315,13 +315,13 @@ pub enum DlqAction {
     /// Print dead-lettered steps as JSON lines (they stay in the queue).
     List {
         /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "RELAY_LIMIT", default_value_t = 100)]
         limit: usize,
     },
     /// Re-run dead-lettered steps from their failed stage.
     Replay {
         /// At most this many.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, env = "RELAY_LIMIT", default_value_t = 1000)]
         limit: usize,
     },
     /// Delete every dead-lettered step.
@@ -436,7 +436,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let app = ScanApi::new(publisher, producer.clone(), args.config())
                 .router()
                 .merge(api_ops_router(http.clone()));
-            let listener = tokio::net::TcpListener::bind(args.listen).await?;
+            let listener = http_serve::bind(args.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "scan api listening");
             let stop = shutdown.clone();
             http_serve::serve(listener, app, args.http.config(), http, async move {
@@ -467,7 +467,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             amqp.stage_prefetch = pairs::<u16>(&args.stage_prefetch, "--stage-prefetch")?;
             let worker = AmqpWorker::new(engine, amqp).with_metrics(metrics.clone());
 
-            let listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+            let listener = http_serve::bind(args.metrics_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
             let stop = shutdown.clone();
             let http = ServeMetrics::new();
@@ -522,6 +522,12 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reads_a_relay_env_var() {
+        let missing = relay_core::cli::flags_without_env(&Cli::command(), "RELAY_");
+        assert!(missing.is_empty(), "flags without RELAY_* env: {missing:?}");
     }
 
     #[test]

@@ -154,7 +154,7 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
         .route("/index.html", get(page))
         .route("/metrics", get(metrics))
         .fallback_service(gateway.router());
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = relay_core::http_serve::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, vision = %config.vision_latency, answer = %config.answer_latency, "demo listening");
     println!("relay scan demo: open http://{addr}/  (Ctrl-C to stop)");

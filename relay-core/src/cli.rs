@@ -25,15 +25,63 @@ pub enum LogFormat {
 
 /// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_with_default(format, "info");
+}
+
+/// Installs the global tracing subscriber with `default` as the filter when
+/// `RUST_LOG` is unset. Logs go to stderr; text logs are coloured only when
+/// stderr is a terminal and `NO_COLOR` is unset, so a log file or a
+/// collector never receives ANSI escape codes.
+pub fn init_tracing_with_default(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org>).
+fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The flags of `cmd` (and of its subcommands, as `sub --flag`) that no
+/// environment variable can set, or whose variable does not start with
+/// `prefix`. A binary's test asserts this is empty, which keeps the
+/// "every flag also reads `RELAY_<FLAG>`" promise true as flags are added.
+pub fn flags_without_env(cmd: &clap::Command, prefix: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    collect_flags_without_env(cmd, prefix, "", &mut missing);
+    missing
+}
+
+fn collect_flags_without_env(cmd: &clap::Command, prefix: &str, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let ok = arg
+            .get_env()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.starts_with(prefix));
+        if !ok {
+            out.push(format!("{path}--{long}"));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        let path = format!("{path}{} ", sub.get_name());
+        collect_flags_without_env(sub, prefix, &path, out);
+    }
 }
 
 /// Where the relay's data lives and which wire format it speaks.
@@ -148,4 +196,19 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour_wanted;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(false, None));
+    }
 }

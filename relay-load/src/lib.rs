@@ -516,3 +516,20 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         histogram: lat.buckets(40),
     })
 }
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn every_flag_reads_a_relay_load_env_var() {
+        Cli::command().debug_assert();
+        let missing = relay_core::cli::flags_without_env(&Cli::command(), "RELAY_LOAD_");
+        assert!(
+            missing.is_empty(),
+            "flags without RELAY_LOAD_* env: {missing:?}"
+        );
+    }
+}

@@ -13,7 +13,7 @@ use relay_core::{KeySpace, RouterConfig};
 /// Routes job-progress events from Redis shard streams into per-job state,
 /// gap-free history and live Pub/Sub.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "relay-router", version, about, long_about = None)]
+#[command(name = "relay-router", version)]
 pub struct RouterArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
@@ -117,6 +117,12 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         RouterArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_reads_a_relay_env_var() {
+        let missing = relay_core::cli::flags_without_env(&RouterArgs::command(), "RELAY_");
+        assert!(missing.is_empty(), "flags without RELAY_* env: {missing:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::json;
 /// Operate a relay deployment: publish, inspect jobs, follow them live,
 /// watch the shards and manage the dead-letter stream.
 #[derive(Debug, Parser)]
-#[command(name = "relayctl", version, about)]
+#[command(name = "relayctl", version)]
 pub struct CtlArgs {
     #[command(flatten)]
     pub conn: ConnectionArgs,
@@ -29,7 +29,7 @@ pub struct CtlArgs {
     #[arg(long, env = "RELAY_GROUP", global = true)]
     pub group: Option<String>,
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, env = "RELAY_JSON", global = true)]
     pub json: bool,
     /// Log format (logs go to stderr).
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -46,19 +46,19 @@ pub enum Command {
         /// Job id.
         job: String,
         /// Producer seq.
-        #[arg(long)]
+        #[arg(long, env = "RELAY_SEQ")]
         seq: u64,
         /// Stage name.
-        #[arg(long)]
+        #[arg(long, env = "RELAY_STAGE")]
         stage: String,
         /// started, progress, completed or failed.
-        #[arg(long, default_value = "progress")]
+        #[arg(long, env = "RELAY_STATUS", default_value = "progress")]
         status: Status,
         /// Percent complete.
-        #[arg(long)]
+        #[arg(long, env = "RELAY_PROGRESS")]
         progress: Option<u8>,
         /// JSON payload.
-        #[arg(long)]
+        #[arg(long, env = "RELAY_DATA")]
         data: Option<String>,
     },
     /// Show a job's current state.
@@ -71,10 +71,10 @@ pub enum Command {
         /// Job id.
         job: String,
         /// Only entries after this offset.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
         after: u64,
         /// At most this many entries.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, env = "RELAY_LIMIT", default_value_t = 1000)]
         limit: usize,
     },
     /// Follow a job live, like its SSE stream, until its terminal event.
@@ -82,10 +82,10 @@ pub enum Command {
         /// Job id.
         job: String,
         /// Start after this offset (default: replay the whole history).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
         after: u64,
         /// Give up after this many seconds without the terminal event (0: never).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "RELAY_TIMEOUT_SECS", default_value_t = 0)]
         timeout_secs: u64,
     },
     /// Pending, lag and dead-letter size per shard.
@@ -96,7 +96,7 @@ pub enum Command {
         /// Job id.
         job: String,
         /// Validity in seconds.
-        #[arg(long, default_value_t = 600)]
+        #[arg(long, env = "RELAY_TOKEN_TTL", default_value_t = 600)]
         ttl: u64,
         /// HMAC secret shared with the gateways.
         #[arg(
@@ -119,7 +119,7 @@ pub enum DlqAction {
     /// List dead-lettered entries.
     List {
         /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, env = "RELAY_LIMIT", default_value_t = 100)]
         limit: usize,
     },
     /// Append entries back to their source stream and remove them from the DLQ.
@@ -246,10 +246,26 @@ fn record_line(r: &Record) -> String {
                 e.data.to_string()
             }
         ),
-        Ok(Decoded::Eco2(e)) => format!(
-            "{:>6}  {:>6}  {:<10} {:<10} {:>4}  {}",
-            r.offset.0, e.seq, e.stage, e.status, "", e.stream_id
-        ),
+        Ok(Decoded::Eco2(e)) => {
+            // The eco2 record is the producer's JSON: progress is an integer
+            // or "", the payload is `result` (empty when there is none).
+            let v: serde_json::Value =
+                serde_json::from_slice(&e.raw).unwrap_or(serde_json::Value::Null);
+            let progress = v
+                .get("progress")
+                .and_then(serde_json::Value::as_u64)
+                .map(|p| format!("{p}%"))
+                .unwrap_or_default();
+            let data = match v.get("result") {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            format!(
+                "{:>6}  {:>6}  {:<10} {:<10} {:>4}  {}",
+                r.offset.0, e.seq, e.stage, e.status, progress, data
+            )
+        }
         Err(err) => format!("{:>6}  undecodable: {err}", r.offset.0),
     }
 }
@@ -505,15 +521,21 @@ impl Ctx {
             self.group,
             self.keys.dlq_stream()
         )?;
+        let width = rows
+            .iter()
+            .map(|(_, stream, ..)| stream.len())
+            .max()
+            .unwrap_or(0)
+            .max("STREAM".len());
         writeln!(
             out,
-            "{:<5} {:<28} {:>9} {:>8} {:>8} {:>9}",
+            "{:<5} {:<width$} {:>9} {:>8} {:>8} {:>9}",
             "SHARD", "STREAM", "LENGTH", "PENDING", "LAG", "CONSUMERS"
         )?;
         for (shard, stream, length, st) in &rows {
             writeln!(
                 out,
-                "{:<5} {:<28} {:>9} {:>8} {:>8} {:>9}",
+                "{:<5} {:<width$} {:>9} {:>8} {:>8} {:>9}",
                 shard,
                 stream,
                 length,
@@ -521,11 +543,31 @@ impl Ctx {
                 st.lag.map(|l| l.to_string()).unwrap_or_else(|| "?".into()),
                 st.consumers.len()
             )?;
-            for c in &st.consumers {
+        }
+        // Consumers in a table of their own: interleaved under each shard
+        // they broke the shard table's columns.
+        let consumers: Vec<_> = rows
+            .iter()
+            .flat_map(|(shard, _, _, st)| st.consumers.iter().map(move |c| (shard, c)))
+            .collect();
+        if !consumers.is_empty() {
+            let name_width = consumers
+                .iter()
+                .map(|(_, c)| c.name.len())
+                .max()
+                .unwrap_or(0)
+                .max("CONSUMER".len());
+            writeln!(out)?;
+            writeln!(
+                out,
+                "{:<5} {:<name_width$} {:>8} {:>10}",
+                "SHARD", "CONSUMER", "PENDING", "IDLE_MS"
+            )?;
+            for (shard, c) in consumers {
                 writeln!(
                     out,
-                    "        consumer {:<30} pending {:>6}  idle {:>8} ms",
-                    c.name, c.pending, c.idle_ms
+                    "{:<5} {:<name_width$} {:>8} {:>10}",
+                    shard, c.name, c.pending, c.idle_ms
                 )?;
             }
         }
@@ -658,5 +700,89 @@ impl Ctx {
             writeln!(out, "{n} entries purged")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use relay_core::backend::memory::MemoryBackend;
+    use relay_core::backend::ReadFrom;
+    use relay_core::{Domain, Profile};
+
+    use super::*;
+
+    #[test]
+    fn every_flag_reads_a_relay_env_var() {
+        use clap::CommandFactory;
+        let missing = relay_core::cli::flags_without_env(&CtlArgs::command(), "RELAY_");
+        assert!(missing.is_empty(), "flags without RELAY_* env: {missing:?}");
+    }
+
+    #[test]
+    fn an_eco2_record_shows_its_progress_and_result() {
+        let raw = br#"{"job_id":"j1","stage":"vision","status":"progress","seq":3,"ts":"1.5","progress":25,"result":{"label":"paper"},"stream_id":"1-0"}"#;
+        let r = Record {
+            offset: Offset(3),
+            payload: relay_core::Payload(Bytes::from_static(raw)),
+        };
+        let line = record_line(&r);
+        assert!(line.contains("25%"), "{line}");
+        assert!(line.ends_with(r#"{"label":"paper"}"#), "{line}");
+        assert!(
+            !line.contains("1-0"),
+            "the stream id is not the data: {line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stats_keeps_every_shard_row_in_the_header_columns() {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let keys = KeySpace::new(Profile::Native, Domain::new("scan").unwrap(), 2);
+        let group = keys.default_group().to_owned();
+        for shard in 0..2 {
+            let stream = keys.shard_stream(shard);
+            backend.ensure_group(&stream, &group).await.unwrap();
+            // A consumer with a long name on each shard: its row must not
+            // land inside the shard table.
+            let consumer = format!("router-with-a-rather-long-consumer-name-{shard}");
+            backend
+                .read_group(&stream, &group, &consumer, ReadFrom::New, 1, None)
+                .await
+                .unwrap();
+        }
+        let ctx = Ctx {
+            backend,
+            keys,
+            group,
+            json: false,
+        };
+        let mut out = Vec::new();
+        ctx.stats(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let tables: Vec<&str> = text.split("\n\n").collect();
+        assert_eq!(
+            tables.len(),
+            2,
+            "a shard table and a consumer table: {text}"
+        );
+        for table in tables {
+            let lines: Vec<&str> = table.lines().filter(|l| !l.starts_with("group ")).collect();
+            let header = lines[0];
+            // Every column ends where its header ends (right-aligned numbers).
+            let ends = |l: &str| -> Vec<usize> {
+                l.char_indices()
+                    .filter(|&(i, c)| c != ' ' && l[i + 1..].starts_with(' ') || i + 1 == l.len())
+                    .map(|(i, _)| i)
+                    .collect()
+            };
+            for row in &lines[1..] {
+                assert_eq!(row.len(), header.len(), "row {row:?} vs header {header:?}");
+                assert_eq!(
+                    ends(row).last(),
+                    ends(header).last(),
+                    "row {row:?} vs header {header:?}"
+                );
+            }
+        }
     }
 }

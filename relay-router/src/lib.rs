@@ -42,6 +42,9 @@ pub struct Running {
 pub async fn run(args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Connecting is retried for a long time: an orchestrator usually starts
     // the router and Redis together.
+    // Bind first: a clashing metrics port is reported at once, naming the
+    // address, and not after the streams and groups were created.
+    let listener = relay_core::http_serve::bind(args.metrics_addr).await?;
     let give_up = Duration::from_secs(args.connect_timeout_secs);
     let data = connect_with_retry(&args.conn.redis_url, give_up).await?;
     let pubsub = match &args.conn.pubsub_url {
@@ -59,7 +62,7 @@ pub async fn run(args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow
         handles.push(router.spawn());
     }
     let server = server::spawn(
-        args.metrics_addr,
+        listener,
         server::ServerState {
             data: data.clone(),
             group: args.group.clone(),

@@ -46,11 +46,12 @@ impl ServerHandle {
     }
 }
 
-/// Binds and serves until stopped, with `limits` on the listener
-/// ([`relay_core::http_serve`]: idle/head/body timeouts, connection cap;
-/// its counters are `/metrics`' `relay_router_http_*`).
+/// Serves on `listener` (bound with [`http_serve::bind`] before the router
+/// connects, so a clashing port fails at once) until stopped, with `limits`
+/// on the listener ([`relay_core::http_serve`]: idle/head/body timeouts,
+/// connection cap; its counters are `/metrics`' `relay_router_http_*`).
 pub async fn spawn(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: ServerState,
     limits: ServeConfig,
 ) -> std::io::Result<ServerHandle> {
@@ -61,7 +62,6 @@ pub async fn spawn(
         .route("/readyz", get(readyz))
         .layer(Extension(Arc::new(Exposition::new(&state, &http))))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(http_serve::serve(listener, app, limits, http, async {

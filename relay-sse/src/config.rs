@@ -118,3 +118,17 @@ pub(crate) fn secs(s: f64) -> Duration {
         .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Config;
+
+    #[test]
+    fn every_flag_reads_a_relay_env_var() {
+        Config::command().debug_assert();
+        let missing = relay_core::cli::flags_without_env(&Config::command(), "RELAY_");
+        assert!(missing.is_empty(), "flags without RELAY_* env: {missing:?}");
+    }
+}

@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::routing::get;
 use axum::Router;
 use relay_core::backend::Backend;
+use relay_core::http_serve::bind;
 
 use crate::config::{BackendKind, Config};
 use crate::gateway::{Gateway, GatewayError};
@@ -22,6 +23,13 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
             "no --auth-secret: the gateway is OPEN, any client can read any job's events"
         );
     }
+    // Bind before connecting: a clashing port is reported at once, naming
+    // the address, not after Redis answered.
+    let listener = bind(config.listen).await?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let (data, pubsub): (Arc<dyn Backend>, Arc<dyn Backend>) = match config.backend {
         BackendKind::Memory => {
             let b: Arc<dyn Backend> = Arc::new(relay_core::backend::memory::MemoryBackend::new());
@@ -34,9 +42,9 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
         }
     };
     let gateway = Gateway::with_pubsub(data, pubsub, opts)?;
-    if let Some(addr) = config.metrics_addr {
+    if let Some(metrics_listener) = metrics_listener {
         use relay_core::http_serve::{serve, ServeMetrics};
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = metrics_listener.local_addr()?;
         // Bounded like every other listener (idle/head/body timeouts,
         // connection cap); `/metrics` adds its `relay_sse_http_*` counters.
         let http = ServeMetrics::new();
@@ -57,15 +65,14 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
         };
         tracing::info!(%addr, "metrics listening");
         tokio::spawn(serve(
-            listener,
+            metrics_listener,
             app,
             config.http.config(),
             http,
             std::future::pending(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %config.listen, profile = %config.conn.profile, "relay-sse listening");
+    tracing::info!(addr = %listener.local_addr()?, profile = %config.conn.profile, "relay-sse listening");
     gateway
         .serve(listener, async {
             relay_core::cli::shutdown_signal().await;

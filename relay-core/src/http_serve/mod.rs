@@ -46,10 +46,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
+mod bind;
 mod body;
 mod config;
 mod metrics;
 
+pub use bind::{bind, BindError};
 pub use body::{BodyReadTimeout, ReadTimeoutBody};
 pub use config::{HttpServeArgs, ServeConfig};
 pub use metrics::{ServeCounts, ServeMetrics};

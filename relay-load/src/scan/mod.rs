@@ -129,7 +129,8 @@ pub struct ScanArgs {
     /// Poll interval in `--mode poll`, ms.
     #[arg(long, env = "RELAY_LOAD_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
-    /// Image URL template (`{n}` is replaced by a random number).
+    /// Image URL template: the letter n in braces (see the default) is
+    /// replaced by a random number per submission.
     #[arg(
         long,
         env = "RELAY_LOAD_IMAGE_URL",

@@ -4,7 +4,7 @@
 //! history, and follows live events on a subscription.
 //!
 //! ```sh
-//! cargo run --example quickstart
+//! cargo run -p relay-core --example quickstart
 //! ```
 
 use std::sync::Arc;
@@ -59,12 +59,12 @@ async fn main() -> anyhow::Result<()> {
         let env = LiveEnvelope::decode(&msg.payload)?;
         if let Decoded::Native(e) = env.record.payload.decode()? {
             println!(
-                "  id {}  {:<7} {:<9} seq {:>2}  progress {:?}",
+                "  id {}  {:<7} {:<9} seq {:>2}  progress {}",
                 env.position(),
                 e.stage,
                 e.status,
                 e.seq,
-                e.progress
+                e.progress.map(|p| format!("{p}%")).unwrap_or_default()
             );
         }
     }
