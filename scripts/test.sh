@@ -52,6 +52,8 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   log "module import cycles"
   python3 scripts/module_cycles.py
+  log "deployment manifests (docs/DEPLOYMENT.md)"
+  python3 scripts/validate_manifests.py
 fi
 
 log "cargo test --workspace"
