@@ -104,9 +104,7 @@ BINARIES = {
 SUBCOMMAND_ENUM = "Command"
 
 # Which address variable binds which routes, per binary (and subcommand).
-# Each path must also be a route literal in the binary's sources, except the
-# (binary, path) pairs in PENDING_ROUTES: being added by another change
-# (docs/DEPLOYMENT.md, "Not yet supported").
+# Each path must also be a route literal in the binary's sources.
 LISTENERS = {
     ("relay-router", None): {"RELAY_METRICS_ADDR": ["/metrics", "/healthz", "/readyz"]},
     ("relay-sse", None): {
@@ -116,7 +114,6 @@ LISTENERS = {
     ("pipeline-scan", "api"): {"RELAY_LISTEN": ["/healthz", "/readyz", "/metrics"]},
     ("pipeline-scan", "worker"): {"RELAY_METRICS_ADDR": ["/metrics", "/healthz"]},
 }
-PENDING_ROUTES = {("pipeline-scan", "/readyz")}
 
 # Variables read by a library rather than by relay's own code.
 LIBRARY_ENV = {"RUST_LOG": "tracing-subscriber's EnvFilter (relay_core::cli::init_tracing)"}
@@ -443,7 +440,7 @@ class Checker:
             self.err(path, f"{who}: port {port} is not bound by any address variable of {cmd} set in the container")
         elif route not in served[port]:
             self.err(path, f"{who}: {route} is not served on port {port} by {cmd}")
-        if (cmd, route) not in PENDING_ROUTES and f'"{route}"' not in self.src.text_of(cmd):
+        if f'"{route}"' not in self.src.text_of(cmd):
             self.err(path, f"{who}: {route} is not a route in the sources of {cmd}")
 
     # 5: metrics ----------------------------------------------------------

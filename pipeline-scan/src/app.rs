@@ -28,7 +28,8 @@ use crate::scan::{
 };
 use crate::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Dlq, Topology};
 pub use crate::wiring::{
-    api_ops_router, metrics_router, scan_engine, start_in_process, AppError, HTTP_METRICS_PREFIX,
+    api_ops_router, metrics_router, scan_engine, start_in_process, ApiReadiness, AppError,
+    HTTP_METRICS_PREFIX,
 };
 
 /// `pipeline-scan`: the scan pipeline's API, workers and DLQ tool.
@@ -421,7 +422,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
     match &cli.command {
         Command::Api(args) => {
             let publisher = Publisher::new(
-                backend,
+                backend.clone(),
                 cli.connection.key_space(),
                 crate::pipeline::publisher_config(),
             );
@@ -435,7 +436,10 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
             let http = ServeMetrics::new();
             let app = ScanApi::new(publisher, producer.clone(), args.config())
                 .router()
-                .merge(api_ops_router(http.clone()));
+                .merge(api_ops_router(
+                    http.clone(),
+                    ApiReadiness::new(backend.clone(), producer.clone()),
+                ));
             let listener = http_serve::bind(args.listen).await?;
             tracing::info!(addr = %listener.local_addr()?, "scan api listening");
             let stop = shutdown.clone();

@@ -9,7 +9,9 @@
 //! (the binary's `app` runs the `demo`; the demo only needs these parts).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use relay_core::cli::ConnectionArgs;
 use relay_core::http_serve::ServeMetrics;
@@ -18,6 +20,7 @@ use relay_core::{Backend, Publisher};
 use crate::metrics::Metrics;
 use crate::pipeline::{Engine, EngineConfig};
 use crate::scan::{self, ScanModels};
+use crate::transport::amqp::AmqpProducer;
 use crate::transport::inprocess::{InProcess, InProcessConfig};
 
 /// Why the binary stopped.
@@ -82,9 +85,52 @@ pub fn start_in_process(
 /// (`pipeline_scan_http_*`, see [`relay_core::http_serve`]).
 pub const HTTP_METRICS_PREFIX: &str = "pipeline_scan";
 
-/// `/metrics` (the listener's `pipeline_scan_http_*`) and `/healthz`, for
-/// the `api` listener.
-pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
+/// What the API's `/readyz` checks: the API can take a submission only when
+/// Redis answers (it records the job and publishes its first event) and the
+/// broker accepts a connection (it queues the first stage).
+#[derive(Clone)]
+pub struct ApiReadiness {
+    backend: Arc<dyn Backend>,
+    producer: Arc<AmqpProducer>,
+    timeout: Duration,
+}
+
+impl ApiReadiness {
+    /// Checks `backend` (PING) and `producer` (an open channel, reconnecting
+    /// when the last one was lost), each bounded by 2 s.
+    pub fn new(backend: Arc<dyn Backend>, producer: Arc<AmqpProducer>) -> Self {
+        Self {
+            backend,
+            producer,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// The dependencies that are not reachable now, with why (empty: ready).
+    pub async fn unready(&self) -> Vec<String> {
+        let (redis, broker) = tokio::join!(
+            tokio::time::timeout(self.timeout, self.backend.ping()),
+            tokio::time::timeout(self.timeout, self.producer.connect()),
+        );
+        let mut down = Vec::new();
+        match redis {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => down.push(format!("redis: {e}")),
+            Err(_) => down.push(format!("redis: no answer within {:?}", self.timeout)),
+        }
+        match broker {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => down.push(format!("rabbitmq: {e}")),
+            Err(_) => down.push(format!("rabbitmq: no connection within {:?}", self.timeout)),
+        }
+        down
+    }
+}
+
+/// `/metrics` (the listener's `pipeline_scan_http_*`), `/healthz` (the
+/// process serves) and `/readyz` (200 when [`ApiReadiness`] finds Redis and
+/// RabbitMQ reachable, else 503 naming what is down), for the `api` listener.
+pub fn api_ops_router(http: ServeMetrics, readiness: ApiReadiness) -> axum::Router {
     axum::Router::new()
         .route(
             "/metrics",
@@ -102,6 +148,20 @@ pub fn api_ops_router(http: ServeMetrics) -> axum::Router {
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    let down = readiness.unready().await;
+                    if down.is_empty() {
+                        (StatusCode::OK, "ready".to_owned())
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, down.join("\n"))
+                    }
+                }
+            }),
+        )
 }
 
 /// `/metrics` (Prometheus text: the worker's metrics, then its listener's
