@@ -5,7 +5,9 @@
 #   scripts/test.sh              # everything (lint + tests)
 #   RELAY_SKIP_LINT=1 scripts/test.sh
 #
-# The tests start their own private redis-server processes (from PATH or
+# Installed when missing (apt, no recommended packages): redis-server,
+# redis-tools, rabbitmq-server, and for the browser tests chromium, nodejs
+# and npm. The tests start their own private redis-server processes (from PATH or
 # $REDIS_SERVER_BIN) on free ports; RabbitMQ is shared on 127.0.0.1:5672
 # (guest/guest) and every test uses its own queue prefix.
 set -euo pipefail
@@ -25,10 +27,20 @@ command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 if [ -d tests/browser ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
 if [ -d tests/browser ] && ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
 if [ ${#missing[@]} -gt 0 ]; then
+  # redis-server/redis-tools: the tests' private servers and ceilings;
+  # rabbitmq-server: the AMQP tests' broker; chromium + nodejs/npm: the
+  # browser tests (tests/browser, Playwright driving the system chromium).
+  # Only what is needed: no recommended packages (chromium would pull in
+  # systemd, udev, avahi and printing), and apt's progress goes to a log
+  # that is shown only when the install fails.
   log "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq "${missing[@]}"
+  apt_log="$(mktemp)"
+  if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
 fi
 
 rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
@@ -42,7 +54,7 @@ fi
 
 if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; then
   log "installing browser-test dependencies"
-  (cd tests/browser && { npm ci --no-audit --no-fund || npm install --no-audit --no-fund; })
+  (cd tests/browser && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
 fi
 
 if [ -z "${RELAY_SKIP_LINT:-}" ]; then

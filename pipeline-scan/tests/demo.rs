@@ -248,6 +248,8 @@ async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
         })
         .collect();
     assert_eq!(rows, common::full_scan_steps(), "{seen}");
+    // Every row's cells sit under the header's columns.
+    assert_eq!(seen["misaligned"], serde_json::json!([]), "{seen}");
     for stage in ["vision", "rule", "answer", "reward"] {
         assert_eq!(seen["stages"][stage], "completed", "{seen}");
     }

@@ -62,6 +62,26 @@ const seen = await page.evaluate(() => {
         s.classList.contains("completed") ? "completed" : s.classList.contains("failed") ? "failed" : s.classList.contains("running") ? "running" : "pending",
       ]),
     ),
+    // Layout of the events table: every row is a table row whose cells sit
+    // under the header's columns, with no decoration of its own (a row
+    // styled by another element's CSS class shows up here).
+    misaligned: (() => {
+      const ths = [...document.querySelectorAll("#rows")[0].closest("table").querySelectorAll("thead th")];
+      const headRow = ths[0].parentElement;
+      const bad = [];
+      for (const tr of document.querySelectorAll("#rows tr.ev")) {
+        const cs = getComputedStyle(tr);
+        const what = `${tr.children[2]?.textContent}/${tr.dataset.stage}/${tr.dataset.status}`;
+        if (cs.display !== "table-row") bad.push(`${what}: display ${cs.display}`);
+        if (cs.borderLeftWidth !== getComputedStyle(headRow).borderLeftWidth) bad.push(`${what}: border-left ${cs.borderLeftWidth}`);
+        if (tr.children.length !== ths.length) bad.push(`${what}: ${tr.children.length} cells, ${ths.length} columns`);
+        [...tr.children].forEach((td, i) => {
+          const a = td.getBoundingClientRect(), h = ths[i]?.getBoundingClientRect();
+          if (h && (Math.abs(a.left - h.left) > 1 || Math.abs(a.right - h.right) > 1)) bad.push(`${what}: cell ${i} at ${a.left}..${a.right}, column at ${h.left}..${h.right}`);
+        });
+      }
+      return bad;
+    })(),
     resultVisible: !document.getElementById("result").hidden,
     result: {
       classification: text("classification"),
