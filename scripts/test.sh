@@ -52,6 +52,8 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   log "module import cycles"
   python3 scripts/module_cycles.py
+  log "k6 scripts (self-test, k6 inspect; installs k6 into a venv if missing)"
+  bash scripts/k6.sh check
 fi
 
 log "cargo test --workspace"
