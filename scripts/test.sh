@@ -66,6 +66,8 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   python3 scripts/module_cycles.py
   log "deployment manifests (docs/DEPLOYMENT.md)"
   python3 scripts/validate_manifests.py
+  log "k6 scripts (self-test, k6 inspect; installs k6 into a venv if missing)"
+  bash scripts/k6.sh check
 fi
 
 log "cargo test --workspace"
