@@ -38,7 +38,15 @@ export function chromiumPath() {
 /// Returns { browser (a persistent context), page, close }.
 /// Options: { viewport: {width, height}, timeoutMs, onConsole }.
 export async function launch(opts = {}) {
-  const userDataDir = mkdtempSync(join(tmpdir(), "relay-chromium-"));
+  // Everything this run writes to a temp dir (the profile, playwright's
+  // artifacts, Chromium's own files) goes under one root that is removed on
+  // close and, whatever path the script leaves by (a watchdog's exit, an
+  // uncaught error), when the process exits: tests leave nothing in /tmp.
+  const root = mkdtempSync(join(tmpdir(), "relay-browser-"));
+  const removeRoot = () => rmSync(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+  process.on("exit", removeRoot);
+  process.env.TMPDIR = root;
+  const userDataDir = mkdtempSync(join(root, "relay-chromium-"));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: chromiumPath(),
     headless: true,
@@ -60,7 +68,7 @@ export async function launch(opts = {}) {
     try {
       await context.close();
     } finally {
-      rmSync(userDataDir, { recursive: true, force: true });
+      removeRoot();
     }
   };
   return { browser: context, context, page, close };
