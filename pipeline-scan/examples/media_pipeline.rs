@@ -34,7 +34,8 @@
 //! `tests/examples.rs` runs [`run`] and checks the events, so this file
 //! cannot rot.
 
-use std::error::Error;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ use relay_core::codec::parse_native;
 use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+pub use common::{format_event, AnyError};
 
 /// What a client asks for.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,21 +158,6 @@ impl Stage for Upload {
         json!({ "url": out.url })
     }
 }
-
-/// One event as a line: `seq  stage  status  progress%  data`.
-pub fn format_event(e: &Event) -> String {
-    format!(
-        "{:>3}  {:<9}  {:<9}  {:>3}%  {}",
-        e.seq,
-        e.stage.as_str(),
-        e.status.to_string(),
-        e.progress.unwrap_or(0),
-        e.data
-    )
-}
-
-/// Any error of the example.
-pub type AnyError = Box<dyn Error + Send + Sync>;
 
 /// Runs one job from `source_url` through the pipeline and calls `on_event`
 /// with each of its events as it is published (a consumer group on the

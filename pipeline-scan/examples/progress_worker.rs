@@ -27,7 +27,8 @@
 //! published once. `tests/examples.rs` runs [`demo`] against a private
 //! redis-server and the local broker.
 
-use std::error::Error;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-/// Any error of the example.
-pub type AnyError = Box<dyn Error + Send + Sync>;
+use common::format_event;
+pub use common::AnyError;
 
 /// A picture to process.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,17 +274,6 @@ pub async fn demo(
     result
 }
 
-fn line(e: &Event) -> String {
-    format!(
-        "{:>3}  {:<9}  {:<9}  {:>3}%  {}",
-        e.seq,
-        e.stage.as_str(),
-        e.status.to_string(),
-        e.progress.unwrap_or(0),
-        e.data
-    )
-}
-
 #[tokio::main]
 async fn main() -> Result<(), AnyError> {
     let settings = Settings::from_env();
@@ -321,7 +311,7 @@ async fn main() -> Result<(), AnyError> {
                 queue_prefix: format!("{}.demo", settings.queue_prefix),
                 ..settings
             };
-            demo(&settings, |e| println!("{}", line(e))).await?;
+            demo(&settings, |e| println!("{}", format_event(e))).await?;
             Ok(())
         }
         other => Err(format!("unknown command {other:?}: worker | submit [N] | demo").into()),

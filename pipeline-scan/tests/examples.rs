@@ -2,11 +2,12 @@
 //! builds `examples/*.rs` as binaries, and these tests include the same
 //! files as modules and call what their `main` calls.
 
-#[allow(dead_code)]
+// Each example declares `examples/common` itself, as a binary must.
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../examples/media_pipeline.rs"]
 mod media_pipeline;
 
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../examples/progress_worker.rs"]
 mod progress_worker;
 

@@ -180,8 +180,20 @@ async fn malformed_bodies_are_reported() {
             .await
             .unwrap_err();
         assert!(matches!(err, ModelError::Malformed(_)), "case {i}: {err:?}");
+        // The parser's error stays in the chain (case 1 has no content to
+        // parse), and the stage error keeps the model error as its source.
+        let chain: &dyn std::error::Error = &err;
+        let parser_error = std::iter::successors(chain.source(), |e| e.source())
+            .any(|e| e.downcast_ref::<serde_json::Error>().is_some());
+        assert_eq!(parser_error, i != 1, "case {i}: {err:?}");
+        let text = err.to_string();
+        let stage = StageError::from(err);
+        assert_eq!(stage.message(), text);
+        let chain: &dyn std::error::Error = &stage;
+        let source = chain.source().expect("the model error is the source");
+        assert!(source.downcast_ref::<ModelError>().is_some(), "{source:?}");
         // A model glitch may succeed on a later attempt of the stage.
-        assert!(StageError::from(err).is_retryable());
+        assert!(stage.is_retryable());
     }
 }
 

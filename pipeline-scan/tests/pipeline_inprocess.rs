@@ -577,7 +577,7 @@ async fn job_control_errors_keep_their_typed_source() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, ControlError::Hook(StageError::Retryable(_))),
+        matches!(err, ControlError::Hook(StageError::Retryable { .. })),
         "{err:?}"
     );
     assert!(err.is_transient());

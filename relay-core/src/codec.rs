@@ -134,10 +134,10 @@ pub fn native_fields(event: &Event, enc: Encoding) -> Result<Fields, CodecError>
 /// Parses a native stream entry, checking the body against the plain fields.
 pub fn parse_native(fields: &[(String, Bytes)]) -> Result<NativeEntry, CodecError> {
     let job = JobId::new(text_field(fields, "job")?)?;
-    let seq = parse_canonical_u64("seq", text_field(fields, "seq")?).map_err(|e| {
-        CodecError::InvalidField {
+    let seq = parse_canonical_u64("seq", text_field(fields, "seq")?).map_err(|source| {
+        CodecError::InvalidNumber {
             field: "seq",
-            reason: e.to_string(),
+            source,
         }
     })?;
     let enc: Encoding = match field(fields, "enc") {
@@ -348,10 +348,21 @@ mod tests {
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[1].1 = Bytes::from_static(b"ten");
+        let err = parse_native(&f).unwrap_err();
+        assert!(
+            matches!(err, CodecError::InvalidNumber { field: "seq", .. }),
+            "{err:?}"
+        );
+        // The validation error is the source, and still in the message.
+        let source = std::error::Error::source(&err).expect("source kept");
         assert!(matches!(
-            parse_native(&f),
-            Err(CodecError::InvalidField { field: "seq", .. })
+            source.downcast_ref::<crate::ValidationError>(),
+            Some(crate::ValidationError::NotCanonical { what: "seq", .. })
         ));
+        assert_eq!(
+            err.to_string(),
+            "field \"seq\" is invalid: seq must be a canonical decimal integer, got \"ten\""
+        );
 
         let mut f = native_fields(&e, Encoding::MsgPack).unwrap();
         f[1].1 = Bytes::from_static(b"12");
@@ -364,7 +375,7 @@ mod tests {
             assert!(
                 matches!(
                     parse_native(&f),
-                    Err(CodecError::InvalidField { field: "seq", .. })
+                    Err(CodecError::InvalidNumber { field: "seq", .. })
                 ),
                 "{alias} accepted"
             );

@@ -161,19 +161,21 @@ impl Eco2Entry {
         let job_id = JobId::new(get("job_id")?)?;
         let stage = Stage::new(get("stage")?)?;
         let status = get("status")?.to_owned();
-        let seq =
-            parse_canonical_u64("seq", get("seq")?).map_err(|e| CodecError::InvalidField {
+        let seq = parse_canonical_u64("seq", get("seq")?).map_err(|source| {
+            CodecError::InvalidNumber {
                 field: "seq",
-                reason: e.to_string(),
-            })?;
+                source,
+            }
+        })?;
         // `progress` is an integer as a string, or "" (WIRE: see docs).
         if let Ok(p) = get("progress") {
             if !p.is_empty() {
-                let n =
-                    parse_canonical_u64("progress", p).map_err(|e| CodecError::InvalidField {
+                let n = parse_canonical_u64("progress", p).map_err(|source| {
+                    CodecError::InvalidNumber {
                         field: "progress",
-                        reason: e.to_string(),
-                    })?;
+                        source,
+                    }
+                })?;
                 if n > u64::from(MAX_PROGRESS) {
                     return Err(ValidationError::Progress { value: n }.into());
                 }
@@ -398,7 +400,7 @@ mod tests {
             assert!(
                 matches!(
                     entry(seq, "25"),
-                    Err(CodecError::InvalidField { field: "seq", .. })
+                    Err(CodecError::InvalidNumber { field: "seq", .. })
                 ),
                 "seq {seq:?} accepted"
             );
@@ -413,7 +415,7 @@ mod tests {
             assert!(
                 matches!(
                     entry("11", progress),
-                    Err(CodecError::InvalidField {
+                    Err(CodecError::InvalidNumber {
                         field: "progress",
                         ..
                     })
@@ -502,7 +504,7 @@ mod tests {
                 ("status", "s"),
                 ("seq", "x")
             ])),
-            Err(CodecError::InvalidField { field: "seq", .. })
+            Err(CodecError::InvalidNumber { field: "seq", .. })
         ));
         assert!(matches!(
             Eco2Entry::parse(&raw(&[

@@ -77,6 +77,16 @@ pub enum CodecError {
         /// Why it was rejected.
         reason: String,
     },
+    /// A numeric field is not a decimal integer written the one canonical
+    /// way (the validation error is the source).
+    #[error("field {field:?} is invalid: {source}")]
+    InvalidNumber {
+        /// The field name.
+        field: &'static str,
+        /// Why the value was refused.
+        #[source]
+        source: ValidationError,
+    },
     /// A field or body is not valid UTF-8 where text is required.
     #[error("field {0:?} is not valid UTF-8")]
     Utf8(&'static str),

@@ -30,7 +30,7 @@ use tower::ServiceExt;
 use crate::gateway::{Gateway, GatewayError};
 use crate::hub::Signal;
 use crate::metrics::{CloseReason, Metrics};
-use crate::output::Output;
+use crate::output::{write_watching, Output};
 use crate::routes::is_sse_path;
 use crate::takeover::SseTakeover;
 
@@ -450,27 +450,9 @@ impl Output for SocketOut<'_> {
         frame.put_slice(b"\r\n");
         drop(chunk);
         self.mid_chunk = true;
-        let write = self.sock.write_all(&frame);
-        tokio::pin!(write);
-        let mut resync = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut write => break r.map_err(|_| CloseReason::ClientGone),
-                // The live inbox overflowed while the socket would not take
-                // more: a slow client. It reconnects and resumes.
-                _ = signal.notified() => {
-                    if signal.take_overflow() {
-                        return Err(CloseReason::SlowClient);
-                    }
-                    resync = true;
-                }
-            }
-        };
-        self.mid_chunk = false;
-        if resync {
-            // Keep the resync request for the session loop.
-            signal.renotify();
-        }
+        let result = write_watching(self.sock.write_all(&frame), signal).await;
+        // A slow client's write is abandoned with part of the chunk sent.
+        self.mid_chunk = result == Err(CloseReason::SlowClient);
         result
     }
 }

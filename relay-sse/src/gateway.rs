@@ -21,9 +21,9 @@ use crate::options::GatewayOptions;
 /// Errors building or running the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// A setting is invalid.
+    /// A setting is invalid: the domain is not a valid relay name.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[source] relay_core::ValidationError),
     /// The backend could not be reached at start.
     #[error("backend: {0}")]
     Backend(#[from] relay_core::BackendError),
@@ -94,11 +94,10 @@ impl Gateway {
         pubsub: Arc<dyn Backend>,
         opts: GatewayOptions,
     ) -> Result<Self, GatewayError> {
-        let domain =
-            Domain::new(opts.domain.clone()).map_err(|e| GatewayError::Config(e.to_string()))?;
+        let domain = Domain::new(opts.domain.clone()).map_err(GatewayError::Config)?;
         let ks = |d: Domain| KeySpace::new(opts.profile, d, opts.shards);
-        let scan = Domain::new("scan").map_err(|e| GatewayError::Config(e.to_string()))?;
-        let chat = Domain::new("chat").map_err(|e| GatewayError::Config(e.to_string()))?;
+        let scan = Domain::new("scan").map_err(GatewayError::Config)?;
+        let chat = Domain::new("chat").map_err(GatewayError::Config)?;
         let default_keys = ks(domain);
         let metrics = Arc::new(Metrics::new());
         let instance = format!("{}-{}", std::process::id(), Epoch::random().0);
@@ -158,5 +157,31 @@ impl Gateway {
         }
         inner.metrics.active.inc();
         Some(ConnGuard(inner.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use relay_core::backend::memory::MemoryBackend;
+
+    use super::*;
+
+    #[test]
+    fn an_invalid_domain_is_a_config_error_with_the_validation_as_source() {
+        let opts = GatewayOptions {
+            domain: "not a domain".into(),
+            ..GatewayOptions::default()
+        };
+        let err = Gateway::new(Arc::new(MemoryBackend::new()), opts).unwrap_err();
+        assert!(matches!(err, GatewayError::Config(_)), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with("invalid configuration: invalid domain"));
+        let source = err.source().expect("source kept");
+        assert!(source
+            .downcast_ref::<relay_core::ValidationError>()
+            .is_some());
     }
 }

@@ -11,21 +11,40 @@
 //! lost. A client that cannot keep up is disconnected (it resumes) instead of
 //! slowing anyone else.
 //!
-//! Embedding (e.g. the all-in-one demo on the memory backend):
+//! ## Embedding
+//!
+//! [`Gateway::router`] is a plain axum `Router` with the gateway's state
+//! already applied. Serve it alone (as the all-in-one demo does on the
+//! memory backend), or mount it in your own application under a prefix,
+//! next to your own routes and behind your own middleware:
 //!
 //! ```no_run
 //! use std::sync::Arc;
+//! use axum::routing::get;
 //! use relay_core::backend::memory::MemoryBackend;
 //! use relay_sse::{Gateway, GatewayOptions};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = Arc::new(MemoryBackend::new());
 //! let gateway = Gateway::new(backend, GatewayOptions::default())?;
-//! let app: axum::Router = gateway.router(); // merge with your own routes
+//! // `nest_service` mounts it into a router of any state type; the
+//! // gateway's routes answer below the prefix (`/progress/v1/jobs/{id}/events`).
+//! let app = axum::Router::new()
+//!     .route("/hello", get(|| async { "your own route" }))
+//!     .nest_service("/progress", gateway.router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `examples/embed_gateway.rs` is a whole application doing this: the
+//! memory backend or Redis from the environment, relay's router applying
+//! what its own route publishes, its own API-key check as a layer on the
+//! mounted gateway, and a shutdown that ends the open streams
+//! ([`Gateway::shutdown`]) so the listener can drain (`tests/examples.rs`
+//! runs it). Mounted, the gateway is served by the application's HTTP
+//! server rather than the gateway's own HTTP/1.1 front (docs/ARCHITECTURE.md,
+//! "Embedding the gateway"); the demo page, when enabled, expects the root.
 //!
 //! Endpoints: `GET /v1/jobs/{job_id}/events` (SSE), `GET /v1/jobs/{job_id}/state`,
 //! the eco2 routes `GET /api/v1/stream?job_id=` and

@@ -3,6 +3,8 @@
 //! the bounded channel feeding an axum response body. The gateway's own
 //! front implements [`Output`] on the socket (`front::SocketOut`).
 
+use std::future::Future;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -33,25 +35,35 @@ impl Output for ChannelOut {
     }
 
     async fn write(&mut self, chunk: Bytes, signal: &Signal) -> Result<(), CloseReason> {
-        let send = self.0.send(chunk);
-        tokio::pin!(send);
-        let mut resync = false;
-        let result = loop {
-            tokio::select! {
-                r = &mut send => break r.map_err(|_| CloseReason::ClientGone),
-                // Same rule as the socket: the live inbox overflowed while
-                // the body would not take more.
-                _ = signal.notified() => {
-                    if signal.take_overflow() {
-                        return Err(CloseReason::SlowClient);
-                    }
-                    resync = true;
-                }
-            }
-        };
-        if resync {
-            signal.renotify();
-        }
-        result
+        write_watching(self.0.send(chunk), signal).await
     }
+}
+
+/// Drives `write` (one chunk on its way to the client) while watching the
+/// client's live inbox, for every [`Output`]: an overflow before the write
+/// completes is a slow client, which then reconnects and resumes (the write
+/// is abandoned mid-way); any other notification is a resync request, kept
+/// for the session loop once the write is done. A failed write is a client
+/// gone.
+pub(crate) async fn write_watching<E>(
+    write: impl Future<Output = Result<(), E>>,
+    signal: &Signal,
+) -> Result<(), CloseReason> {
+    tokio::pin!(write);
+    let mut resync = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut write => break r.map_err(|_| CloseReason::ClientGone),
+            _ = signal.notified() => {
+                if signal.take_overflow() {
+                    return Err(CloseReason::SlowClient);
+                }
+                resync = true;
+            }
+        }
+    };
+    if resync {
+        signal.renotify();
+    }
+    result
 }

@@ -99,7 +99,10 @@ fn matches(pattern: &str, path: &str) -> bool {
 }
 
 impl Gateway {
-    /// The gateway's routes (with CORS when origins are configured).
+    /// The gateway's routes (with CORS when origins are configured), its
+    /// state applied: serve it alone, or mount it in an application with
+    /// `nest_service(prefix, gateway.router())` (any outer state type) next
+    /// to the application's own routes and layers.
     pub fn router(&self) -> Router {
         let mut r = Router::new();
         for &(path, kind) in ROUTES {

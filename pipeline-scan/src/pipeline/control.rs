@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use relay_core::event::DONE_STAGE;
 use relay_core::{
     BackendError, Domain, Event, JobId, PublishError, Publisher, Status, TraceContext,
     ValidationError,
@@ -107,8 +108,9 @@ impl JobControl {
         &self.publisher
     }
 
+    /// Builds one event of the job and publishes it.
     #[allow(clippy::too_many_arguments)]
-    fn event(
+    async fn emit(
         &self,
         job: &JobId,
         seq: u64,
@@ -117,7 +119,7 @@ impl JobControl {
         progress: u8,
         data: Value,
         trace: Option<&str>,
-    ) -> Result<Event, ControlError> {
+    ) -> Result<(), ControlError> {
         let mut e = Event::new(self.domain.as_str(), job.as_str(), seq, stage, status)
             .map_err(ControlError::Event)?
             .with_progress(progress)
@@ -125,7 +127,7 @@ impl JobControl {
         if let Some(t) = trace.and_then(|t| TraceContext::parse_traceparent(t).ok()) {
             e = e.with_trace(t);
         }
-        Ok(e)
+        self.publish(e).await
     }
 
     /// Publishes with a few quick retries to ride over a connection blip.
@@ -147,18 +149,24 @@ impl JobControl {
         }
     }
 
+    /// Emits the job's terminal event at `seq`: stage `done`, progress 100.
+    async fn terminal(
+        &self,
+        job: &JobId,
+        seq: u64,
+        status: Status,
+        data: Value,
+        trace: Option<&str>,
+    ) -> Result<(), ControlError> {
+        self.emit(job, seq, DONE_STAGE, status, 100, data, trace)
+            .await
+    }
+
     /// Emits the `queued` event (seq 0, progress 0).
     pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), ControlError> {
-        let e = self.event(
-            job,
-            self.scheme.queued(),
-            QUEUED_STAGE,
-            Status::Started,
-            0,
-            data,
-            None,
-        )?;
-        self.publish(e).await
+        let seq = self.scheme.queued();
+        self.emit(job, seq, QUEUED_STAGE, Status::Started, 0, data, None)
+            .await
     }
 
     pub(super) async fn stage_event(
@@ -175,16 +183,9 @@ impl JobControl {
             _ => (self.scheme.failed(i), self.scheme.progress_started(i)),
         };
         let seq = self.scheme.in_run(seq, env.run);
-        let e = self.event(
-            &env.job_id,
-            seq,
-            name,
-            status,
-            progress,
-            data,
-            env.traceparent.as_deref(),
-        )?;
-        self.publish(e).await
+        let trace = env.traceparent.as_deref();
+        self.emit(&env.job_id, seq, name, status, progress, data, trace)
+            .await
     }
 
     /// Finishes a job successfully: claims the terminal outcome, runs the
@@ -218,16 +219,9 @@ impl JobControl {
             .on_success(job, output)
             .await
             .map_err(ControlError::Hook)?;
-        let e = self.event(
-            &job.job_id,
-            self.scheme.in_run(self.scheme.done(), claimed.run),
-            relay_core::event::DONE_STAGE,
-            Status::Completed,
-            100,
-            data,
-            trace,
-        )?;
-        self.publish(e).await?;
+        let seq = self.scheme.in_run(self.scheme.done(), claimed.run);
+        self.terminal(&job.job_id, seq, Status::Completed, data, trace)
+            .await?;
         Ok(true)
     }
 
@@ -264,16 +258,9 @@ impl JobControl {
             .on_failure(job, claimed.stage.as_deref(), error)
             .await
             .map_err(ControlError::Hook)?;
-        let e = self.event(
-            &job.job_id,
-            self.scheme.in_run(self.scheme.job_failed(), claimed.run),
-            relay_core::event::DONE_STAGE,
-            Status::Failed,
-            100,
-            data,
-            trace,
-        )?;
-        self.publish(e).await?;
+        let seq = self.scheme.in_run(self.scheme.job_failed(), claimed.run);
+        self.terminal(&job.job_id, seq, Status::Failed, data, trace)
+            .await?;
         Ok(true)
     }
 }

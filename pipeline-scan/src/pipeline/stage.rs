@@ -10,39 +10,120 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+/// The error a [`StageError`] was caused by (shared, so the stage error
+/// stays `Clone`).
+pub type StageErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a stage run failed, and whether running it again can help.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// The message is what the job's events and logs report; the error that
+/// caused the failure, when there is one, is kept as the source (see
+/// [`StageError::retryable_from`]). Two stage errors are equal when their
+/// kind and message are.
+#[derive(Debug, Clone)]
 pub enum StageError {
     /// A transient failure (timeout, rate limit, 5xx, connection): the stage
     /// is retried with backoff until the attempts are exhausted.
-    #[error("retryable: {0}")]
-    Retryable(String),
+    Retryable {
+        /// What failed (the cause's text included).
+        message: String,
+        /// The error that caused it, if any.
+        source: Option<StageErrorSource>,
+    },
     /// A permanent failure (invalid input, malformed model output after
     /// retries, …): the job fails without further attempts.
-    #[error("fatal: {0}")]
-    Fatal(String),
+    Fatal {
+        /// What failed (the cause's text included).
+        message: String,
+        /// The error that caused it, if any.
+        source: Option<StageErrorSource>,
+    },
 }
+
+impl std::fmt::Display for StageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_retryable() {
+            "retryable"
+        } else {
+            "fatal"
+        };
+        write!(f, "{kind}: {}", self.message())
+    }
+}
+
+/// Written out rather than derived: thiserror would hand out the `Arc`
+/// itself as the source, which no caller can downcast to the error inside.
+impl std::error::Error for StageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let (StageError::Retryable { source, .. } | StageError::Fatal { source, .. }) = self;
+        source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for StageError {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_retryable() == other.is_retryable() && self.message() == other.message()
+    }
+}
+
+impl Eq for StageError {}
 
 impl StageError {
     /// A retryable error.
     pub fn retryable(msg: impl Into<String>) -> Self {
-        StageError::Retryable(msg.into())
+        StageError::Retryable {
+            message: msg.into(),
+            source: None,
+        }
     }
 
     /// A fatal error.
     pub fn fatal(msg: impl Into<String>) -> Self {
-        StageError::Fatal(msg.into())
+        StageError::Fatal {
+            message: msg.into(),
+            source: None,
+        }
+    }
+
+    /// A retryable error caused by `source`: the message is
+    /// `"{context}: {source}"` and `source` stays the error's source.
+    pub fn retryable_from(
+        context: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::caused_by(true, format!("{context}: {source}"), Arc::new(source))
+    }
+
+    /// A fatal error caused by `source`: the message is
+    /// `"{context}: {source}"` and `source` stays the error's source.
+    pub fn fatal_from(
+        context: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::caused_by(false, format!("{context}: {source}"), Arc::new(source))
+    }
+
+    /// An error of the given kind with `message`, caused by `source`.
+    pub(crate) fn caused_by(retryable: bool, message: String, source: StageErrorSource) -> Self {
+        let source = Some(source);
+        if retryable {
+            StageError::Retryable { message, source }
+        } else {
+            StageError::Fatal { message, source }
+        }
     }
 
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StageError::Retryable(_))
+        matches!(self, StageError::Retryable { .. })
     }
 
     /// The message without the kind prefix.
     pub fn message(&self) -> &str {
         match self {
-            StageError::Retryable(m) | StageError::Fatal(m) => m,
+            StageError::Retryable { message, .. } | StageError::Fatal { message, .. } => message,
         }
     }
 }
@@ -157,12 +238,45 @@ impl<S: Stage> ErasedStage for Erased<S> {
         ctx: &StageContext,
         input: Value,
     ) -> Result<(Value, Value), StageError> {
-        let input: S::Input = serde_json::from_value(input)
-            .map_err(|e| StageError::fatal(format!("invalid input for stage {}: {e}", S::NAME)))?;
+        let input: S::Input = serde_json::from_value(input).map_err(|e| {
+            StageError::fatal_from(&format!("invalid input for stage {}", S::NAME), e)
+        })?;
         let (output, data) = self.0.run_with_data(ctx, input).await?;
         let value = serde_json::to_value(&output).map_err(|e| {
-            StageError::fatal(format!("stage {} output not serializable: {e}", S::NAME))
+            StageError::fatal_from(&format!("stage {} output not serializable", S::NAME), e)
         })?;
         Ok((value, data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn a_stage_error_from_another_error_keeps_it_as_its_source() {
+        let parse = serde_json::from_str::<u32>("x").unwrap_err();
+        let text = parse.to_string();
+        let err = StageError::fatal_from("reward output", parse);
+        assert!(!err.is_retryable());
+        assert_eq!(err.message(), format!("reward output: {text}"));
+        assert_eq!(err.to_string(), format!("fatal: reward output: {text}"));
+        let source = err.source().expect("source kept");
+        assert!(source.downcast_ref::<serde_json::Error>().is_some());
+        // Equality is by kind and message; a clone shares the source.
+        assert_eq!(
+            err.clone(),
+            StageError::fatal(format!("reward output: {text}"))
+        );
+        assert_ne!(err, StageError::retryable(err.message()));
+        assert!(err.clone().source().is_some());
+        let io = std::io::Error::other("down");
+        let retry = StageError::retryable_from("result store", io);
+        assert!(retry.is_retryable());
+        assert_eq!(retry.message(), "result store: down");
+        assert!(retry.source().is_some());
+        assert!(StageError::retryable("plain").source().is_none());
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::openai::{ModelError, OpenAiClient};
+use super::openai::{self, ModelError, OpenAiClient};
 use super::rules::RuleDoc;
 use super::types::{Answered, FinalAnswer, Ruled, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
@@ -168,8 +168,7 @@ impl AnswerModel for OpenAiAnswer {
             {"role": "user", "content": user.to_string()},
         ]);
         let v = self.client.chat_json(messages, req.model).await?;
-        let mut answer: FinalAnswer = serde_json::from_value(v)
-            .map_err(|e| ModelError::Malformed(format!("final answer: {e}")))?;
+        let mut answer: FinalAnswer = openai::decode("final answer", v)?;
         if req.rules.is_none()
             && !answer
                 .insufficiencies

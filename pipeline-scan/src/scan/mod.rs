@@ -146,7 +146,7 @@ impl ScanHooks {
 impl JobHooks for ScanHooks {
     async fn on_success(&self, job: &JobInfo, output: &Value) -> Result<Value, StageError> {
         let outcome: ScanOutcome = serde_json::from_value(output.clone())
-            .map_err(|e| StageError::fatal(format!("reward output: {e}")))?;
+            .map_err(|e| StageError::fatal_from("reward output", e))?;
         let result = types::done_result(job.job_id.as_str(), &outcome);
         self.store(&job.job_id, &result).await?;
         Ok(result)

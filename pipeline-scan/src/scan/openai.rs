@@ -7,6 +7,7 @@
 //! exponential backoff (honouring a `Retry-After` of a few seconds), and
 //! parses `choices[0].message.content` as JSON.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,7 +15,8 @@ use serde_json::{json, Value};
 use crate::pipeline::StageError;
 
 /// Why a model call failed. Compares equal by kind and data (a connection
-/// failure by its message: the HTTP client's error has no equality).
+/// failure or a malformed response by its message: the HTTP client's and
+/// the JSON parser's errors have no equality).
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// The request timed out (after retries).
@@ -40,7 +42,31 @@ pub enum ModelError {
     Connection(#[source] reqwest::Error),
     /// The response does not have the expected shape.
     #[error("malformed model response: {0}")]
-    Malformed(String),
+    Malformed(#[source] MalformedResponse),
+}
+
+/// What is wrong with a model response; the JSON parser's error, where there
+/// is one, is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedResponse {
+    /// The response body is not JSON.
+    #[error("body is not JSON: {0}")]
+    Body(#[source] serde_json::Error),
+    /// The body has no `choices[0].message.content` string.
+    #[error("no choices[0].message.content")]
+    NoContent,
+    /// The message content is not a JSON object.
+    #[error("content is not a JSON object: {0}")]
+    Content(#[source] serde_json::Error),
+    /// The content is JSON but not the value the caller asked for.
+    #[error("{what}: {source}")]
+    Shape {
+        /// What was expected (`classification`, `final answer`).
+        what: &'static str,
+        /// Why it does not fit.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl PartialEq for ModelError {
@@ -57,7 +83,7 @@ impl PartialEq for ModelError {
                 },
             ) => status == s2 && body == b2,
             (Connection(a), Connection(b)) => a.to_string() == b.to_string(),
-            (Malformed(a), Malformed(b)) => a == b,
+            (Malformed(a), Malformed(b)) => a.to_string() == b.to_string(),
             _ => false,
         }
     }
@@ -73,12 +99,10 @@ impl ModelError {
 }
 
 impl From<ModelError> for StageError {
+    /// Retryable unless the model refused the request; the model error is
+    /// the source.
     fn from(e: ModelError) -> Self {
-        if e.is_retryable() {
-            StageError::Retryable(e.to_string())
-        } else {
-            StageError::Fatal(e.to_string())
-        }
+        StageError::caused_by(e.is_retryable(), e.to_string(), Arc::new(e))
     }
 }
 
@@ -224,17 +248,25 @@ fn classify_reqwest(e: reqwest::Error) -> ModelError {
 /// code block around the object).
 pub fn parse_completion(text: &str) -> Result<Value, ModelError> {
     let v: Value = serde_json::from_str(text)
-        .map_err(|e| ModelError::Malformed(format!("body is not JSON: {e}")))?;
+        .map_err(|e| ModelError::Malformed(MalformedResponse::Body(e)))?;
     let content = v
         .pointer("/choices/0/message/content")
         .and_then(Value::as_str)
-        .ok_or_else(|| ModelError::Malformed("no choices[0].message.content".into()))?;
+        .ok_or(ModelError::Malformed(MalformedResponse::NoContent))?;
     let trimmed = content
         .trim()
         .trim_start_matches("```json")
         .trim_start_matches("```")
         .trim_end_matches("```")
         .trim();
-    serde_json::from_str(trimmed)
-        .map_err(|e| ModelError::Malformed(format!("content is not a JSON object: {e}")))
+    serde_json::from_str(trimmed).map_err(|e| ModelError::Malformed(MalformedResponse::Content(e)))
+}
+
+/// A parsed completion as the caller's `T` (`what` names it in the error).
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    value: Value,
+) -> Result<T, ModelError> {
+    serde_json::from_value(value)
+        .map_err(|source| ModelError::Malformed(MalformedResponse::Shape { what, source }))
 }

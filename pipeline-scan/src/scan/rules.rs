@@ -214,6 +214,11 @@ pub struct RuleDoc {
     pub character: Option<CharacterInfo>,
 }
 
+/// `v` if it is a string, else `default`.
+fn text(v: Option<&Value>, default: &str) -> String {
+    v.and_then(Value::as_str).unwrap_or(default).to_owned()
+}
+
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
@@ -254,11 +259,7 @@ impl RuleDoc {
                 }
             }
             return Self {
-                title: v
-                    .get("이름")
-                    .and_then(Value::as_str)
-                    .unwrap_or(key)
-                    .to_owned(),
+                title: text(v.get("이름"), key),
                 items: strings(v.get("대상_품목")),
                 steps,
                 exceptions: pairs(v.get("배출불가_품목_안내")),
@@ -267,11 +268,7 @@ impl RuleDoc {
             };
         }
         Self {
-            title: v
-                .get("title")
-                .and_then(Value::as_str)
-                .unwrap_or(key)
-                .to_owned(),
+            title: text(v.get("title"), key),
             items: strings(v.get("applies_to")),
             steps: strings(v.get("steps")),
             exceptions: pairs(v.get("not_accepted")),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::openai::{ModelError, OpenAiClient};
+use super::openai::{self, ModelError, OpenAiClient};
 use super::types::{Classification, Classified, ScanRequest, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
 /// Re-exported from [`crate::sim`], where the simulators' latency lives.
@@ -216,7 +216,7 @@ impl VisionModel for OpenAiVision {
             ]}
         ]);
         let v = self.client.chat_json(messages, req.model).await?;
-        serde_json::from_value(v).map_err(|e| ModelError::Malformed(format!("classification: {e}")))
+        openai::decode("classification", v)
     }
 }
 
