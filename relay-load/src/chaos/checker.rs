@@ -40,6 +40,51 @@ impl History {
     }
 }
 
+/// How a client's deliveries departed from its job's history: the counts a
+/// job's findings and the run's figures share (all zero: exact delivery).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeliveryCounts {
+    /// History events the client never received (and no snapshot covered).
+    pub lost: u64,
+    /// Events received more than once.
+    pub duplicated: u64,
+    /// Events received after a later offset.
+    pub out_of_order: u64,
+    /// Received events whose id or content differ from the history's.
+    pub mismatched: u64,
+    /// Received events of another epoch than the history's.
+    pub foreign_epoch: u64,
+    /// `snapshot` events received (resume failures).
+    pub snapshots: u64,
+    /// History events not received because a snapshot skipped them.
+    pub skipped_by_snapshot: u64,
+}
+
+impl DeliveryCounts {
+    /// Sum of the counts (each one is a violation).
+    pub fn total(&self) -> u64 {
+        self.lost
+            + self.duplicated
+            + self.out_of_order
+            + self.mismatched
+            + self.foreign_epoch
+            + self.snapshots
+            + self.skipped_by_snapshot
+    }
+}
+
+impl std::ops::AddAssign for DeliveryCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.mismatched += o.mismatched;
+        self.foreign_epoch += o.foreign_epoch;
+        self.snapshots += o.snapshots;
+        self.skipped_by_snapshot += o.skipped_by_snapshot;
+    }
+}
+
 /// What the checker found for one job (all zero / `terminals == 1` /
 /// `client_terminals == 1`: clean).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -59,20 +104,9 @@ pub struct JobFindings {
     pub undecodable: u64,
     /// Events the client received (snapshots excluded).
     pub delivered: u64,
-    /// History events the client never received (and no snapshot covered).
-    pub lost: u64,
-    /// Events received more than once.
-    pub duplicated: u64,
-    /// Events received after a later offset.
-    pub out_of_order: u64,
-    /// Received events whose id or content differ from the history's.
-    pub mismatched: u64,
-    /// Received events of another epoch than the history's.
-    pub foreign_epoch: u64,
-    /// `snapshot` events received (resume failures).
-    pub snapshots: u64,
-    /// History events not received because a snapshot skipped them.
-    pub skipped_by_snapshot: u64,
+    /// How the client's deliveries departed from the history.
+    #[serde(flatten)]
+    pub delivery: DeliveryCounts,
     /// Terminal frames the client received.
     pub client_terminals: u32,
     /// Details of each finding (offsets, times, gateways).
@@ -88,13 +122,7 @@ impl JobFindings {
             + self.after_terminal
             + self.seq_inversions
             + self.undecodable
-            + self.lost
-            + self.duplicated
-            + self.out_of_order
-            + self.mismatched
-            + self.foreign_epoch
-            + self.snapshots
-            + self.skipped_by_snapshot
+            + self.delivery.total()
             + u64::from(self.client_terminals != 1)
     }
 }
@@ -186,7 +214,7 @@ pub fn check_job(h: &History, got: &[Got]) -> JobFindings {
         }
         let pos = g.id.as_deref().and_then(|i| i.parse::<Position>().ok());
         if g.event == "snapshot" {
-            f.snapshots += 1;
+            f.delivery.snapshots += 1;
             f.notes.push(format!(
                 "snapshot at t={} gw{} conn {} id {:?}: {}",
                 g.t,
@@ -203,21 +231,21 @@ pub fn check_job(h: &History, got: &[Got]) -> JobFindings {
         }
         f.delivered += 1;
         let Some(pos) = pos else {
-            f.mismatched += 1;
+            f.delivery.mismatched += 1;
             f.notes
                 .push(format!("event without a valid id at t={}: {:?}", g.t, g.id));
             continue;
         };
         let off = pos.offset.0;
         if h.epoch.is_some_and(|e| e != pos.epoch.0) {
-            f.foreign_epoch += 1;
+            f.delivery.foreign_epoch += 1;
             f.notes.push(format!(
                 "event {} at t={} gw{} is not of the history's epoch {:?}",
                 pos, g.t, g.gw, h.epoch
             ));
         }
         if let Some(prev) = first_seen.get(&off) {
-            f.duplicated += 1;
+            f.delivery.duplicated += 1;
             f.notes.push(format!(
                 "offset {off} received again at t={} gw{} conn {} (first at t={} gw{} conn {})",
                 g.t, g.gw, g.conn, prev.t, prev.gw, prev.conn
@@ -225,7 +253,7 @@ pub fn check_job(h: &History, got: &[Got]) -> JobFindings {
             continue;
         }
         if off < max_seen {
-            f.out_of_order += 1;
+            f.delivery.out_of_order += 1;
             f.notes.push(format!(
                 "offset {off} received at t={} gw{} conn {} after offset {max_seen}",
                 g.t, g.gw, g.conn
@@ -237,7 +265,7 @@ pub fn check_job(h: &History, got: &[Got]) -> JobFindings {
         match by_offset.get(&off) {
             Some(Some(stored)) if received.as_ref() == Some(*stored) => {}
             stored => {
-                f.mismatched += 1;
+                f.delivery.mismatched += 1;
                 f.notes.push(format!(
                     "offset {off} at t={} gw{}: received {}, history has {}",
                     g.t,
@@ -259,9 +287,9 @@ pub fn check_job(h: &History, got: &[Got]) -> JobFindings {
             continue;
         }
         if *o <= covered {
-            f.skipped_by_snapshot += 1;
+            f.delivery.skipped_by_snapshot += 1;
         } else {
-            f.lost += 1;
+            f.delivery.lost += 1;
             f.notes.push(format!(
                 "offset {o} ({}) never received",
                 describe(e.as_ref())
@@ -379,12 +407,44 @@ mod tests {
     }
 
     #[test]
+    fn delivery_counts_add_up_and_total() {
+        let one = DeliveryCounts {
+            lost: 1,
+            duplicated: 2,
+            out_of_order: 3,
+            mismatched: 4,
+            foreign_epoch: 5,
+            snapshots: 6,
+            skipped_by_snapshot: 7,
+        };
+        let mut sum = DeliveryCounts::default();
+        sum += one;
+        sum += one;
+        assert_eq!(sum.total(), 56);
+        assert_eq!((sum.lost, sum.skipped_by_snapshot), (2, 14));
+    }
+
+    #[test]
     fn checker_counts_lost_duplicated_and_out_of_order() {
         let h = history();
         let f = check_job(&h, &got(&h, &[1, 3, 3, 2, 4]));
-        assert_eq!((f.lost, f.duplicated, f.out_of_order), (0, 1, 1));
+        assert_eq!(
+            (
+                f.delivery.lost,
+                f.delivery.duplicated,
+                f.delivery.out_of_order
+            ),
+            (0, 1, 1)
+        );
         let f = check_job(&h, &got(&h, &[1, 2, 4]));
-        assert_eq!((f.lost, f.duplicated, f.out_of_order), (1, 0, 0));
+        assert_eq!(
+            (
+                f.delivery.lost,
+                f.delivery.duplicated,
+                f.delivery.out_of_order
+            ),
+            (1, 0, 0)
+        );
         assert_eq!(f.violations(), 1);
     }
 
@@ -402,7 +462,14 @@ mod tests {
         });
         g.extend(got(&h, &[4]));
         let f = check_job(&h, &g);
-        assert_eq!((f.snapshots, f.skipped_by_snapshot, f.lost), (1, 2, 0));
+        assert_eq!(
+            (
+                f.delivery.snapshots,
+                f.delivery.skipped_by_snapshot,
+                f.delivery.lost
+            ),
+            (1, 2, 0)
+        );
         assert!(f.violations() >= 3);
     }
 
@@ -413,7 +480,7 @@ mod tests {
         g[1].data = serde_json::to_string(&ev(99, "vision", Status::Started)).unwrap();
         g[2].id = Some("8:3".into());
         let f = check_job(&h, &g);
-        assert_eq!((f.mismatched, f.foreign_epoch), (1, 1));
+        assert_eq!((f.delivery.mismatched, f.delivery.foreign_epoch), (1, 1));
         let f = check_job(&h, &got(&h, &[1, 2, 3]));
         assert_eq!(f.client_terminals, 0);
         assert!(f.violations() > 0);

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::checker::DeliveryCounts;
+
 /// The run's figures.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ChaosFigures {
@@ -69,20 +71,10 @@ pub struct ChaosFigures {
     pub amqp_rounds: u64,
     /// RabbitMQ connections closed.
     pub amqp_connections_closed: u64,
-    /// Lost events (never delivered).
-    pub lost: u64,
-    /// Duplicated deliveries.
-    pub duplicated: u64,
-    /// Out-of-order deliveries.
-    pub out_of_order: u64,
-    /// Deliveries whose id or content differ from the history.
-    pub mismatched: u64,
-    /// Deliveries of another epoch.
-    pub foreign_epoch: u64,
-    /// Snapshot events (resume failures).
-    pub snapshots: u64,
-    /// Events skipped by snapshots.
-    pub skipped_by_snapshot: u64,
+    /// Deliveries that departed from the histories (undecodable history
+    /// records count as mismatches).
+    #[serde(flatten)]
+    pub delivery: DeliveryCounts,
     /// Jobs with more than one terminal event in the history.
     pub multiple_terminals: u64,
     /// Jobs with more than one reward completed event, or whose reward grant
@@ -183,14 +175,20 @@ pub(super) fn summary_rows(f: &ChaosFigures) -> Vec<(String, String)> {
                 f.e2e.p50_ms, f.e2e.p99_ms, f.e2e.max_ms
             ),
         ),
-        ("lost".into(), f.lost.to_string()),
-        ("duplicated".into(), f.duplicated.to_string()),
-        ("out of order".into(), f.out_of_order.to_string()),
-        ("content / id mismatches".into(), f.mismatched.to_string()),
-        ("foreign epoch".into(), f.foreign_epoch.to_string()),
+        ("lost".into(), f.delivery.lost.to_string()),
+        ("duplicated".into(), f.delivery.duplicated.to_string()),
+        ("out of order".into(), f.delivery.out_of_order.to_string()),
+        (
+            "content / id mismatches".into(),
+            f.delivery.mismatched.to_string(),
+        ),
+        ("foreign epoch".into(), f.delivery.foreign_epoch.to_string()),
         (
             "snapshots (events skipped)".into(),
-            format!("{} ({})", f.snapshots, f.skipped_by_snapshot),
+            format!(
+                "{} ({})",
+                f.delivery.snapshots, f.delivery.skipped_by_snapshot
+            ),
         ),
         (
             "multiple terminals".into(),
@@ -212,4 +210,46 @@ pub(super) fn summary_rows(f: &ChaosFigures) -> Vec<(String, String)> {
         ("VIOLATIONS".into(), f.violations.to_string()),
         ("logs".into(), f.log_dir.clone()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_counts_stay_flat_and_in_place_in_the_json() {
+        let fig = ChaosFigures {
+            delivery: DeliveryCounts {
+                lost: 1,
+                snapshots: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&fig).expect("figures serialize");
+        let obj = v.as_object().expect("an object");
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let at = keys
+            .iter()
+            .position(|k| *k == "amqp_connections_closed")
+            .expect("amqp_connections_closed");
+        assert_eq!(
+            keys[at + 1..at + 9],
+            [
+                "lost",
+                "duplicated",
+                "out_of_order",
+                "mismatched",
+                "foreign_epoch",
+                "snapshots",
+                "skipped_by_snapshot",
+                "multiple_terminals"
+            ]
+        );
+        assert_eq!(
+            (obj["lost"].as_u64(), obj["snapshots"].as_u64()),
+            (Some(1), Some(2))
+        );
+        assert!(!obj.contains_key("delivery"));
+    }
 }

@@ -32,12 +32,12 @@
 //! Any violation makes the command exit non-zero.
 //!
 //! The modules follow the run's seams: `args` (the flags), `fleet` (the
-//! spawned processes), `faults` (the fault log and schedule) with one module
-//! per fault source (`kills`, `redis_faults`, `amqp_faults`), `load` (what
-//! producers and clients share and record), `producer` and `client` (the
-//! SSE clients), `checker` (one job's exact
-//! check), `soak` (the timed run) and `figures` (the report's figures and
-//! table).
+//! spawned processes), `faults` (the fault log and schedule helpers) with one
+//! module per fault source (`kills`, `redis_faults`, `amqp_faults`), `load`
+//! (what the producers and clients share and record), `producer` (the
+//! submissions), `client` (the SSE clients), `checker` (one job's exact
+//! check), `verdict` (all jobs checked and tallied), `figures` (the report's
+//! figures and table) and `soak` (the timed run that ties them together).
 
 use std::sync::Arc;
 
@@ -58,10 +58,11 @@ mod load;
 mod producer;
 mod redis_faults;
 mod soak;
+mod verdict;
 
 pub use amqp_faults::amqp_port;
 pub use args::{ChaosArgs, Fsync};
-pub use checker::{check_job, History, JobFindings};
+pub use checker::{check_job, DeliveryCounts, History, JobFindings};
 pub use client::frame_is_terminal;
 pub use figures::ChaosFigures;
 pub use fleet::Kind;

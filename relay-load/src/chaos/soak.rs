@@ -1,6 +1,6 @@
 //! The timed run: start the fault tasks and the supervisor, submit scans at
-//! `--rate` during the fault phase, drain without faults, then check every
-//! accepted job and build the report.
+//! `--rate` during the fault phase, drain without faults, then have every
+//! scan checked and build the report.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,14 +10,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_core::backend::redis::RedisBackend;
-use relay_core::backend::KvStore;
 use relay_core::testing::RedisServer;
-use relay_core::{Domain, KeySpace, Profile, Status};
 
 use super::amqp_faults::amqp_loop;
 use super::args::ChaosArgs;
-use super::checker::{check_job, describe, granted_reward, read_history};
 use super::client::follow;
 use super::faults::{write_lines, FaultCounts, FaultLog};
 use super::figures::ChaosFigures;
@@ -26,8 +22,9 @@ use super::kills::kill_loop;
 use super::load::{Ctx, Scan, Submit};
 use super::producer::submit;
 use super::redis_faults::redis_loop;
+use super::verdict::{check_scans, record_faults, Checked};
 use crate::report::Report;
-use crate::stats::{round3, Lat, Timeline};
+use crate::stats::round3;
 
 async fn one_scan(ctx: Arc<Ctx>, n: u64) -> Scan {
     let start = Instant::now();
@@ -218,8 +215,6 @@ pub(super) async fn soak(
     }
 
     // Check.
-    let backend = RedisBackend::connect(&redis.url()).await?;
-    let keys = KeySpace::new(Profile::Native, Domain::new("scan")?, common.shards);
     let mut fig = ChaosFigures {
         secs: args.secs,
         rate: args.rate,
@@ -227,143 +222,18 @@ pub(super) async fn soak(
         appendfsync: format!("{:?}", args.appendfsync).to_lowercase(),
         ..Default::default()
     };
-    let mut notes = Vec::new();
-    let mut e2e = Lat::new();
-    let mut tl = Timeline::new(10.0);
-    for s in &scans {
-        fig.submitted += 1;
-        fig.submit_retries += u64::from(s.attempts.saturating_sub(1));
-        for (k, v) in &s.submit_errors {
-            *fig.submit_errors.entry(k.clone()).or_default() += v;
-        }
-        let job = match &s.submit {
-            Submit::Accepted(job) => job,
-            Submit::Rejected(why) => {
-                fig.rejected += 1;
-                notes.push(format!("scan {} rejected: {why}", s.n));
-                continue;
-            }
-            Submit::GaveUp => {
-                fig.gave_up += 1;
-                continue;
-            }
-        };
-        fig.accepted += 1;
-        let follow = s.follow.clone().unwrap_or_default();
-        fig.reconnects += u64::from(follow.reconnects);
-        fig.idle_reconnects += u64::from(follow.idle_reconnects);
-        for (k, v) in &follow.errors {
-            *fig.stream_errors.entry(k.clone()).or_default() += v;
-        }
-        if let Some(d) = follow.e2e {
-            e2e.record(d);
-            tl.record(s.t + d.as_secs_f64(), d.as_micros() as u64);
-        }
-        let h = read_history(&backend, &keys, job).await?;
-        let mut f = check_job(&h, &follow.got);
-        match h.terminal() {
-            Some((_, e)) => {
-                fig.terminal += 1;
-                if e.status == Status::Completed {
-                    fig.completed += 1;
-                } else {
-                    fig.failed += 1;
-                }
-            }
-            None => {
-                fig.not_terminal += 1;
-                if h.epoch.is_none() {
-                    fig.never_queued += 1;
-                    f.notes
-                        .push("no history at all: the job was never queued".into());
-                } else {
-                    if h.records.len() == 1
-                        && h.last().is_some_and(|e| {
-                            e.stage.as_str() == pipeline_scan::pipeline::QUEUED_STAGE
-                        })
-                    {
-                        fig.only_queued += 1;
-                    }
-                    f.notes.push(format!(
-                        "not terminal; last history event {}",
-                        describe(h.last())
-                    ));
-                }
-            }
-        }
-        let mut reward_bad = f.reward_completed > 1;
-        if let Some((character, already_owned)) = granted_reward(&h) {
-            let key = pipeline_scan::scan::reward::reward_key(&s.user, &character);
-            let owner = backend.get(&key).await?;
-            if already_owned || owner.as_deref() != Some(job.as_bytes()) {
-                reward_bad = true;
-                f.notes.push(format!(
-                    "reward {character}: already_owned {already_owned}, {key} holds {:?}",
-                    owner.map(|o| String::from_utf8_lossy(&o).into_owned())
-                ));
-            }
-        }
-        fig.events_delivered += f.delivered;
-        fig.lost += f.lost;
-        fig.duplicated += f.duplicated;
-        fig.out_of_order += f.out_of_order;
-        fig.mismatched += f.mismatched + f.undecodable;
-        fig.foreign_epoch += f.foreign_epoch;
-        fig.snapshots += f.snapshots;
-        fig.skipped_by_snapshot += f.skipped_by_snapshot;
-        fig.multiple_terminals += u64::from(f.terminals > 1);
-        fig.reward_violations += u64::from(reward_bad);
-        fig.history_gaps += f.history_gaps;
-        fig.events_after_terminal += f.after_terminal;
-        fig.seq_inversions += f.seq_inversions;
-        fig.client_terminal_violations += u64::from(f.client_terminals != 1);
-        let v = f.violations() + u64::from(reward_bad && f.reward_completed <= 1);
-        if v > 0 {
-            for n in &f.notes {
-                notes.push(format!("job {job} (scan {} at t={}): {n}", s.n, s.t));
-            }
-        }
-    }
-    fig.violations = fig.rejected
-        + fig.lost
-        + fig.duplicated
-        + fig.out_of_order
-        + fig.mismatched
-        + fig.foreign_epoch
-        + fig.snapshots
-        + fig.skipped_by_snapshot
-        + fig.multiple_terminals
-        + fig.reward_violations
-        + fig.history_gaps
-        + fig.events_after_terminal
-        + fig.seq_inversions
-        + fig.not_terminal
-        + fig.client_terminal_violations;
-    {
-        let kills = counts.kills.lock().unwrap_or_else(|p| p.into_inner());
-        fig.kills = kills
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), *v))
-            .collect();
-        fig.kills_total = kills.values().sum();
-    }
+    let Checked {
+        mut notes,
+        e2e,
+        timeline: tl,
+    } = check_scans(&redis.url(), common.shards, &scans, &mut fig).await?;
     let exits = dep
         .cluster
         .exits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    fig.unexpected_exits = exits.len() as u64;
-    fig.redis_restarts = counts.redis_restarts.load(Ordering::Relaxed);
-    fig.client_kill_normal = counts.kill_normal.load(Ordering::Relaxed);
-    fig.client_kill_pubsub = counts.kill_pubsub.load(Ordering::Relaxed);
-    fig.clients_killed = counts.clients_killed.load(Ordering::Relaxed);
-    fig.refusals_oom = counts.refusals_oom.load(Ordering::Relaxed);
-    fig.refusals_noreplicas = counts.refusals_noreplicas.load(Ordering::Relaxed);
-    fig.pauses = counts.pauses.load(Ordering::Relaxed);
-    fig.redis_fault_errors = counts.redis_fault_errors.load(Ordering::Relaxed);
-    fig.amqp_rounds = counts.amqp_rounds.load(Ordering::Relaxed);
-    fig.amqp_connections_closed = counts.amqp_closed.load(Ordering::Relaxed);
+    record_faults(&mut fig, &counts, &exits);
     fig.e2e = e2e.summary();
     notes.extend(exits.iter().map(|e| format!("process: {e}")));
 
