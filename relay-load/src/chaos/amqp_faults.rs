@@ -3,14 +3,13 @@
 //! spawned api and workers own.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 
-use super::args::ChaosArgs;
-use super::faults::{jitter, sleep_until, FaultCounts, FaultLog};
+use super::faults::FaultPhase;
 use super::fleet::{Cluster, Kind};
 
 /// The port of an `amqp://` URL (5672 by default).
@@ -129,22 +128,19 @@ async fn close_amqp(cluster: &Cluster, port: u16) -> Result<u64, String> {
 
 /// Closes this run's broker connections every `amqp_close_every_secs`
 /// (± 50 %) during the fault phase.
-pub(super) async fn amqp_loop(
-    cluster: Arc<Cluster>,
-    args: ChaosArgs,
-    end: Instant,
-    stop: Arc<AtomicBool>,
-    mut rng: StdRng,
-    counts: Arc<FaultCounts>,
-    log: Arc<FaultLog>,
-) {
+pub(super) async fn amqp_loop(cluster: Arc<Cluster>, phase: FaultPhase, mut rng: StdRng) {
+    let FaultPhase {
+        args, counts, log, ..
+    } = &phase;
     if args.amqp_close_every_secs <= 0.0 {
         return;
     }
     let port = amqp_port(&args.amqp_url);
     loop {
-        let next = (Instant::now() + jitter(&mut rng, args.amqp_close_every_secs)).min(end);
-        if !sleep_until(next, &stop).await || Instant::now() >= end {
+        if !phase
+            .wait_jittered(&mut rng, args.amqp_close_every_secs)
+            .await
+        {
             break;
         }
         counts.amqp_rounds.fetch_add(1, Ordering::Relaxed);

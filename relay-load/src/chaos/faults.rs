@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::args::ChaosArgs;
 use super::fleet::Kind;
 
 /// Fault counters.
@@ -80,7 +81,7 @@ pub(super) fn jitter(rng: &mut StdRng, mean_secs: f64) -> Duration {
 
 /// Sleeps until `until`, in short steps so `stop` is honoured; false when
 /// stopped early.
-pub(super) async fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
+async fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
     loop {
         if stop.load(Ordering::Relaxed) {
             return false;
@@ -90,6 +91,38 @@ pub(super) async fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
             return true;
         }
         tokio::time::sleep((until - now).min(Duration::from_millis(200))).await;
+    }
+}
+
+/// What every fault task shares: the flags, the fault phase's bounds, the
+/// stop flag, the counters and the log.
+#[derive(Clone, Debug)]
+pub(super) struct FaultPhase {
+    /// The run's flags (each task reads its own schedule).
+    pub(super) args: ChaosArgs,
+    /// Start of the fault phase.
+    pub(super) start: Instant,
+    /// End of the fault phase: no fault is injected after it.
+    pub(super) end: Instant,
+    /// Set on Ctrl-C.
+    pub(super) stop: Arc<AtomicBool>,
+    /// What was injected.
+    pub(super) counts: Arc<FaultCounts>,
+    /// The fault log.
+    pub(super) log: Arc<FaultLog>,
+}
+
+impl FaultPhase {
+    /// Sleeps until `at` (at the latest the phase's end); false when the
+    /// phase is over or the run stopped: the task should end.
+    pub(super) async fn wait_until(&self, at: Instant) -> bool {
+        sleep_until(at.min(self.end), &self.stop).await && Instant::now() < self.end
+    }
+
+    /// Sleeps `mean_secs` ± 50 %, as [`FaultPhase::wait_until`].
+    pub(super) async fn wait_jittered(&self, rng: &mut StdRng, mean_secs: f64) -> bool {
+        self.wait_until(Instant::now() + jitter(rng, mean_secs))
+            .await
     }
 }
 

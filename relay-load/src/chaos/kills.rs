@@ -1,35 +1,27 @@
 //! Process kills: `kill -9` of a random relay process on a jittered
 //! schedule, each followed by a restart with the same arguments.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::args::ChaosArgs;
-use super::faults::{jitter, sleep_until, FaultCounts, FaultLog};
+use super::faults::FaultPhase;
 use super::fleet::{Cluster, Kind};
 
 /// Kills a random process every `kill_every_secs` and restarts it after up
 /// to `restart_delay_ms` (restarts run concurrently, so downtimes overlap).
-pub(super) async fn kill_loop(
-    cluster: Arc<Cluster>,
-    args: ChaosArgs,
-    end: Instant,
-    stop: Arc<AtomicBool>,
-    mut rng: StdRng,
-    counts: Arc<FaultCounts>,
-    log: Arc<FaultLog>,
-) {
+pub(super) async fn kill_loop(cluster: Arc<Cluster>, phase: FaultPhase, mut rng: StdRng) {
+    let FaultPhase {
+        args, counts, log, ..
+    } = &phase;
     let mut restarts = Vec::new();
     if args.kill_every_secs <= 0.0 {
         return;
     }
     loop {
-        let next = (Instant::now() + jitter(&mut rng, args.kill_every_secs)).min(end);
-        if !sleep_until(next, &stop).await || Instant::now() >= end {
+        if !phase.wait_jittered(&mut rng, args.kill_every_secs).await {
             break;
         }
         let kind = Kind::ALL[rng.random_range(0..Kind::ALL.len())];

@@ -1,7 +1,7 @@
 //! Redis faults: client kills, write refusals, write pauses, and
 //! redis-server `kill -9` + restarts (AOF reload) spread over the phase.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use relay_core::testing::{RedisServer, WriteRefusal};
 
-use super::args::ChaosArgs;
-use super::faults::{jitter, sleep_until, FaultCounts, FaultLog};
+use super::faults::{jitter, FaultCounts, FaultLog, FaultPhase};
 
 #[derive(Clone, Copy, Debug)]
 enum RedisFault {
@@ -100,20 +99,23 @@ async fn redis_fault(
 /// Redis faults every `redis_fault_every_secs`, and `redis_restarts`
 /// restarts spread evenly over the phase. A restart that does not come back
 /// is fatal (returned as an error).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn redis_loop(
     redis: Arc<RedisServer>,
-    args: ChaosArgs,
-    start: Instant,
-    end: Instant,
-    stop: Arc<AtomicBool>,
+    phase: FaultPhase,
     mut rng: StdRng,
-    counts: Arc<FaultCounts>,
-    log: Arc<FaultLog>,
 ) -> Result<(), String> {
-    let phase = end.saturating_duration_since(start);
+    let FaultPhase {
+        args,
+        start,
+        end,
+        counts,
+        log,
+        ..
+    } = &phase;
+    let (start, end) = (*start, *end);
+    let length = end.saturating_duration_since(start);
     let mut restarts: Vec<Instant> = (0..args.redis_restarts)
-        .map(|i| start + phase.mul_f64((f64::from(i) + 0.5) / f64::from(args.redis_restarts)))
+        .map(|i| start + length.mul_f64((f64::from(i) + 0.5) / f64::from(args.redis_restarts)))
         .collect();
     restarts.reverse();
     let mut next_fault = Instant::now() + jitter(&mut rng, args.redis_fault_every_secs);
@@ -122,10 +124,8 @@ pub(super) async fn redis_loop(
         if args.redis_fault_every_secs <= 0.0 {
             next_fault = end;
         }
-        let wake = next_restart
-            .map_or(next_fault, |r| r.min(next_fault))
-            .min(end);
-        if !sleep_until(wake, &stop).await || Instant::now() >= end {
+        let wake = next_restart.map_or(next_fault, |r| r.min(next_fault));
+        if !phase.wait_until(wake).await {
             break;
         }
         if next_restart.is_some_and(|r| Instant::now() >= r) {
@@ -162,7 +162,7 @@ pub(super) async fn redis_loop(
             _ => RedisFault::Pause,
         };
         let hold = Duration::from_millis(rng.random_range(1000..=2000));
-        if let Err(e) = redis_fault(&redis, fault, hold, &counts, &log).await {
+        if let Err(e) = redis_fault(&redis, fault, hold, counts, log).await {
             counts.redis_fault_errors.fetch_add(1, Ordering::Relaxed);
             log.note(format!("redis fault {fault:?} failed: {e}"));
         }

@@ -15,7 +15,7 @@ use relay_core::testing::RedisServer;
 use super::amqp_faults::amqp_loop;
 use super::args::ChaosArgs;
 use super::client::follow;
-use super::faults::{write_lines, FaultCounts, FaultLog};
+use super::faults::{write_lines, FaultCounts, FaultLog, FaultPhase};
 use super::figures::ChaosFigures;
 use super::fleet::Deployed;
 use super::kills::kill_loop;
@@ -91,33 +91,28 @@ pub(super) async fn soak(
             }
         })
     };
+    let phase = FaultPhase {
+        args: args.clone(),
+        start: t0,
+        end: phase_end,
+        stop: stop.clone(),
+        counts: counts.clone(),
+        log: log.clone(),
+    };
     let killer = tokio::spawn(kill_loop(
         dep.cluster.clone(),
-        args.clone(),
-        phase_end,
-        stop.clone(),
+        phase.clone(),
         StdRng::seed_from_u64(master.random()),
-        counts.clone(),
-        log.clone(),
     ));
     let redis_faults = tokio::spawn(redis_loop(
         redis.clone(),
-        args.clone(),
-        t0,
-        phase_end,
-        stop.clone(),
+        phase.clone(),
         StdRng::seed_from_u64(master.random()),
-        counts.clone(),
-        log.clone(),
     ));
     let amqp_faults = tokio::spawn(amqp_loop(
         dep.cluster.clone(),
-        args.clone(),
-        phase_end,
-        stop.clone(),
+        phase,
         StdRng::seed_from_u64(master.random()),
-        counts.clone(),
-        log.clone(),
     ));
 
     // Load.
