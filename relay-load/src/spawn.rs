@@ -110,14 +110,18 @@ impl Deployment {
         let mut queue_prefix = None;
         if let Some(s) = scan {
             let prefix = format!("load{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+            // api and workers: the relay's flags, then the broker's.
+            let mut pipeline: Vec<&str> = common.to_vec();
+            pipeline.extend([
+                "--amqp-url",
+                s.amqp_url.as_str(),
+                "--queue-prefix",
+                prefix.as_str(),
+            ]);
             for i in 0..s.workers.max(1) {
                 let metrics = addr(free_port()).to_string();
-                let mut args: Vec<&str> = common.to_vec();
+                let mut args = pipeline.clone();
                 args.extend([
-                    "--amqp-url",
-                    s.amqp_url.as_str(),
-                    "--queue-prefix",
-                    prefix.as_str(),
                     "worker",
                     "--metrics-addr",
                     metrics.as_str(),
@@ -137,16 +141,8 @@ impl Deployment {
             }
             let api_port = free_port();
             let listen = addr(api_port).to_string();
-            let mut args: Vec<&str> = common.to_vec();
-            args.extend([
-                "--amqp-url",
-                s.amqp_url.as_str(),
-                "--queue-prefix",
-                prefix.as_str(),
-                "api",
-                "--listen",
-                listen.as_str(),
-            ]);
+            let mut args = pipeline.clone();
+            args.extend(["api", "--listen", listen.as_str()]);
             procs.push((
                 "pipeline-scan api".to_owned(),
                 Proc::spawn("pipeline-scan", &args, &[]),

@@ -174,6 +174,9 @@ pub fn aggregate(
 /// The summary table rows.
 pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
     let ms = |x: f64| format!("{x:.1} ms");
+    let p50_95 = |l: &LatSummary| format!("{} / {}", ms(l.p50_ms), ms(l.p95_ms));
+    let p50_95_99 =
+        |l: &LatSummary| format!("{} / {} / {}", ms(l.p50_ms), ms(l.p95_ms), ms(l.p99_ms));
     let mut rows = vec![
         ("VUs (peak)".to_owned(), f.max_vus.to_string()),
         ("stages".into(), f.stages.clone()),
@@ -191,63 +194,28 @@ pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
             format!("{} / {} / {}", f.failed, f.partial, f.timeout),
         ),
         ("req/min".into(), format!("{:.1}", f.req_per_min)),
-        (
-            "submit p50 / p95".into(),
-            format!("{} / {}", ms(f.submit.p50_ms), ms(f.submit.p95_ms)),
-        ),
+        ("submit p50 / p95".into(), p50_95(&f.submit)),
         (
             "time to first event p50 / p95".into(),
-            format!(
-                "{} / {}",
-                ms(f.first_event.p50_ms),
-                ms(f.first_event.p95_ms)
-            ),
+            p50_95(&f.first_event),
         ),
-        (
-            "E2E p50 / p95 / p99".into(),
-            format!(
-                "{} / {} / {}",
-                ms(f.e2e.p50_ms),
-                ms(f.e2e.p95_ms),
-                ms(f.e2e.p99_ms)
-            ),
-        ),
-        (
-            "model time p50 / p95".into(),
-            format!("{} / {}", ms(f.model.p50_ms), ms(f.model.p95_ms)),
-        ),
+        ("E2E p50 / p95 / p99".into(), p50_95_99(&f.e2e)),
+        ("model time p50 / p95".into(), p50_95(&f.model)),
         (
             "overhead (E2E − model) p50 / p95 / p99".into(),
-            format!(
-                "{} / {} / {}",
-                ms(f.overhead.p50_ms),
-                ms(f.overhead.p95_ms),
-                ms(f.overhead.p99_ms)
-            ),
+            p50_95_99(&f.overhead),
         ),
         (
             "  of it: submit + final delivery p50 / p95".into(),
-            format!(
-                "{} / {}",
-                ms(f.overhead_edge.p50_ms),
-                ms(f.overhead_edge.p95_ms)
-            ),
+            p50_95(&f.overhead_edge),
         ),
         (
             "  of it: hops between stages p50 / p95".into(),
-            format!(
-                "{} / {}",
-                ms(f.overhead_hops.p50_ms),
-                ms(f.overhead_hops.p95_ms)
-            ),
+            p50_95(&f.overhead_hops),
         ),
         (
             "  of it: in-stage beyond model p50 / p95".into(),
-            format!(
-                "{} / {}",
-                ms(f.overhead_in_stage.p50_ms),
-                ms(f.overhead_in_stage.p95_ms)
-            ),
+            p50_95(&f.overhead_in_stage),
         ),
         (
             "event delivery p50 / p99 (ms clock)".into(),
@@ -255,10 +223,7 @@ pub fn summary_rows(f: &ScanFigures) -> Vec<(String, String)> {
         ),
     ];
     for (s, l) in &f.stage_ms {
-        rows.push((
-            format!("stage {s} p50 / p95"),
-            format!("{} / {}", ms(l.p50_ms), ms(l.p95_ms)),
-        ));
+        rows.push((format!("stage {s} p50 / p95"), p50_95(l)));
     }
     rows.push(("duplicate events".into(), f.duplicates.to_string()));
     rows.push(("missing events".into(), f.missing.to_string()));

@@ -60,6 +60,30 @@ pub struct Iteration {
     pub delivery_us: Vec<u64>,
 }
 
+impl Iteration {
+    /// An iteration of VU `vu` submitted at `t` with nothing measured: a
+    /// timeout until something arrives (also how cut-off iterations count).
+    pub fn timed_out(t: f64, vu: usize) -> Self {
+        Iteration {
+            t,
+            vu,
+            job_id: None,
+            outcome: Outcome::Timeout,
+            submit_us: 0,
+            first_event_us: None,
+            e2e_us: None,
+            model_ms: None,
+            stage_ms: BTreeMap::new(),
+            span_ms: None,
+            events: 0,
+            duplicates: 0,
+            missing: 0,
+            reconnects: 0,
+            delivery_us: Vec::new(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct WireEvent {
     seq: u64,
@@ -92,6 +116,22 @@ pub struct Target {
     pub sse_url: String,
 }
 
+/// `base` followed by the path the submit answer gives in `field`, or by
+/// `default()` when it gives none.
+fn link(
+    base: &str,
+    answer: &serde_json::Value,
+    field: &str,
+    default: impl FnOnce() -> String,
+) -> String {
+    let path = answer
+        .get(field)
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(default);
+    format!("{base}{path}")
+}
+
 /// Runs one iteration (submit + follow), bounded by `timeout`.
 #[allow(clippy::too_many_arguments)]
 pub async fn iteration(
@@ -105,23 +145,7 @@ pub async fn iteration(
     t0: Instant,
 ) -> Iteration {
     let start = Instant::now();
-    let mut it = Iteration {
-        t: start.duration_since(t0).as_secs_f64(),
-        vu,
-        job_id: None,
-        outcome: Outcome::Timeout,
-        submit_us: 0,
-        first_event_us: None,
-        e2e_us: None,
-        model_ms: None,
-        stage_ms: BTreeMap::new(),
-        span_ms: None,
-        events: 0,
-        duplicates: 0,
-        missing: 0,
-        reconnects: 0,
-        delivery_us: Vec::new(),
-    };
+    let mut it = Iteration::timed_out(start.duration_since(t0).as_secs_f64(), vu);
     let n: u64 = rand::rng().random();
     let body = serde_json::json!({ "image_url": image_url.replace("{n}", &n.to_string()) });
     let submit = client
@@ -153,21 +177,15 @@ pub async fn iteration(
     let deadline = start + timeout;
     match mode {
         Mode::Sse => {
-            let stream_url = json
-                .get("stream_url")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("/v1/jobs/{job}/events"));
-            let url = format!("{}{}", target.sse_url, stream_url);
+            let url = link(&target.sse_url, &json, "stream_url", || {
+                format!("/v1/jobs/{job}/events")
+            });
             follow(client, &url, start, deadline, &mut it).await;
         }
         Mode::Poll => {
-            let result_url = json
-                .get("result_url")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("/api/v1/scan/{job}/result"));
-            let url = format!("{}{}", target.api_url, result_url);
+            let url = link(&target.api_url, &json, "result_url", || {
+                format!("/api/v1/scan/{job}/result")
+            });
             loop {
                 if Instant::now() >= deadline {
                     break;

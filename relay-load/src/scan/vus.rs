@@ -1,6 +1,5 @@
 //! The ramping virtual users that run iterations, and their live counters.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,23 +116,7 @@ pub async fn run_vus(
     }
     let mut out = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
     for _ in 0..cut {
-        out.push(Iteration {
-            t: run_time.as_secs_f64(),
-            vu: usize::MAX,
-            job_id: None,
-            outcome: Outcome::Timeout,
-            submit_us: 0,
-            first_event_us: None,
-            e2e_us: None,
-            model_ms: None,
-            stage_ms: BTreeMap::new(),
-            span_ms: None,
-            events: 0,
-            duplicates: 0,
-            missing: 0,
-            reconnects: 0,
-            delivery_us: Vec::new(),
-        });
+        out.push(Iteration::timed_out(run_time.as_secs_f64(), usize::MAX));
     }
     let mut per_sec: Vec<(f64, usize)> = Vec::new();
     for (t, v) in levels {
