@@ -36,9 +36,7 @@ impl BrokerGate {
                 });
             }
         });
-        Self {
-            tasks: Some(tasks),
-        }
+        Self { tasks: Some(tasks) }
     }
 
     /// Drops the listener and every relayed connection.

@@ -119,8 +119,6 @@ pub enum Scenario {
     /// broker disconnects) with an exact delivery checker; always spawns its
     /// own deployment and exits non-zero on any violation.
     Chaos(chaos::ChaosArgs),
-    /// Write a report from synthetic data (checks the HTML/SVG output).
-    DemoReport,
 }
 
 fn command_line() -> String {
@@ -147,7 +145,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let report = match &cli.scenario {
         Scenario::Scan(args) => run_scan(&cli.common, args).await?,
         Scenario::Relay(args) => run_relay(&cli.common, args).await?,
-        Scenario::DemoReport => report::synthetic(),
         Scenario::Chaos(args) => {
             let (report, violations) = chaos::run(&cli.common, args).await?;
             emit(&cli.common, &report)?;
@@ -265,6 +262,10 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
     let (its, levels, run_time) = scan::run_vus(args, target, live).await;
     ticker.abort();
     pb.finish_and_clear();
+    let mut dep = dep;
+    if let Err(e) = dep.teardown().await {
+        eprintln!("relay-load: deleting the spawned deployment's queues failed: {e}");
+    }
     let (fig, e2e, tl) = scan::aggregate(args, &its, &levels, run_time);
     let mut env = environment(&dep, common.spawn);
     env.push(("load average at start".into(), load_start));

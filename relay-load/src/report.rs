@@ -368,7 +368,7 @@ pub fn histogram_svg(buckets: &[Bucket], label: &str) -> String {
     out
 }
 
-/// A synthetic report (for tests and `relay-load demo-report`).
+/// A synthetic report, for the report-rendering tests.
 pub fn synthetic() -> Report {
     use crate::stats::{Lat, Timeline};
     let mut lat = Lat::new();
@@ -387,7 +387,7 @@ pub fn synthetic() -> Report {
     Report {
         scenario: "synthetic".into(),
         title: "relay-load synthetic report <&> check".into(),
-        command: "relay-load demo-report".into(),
+        command: "relay-load (synthetic report)".into(),
         started_unix: 0,
         environment: vec![("cores".into(), "2".into())],
         summary: vec![

@@ -26,6 +26,23 @@ pub struct Deployment {
     pub redis: Option<RedisServer>,
     /// Queue prefix of the spawned workers.
     pub queue_prefix: Option<String>,
+    /// The broker settings the spawned API and workers share (to delete
+    /// their queues at the end: the broker is shared, a run leaves nothing).
+    pipeline: Option<pipeline_scan::app::PipelineArgs>,
+}
+
+/// Parses the broker flags exactly as the spawned processes do, so the
+/// queue names (retry queues depend on the backoff settings) match theirs.
+fn pipeline_args(flags: &[&str]) -> anyhow::Result<pipeline_scan::app::PipelineArgs> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        pipeline: pipeline_scan::app::PipelineArgs,
+    }
+    let flags = <Flags as clap::Parser>::try_parse_from(
+        std::iter::once("pipeline-scan").chain(flags.iter().copied()),
+    )?;
+    Ok(flags.pipeline)
 }
 
 /// What to spawn for scans.
@@ -57,6 +74,7 @@ impl Deployment {
             redis: None,
             procs: Vec::new(),
             queue_prefix: None,
+            pipeline: None,
         }
     }
 
@@ -108,6 +126,7 @@ impl Deployment {
 
         let mut api_url = None;
         let mut queue_prefix = None;
+        let mut pipeline_flags = None;
         if let Some(s) = scan {
             let prefix = format!("load{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
             // api and workers: the relay's flags, then the broker's.
@@ -149,6 +168,12 @@ impl Deployment {
             ));
             wait_for_port(addr(api_port), Duration::from_secs(30));
             api_url = Some(format!("http://{listen}"));
+            pipeline_flags = Some(pipeline_args(&[
+                "--amqp-url",
+                s.amqp_url.as_str(),
+                "--queue-prefix",
+                prefix.as_str(),
+            ])?);
             queue_prefix = Some(prefix);
         }
         Ok(Self {
@@ -158,7 +183,18 @@ impl Deployment {
             redis: Some(redis),
             procs,
             queue_prefix,
+            pipeline: pipeline_flags,
         })
+    }
+
+    /// Stops the spawned processes and deletes the queues the spawned API
+    /// and workers declared (the broker is shared; a run leaves nothing).
+    pub async fn teardown(&mut self) -> anyhow::Result<()> {
+        self.procs.clear();
+        if let Some(p) = self.pipeline.take() {
+            p.topology().delete_all(&p.amqp()).await?;
+        }
+        Ok(())
     }
 
     /// (role, pid) of every spawned process.

@@ -90,6 +90,7 @@ fn scan_spawn_handful_of_vus_completes() {
     let model = f["model"]["p50_ms"].as_f64().unwrap_or(0.0);
     assert!((150.0..400.0).contains(&model), "model p50 {model}");
     assert!(f["overhead"]["count"].as_u64().unwrap_or(0) >= 10, "{f}");
+    assert_no_queues_left(&environment(&r, "queue prefix"));
 }
 
 #[test]
@@ -176,7 +177,11 @@ fn chaos_short_run_injects_every_fault_checks_and_cleans_up() {
             "gateway {gw} still listening"
         );
     }
-    let prefix = get("queue prefix");
+    assert_no_queues_left(&get("queue prefix"));
+}
+
+/// The broker is shared: a run must delete every queue it declared.
+fn assert_no_queues_left(prefix: &str) {
     let queues = Command::new("rabbitmqctl")
         .args(["list_queues", "-q", "--no-table-headers", "name"])
         .output()
@@ -187,4 +192,14 @@ fn chaos_short_run_injects_every_fault_checks_and_cleans_up() {
         .map(str::to_owned)
         .collect();
     assert!(left.is_empty(), "queues left behind: {left:?}");
+}
+
+/// The value of `name` in a report's environment rows.
+fn environment(r: &serde_json::Value, name: &str) -> String {
+    let env: Vec<(String, String)> =
+        serde_json::from_value(r["environment"].clone()).expect("environment");
+    env.into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{name} missing from the report environment"))
 }
