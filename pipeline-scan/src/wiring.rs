@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use axum::routing::get;
+use relay_core::backend::KvStore;
 use relay_core::cli::ConnectionArgs;
 use relay_core::http_serve::ServeMetrics;
 use relay_core::{Backend, Publisher};
@@ -49,9 +50,11 @@ pub enum AppError {
     Io(#[from] std::io::Error),
 }
 
-/// The scan engine on `backend` with the connection's key space.
+/// The scan engine on `backend` with the connection's key space, its
+/// records in `kv`.
 pub fn scan_engine(
     backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
     connection: &ConnectionArgs,
     models: &ScanModels,
     config: EngineConfig,
@@ -61,7 +64,7 @@ pub fn scan_engine(
         connection.key_space(),
         crate::pipeline::publisher_config(),
     );
-    scan::engine(models, publisher, config)
+    scan::engine(models, publisher, kv, config)
 }
 
 /// Starts the scan engine with in-process workers (the embedded mode the
@@ -69,11 +72,12 @@ pub fn scan_engine(
 /// which is also what [`ScanApi`](crate::api::ScanApi) submits to.
 pub fn start_in_process(
     publisher: Publisher,
+    kv: Arc<dyn KvStore>,
     models: &ScanModels,
     config: EngineConfig,
     transport: InProcessConfig,
 ) -> (Arc<Engine>, InProcess) {
-    let engine = Arc::new(scan::engine(models, publisher, config));
+    let engine = Arc::new(scan::engine(models, publisher, kv, config));
     let inprocess = InProcess::start(engine.clone(), transport);
     (engine, inprocess)
 }
