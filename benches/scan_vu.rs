@@ -27,7 +27,6 @@ use pipeline_scan::api::{ApiConfig, ScanApi};
 use pipeline_scan::scan::{self, LatencyDist, ScanModels};
 use pipeline_scan::transport::inprocess::InProcessConfig;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::backend::Backend;
 use relay_core::{Domain, KeySpace, Profile, Publisher, Router, RouterConfig};
 use relay_load::scan::{iteration, Iteration, Mode, Outcome, Target};
 use relay_sse::{Gateway, GatewayOptions};
@@ -45,7 +44,8 @@ async fn serve(app: axum::Router) -> String {
 }
 
 async fn deployment() -> Target {
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    // One in-process server: relay backend and the pipeline's records.
+    let backend = Arc::new(MemoryBackend::new());
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(
         backend.clone(),
@@ -81,6 +81,7 @@ async fn deployment() -> Target {
     ];
     let (_engine, transport) = pipeline_scan::app::start_in_process(
         publisher.clone(),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig {
@@ -89,7 +90,13 @@ async fn deployment() -> Target {
             stage_concurrency: Vec::new(),
         },
     );
-    let api = ScanApi::new(publisher, Arc::new(transport), ApiConfig::default()).router();
+    let api = ScanApi::new(
+        publisher,
+        backend.clone(),
+        Arc::new(transport),
+        ApiConfig::default(),
+    )
+    .router();
     let mut rc = RouterConfig::new(keys);
     rc.consumer = "bench".into();
     std::mem::forget(Router::new(backend.clone(), rc).spawn());

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pipeline_scan::app::PipelineArgs;
-use relay_core::backend::Backend;
+use relay_core::backend::redis::RedisBackend;
+use relay_core::backend::{KvStore, StreamLog};
 use relay_core::codec::parse_native;
 use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, JobId, KeySpace, Profile};
@@ -78,7 +79,7 @@ async fn submit(api: SocketAddr, user: &str, image_url: &str) -> Value {
 }
 
 /// The job's events in its shard stream (native profile), in append order.
-async fn stream_events(backend: &Arc<dyn Backend>, ks: &KeySpace, job: &JobId) -> Vec<Event> {
+async fn stream_events(backend: &RedisBackend, ks: &KeySpace, job: &JobId) -> Vec<Event> {
     let entries = backend
         .range(&ks.shard_stream(ks.shard_of(job)), None, 100_000)
         .await
@@ -91,7 +92,7 @@ async fn stream_events(backend: &Arc<dyn Backend>, ks: &KeySpace, job: &JobId) -
 }
 
 async fn wait_events<F: Fn(&[Event]) -> bool>(
-    backend: &Arc<dyn Backend>,
+    backend: &RedisBackend,
     ks: &KeySpace,
     job: &JobId,
     what: &str,
@@ -174,7 +175,7 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
         &scan_args(&url, "native", &p, &["api", "--listen", &api.to_string()]),
     );
     wait_port(api, LIMIT).await;
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend = Arc::new(redis.backend().await);
     let ks = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
 
     let user = "kill-user";

@@ -46,9 +46,9 @@ use pipeline_scan::pipeline::{
 use pipeline_scan::transport::inprocess::{InProcess, InProcessConfig};
 use pipeline_scan::transport::Transport;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::backend::ReadFrom;
+use relay_core::backend::{ReadFrom, StreamLog};
 use relay_core::codec::parse_native;
-use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher};
+use relay_core::{Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -163,7 +163,8 @@ impl Stage for Upload {
 /// with each of its events as it is published (a consumer group on the
 /// job's shard stream, as relay-router reads it). Returns the upload.
 pub async fn run(source_url: &str, mut on_event: impl FnMut(&Event)) -> Result<Uploaded, AnyError> {
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    // One in-process server: the events and the engine's records.
+    let backend = Arc::new(MemoryBackend::new());
     let domain = Domain::new("media")?;
     let keys = KeySpace::new(Profile::Native, domain.clone(), 1);
     let publisher = Publisher::new(
@@ -178,6 +179,7 @@ pub async fn run(source_url: &str, mut on_event: impl FnMut(&Event)) -> Result<U
     let engine = Arc::new(Engine::new(
         pipeline,
         publisher,
+        backend.clone(),
         Arc::new(PlainHooks), // `done` carries the last stage's output
         EngineConfig::new(domain),
     ));

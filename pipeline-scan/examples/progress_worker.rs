@@ -40,8 +40,9 @@ use pipeline_scan::pipeline::{
 use pipeline_scan::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Topology};
 use pipeline_scan::transport::Transport;
 use relay_core::backend::redis::RedisBackend;
+use relay_core::backend::StreamLog;
 use relay_core::codec::parse_native;
-use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher};
+use relay_core::{Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -159,17 +160,19 @@ impl Settings {
     }
 }
 
-/// The engine: the typed pipeline, publishing to relay's shard streams.
-pub fn engine(settings: &Settings, backend: Arc<dyn Backend>) -> Result<Engine, AnyError> {
+/// The engine: the typed pipeline, publishing to relay's shard streams and
+/// keeping its records on the same Redis.
+pub fn engine(settings: &Settings, backend: Arc<RedisBackend>) -> Result<Engine, AnyError> {
     let keys = settings.keys()?;
     let publisher = Publisher::new(
-        backend,
+        backend.clone(),
         keys.clone(),
         pipeline_scan::pipeline::publisher_config(),
     );
     Ok(Engine::new(
         Pipeline::new(Fetch).then(Thumbnailer),
         publisher,
+        backend,
         Arc::new(PlainHooks),
         EngineConfig::new(keys.domain().clone()),
     ))
@@ -179,7 +182,7 @@ pub fn engine(settings: &Settings, backend: Arc<dyn Backend>) -> Result<Engine, 
 /// steps, publishes their progress, forwards to the next stage.
 pub async fn worker(
     settings: &Settings,
-    backend: Arc<dyn Backend>,
+    backend: Arc<RedisBackend>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), AnyError> {
@@ -195,7 +198,7 @@ pub async fn worker(
 /// the broker); returns their ids.
 pub async fn submit(
     settings: &Settings,
-    backend: Arc<dyn Backend>,
+    backend: Arc<RedisBackend>,
     urls: &[String],
 ) -> Result<Vec<JobId>, AnyError> {
     let engine = engine(settings, backend)?;
@@ -225,7 +228,7 @@ pub async fn demo(
     settings: &Settings,
     mut on_event: impl FnMut(&Event),
 ) -> Result<Vec<Event>, AnyError> {
-    let backend: Arc<dyn Backend> = Arc::new(RedisBackend::connect(&settings.redis_url).await?);
+    let backend = Arc::new(RedisBackend::connect(&settings.redis_url).await?);
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let worker_task = {
@@ -280,8 +283,7 @@ async fn main() -> Result<(), AnyError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str).unwrap_or("demo") {
         "worker" => {
-            let backend: Arc<dyn Backend> =
-                Arc::new(RedisBackend::connect(&settings.redis_url).await?);
+            let backend = Arc::new(RedisBackend::connect(&settings.redis_url).await?);
             let shutdown = CancellationToken::new();
             let stop = shutdown.clone();
             tokio::spawn(async move {
@@ -296,8 +298,7 @@ async fn main() -> Result<(), AnyError> {
         }
         "submit" => {
             let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1);
-            let backend: Arc<dyn Backend> =
-                Arc::new(RedisBackend::connect(&settings.redis_url).await?);
+            let backend = Arc::new(RedisBackend::connect(&settings.redis_url).await?);
             let urls: Vec<String> = (0..n)
                 .map(|i| format!("https://pics.example.com/{i}.jpg"))
                 .collect();

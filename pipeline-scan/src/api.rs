@@ -65,6 +65,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
+use relay_core::backend::KvStore;
 use relay_core::http_serve::BodyReadTimeout;
 use relay_core::{auth, Backend, Decoded, JobId, KeySpace, Publisher};
 use serde_json::{json, Value};
@@ -126,6 +127,7 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 pub struct ScanApi {
     backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
     keys: KeySpace,
     control: JobControl,
     transport: Arc<dyn Transport>,
@@ -142,24 +144,32 @@ impl std::fmt::Debug for ScanApi {
 }
 
 impl ScanApi {
-    /// An API emitting through `publisher` (domain `scan`) and submitting to `transport`.
-    pub fn new(publisher: Publisher, transport: Arc<dyn Transport>, config: ApiConfig) -> Self {
+    /// An API emitting through `publisher` (domain `scan`), keeping its
+    /// idempotency records and reading results in `kv` (the workers' store,
+    /// see [`crate::pipeline`]), and submitting to `transport`.
+    pub fn new(
+        publisher: Publisher,
+        kv: Arc<dyn KvStore>,
+        transport: Arc<dyn Transport>,
+        config: ApiConfig,
+    ) -> Self {
         let backend = publisher.backend().clone();
         let keys = publisher.keys().clone();
         let engine_defaults = scan::engine_config();
         let store = JobStore::new(
-            backend.clone(),
+            kv.clone(),
             engine_defaults.domain,
             engine_defaults.record_ttl,
         );
         let control = JobControl::new(
             publisher,
             store,
-            Arc::new(ScanHooks::new(backend.clone())),
+            Arc::new(ScanHooks::new(kv.clone())),
             scan::STAGES,
         );
         Self {
             backend,
+            kv,
             keys,
             control,
             transport,
@@ -354,7 +364,7 @@ async fn claim_idempotency(
     let deadline = tokio::time::Instant::now() + lease + 4 * PENDING_POLL;
     loop {
         if api
-            .backend
+            .kv
             .set_nx(
                 key,
                 Bytes::from(stored.clone()),
@@ -367,7 +377,7 @@ async fn claim_idempotency(
         }
         // The record can expire, or be released by a failed submission,
         // between the SET NX and the GET: then claim again.
-        if let Some(raw) = api.backend.get(key).await.map_err(store)? {
+        if let Some(raw) = api.kv.get(key).await.map_err(store)? {
             let previous: IdempotencyRecord = serde_json::from_slice(&raw).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -389,7 +399,7 @@ async fn claim_idempotency(
             let age_ms = now_unix_ms().saturating_sub(previous.claimed_at_ms);
             if age_ms >= lease_ms
                 && api
-                    .backend
+                    .kv
                     .set_nx(&resume_key(key), Bytes::from_static(b"1"), Some(lease))
                     .await
                     .map_err(store)?
@@ -424,7 +434,7 @@ async fn commit_idempotency(api: &ScanApi, key: &str, mut record: IdempotencyRec
         }
     };
     if let Err(e) = api
-        .backend
+        .kv
         .set(key, Bytes::from(raw), Some(api.config.idempotency_ttl))
         .await
     {
@@ -663,14 +673,14 @@ async fn start_job(
 ) -> Result<(), ApiError> {
     let forget_idem = || async {
         if let Some(k) = idem_key {
-            let _ = api.backend.delete(&[k.to_owned(), resume_key(k)]).await;
+            let _ = api.kv.delete(&[k.to_owned(), resume_key(k)]).await;
         }
     };
 
     // 1. The job exists (for the result route) and has its `queued` event
     //    before any worker can emit a stage event.
     let marker = api
-        .backend
+        .kv
         .set(
             &job_marker(job),
             Bytes::copy_from_slice(user.as_bytes()),
@@ -731,7 +741,7 @@ async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<R
     let store_err =
         |e: relay_core::BackendError| unavailable("EVENT_STORE_UNAVAILABLE", e.to_string());
     if let Some(raw) = api
-        .backend
+        .kv
         .get(&scan::result_key(&job))
         .await
         .map_err(store_err)?
@@ -744,7 +754,7 @@ async fn result(State(api): State<ScanApi>, Path(job): Path<String>) -> Result<R
         return Ok(resp);
     }
     if api
-        .backend
+        .kv
         .get(&job_marker(&job))
         .await
         .map_err(store_err)?

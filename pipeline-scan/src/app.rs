@@ -416,8 +416,8 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
         };
         return crate::demo::run(config, shutdown).await;
     }
-    let backend =
-        relay_core::cli::connect_with_retry(&cli.connection.redis_url, Duration::from_secs(30))
+    let (backend, kv) =
+        relay_core::cli::connect_with_kv_retry(&cli.connection.redis_url, Duration::from_secs(30))
             .await?;
     match &cli.command {
         Command::Api(args) => {
@@ -434,7 +434,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 tracing::warn!(error = %e, "broker not reachable yet; submissions will retry the connection");
             }
             let http = ServeMetrics::new();
-            let app = ScanApi::new(publisher, producer.clone(), args.config())
+            let app = ScanApi::new(publisher, kv, producer.clone(), args.config())
                 .router()
                 .merge(api_ops_router(
                     http.clone(),
@@ -463,7 +463,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 .collect();
             let metrics = Arc::new(Metrics::new());
             let engine = Arc::new(
-                scan_engine(backend, &cli.connection, &models, config)
+                scan_engine(backend, kv, &cli.connection, &models, config)
                     .with_metrics(metrics.clone()),
             );
             let mut amqp = cli.pipeline.amqp();
@@ -502,7 +502,7 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
                 DlqAction::Replay { limit } => {
                     let engine_defaults = scan::engine_config();
                     let store =
-                        JobStore::new(backend, engine_defaults.domain, engine_defaults.record_ttl);
+                        JobStore::new(kv, engine_defaults.domain, engine_defaults.record_ttl);
                     let n = dlq.replay(&store, *limit).await?;
                     println!("replayed {n}");
                 }

@@ -31,7 +31,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::http_serve::{self, ServeConfig, ServeMetrics};
-use relay_core::{Backend, KeySpace, Publisher, Router, RouterConfig};
+use relay_core::{KeySpace, Publisher, Router, RouterConfig};
 use relay_sse::{Gateway, GatewayOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +90,8 @@ async fn page() -> impl IntoResponse {
 /// Runs the demo until `shutdown` is cancelled: binds, prints the URL to
 /// open on stdout, serves, then drains the workers and the router.
 pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), AppError> {
-    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    // One in-process server: the relay's backend and the pipeline's records.
+    let backend = Arc::new(MemoryBackend::new());
 
     // 1. The router turns the shard streams into state, history and live feed.
     let mut router_config = RouterConfig::new(config.keys.clone());
@@ -118,12 +119,14 @@ pub async fn run(config: DemoConfig, shutdown: CancellationToken) -> Result<(), 
     );
     let (_engine, workers) = start_in_process(
         publisher.clone(),
+        backend.clone(),
         &models(&config),
         scan::engine_config(),
         InProcessConfig::default(),
     );
     let api = ScanApi::new(
         publisher,
+        backend.clone(),
         Arc::new(workers.clone()),
         ApiConfig {
             // Nothing fetches the image URL here (simulated vision).

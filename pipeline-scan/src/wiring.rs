@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::routing::get;
+use relay_core::backend::KvStore;
 use relay_core::cli::ConnectionArgs;
 use relay_core::http_serve::ServeMetrics;
 use relay_core::{Backend, Publisher};
@@ -52,9 +53,11 @@ pub enum AppError {
     Io(#[from] std::io::Error),
 }
 
-/// The scan engine on `backend` with the connection's key space.
+/// The scan engine on `backend` with the connection's key space, its
+/// records in `kv`.
 pub fn scan_engine(
     backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
     connection: &ConnectionArgs,
     models: &ScanModels,
     config: EngineConfig,
@@ -64,7 +67,7 @@ pub fn scan_engine(
         connection.key_space(),
         crate::pipeline::publisher_config(),
     );
-    scan::engine(models, publisher, config)
+    scan::engine(models, publisher, kv, config)
 }
 
 /// Starts the scan engine with in-process workers (the embedded mode the
@@ -72,11 +75,12 @@ pub fn scan_engine(
 /// which is also what [`ScanApi`](crate::api::ScanApi) submits to.
 pub fn start_in_process(
     publisher: Publisher,
+    kv: Arc<dyn KvStore>,
     models: &ScanModels,
     config: EngineConfig,
     transport: InProcessConfig,
 ) -> (Arc<Engine>, InProcess) {
-    let engine = Arc::new(scan::engine(models, publisher, config));
+    let engine = Arc::new(scan::engine(models, publisher, kv, config));
     let inprocess = InProcess::start(engine.clone(), transport);
     (engine, inprocess)
 }

@@ -15,6 +15,7 @@ use pipeline_scan::pipeline::{Engine, EngineConfig, Envelope, Pipeline, PlainHoo
 use pipeline_scan::scan::{self, LatencyDist, ScanModels};
 use pipeline_scan::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Dlq, Topology};
 use pipeline_scan::transport::Transport;
+use relay_core::backend::KvStore;
 use relay_core::{Domain, JobId, Profile, Status};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -78,12 +79,14 @@ async fn full_scan_job_over_amqp_through_the_api() {
     let engine = Arc::new(scan::engine(
         &models,
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         scan::engine_config(),
     ));
     let running = Running::start(engine.clone(), amqp(&prefix));
     let producer = Arc::new(AmqpProducer::new(amqp(&prefix), running.topology.clone()));
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         producer.clone(),
         ApiConfig::default(),
     )
@@ -136,6 +139,7 @@ async fn failing_twice_then_succeeding_retries_through_delay_queues() {
         .then(flaky)
         .then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         retry_config(3),
     ));
@@ -178,6 +182,7 @@ async fn always_failing_stage_lands_in_dlq_job_fails_and_replay_reruns_it() {
         .then(flaky)
         .then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         retry_config(3),
     ));
@@ -268,6 +273,7 @@ async fn poison_message_is_dead_lettered_and_purge_empties_the_dlq() {
             runs: Arc::default(),
         }),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         retry_config(2),
     ));
@@ -324,6 +330,7 @@ async fn graceful_shutdown_finishes_in_flight_steps() {
             runs: Arc::clone(&runs),
         }),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         retry_config(2),
     ));

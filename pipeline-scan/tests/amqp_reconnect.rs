@@ -83,6 +83,7 @@ async fn workers_and_producer_reconnect_after_connections_are_closed() {
         })
         .then(Flaky::new(0, false)),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         engine_config,
     ));

@@ -17,7 +17,9 @@ use pipeline_scan::pipeline::Envelope;
 use pipeline_scan::scan::{self, LatencyDist, ScanModels};
 use pipeline_scan::transport::inprocess::InProcessConfig;
 use pipeline_scan::transport::{Transport, TransportError};
-use relay_core::{Backend, JobId, Profile, Status};
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::StreamLog;
+use relay_core::{JobId, Profile, Status};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -42,7 +44,7 @@ impl Transport for Recording {
 }
 
 struct Fixture {
-    backend: Arc<dyn Backend>,
+    backend: Arc<MemoryBackend>,
     transport: Arc<Recording>,
     app: axum::Router,
 }
@@ -52,6 +54,7 @@ fn fixture(config: ApiConfig) -> Fixture {
     let transport = Arc::new(Recording::default());
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         transport.clone(),
         config,
     )
@@ -404,12 +407,14 @@ async fn api_with_in_process_workers_serves_the_done_result() {
     let models = ScanModels::simulated(LatencyDist::ZERO);
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig::default(),
     );
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(transport.clone()),
         ApiConfig::default(),
     )
@@ -609,10 +614,11 @@ async fn the_canonical_image_url_is_forwarded_not_the_raw_string() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_after_a_dropped_redis_connection_is_accepted() {
     let redis = relay_core::testing::TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend = Arc::new(redis.backend().await);
     let transport = Arc::new(Recording::default());
     let app = ScanApi::new(
-        publisher(backend, Profile::Native),
+        publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         transport.clone(),
         ApiConfig::default(),
     )
@@ -687,7 +693,7 @@ impl Transport for Stalling {
 }
 
 /// Every event in the backend's streams, any job.
-async fn all_events(backend: &Arc<dyn Backend>) -> Vec<relay_core::Event> {
+async fn all_events(backend: &MemoryBackend) -> Vec<relay_core::Event> {
     let mut all = Vec::new();
     for stream in keys(Profile::Native).shard_streams() {
         for e in backend.range(&stream, None, 1000).await.unwrap() {
@@ -704,7 +710,7 @@ async fn all_events(backend: &Arc<dyn Backend>) -> Vec<relay_core::Event> {
 async fn crash_mid_submit(
     app: &axum::Router,
     transport: &Stalling,
-    backend: &Arc<dyn Backend>,
+    backend: &MemoryBackend,
     key: &str,
 ) -> JobId {
     transport.hang.store(true, Ordering::SeqCst);
@@ -743,6 +749,7 @@ async fn a_retry_after_a_crash_mid_submit_enqueues_the_same_job() {
     let transport = Stalling::new(Duration::ZERO, None);
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         transport.clone(),
         short_lease(with_secret()),
     )
@@ -793,6 +800,7 @@ async fn a_retry_after_a_crash_mid_submit_runs_the_job_to_done() {
     let backend = memory();
     let (engine, workers) = start_in_process(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         &ScanModels::simulated(LatencyDist::ZERO),
         scan::engine_config(),
         InProcessConfig::default(),
@@ -800,6 +808,7 @@ async fn a_retry_after_a_crash_mid_submit_runs_the_job_to_done() {
     let transport = Stalling::new(Duration::ZERO, Some(Arc::new(workers.clone())));
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         transport.clone(),
         short_lease(ApiConfig::default()),
     )
@@ -833,6 +842,7 @@ async fn a_duplicate_during_a_slow_live_submit_waits_and_enqueues_once() {
     let transport = Stalling::new(Duration::from_millis(300), None);
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         transport.clone(),
         ApiConfig::default(),
     )

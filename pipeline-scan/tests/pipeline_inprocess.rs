@@ -12,6 +12,7 @@ use pipeline_scan::pipeline::{
 };
 use pipeline_scan::transport::inprocess::{InProcess, InProcessConfig};
 use pipeline_scan::transport::Transport;
+use relay_core::backend::JobLog;
 use relay_core::{Domain, Profile, Status};
 use serde_json::json;
 
@@ -44,6 +45,7 @@ async fn full_job_emits_every_stage_then_one_done_last() {
     let engine = Arc::new(Engine::new(
         pipeline,
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     ));
@@ -103,6 +105,7 @@ async fn retryable_failure_retries_with_backoff_without_failed_events() {
         .then(flaky)
         .then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     ));
@@ -158,6 +161,7 @@ async fn exhausted_retries_fail_the_job_once_and_dead_letter_then_replay_complet
         .then(flaky)
         .then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     ));
@@ -265,6 +269,7 @@ async fn fatal_error_fails_without_retry() {
     let engine = Engine::new(
         Pipeline::new(flaky).then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(5),
     );
@@ -293,6 +298,7 @@ async fn stage_timeout_is_retryable() {
     let engine = Engine::new(
         Pipeline::new(Sleepy),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         c,
     );
@@ -326,6 +332,7 @@ async fn redelivered_steps_are_idempotent() {
         })
         .then(Shout2),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     );
@@ -384,6 +391,7 @@ async fn undecodable_input_fails_the_job() {
             runs: Arc::default(),
         }),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     );
@@ -417,6 +425,7 @@ async fn many_concurrent_jobs_all_complete() {
         .then(Flaky::new(0, false))
         .then(Shout),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     ));
@@ -484,6 +493,7 @@ async fn simulated_latency_decorator_reports_model_ms_and_obeys_the_timeout() {
     let engine = Arc::new(Engine::new(
         pipeline,
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     ));
@@ -512,6 +522,7 @@ async fn simulated_latency_decorator_reports_model_ms_and_obeys_the_timeout() {
     let engine = Engine::new(
         Pipeline::new(SimulatedLatency::new(Describe, ms(60_000))),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(PlainHooks),
         short,
     );
@@ -563,6 +574,7 @@ async fn job_control_errors_keep_their_typed_source() {
             runs: Arc::default(),
         }),
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         Arc::new(FailingHooks),
         config(3),
     );
@@ -601,6 +613,7 @@ async fn job_control_errors_keep_their_typed_source() {
             runs: Arc::default(),
         }),
         tiny,
+        backend.clone(),
         Arc::new(PlainHooks),
         config(3),
     );

@@ -15,6 +15,8 @@ use pipeline_scan::scan::{
 };
 use pipeline_scan::transport::inprocess::InProcessConfig;
 use pipeline_scan::transport::Transport;
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::{KvStore, StreamLog};
 use relay_core::{JobId, Profile};
 use serde_json::{json, Value};
 
@@ -42,7 +44,7 @@ async fn submit(control: &JobControl, transport: &dyn Transport, user: &str, url
     job
 }
 
-async fn stored_result(backend: &Arc<dyn relay_core::Backend>, job: &JobId) -> Value {
+async fn stored_result(backend: &MemoryBackend, job: &JobId) -> Value {
     let raw = backend
         .get(&scan::result_key(job))
         .await
@@ -60,6 +62,7 @@ async fn scan_job_completes_with_wire_result_stored_before_done() {
     });
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig::default(),
@@ -142,6 +145,7 @@ async fn unknown_item_completes_without_rules_and_without_reward() {
     let models = ScanModels::simulated(LatencyDist::ZERO);
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig::default(),
@@ -192,6 +196,7 @@ async fn eco2_mode_uses_eco2_data_and_wire_seqs() {
     };
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Eco2),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig::default(),
@@ -328,6 +333,7 @@ async fn simulated_model_time_is_reported_as_model_ms_per_stage() {
     )];
     let (engine, transport) = start_in_process(
         publisher(backend.clone(), Profile::Native),
+        backend.clone(),
         &models,
         scan::engine_config(),
         InProcessConfig::default(),

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::RedisBackend;
-use crate::backend::Backend;
+use crate::backend::{Backend, KvStore};
 use crate::error::BackendError;
 use crate::event::Domain;
 use crate::keys::{KeySpace, Profile};
@@ -149,10 +149,22 @@ impl ConnectionArgs {
 
 /// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or `memory://`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(connect_with_kv(url).await?.0)
+}
+
+/// Opens a backend by URL (as [`connect`]) with its [`KvStore`] role too:
+/// one connection, two handles. For applications that keep records beside
+/// the relay ([`KvStore`] is not part of [`Backend`]); both built-in
+/// backends offer it.
+pub async fn connect_with_kv(
+    url: &str,
+) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
     if url.starts_with("memory:") {
-        return Ok(Arc::new(MemoryBackend::new()));
+        let memory = Arc::new(MemoryBackend::new());
+        return Ok((memory.clone(), memory));
     }
-    Ok(Arc::new(RedisBackend::connect(url).await?))
+    let redis = Arc::new(RedisBackend::connect(url).await?);
+    Ok((redis.clone(), redis))
 }
 
 /// Connects, retrying with backoff until it succeeds or `give_up` elapses.
@@ -160,10 +172,19 @@ pub async fn connect_with_retry(
     url: &str,
     give_up: Duration,
 ) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(connect_with_kv_retry(url, give_up).await?.0)
+}
+
+/// [`connect_with_kv`], retrying with backoff until it succeeds or
+/// `give_up` elapses.
+pub async fn connect_with_kv_retry(
+    url: &str,
+    give_up: Duration,
+) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
     let deadline = tokio::time::Instant::now() + give_up;
     let mut wait = Duration::from_millis(100);
     loop {
-        match connect(url).await {
+        match connect_with_kv(url).await {
             Ok(b) => return Ok(b),
             Err(e) if tokio::time::Instant::now() + wait < deadline => {
                 tracing::warn!(error = %e, url, "cannot connect yet; retrying");

@@ -178,44 +178,41 @@ pub enum Decoded {
 }
 
 impl Decoded {
+    /// `native(event)` or `eco2(routed)`, whichever this is.
+    fn either<'a, T>(
+        &'a self,
+        native: impl FnOnce(&'a Event) -> T,
+        eco2: impl FnOnce(&'a Eco2Routed) -> T,
+    ) -> T {
+        match self {
+            Decoded::Native(e) => native(e),
+            Decoded::Eco2(r) => eco2(r),
+        }
+    }
+
     /// The job id.
     pub fn job_id(&self) -> &JobId {
-        match self {
-            Decoded::Native(e) => &e.job_id,
-            Decoded::Eco2(r) => &r.job_id,
-        }
+        self.either(|e| &e.job_id, |r| &r.job_id)
     }
 
     /// The producer seq.
     pub fn seq(&self) -> u64 {
-        match self {
-            Decoded::Native(e) => e.seq,
-            Decoded::Eco2(r) => r.seq,
-        }
+        self.either(|e| e.seq, |r| r.seq)
     }
 
     /// The stage.
     pub fn stage(&self) -> &Stage {
-        match self {
-            Decoded::Native(e) => &e.stage,
-            Decoded::Eco2(r) => &r.stage,
-        }
+        self.either(|e| &e.stage, |r| &r.stage)
     }
 
     /// Whether the job ends with this event.
     pub fn is_terminal(&self) -> bool {
-        match self {
-            Decoded::Native(e) => e.is_terminal(),
-            Decoded::Eco2(r) => r.is_terminal(),
-        }
+        self.either(Event::is_terminal, Eco2Routed::is_terminal)
     }
 
     /// Whether this event reports a failure.
     pub fn is_failure(&self) -> bool {
-        match self {
-            Decoded::Native(e) => e.status == Status::Failed,
-            Decoded::Eco2(r) => r.status == "failed",
-        }
+        self.either(|e| e.status == Status::Failed, |r| r.status == "failed")
     }
 }
 

@@ -488,6 +488,26 @@ mod tests {
         }
     }
 
+    /// A page of an untrimmed history whose top is `top`, holding `records`.
+    fn page(epoch: Epoch, top: u64, records: &[u64]) -> HistoryPage {
+        HistoryPage {
+            epoch: Some(epoch),
+            top: Offset(top),
+            first: Some(Offset(1)),
+            records: records.iter().map(|&o| rec(o)).collect(),
+        }
+    }
+
+    /// A job's state: its top event.
+    fn state(epoch: Epoch, top: u64) -> JobState {
+        JobState {
+            epoch,
+            top: Offset(top),
+            seq: top,
+            record: rec(top),
+        }
+    }
+
     /// The job as the backend holds it.
     #[derive(Debug)]
     struct Job {
@@ -872,19 +892,8 @@ mod tests {
             offset: Offset(9),
         }));
         r.start();
-        let page = HistoryPage {
-            epoch: Some(E),
-            top: Offset(2),
-            first: Some(Offset(1)),
-            records: vec![],
-        };
-        assert_eq!(r.on_history(page), vec![Action::ReadState]);
-        let st = JobState {
-            epoch: E,
-            top: Offset(2),
-            seq: 2,
-            record: rec(2),
-        };
+        assert_eq!(r.on_history(page(E, 2, &[])), vec![Action::ReadState]);
+        let st = state(E, 2);
         let out = r.on_state(Some(st.clone()));
         assert_eq!(
             out[0],
@@ -900,33 +909,15 @@ mod tests {
     fn epoch_change_mid_stream_snapshots() {
         let mut r = Resume::new(None);
         r.start();
-        let page = HistoryPage {
-            epoch: Some(E),
-            top: Offset(1),
-            first: Some(Offset(1)),
-            records: vec![rec(1)],
-        };
-        assert_eq!(r.on_history(page).len(), 1);
+        assert_eq!(r.on_history(page(E, 1, &[1])).len(), 1);
         // The history expired and was re-created with another epoch.
         let e2 = Epoch(99);
         assert_eq!(
             r.on_live(env(e2, 1)),
             vec![Action::ReadHistory { after: Offset(1) }]
         );
-        let page = HistoryPage {
-            epoch: Some(e2),
-            top: Offset(1),
-            first: Some(Offset(1)),
-            records: vec![rec(1)],
-        };
-        assert_eq!(r.on_history(page), vec![Action::ReadState]);
-        let st = JobState {
-            epoch: e2,
-            top: Offset(1),
-            seq: 1,
-            record: rec(1),
-        };
-        let out = r.on_state(Some(st));
+        assert_eq!(r.on_history(page(e2, 1, &[1])), vec![Action::ReadState]);
+        let out = r.on_state(Some(state(e2, 1)));
         assert!(
             matches!(&out[0], Action::Snapshot(s) if s.reason == SnapshotReason::EpochMismatch)
         );

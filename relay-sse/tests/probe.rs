@@ -180,25 +180,6 @@ impl Coordination for DeafBackend {
     }
 }
 
-#[async_trait]
-impl KvStore for DeafBackend {
-    async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
-        self.inner.set_nx(key, value, ttl).await
-    }
-
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<()> {
-        self.inner.set(key, value, ttl).await
-    }
-
-    async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
-        self.inner.get(key).await
-    }
-
-    async fn delete(&self, keys: &[String]) -> BackendResult<u64> {
-        self.inner.delete(keys).await
-    }
-}
-
 #[tokio::test]
 async fn silent_subscriber_is_replaced_and_clients_catch_up() {
     let deaf = Arc::new(AtomicU64::new(0));

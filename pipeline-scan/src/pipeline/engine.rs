@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relay_core::backend::KvStore;
 use relay_core::{Domain, Publisher, Status};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -98,18 +99,16 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// An engine for `pipeline`, emitting through `publisher` and keeping its
-    /// records in the publisher's backend.
+    /// records in `kv` (usually the publisher's server: see "Where the
+    /// records live" in the [module docs](super)).
     pub fn new<I: 'static, O: 'static>(
         pipeline: Pipeline<I, O>,
         publisher: Publisher,
+        kv: Arc<dyn KvStore>,
         hooks: Arc<dyn JobHooks>,
         config: EngineConfig,
     ) -> Self {
-        let store = JobStore::new(
-            publisher.backend().clone(),
-            config.domain.clone(),
-            config.record_ttl,
-        );
+        let store = JobStore::new(kv, config.domain.clone(), config.record_ttl);
         let control = JobControl::new(publisher, store, hooks, pipeline.len());
         Self {
             stages: pipeline.stages,
@@ -258,7 +257,7 @@ impl Engine {
                     deadline: Instant::now() + timeout,
                     span,
                     publisher: self.control.publisher().clone(),
-                    backend: store.backend().clone(),
+                    backend: store.kv().clone(),
                 };
                 let started = Instant::now();
                 let result =

@@ -12,6 +12,22 @@
 //!
 //! Transports ([`crate::transport`]) only move envelopes between stages.
 //!
+//! ## Where the records live
+//!
+//! The pipeline's own state (stage records and terminal markers in
+//! [`JobStore`], the scan results and reward grants) lives in a
+//! [`KvStore`](relay_core::backend::KvStore), which the relay's
+//! [`Backend`](relay_core::Backend) does not include (the relay never uses
+//! one). So the engine, the hooks and the API take it as a second handle,
+//! `kv: Arc<dyn KvStore>`, next to the [`Publisher`](relay_core::Publisher)
+//! (whose backend carries the events). Two handles rather than a combined
+//! `Backend + KvStore` trait: each part asks only for the role it uses
+//! (`JobStore` never appends events, the publisher never reads records), it
+//! needs no trait of its own, and both built-in backends already are both —
+//! an `Arc<MemoryBackend>` or `Arc<RedisBackend>` coerces to either handle,
+//! and `relay_core::cli::connect_with_kv` opens one URL as the two. In
+//! every deployment they are the same server.
+//!
 //! ## Dead-letter replay: runs
 //!
 //! A job whose stage exhausted its attempts ends with its terminal `failed`

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use relay_core::{Backend, JobId, Publisher};
+use relay_core::backend::KvStore;
+use relay_core::{JobId, Publisher};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -149,8 +150,9 @@ pub struct StageContext {
     pub span: tracing::Span,
     /// The relay publisher the pipeline emits its events through.
     pub publisher: Publisher,
-    /// The shared key-value backend (for stage-owned state such as rewards).
-    pub backend: Arc<dyn Backend>,
+    /// The shared key-value store (for stage-owned state such as rewards):
+    /// the one the engine keeps its records in.
+    pub backend: Arc<dyn KvStore>,
 }
 
 impl std::fmt::Debug for StageContext {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::{Backend, BackendError, Domain, JobId};
+use relay_core::backend::KvStore;
+use relay_core::{BackendError, Domain, JobId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -13,11 +14,12 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// Per-job bookkeeping in the backend that makes redelivery idempotent:
-/// stage completion records (with the stage output) and the terminal marker.
+/// Per-job bookkeeping in a key-value store that makes redelivery
+/// idempotent: stage completion records (with the stage output) and the
+/// terminal marker.
 #[derive(Clone)]
 pub struct JobStore {
-    backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
     domain: Domain,
     ttl: Duration,
 }
@@ -56,18 +58,14 @@ struct StageRecord {
 }
 
 impl JobStore {
-    /// A store in `backend` for `domain`, records living `ttl`.
-    pub fn new(backend: Arc<dyn Backend>, domain: Domain, ttl: Duration) -> Self {
-        Self {
-            backend,
-            domain,
-            ttl,
-        }
+    /// A store in `kv` for `domain`, records living `ttl`.
+    pub fn new(kv: Arc<dyn KvStore>, domain: Domain, ttl: Duration) -> Self {
+        Self { kv, domain, ttl }
     }
 
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+    /// The key-value store the records live in.
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
     }
 
     fn stage_key(&self, job: &JobId, stage: usize) -> String {
@@ -84,7 +82,7 @@ impl JobStore {
         job: &JobId,
         stage: usize,
     ) -> Result<Option<(Value, Value)>, BackendError> {
-        let Some(raw) = self.backend.get(&self.stage_key(job, stage)).await? else {
+        let Some(raw) = self.kv.get(&self.stage_key(job, stage)).await? else {
             return Ok(None);
         };
         Ok(serde_json::from_slice::<StageRecord>(&raw)
@@ -105,7 +103,7 @@ impl JobStore {
             d: data.clone(),
         };
         let raw = serde_json::to_vec(&rec).unwrap_or_default();
-        self.backend
+        self.kv
             .set(
                 &self.stage_key(job, stage),
                 Bytes::from(raw),
@@ -125,7 +123,7 @@ impl JobStore {
         let key = self.terminal_key(job);
         let raw = serde_json::to_vec(&record).unwrap_or_default();
         if self
-            .backend
+            .kv
             .set_nx(&key, Bytes::from(raw), Some(self.ttl))
             .await?
         {
@@ -139,7 +137,7 @@ impl JobStore {
         &self,
         job: &JobId,
     ) -> Result<Option<TerminalRecord>, BackendError> {
-        let Some(raw) = self.backend.get(&self.terminal_key(job)).await? else {
+        let Some(raw) = self.kv.get(&self.terminal_key(job)).await? else {
             return Ok(None);
         };
         Ok(Some(serde_json::from_slice(&raw).unwrap_or(
@@ -159,9 +157,6 @@ impl JobStore {
 
     /// Clears the terminal marker so a replayed job can finish (dead-letter replay).
     pub async fn clear_terminal(&self, job: &JobId) -> Result<(), BackendError> {
-        self.backend
-            .delete(&[self.terminal_key(job)])
-            .await
-            .map(|_| ())
+        self.kv.delete(&[self.terminal_key(job)]).await.map(|_| ())
     }
 }

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use relay_core::{Backend, Domain, JobId, Publisher};
+use relay_core::backend::KvStore;
+use relay_core::{Domain, JobId, Publisher};
 use serde_json::Value;
 
 use crate::pipeline::{Engine, EngineConfig, JobHooks, JobInfo, Pipeline, Stage, StageError};
@@ -118,7 +119,7 @@ pub fn pipeline(models: &ScanModels) -> Pipeline<ScanRequest, ScanOutcome> {
 /// Stores the job result before the terminal event (see the module docs).
 #[derive(Clone)]
 pub struct ScanHooks {
-    backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
 }
 
 impl std::fmt::Debug for ScanHooks {
@@ -128,14 +129,14 @@ impl std::fmt::Debug for ScanHooks {
 }
 
 impl ScanHooks {
-    /// Hooks storing results in `backend`.
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { backend }
+    /// Hooks storing results in `kv`.
+    pub fn new(kv: Arc<dyn KvStore>) -> Self {
+        Self { kv }
     }
 
     async fn store(&self, job: &JobId, result: &Value) -> Result<(), StageError> {
         let raw = serde_json::to_vec(result).map_err(|e| StageError::fatal(e.to_string()))?;
-        self.backend
+        self.kv
             .set(&result_key(job), Bytes::from(raw), Some(RESULT_TTL))
             .await
             .map_err(|e| StageError::retryable(format!("result store: {e}")))
@@ -165,10 +166,15 @@ impl JobHooks for ScanHooks {
 }
 
 /// The scan engine: the pipeline of `models`, emitting through `publisher`
-/// (domain `scan`), results in the publisher's backend.
-pub fn engine(models: &ScanModels, publisher: Publisher, config: EngineConfig) -> Engine {
-    let hooks = Arc::new(ScanHooks::new(publisher.backend().clone()));
-    Engine::new(pipeline(models), publisher, hooks, config)
+/// (domain `scan`), records and results in `kv`.
+pub fn engine(
+    models: &ScanModels,
+    publisher: Publisher,
+    kv: Arc<dyn KvStore>,
+    config: EngineConfig,
+) -> Engine {
+    let hooks = Arc::new(ScanHooks::new(kv.clone()));
+    Engine::new(pipeline(models), publisher, kv, hooks, config)
 }
 
 /// Engine defaults for the scan domain.

@@ -13,7 +13,9 @@ use relay_core::eco2::Eco2Entry;
 use relay_core::{Backend, Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
 
-pub fn memory() -> Arc<dyn Backend> {
+/// An in-process backend: the relay's (through a [`publisher`]) and the
+/// engine's key-value store at once.
+pub fn memory() -> Arc<MemoryBackend> {
     Arc::new(MemoryBackend::new())
 }
 
@@ -30,7 +32,11 @@ pub fn publisher(backend: Arc<dyn Backend>, profile: Profile) -> Publisher {
 }
 
 /// Every event of `job` appended to its shard stream, in append order.
-pub async fn events(backend: &Arc<dyn Backend>, ks: &KeySpace, job: &JobId) -> Vec<Event> {
+pub async fn events<B: Backend + ?Sized>(
+    backend: &Arc<B>,
+    ks: &KeySpace,
+    job: &JobId,
+) -> Vec<Event> {
     let stream = ks.shard_stream(ks.shard_of(job));
     let entries = backend.range(&stream, None, 100_000).await.unwrap();
     entries
@@ -94,8 +100,8 @@ pub async fn wait_terminal(store: &JobStore, job: &JobId, within: Duration) -> O
 }
 
 /// Waits until the job's stream has an event at stage `done`.
-pub async fn wait_done_event(
-    backend: &Arc<dyn Backend>,
+pub async fn wait_done_event<B: Backend + ?Sized>(
+    backend: &Arc<B>,
     ks: &KeySpace,
     job: &JobId,
     within: Duration,

@@ -1,6 +1,8 @@
 //! A plain key-value store with TTLs, for what applications keep beside the
 //! relay (the scan pipeline's idempotency records, results and grants). The
-//! relay itself never uses it.
+//! relay itself never uses it, so it is not a supertrait of
+//! [`Backend`](super::Backend): code that needs it names it (pipeline-scan
+//! holds a backend that is both).
 
 use std::time::Duration;
 

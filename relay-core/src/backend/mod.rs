@@ -1,9 +1,14 @@
 //! The storage backend, by role: the stream log producers append to and
 //! routers read ([`StreamLog`]), the per-job log the router writes and
-//! gateways read ([`JobLog`]), live delivery ([`PubSub`]) and a small
-//! key-value store for applications ([`KvStore`]), and the leases and
+//! gateways read ([`JobLog`]), live delivery ([`PubSub`]), and the leases and
 //! membership routers coordinate with ([`Coordination`]). [`Backend`] is
-//! all of them on one server, plus what needs more than one role at once.
+//! those four on one server, plus what needs more than one role at once.
+//!
+//! [`KvStore`] (plain keys with TTLs) is a fifth role the relay itself never
+//! uses: it is not part of [`Backend`], so a relay backend need not offer it,
+//! and an application that keeps its own records beside the relay (the
+//! scan pipeline) asks for it explicitly. Both built-in backends implement
+//! it.
 //!
 //! Implementations:
 //! - [`MemoryBackend`](memory::MemoryBackend): in-process, full semantics
@@ -12,7 +17,7 @@
 //! - [`RedisBackend`](redis::RedisBackend) (feature `redis`, default): redis-rs.
 //!
 //! Every implementation passes the same conformance suite
-//! (`tests/conformance.rs` in this crate), organised by these traits.
+//! (`tests/conformance/` in this crate), one module per trait.
 
 use async_trait::async_trait;
 
@@ -37,9 +42,9 @@ pub use stream_log::*;
 pub type BackendResult<T> = Result<T, BackendError>;
 
 /// Everything relay needs from one storage server: the four roles, plus the
-/// operations that span two of them.
+/// operations that span two of them. ([`KvStore`] is not one of them.)
 #[async_trait]
-pub trait Backend: StreamLog + JobLog + PubSub + KvStore + Coordination + 'static {
+pub trait Backend: StreamLog + JobLog + PubSub + Coordination + 'static {
     /// Short name for logs and test names (`memory`, `redis`, `fred`).
     fn name(&self) -> &'static str;
 

@@ -59,6 +59,38 @@ pub use metrics::{ServeCounts, ServeMetrics};
 /// A boxed error, as hyper and axum pass them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The requests [`serve`] passes on: their bodies bounded by
+/// [`ServeConfig::body_timeout`].
+pub type ServeRequest = Request<ReadTimeoutBody>;
+
+/// The shape of a service [`serve`] can run (an axum `Router`, or any tower
+/// service alike): it answers every request (errors are responses) and its
+/// futures move between threads. Implemented for every such service; the
+/// name spells the bounds once for the server loop, each connection and the
+/// hyper adapter, which add `Clone + Send + 'static`.
+pub trait HttpService<B>:
+    tower::Service<ServeRequest, Response = Response<B>, Error = Infallible, Future: Send + 'static>
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: tower::Service<
+        ServeRequest,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    >
+{
+}
+
+/// A response body [`serve`] can send (implemented for every such body).
+pub trait ResponseBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> ResponseBody for B where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
 /// Serves `service` (an axum `Router`, or any tower service of the same
 /// shape) on `listener` with `config`'s limits until `shutdown` resolves,
 /// then stops accepting, closes idle connections and returns once the
@@ -70,13 +102,8 @@ pub async fn serve<S, B>(
     metrics: ServeMetrics,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: tower::Service<Request<ReadTimeoutBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: HttpService<B> + Clone + Send + 'static,
+    B: ResponseBody,
 {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -197,13 +224,8 @@ async fn connection<S, B>(
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) where
-    S: tower::Service<Request<ReadTimeoutBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    S: HttpService<B> + Clone + Send + 'static,
+    B: ResponseBody,
 {
     metrics.open.inc();
     let _open = OnDrop(|| {
@@ -492,13 +514,13 @@ struct TrackedService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for TrackedService<S>
 where
-    S: tower::Service<Request<ReadTimeoutBody>, Response = Response<B>, Error = Infallible>
+    // The `Response` projection names `B` for the impl (E0207).
+    S: HttpService<B>
+        + tower::Service<ServeRequest, Response = Response<B>>
         + Clone
         + Send
         + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
+    B: ResponseBody,
 {
     type Response = Response<GuardedBody<B>>;
     type Error = Infallible;

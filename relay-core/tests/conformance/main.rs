@@ -1,0 +1,19 @@
+//! The backend conformance suite: one module per backend trait, each case
+//! generated per backend by [`conformance_tests!`](support::conformance_tests),
+//! so `cargo test` shows `stream_log::memory::…`, `stream_log::redis::…` and
+//! `stream_log::redis_cluster_mode::…`. Redis-only behaviour (connection
+//! handling, fault injection) is in `redis_faults`.
+//!
+//! Run: `cargo test -p relay-core --test conformance`.
+//! The Redis tests start a private `redis-server` each (or use `REDIS_URL`
+//! with a unique key prefix); a missing `redis-server` fails them loudly.
+
+mod support;
+
+mod backend;
+mod coordination;
+mod job_log;
+mod kv;
+mod pubsub;
+mod redis_faults;
+mod stream_log;

@@ -1,0 +1,328 @@
+//! What every module of the suite shares: the per-test [`Fixture`] (a
+//! backend, a key prefix and, for Redis, its server), small builders of
+//! requests, and [`conformance_tests!`], which runs a module's cases against
+//! every backend.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::redis::{RedisBackend, RedisConfig};
+use relay_core::backend::{
+    AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, ClaimResult,
+    GroupStats, KvStore, ReadFrom, StreamEntry, StreamId, StreamLog, Subscriber,
+};
+use relay_core::codec::Fields;
+use relay_core::keys::JobKeys;
+use relay_core::testing::TestRedis;
+use relay_core::{BackendResult, Encoding, Epoch, Payload};
+
+/// The consumer group of the stream cases.
+pub const GROUP: &str = "g";
+
+/// One test's backend, key prefix and (for Redis) server.
+pub struct Fixture {
+    backend: Arc<dyn Backend>,
+    kv: Arc<dyn KvStore>,
+    prefix: String,
+    kind: Kind,
+}
+
+/// Which backend a fixture runs on.
+pub enum Kind {
+    Memory(Arc<MemoryBackend>),
+    Redis(TestRedis),
+}
+
+impl Fixture {
+    /// A backend's two roles (the relay's and the key-value store) over
+    /// keys that start with `prefix`.
+    fn on<B: Backend + KvStore>(backend: Arc<B>, prefix: String, kind: Kind) -> Fixture {
+        Fixture {
+            backend: backend.clone(),
+            kv: backend,
+            prefix,
+            kind,
+        }
+    }
+
+    pub async fn memory() -> Fixture {
+        let b = Arc::new(MemoryBackend::new());
+        Self::on(
+            b.clone(),
+            relay_core::testing::unique_prefix(),
+            Kind::Memory(b),
+        )
+    }
+
+    pub async fn redis() -> Fixture {
+        Self::redis_on(TestRedis::get()).await
+    }
+
+    /// A fixture on a private server, whatever `REDIS_URL` says: for tests
+    /// that inject faults.
+    pub async fn redis_private() -> Fixture {
+        Self::redis_on(TestRedis::private()).await
+    }
+
+    /// Cluster mode (`RedisConfig::cluster`: one apply call per job, the
+    /// ack after the apply) against a single server: the same semantics.
+    pub async fn redis_cluster_mode() -> Fixture {
+        let redis = TestRedis::get();
+        let config = RedisConfig {
+            cluster: true,
+            ..Default::default()
+        };
+        let backend = RedisBackend::connect_with(redis.url(), config)
+            .await
+            .expect("connect");
+        Self::redis_with(redis, backend)
+    }
+
+    async fn redis_on(redis: TestRedis) -> Fixture {
+        let backend = redis.backend().await;
+        Self::redis_with(redis, backend)
+    }
+
+    fn redis_with(redis: TestRedis, backend: RedisBackend) -> Fixture {
+        let prefix = redis.prefix().to_owned();
+        Self::on(Arc::new(backend), prefix, Kind::Redis(redis))
+    }
+
+    /// The backend under test.
+    pub fn b(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The backend under test, to move into a task.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    /// The same backend as a key-value store.
+    pub fn kv(&self) -> &dyn KvStore {
+        &*self.kv
+    }
+
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn job(&self, name: &str) -> JobKeys {
+        job_keys(&self.prefix, name)
+    }
+
+    /// Drops every subscriber connection (fault injection). `None` when the
+    /// backend cannot (a shared `REDIS_URL` server).
+    pub async fn kill_subscribers(&self) -> Option<()> {
+        match &self.kind {
+            Kind::Memory(m) => {
+                m.kill_subscribers();
+                Some(())
+            }
+            Kind::Redis(r) => r.client_kill(&["TYPE", "pubsub"]).await.ok().map(|_| ()),
+        }
+    }
+
+    /// Creates `stream`'s [`GROUP`], then appends `n` [`plain`] entries;
+    /// their ids.
+    pub async fn grouped_stream(&self, stream: &str, n: u32) -> Vec<StreamId> {
+        self.b().ensure_group(stream, GROUP).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            ids.push(self.b().append(plain(stream, i)).await.unwrap().id);
+        }
+        ids
+    }
+
+    /// Reads up to `count` entries for `consumer` of [`GROUP`], without
+    /// blocking.
+    pub async fn read(
+        &self,
+        stream: &str,
+        consumer: &str,
+        from: ReadFrom,
+        count: usize,
+    ) -> Vec<StreamEntry> {
+        read_group(self.b(), stream, consumer, from, count, None)
+            .await
+            .unwrap()
+    }
+
+    /// Claims up to `count` entries of [`GROUP`] idle for `min_idle`.
+    pub async fn claim(
+        &self,
+        stream: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> ClaimResult {
+        self.b()
+            .claim_idle(stream, GROUP, consumer, min_idle, count)
+            .await
+            .unwrap()
+    }
+
+    /// [`GROUP`]'s statistics.
+    pub async fn stats(&self, stream: &str) -> GroupStats {
+        self.b().group_stats(stream, GROUP).await.unwrap()
+    }
+
+    /// Applies one job's events and returns its result.
+    pub async fn apply1(
+        &self,
+        keys: &JobKeys,
+        epoch: u64,
+        seqs: &[u64],
+        opts: &ApplyOptions,
+    ) -> ApplyResult {
+        let mut r = self
+            .b()
+            .apply(vec![apply_job(keys, epoch, seqs)], opts)
+            .await
+            .expect("apply");
+        assert_eq!(r.len(), 1);
+        r.remove(0)
+    }
+}
+
+/// A job's keys under `prefix` (one hash slot per job).
+pub fn job_keys(prefix: &str, name: &str) -> JobKeys {
+    let base = format!("{prefix}{{{name}}}");
+    JobKeys {
+        meta: format!("{base}:meta"),
+        state: Some(format!("{base}:state")),
+        live: format!("{base}:live"),
+    }
+}
+
+/// [`StreamLog::read_group`] in [`GROUP`].
+pub async fn read_group(
+    backend: &dyn StreamLog,
+    stream: &str,
+    consumer: &str,
+    from: ReadFrom,
+    count: usize,
+    block: Option<Duration>,
+) -> BackendResult<Vec<StreamEntry>> {
+    backend
+        .read_group(stream, GROUP, consumer, from, count, block)
+        .await
+}
+
+/// A blocking read of one entry or more for `consumer`, in a task.
+pub fn spawn_read(
+    backend: Arc<dyn Backend>,
+    stream: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+) -> tokio::task::JoinHandle<BackendResult<Vec<StreamEntry>>> {
+    let (stream, consumer) = (stream.to_owned(), consumer.to_owned());
+    tokio::spawn(async move {
+        read_group(
+            &*backend,
+            &stream,
+            &consumer,
+            ReadFrom::New,
+            count,
+            Some(block),
+        )
+        .await
+    })
+}
+
+pub fn payload(s: &str) -> Payload {
+    Payload::native(Encoding::Json, s.as_bytes())
+}
+
+pub fn ev(seq: u64) -> ApplyEvent {
+    ApplyEvent {
+        seq,
+        payload: payload(&format!("{{\"seq\":{seq}}}")),
+    }
+}
+
+pub fn fields(pairs: &[(&str, &str)]) -> Fields {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect()
+}
+
+pub fn plain(stream: &str, n: u32) -> AppendRequest {
+    AppendRequest {
+        stream: stream.to_owned(),
+        fields: fields(&[("n", &n.to_string()), ("body", "x")]),
+        maxlen: None,
+        dedupe: None,
+    }
+}
+
+pub fn apply_job(keys: &JobKeys, epoch: u64, seqs: &[u64]) -> ApplyJob {
+    ApplyJob {
+        keys: keys.clone(),
+        epoch: Epoch(epoch),
+        events: seqs.iter().map(|&s| ev(s)).collect(),
+        extra_channel: None,
+    }
+}
+
+pub fn quiet() -> ApplyOptions {
+    ApplyOptions {
+        publish: false,
+        ..ApplyOptions::default()
+    }
+}
+
+pub fn offsets(r: &ApplyResult) -> Vec<(u64, bool)> {
+    r.applied.iter().map(|a| (a.offset.0, a.new)).collect()
+}
+
+pub async fn recv(sub: &mut Subscriber) -> (String, Bytes) {
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.messages.recv())
+        .await
+        .expect("no pub/sub message within 5s")
+        .expect("subscriber closed");
+    (m.channel, m.payload)
+}
+
+pub async fn assert_silent(sub: &mut Subscriber, wait: Duration) {
+    if let Ok(Some(m)) = tokio::time::timeout(wait, sub.messages.recv()).await {
+        panic!("unexpected message on {}: {:?}", m.channel, m.payload);
+    }
+}
+
+pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
+    entries.iter().map(|e| e.id).collect()
+}
+
+/// Generates one `#[tokio::test]` per case of the calling module and per
+/// backend, in the submodules `memory`, `redis` and `redis_cluster_mode`.
+/// Each case is an `async fn(&Fixture)` of the calling module.
+macro_rules! conformance_tests {
+    ($($case:ident),* $(,)?) => {
+        $crate::support::conformance_tests!(@on memory, $crate::support::Fixture::memory; $($case),*);
+        $crate::support::conformance_tests!(@on redis, $crate::support::Fixture::redis; $($case),*);
+        $crate::support::conformance_tests!(
+            @on redis_cluster_mode, $crate::support::Fixture::redis_cluster_mode; $($case),*
+        );
+    };
+    (@on $backend:ident, $make:path; $($case:ident),*) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let fx = $make().await;
+                    super::$case(&fx).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use conformance_tests;
