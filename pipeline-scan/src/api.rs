@@ -180,7 +180,10 @@ impl ScanApi {
     /// The routes (`POST /api/v1/scan`, `GET /api/v1/scan/{job_id}/result`).
     pub fn router(self) -> Router {
         Router::new()
-            .route("/api/v1/scan", post(submit))
+            .route(
+                "/api/v1/scan",
+                post(submit).layer(axum::middleware::from_fn(crate::submit_span::submit_span)),
+            )
             .route("/api/v1/scan/{job_id}/result", get(result))
             .with_state(self)
     }
@@ -687,11 +690,11 @@ async fn start_job(
             Some(scan::RESULT_TTL),
         )
         .await;
+    let traceparent = crate::submit_span::job_traceparent(headers);
     let queued = match marker {
         Ok(()) => {
-            api.control
-                .queued(job, json!({ "image_url": req.image_url }))
-                .await
+            let data = json!({ "image_url": req.image_url });
+            api.control.queued(job, data, traceparent.as_deref()).await
         }
         Err(e) => Err(ControlError::Store(e)),
     };
@@ -706,11 +709,7 @@ async fn start_job(
     // 2. Enqueue; a failure ends the job with its terminal `failed` event.
     let input = serde_json::to_value(req).map_err(|e| unavailable("INTERNAL", e.to_string()))?;
     let mut envelope = Envelope::first(job.clone(), user, input);
-    envelope.traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| relay_core::TraceContext::parse_traceparent(v).is_ok())
-        .map(str::to_owned);
+    envelope.traceparent = traceparent.clone();
     if let Err(e) = api.transport.submit(envelope).await {
         tracing::error!(job = %job, error = %e, "enqueue failed; failing the job");
         let info = crate::pipeline::JobInfo {
@@ -719,7 +718,8 @@ async fn start_job(
             run: 0,
         };
         let reason = format!("enqueue failed: {e}");
-        if let Err(e2) = api.control.fail(&info, None, &reason, None).await {
+        let failed = api.control.fail(&info, None, &reason, traceparent.as_deref());
+        if let Err(e2) = failed.await {
             tracing::error!(job = %job, error = %e2, "could not emit the failed event");
         }
         forget_idem().await;

@@ -56,6 +56,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The default `service.name` of this process's spans (see
+    /// `relay_core::telemetry`): `pipeline-scan-` and the subcommand.
+    pub fn service_name(&self) -> &'static str {
+        match self.command {
+            Command::Api(_) => "pipeline-scan-api",
+            Command::Worker(_) => "pipeline-scan-worker",
+            Command::Dlq { .. } => "pipeline-scan-dlq",
+            Command::Demo(_) => "pipeline-scan-demo",
+        }
+    }
+}
+
 /// Settings shared by API, worker and DLQ tool (they must agree on the topology).
 #[derive(Clone, Debug, Args)]
 pub struct PipelineArgs {

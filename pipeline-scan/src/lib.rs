@@ -82,4 +82,6 @@ pub mod image_url;
 #[cfg(feature = "scan")]
 pub mod scan;
 #[cfg(feature = "scan")]
+mod submit_span;
+#[cfg(feature = "scan")]
 pub mod wiring;

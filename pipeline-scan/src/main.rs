@@ -9,7 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = pipeline_scan::app::Cli::parse();
-    relay_core::cli::init_tracing(cli.log_format);
+    // Dropped after `run`: sends the last spans.
+    let _telemetry = relay_core::cli::init_tracing(cli.log_format, cli.service_name());
     pipeline_scan::app::run(cli).await?;
     Ok(())
 }

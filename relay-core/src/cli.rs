@@ -1,5 +1,6 @@
 //! Command-line plumbing shared by relay's binaries (feature `cli`):
-//! connection flags, logging setup, shutdown signals and Prometheus text.
+//! connection flags, logging (and span export) setup, shutdown signals and
+//! Prometheus text.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use crate::backend::{Backend, KvStore};
 use crate::error::BackendError;
 use crate::event::Domain;
 use crate::keys::{KeySpace, Profile};
+pub use crate::telemetry::Telemetry;
+use crate::telemetry::TelemetryConfig;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -23,29 +26,72 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_tracing(format: LogFormat) {
-    init_tracing_with_default(format, "info");
+/// Installs the global tracing subscriber (`RUST_LOG` filters, default
+/// `info`) for the binary `service` (the default `service.name` of its
+/// spans). Keep the returned guard until `main` ends: see
+/// [`init_tracing_with_default`].
+pub fn init_tracing(format: LogFormat, service: &str) -> Telemetry {
+    init_tracing_with_default(format, "info", service)
 }
 
 /// Installs the global tracing subscriber with `default` as the filter when
 /// `RUST_LOG` is unset. Logs go to stderr; text logs are coloured only when
 /// stderr is a terminal and `NO_COLOR` is unset, so a log file or a
 /// collector never receives ANSI escape codes.
-pub fn init_tracing_with_default(format: LogFormat, default: &str) {
+///
+/// When `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set,
+/// spans are also exported over OTLP (see [`crate::telemetry`]); the
+/// returned [`Telemetry`] sends the last ones when dropped. Without an
+/// endpoint no OpenTelemetry layer is installed at all. `RUST_LOG` filters
+/// the logs only: exported spans are those at `info` and above.
+pub fn init_tracing_with_default(format: LogFormat, default: &str, service: &str) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour_wanted(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR").as_deref(),
         ));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
+    let (provider, config_error) = match TelemetryConfig::from_env(service) {
+        Ok(None) => (None, None),
+        Ok(Some(config)) => match config.provider() {
+            Ok(p) => (Some((p, config)), None),
+            Err(e) => (None, Some(e)),
+        },
+        Err(e) => (None, Some(e)),
+    };
+    let otel = provider
+        .as_ref()
+        .map(|(p, _)| crate::telemetry::layer(p).with_filter(crate::telemetry::layer_filter()));
+    let installed = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .is_ok();
+    if let Some(e) = config_error {
+        tracing::error!(error = %e, "span export is off");
+    }
+    match provider {
+        Some((p, config)) if installed => {
+            tracing::info!(
+                endpoint = %config.endpoint,
+                protocol = ?config.protocol,
+                service = %config.service_name,
+                "exporting spans over OTLP"
+            );
+            Telemetry::exporting(p)
+        }
+        _ => Telemetry::default(),
+    }
 }
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to a

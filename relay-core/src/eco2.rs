@@ -10,6 +10,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use serde::Deserialize;
 
 use crate::error::{CodecError, ValidationError};
 use crate::event::{
@@ -74,6 +75,14 @@ pub struct Eco2Entry {
 }
 
 impl Eco2Entry {
+    /// The entry's trace context (`traceparent`), when present and valid.
+    pub fn trace(&self) -> Option<TraceContext> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .and_then(|(_, v)| TraceContext::parse_traceparent(v).ok())
+    }
+
     /// Builds the entry a Python producer would XADD for this step.
     /// `trace: None` omits the three trace fields (as the API's `queued` event does).
     #[allow(clippy::too_many_arguments)]
@@ -341,6 +350,18 @@ impl Eco2Routed {
         })
     }
 
+    /// The trace context of the routed JSON's `traceparent`, when present
+    /// and valid (parsed from `raw` on demand: not every reader wants it).
+    pub fn trace(&self) -> Option<TraceContext> {
+        #[derive(Deserialize)]
+        struct Traced<'a> {
+            #[serde(borrow)]
+            traceparent: Option<std::borrow::Cow<'a, str>>,
+        }
+        let t: Traced<'_> = serde_json::from_slice(&self.raw).ok()?;
+        TraceContext::parse_traceparent(&t.traceparent?).ok()
+    }
+
     /// The SSE event name: the stage, or `error` for a failure (docs/ECO2_WIRE.md).
     pub fn sse_event(&self) -> &str {
         if self.status == "failed" {
@@ -457,6 +478,11 @@ mod tests {
             e.routed_json("1766899796476-0"),
             r#"{"job_id":"abc-123","stage":"vision","status":"completed","seq":11,"ts":"1766899796.475799","progress":25,"result":"","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","stream_id":"1766899796476-0"}"#
         );
+        // The trace reads the same from the entry and from the routed JSON.
+        let trace = e.trace().expect("entry trace");
+        assert_eq!(trace.span_id, "00f067aa0ba902b7");
+        let routed = Eco2Routed::parse(&Bytes::from(e.routed_json("1-0"))).unwrap();
+        assert_eq!(routed.trace(), Some(trace));
     }
 
     #[test]
@@ -477,6 +503,7 @@ mod tests {
             r#"{"job_id":"abc-123","stage":"done","status":"completed","seq":51,"ts":"1.5","progress":"","result":{"z":1,"a":"종이"},"stream_id":"1-0"}"#
         );
         let routed = Eco2Routed::parse(&Bytes::from(json.clone())).unwrap();
+        assert_eq!((e.trace(), routed.trace()), (None, None));
         assert_eq!(routed.seq, 51);
         assert!(routed.is_terminal());
         assert_eq!(routed.stream_id, "1-0");

@@ -38,9 +38,13 @@ pub mod fields;
 #[cfg(feature = "http-serve")]
 pub mod http_serve;
 pub mod keys;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod publisher;
 pub mod resume;
 pub mod router;
+#[cfg(feature = "cli")]
+pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

@@ -8,6 +8,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = RouterArgs::parse();
-    relay_core::cli::init_tracing(args.log_format);
+    // Dropped after `run`: sends the last spans.
+    let _telemetry = relay_core::cli::init_tracing(args.log_format, "relay-router");
     relay_router::run(args, relay_core::cli::shutdown_signal()).await
 }

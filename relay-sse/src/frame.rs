@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use bytes::{Bytes, BytesMut};
 use relay_core::backend::JobState;
 use relay_core::resume::Snapshot;
-use relay_core::{Decoded, LiveEnvelope};
+use relay_core::{Decoded, LiveEnvelope, TraceContext};
 use serde_json::json;
 
 use crate::position::UNKNOWN_POSITION;
@@ -37,6 +37,10 @@ pub(crate) struct Frame {
     pub terminal: bool,
     /// Producer timestamp (unix ms) for the latency histogram.
     pub ts_ms: Option<u64>,
+    /// The event's trace context, only when a delivery span is to
+    /// continue it (spans exported, trace sampled: see
+    /// [`relay_core::otel::follow`]).
+    pub trace: Option<TraceContext>,
 }
 
 /// One live Pub/Sub message, decoded once by the hub and framed at most once
@@ -75,16 +79,23 @@ impl Framing {
     /// (skipped, counted by the caller).
     pub(crate) fn frame_record(self, env: &LiveEnvelope) -> Option<Frame> {
         let mut buf = BytesMut::new();
-        let (terminal, ts_ms) = self.put_record(&mut buf, env)?;
+        let (terminal, ts_ms, trace) = self.put_record(&mut buf, env)?;
         Some(Frame {
             bytes: buf.freeze(),
             terminal,
             ts_ms,
+            trace,
         })
     }
 
-    /// Appends the frame for one record: (terminal, producer ts).
-    fn put_record(self, buf: &mut BytesMut, env: &LiveEnvelope) -> Option<(bool, Option<u64>)> {
+    /// Appends the frame for one record: (terminal, producer ts, followed
+    /// trace).
+    fn put_record(
+        self,
+        buf: &mut BytesMut,
+        env: &LiveEnvelope,
+    ) -> Option<(bool, Option<u64>, Option<TraceContext>)> {
+        let exporting = relay_core::otel::exporting();
         let decoded = env.record.payload.decode().ok()?;
         let pos = env.position().to_string();
         match decoded {
@@ -96,7 +107,9 @@ impl Framing {
                     ev.stage.as_str()
                 };
                 sse::put_event(buf, Some(&pos), Some(name), &data);
-                Some((ev.is_terminal(), Some(ev.ts)))
+                let (terminal, ts) = (ev.is_terminal(), ev.ts);
+                let trace = ev.trace.filter(|t| relay_core::otel::follow(Some(t)));
+                Some((terminal, Some(ts), trace))
             }
             Decoded::Eco2(r) => {
                 let id = match self {
@@ -104,7 +117,11 @@ impl Framing {
                     Framing::Eco2 => r.stream_id.as_str(),
                 };
                 sse::put_event(buf, Some(id), Some(r.sse_event()), &r.raw);
-                Some((r.is_terminal(), r.ts_ms))
+                let trace = exporting
+                    .then(|| r.trace())
+                    .flatten()
+                    .filter(|t| relay_core::otel::follow(Some(t)));
+                Some((r.is_terminal(), r.ts_ms, trace))
             }
         }
     }

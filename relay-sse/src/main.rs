@@ -9,7 +9,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = relay_sse::Config::parse();
-    relay_sse::init_tracing(config.log_format);
+    // Dropped after `run`: sends the last spans.
+    let _telemetry = relay_sse::init_tracing(config.log_format, "relay-sse");
     relay_sse::run(config).await?;
     Ok(())
 }

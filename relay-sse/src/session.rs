@@ -12,7 +12,7 @@ use relay_core::backend::{Backend, JobState};
 use relay_core::event::now_ms;
 use relay_core::keys::JobKeys;
 use relay_core::resume::{Action, Resume};
-use relay_core::{Epoch, Offset, Position};
+use relay_core::{Epoch, LiveEnvelope, Offset, Position, TraceContext};
 
 use crate::frame::{Framing, LiveMsg};
 use crate::hub::{Membership, Signal};
@@ -62,6 +62,28 @@ impl Drop for Held {
     }
 }
 
+/// One framed event on its way to the client.
+struct Pending {
+    /// Producer timestamp (unix ms) for the latency histogram.
+    ts_ms: Option<u64>,
+    /// Its `gateway.deliver` span, from framing until the chunk holding it
+    /// is written (ends with the session if it never is).
+    span: Option<tracing::Span>,
+}
+
+/// The `gateway.deliver` span of the record `env`, child of its event's
+/// producer span (`trace`).
+fn delivery_span(trace: &TraceContext, env: &LiveEnvelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "gateway.deliver",
+        otel.kind = "producer",
+        epoch = %env.epoch,
+        offset = env.record.offset.0,
+    );
+    relay_core::otel::set_parent(&span, trace);
+    span
+}
+
 /// Why a session could not go on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
@@ -98,8 +120,9 @@ pub(crate) struct Session {
     /// terminal event was (or will be) framed as the last record (see
     /// [`Session::check_finished`]).
     state_check: bool,
-    /// Events framed into the current chunk (for the delivered counter).
-    pending_ts: Vec<Option<u64>>,
+    /// Events framed into the current chunk (for the delivered counter
+    /// and the delivery spans).
+    pending: Vec<Pending>,
     /// Actions not performed yet: framing stops at `chunk_bytes`, the
     /// rest waits here (at most one history page) until the chunk is
     /// written.
@@ -141,7 +164,7 @@ impl Session {
             // below the top re-arms the check; a resuming one may hold the
             // end already (nothing left to frame).
             state_check: from.is_some(),
-            pending_ts: Vec::new(),
+            pending: Vec::new(),
             queue: VecDeque::new(),
             read_records: 0,
             read_bytes: 0,
@@ -256,7 +279,10 @@ impl Session {
                     match frame {
                         Some(f) => {
                             buf.extend_from_slice(&f.bytes);
-                            self.pending_ts.push(f.ts_ms);
+                            self.pending.push(Pending {
+                                ts_ms: f.ts_ms,
+                                span: f.trace.as_ref().map(|t| delivery_span(t, &env)),
+                            });
                             if f.terminal {
                                 if self.is_last(env.epoch, env.record.offset) {
                                     self.terminal = true;
@@ -280,7 +306,10 @@ impl Session {
                     if self.terminal {
                         continue;
                     }
-                    self.pending_ts.push(None);
+                    self.pending.push(Pending {
+                        ts_ms: None,
+                        span: None,
+                    });
                     if let Some(st) = &snap.state {
                         self.note_top(st.epoch, st.top);
                     }
@@ -327,7 +356,7 @@ impl Session {
 
     /// Whether nothing was framed since the last delivery.
     pub fn nothing_framed(&self) -> bool {
-        self.pending_ts.is_empty()
+        self.pending.is_empty()
     }
 
     /// Ends the stream when the client holds the whole history and the
@@ -398,12 +427,14 @@ impl Session {
         Ok(())
     }
 
-    /// Records the events framed since the last call as delivered now.
+    /// Records the events framed since the last call as delivered now
+    /// (their delivery spans end here).
     pub fn delivered(&mut self) {
         let now = now_ms();
-        for ts in self.pending_ts.drain(..) {
+        for Pending { ts_ms, span } in self.pending.drain(..) {
+            drop(span);
             self.metrics.delivered.inc();
-            if let Some(ts) = ts {
+            if let Some(ts) = ts_ms {
                 self.metrics
                     .latency
                     .observe(now.saturating_sub(ts) as f64 / 1000.0);

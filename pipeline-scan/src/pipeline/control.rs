@@ -162,10 +162,16 @@ impl JobControl {
             .await
     }
 
-    /// Emits the `queued` event (seq 0, progress 0).
-    pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), ControlError> {
+    /// Emits the `queued` event (seq 0, progress 0), in the trace of
+    /// `trace` (the submit request's `traceparent`) when there is one.
+    pub async fn queued(
+        &self,
+        job: &JobId,
+        data: Value,
+        trace: Option<&str>,
+    ) -> Result<(), ControlError> {
         let seq = self.scheme.queued();
-        self.emit(job, seq, QUEUED_STAGE, Status::Started, 0, data, None)
+        self.emit(job, seq, QUEUED_STAGE, Status::Started, 0, data, trace)
             .await
     }
 

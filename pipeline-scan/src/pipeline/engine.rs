@@ -147,7 +147,7 @@ impl Engine {
 
     /// Runs one step. Never panics on bad input: an envelope for an unknown
     /// stage or with undecodable input fails the job and is dead-lettered.
-    pub async fn process(&self, env: Envelope) -> Disposition {
+    pub async fn process(&self, mut env: Envelope) -> Disposition {
         let Some(stage) = self.stages.get(env.stage).cloned() else {
             let reason = format!("unknown stage index {}", env.stage);
             let job = JobInfo {
@@ -165,10 +165,18 @@ impl Engine {
         };
         let span = tracing::info_span!(
             "stage",
+            otel.name = tracing::field::Empty,
             job = %env.job_id,
             stage = stage.name(),
             attempt = env.attempt
         );
+        // Exported, the span continues the job's trace (the envelope's
+        // context is its parent), and the step's events and next envelope
+        // carry the span's own context: one parent-linked trace per job.
+        if relay_core::otel::exporting() {
+            span.record("otel.name", format!("pipeline.stage.{}", stage.name()).as_str());
+            env.traceparent = relay_core::otel::continue_trace(&span, env.traceparent.take());
+        }
         self.process_stage(stage, env, span.clone())
             .instrument(span)
             .await

@@ -18,7 +18,7 @@ use crate::backend::{AckRequest, ApplyResult, DeadLetter, StreamId};
 use crate::backend::{ApplyEvent, ApplyJob, ApplyOptions, StreamEntry};
 use crate::codec::{parse_native, LiveEnvelope, Payload, Record};
 use crate::eco2::Eco2Entry;
-use crate::event::{Epoch, JobId};
+use crate::event::{Epoch, JobId, TraceContext};
 use crate::keys::Profile;
 
 /// How far applying a batch got.
@@ -42,6 +42,61 @@ struct Routable {
     job: JobId,
     seq: u64,
     payload: Payload,
+    /// The event's trace context, kept only when an apply span will
+    /// continue it (see [`traced`]).
+    trace: Option<TraceContext>,
+}
+
+/// The event's trace context (read by `trace`), when a `router.apply` span
+/// is to continue it: spans are exported and the trace is sampled.
+/// Otherwise `None` without calling `trace`, and the batch creates no span.
+#[cfg(feature = "otel")]
+fn traced(trace: impl FnOnce() -> Option<TraceContext>) -> Option<TraceContext> {
+    if !crate::otel::exporting() {
+        return None;
+    }
+    trace().filter(|t| crate::otel::follow(Some(t)))
+}
+
+/// Without the `otel` feature no span continues a trace.
+#[cfg(not(feature = "otel"))]
+fn traced(_trace: impl FnOnce() -> Option<TraceContext>) -> Option<TraceContext> {
+    None
+}
+
+/// One `router.apply` span per job of `batch` that carries a followed
+/// trace: its parent is the first such event's producer span, the other
+/// producers are links. The spans cover the apply and the publish (the
+/// caller drops them after).
+fn apply_spans(shard: u32, batch: &[Routable]) -> Vec<tracing::Span> {
+    let mut spans: Vec<(&JobId, tracing::Span, Vec<&TraceContext>)> = Vec::new();
+    for r in batch {
+        let Some(trace) = &r.trace else { continue };
+        match spans.iter_mut().find(|(job, ..)| *job == &r.job) {
+            Some((_, span, seen)) => {
+                if !seen.contains(&trace) {
+                    #[cfg(feature = "otel")]
+                    crate::otel::add_link(span, trace);
+                    #[cfg(not(feature = "otel"))]
+                    let _ = span;
+                    seen.push(trace);
+                }
+            }
+            None => {
+                let span = tracing::info_span!(
+                    "router.apply",
+                    otel.kind = "consumer",
+                    job = %r.job,
+                    shard,
+                    seq = r.seq,
+                );
+                #[cfg(feature = "otel")]
+                crate::otel::set_parent(&span, trace);
+                spans.push((&r.job, span, vec![trace]));
+            }
+        }
+    }
+    spans.into_iter().map(|(_, span, _)| span).collect()
 }
 
 impl Router {
@@ -67,11 +122,12 @@ impl Router {
                 continue;
             }
             match self.decode(&entry) {
-                Ok((job, seq, payload)) => ok.push(Routable {
+                Ok((job, seq, payload, trace)) => ok.push(Routable {
                     entry,
                     job,
                     seq,
                     payload,
+                    trace,
                 }),
                 Err(reason) => {
                     if !self.dead_letter(stream, &entry, &reason, 1, stop).await {
@@ -120,7 +176,10 @@ impl Router {
         true
     }
 
-    fn decode(&self, entry: &StreamEntry) -> Result<(JobId, u64, Payload), String> {
+    fn decode(
+        &self,
+        entry: &StreamEntry,
+    ) -> Result<(JobId, u64, Payload, Option<TraceContext>), String> {
         let size = crate::codec::fields_size(&entry.fields);
         if size > self.config.max_entry_bytes {
             return Err(format!(
@@ -139,12 +198,13 @@ impl Router {
                         self.config.keys.domain().as_str()
                     ));
                 }
-                Ok((e.event.job_id, e.event.seq, payload))
+                Ok((e.event.job_id, e.event.seq, payload, traced(|| e.event.trace)))
             }
             Profile::Eco2 => {
                 let e = Eco2Entry::parse(&entry.fields).map_err(|e| e.to_string())?;
                 let json = e.routed_json(&entry.id.to_string());
-                Ok((e.job_id, e.seq, Payload(Bytes::from(json))))
+                let trace = traced(|| e.trace());
+                Ok((e.job_id, e.seq, Payload(Bytes::from(json)), trace))
             }
         }
     }
@@ -226,6 +286,7 @@ impl Router {
         stop: &watch::Receiver<bool>,
     ) -> Routed {
         let jobs = self.build_jobs(shard, batch);
+        let _spans = apply_spans(shard, batch);
         let mut opts = self.config.apply.clone();
         opts.publish = self.pubsub.is_none();
         let fold_ack = self.pubsub.is_none();
@@ -308,6 +369,7 @@ impl Router {
         for r in batch {
             let one = std::slice::from_ref(r);
             let jobs = self.build_jobs(shard, one);
+            let _spans = apply_spans(shard, one);
             match self.data.apply(jobs.clone(), opts).await {
                 Ok(results) => {
                     self.account(&jobs, &results);
