@@ -694,7 +694,8 @@ async fn start_job(
     let queued = match marker {
         Ok(()) => {
             let data = json!({ "image_url": req.image_url });
-            api.control.queued(job, data, traceparent.as_deref()).await
+            let trace = traceparent.as_deref();
+            api.control.queued_in_trace(job, data, trace).await
         }
         Err(e) => Err(ControlError::Store(e)),
     };
@@ -718,7 +719,9 @@ async fn start_job(
             run: 0,
         };
         let reason = format!("enqueue failed: {e}");
-        let failed = api.control.fail(&info, None, &reason, traceparent.as_deref());
+        let failed = api
+            .control
+            .fail(&info, None, &reason, traceparent.as_deref());
         if let Err(e2) = failed.await {
             tracing::error!(job = %job, error = %e2, "could not emit the failed event");
         }

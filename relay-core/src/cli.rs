@@ -43,7 +43,7 @@ pub fn init_tracing(format: LogFormat, service: &str) -> Telemetry {
 /// spans are also exported over OTLP (see [`crate::telemetry`]); the
 /// returned [`Telemetry`] sends the last ones when dropped. Without an
 /// endpoint no OpenTelemetry layer is installed at all. `RUST_LOG` filters
-/// the logs only: exported spans are those at `info` and above.
+/// the logs only: exported spans are relay's own at `info` and above.
 pub fn init_tracing_with_default(format: LogFormat, default: &str, service: &str) -> Telemetry {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -69,9 +69,10 @@ pub fn init_tracing_with_default(format: LogFormat, default: &str, service: &str
         },
         Err(e) => (None, Some(e)),
     };
-    let otel = provider
-        .as_ref()
-        .map(|(p, _)| crate::telemetry::layer(p).with_filter(crate::telemetry::layer_filter()));
+    let otel = provider.as_ref().map(|(p, _)| {
+        let records = tracing_subscriber::filter::filter_fn(crate::telemetry::layer_records);
+        crate::telemetry::layer(p).with_filter(records)
+    });
     let installed = tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

@@ -16,9 +16,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::event::TraceContext;
@@ -134,7 +132,11 @@ mod tests {
         // No exporter installed in this test binary.
         assert!(!follow(Some(&sampled)));
         set_exporting(true);
-        let on = (follow(Some(&sampled)), follow(Some(&unsampled)), follow(None));
+        let on = (
+            follow(Some(&sampled)),
+            follow(Some(&unsampled)),
+            follow(None),
+        );
         set_exporting(false);
         assert_eq!(on, (true, false, false));
     }

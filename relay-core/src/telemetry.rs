@@ -28,9 +28,10 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::filter::{LevelFilter, Targets};
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,8 +129,9 @@ impl TelemetryConfig {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let protocol = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .map(|v| ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v))
-            .or_else(|| get("OTEL_EXPORTER_OTLP_PROTOCOL").map(|v| ("OTEL_EXPORTER_OTLP_PROTOCOL", v)))
-        {
+            .or_else(|| {
+                get("OTEL_EXPORTER_OTLP_PROTOCOL").map(|v| ("OTEL_EXPORTER_OTLP_PROTOCOL", v))
+            }) {
             None => Protocol::HttpProtobuf,
             Some((_, v)) if v == "grpc" => Protocol::Grpc,
             Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
@@ -220,10 +222,17 @@ impl TelemetryConfig {
         let batch = BatchConfigBuilder::default()
             .with_scheduled_delay(self.schedule_delay)
             .with_max_queue_size(self.max_queue_size.max(1))
-            .with_max_export_batch_size(self.max_export_batch_size.clamp(1, self.max_queue_size.max(1)))
+            .with_max_export_batch_size(
+                self.max_export_batch_size
+                    .clamp(1, self.max_queue_size.max(1)),
+            )
             .build();
         Ok(SdkTracerProvider::builder()
-            .with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(batch).build())
+            .with_span_processor(
+                BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(batch)
+                    .build(),
+            )
             .with_sampler(self.sampler.sampler())
             .with_resource(
                 Resource::builder()
@@ -234,21 +243,44 @@ impl TelemetryConfig {
     }
 }
 
-/// What the OpenTelemetry layer records: `info` and above, except the
-/// exporter's own transport stack (whose spans would be exported by the
-/// exporter, without end).
-pub(crate) fn layer_filter() -> Targets {
-    Targets::new()
-        .with_default(LevelFilter::INFO)
-        .with_target("h2", LevelFilter::OFF)
-        .with_target("hyper", LevelFilter::OFF)
-        .with_target("hyper_util", LevelFilter::OFF)
-        .with_target("tonic", LevelFilter::OFF)
-        .with_target("tower", LevelFilter::OFF)
-        .with_target("reqwest", LevelFilter::OFF)
-        .with_target("opentelemetry", LevelFilter::OFF)
-        .with_target("opentelemetry_sdk", LevelFilter::OFF)
-        .with_target("opentelemetry_otlp", LevelFilter::OFF)
+/// Crates whose spans are exported (the target's first path segment).
+const RELAY_TARGETS: [&str; 6] = [
+    "relay_core",
+    "relay_router",
+    "relayctl",
+    "relay_sse",
+    "pipeline_scan",
+    "relay_load",
+];
+
+/// The exporter's own transport stack: nothing of it is recorded, or its
+/// spans and events would be exported by the exporter, without end.
+const EXPORTER_TARGETS: [&str; 9] = [
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "reqwest",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+];
+
+/// Whether the OpenTelemetry layer records `meta`: relay's own spans and
+/// events at `info` and above; other crates' warnings and errors as events
+/// of the relay span they happen in, but never their spans (a broker
+/// connection's lives as long as the process and belongs to no job);
+/// nothing from the exporter's stack.
+pub(crate) fn layer_records(meta: &tracing::Metadata<'_>) -> bool {
+    let krate = meta.target().split("::").next().unwrap_or_default();
+    if EXPORTER_TARGETS.contains(&krate) {
+        return false;
+    }
+    if RELAY_TARGETS.contains(&krate) {
+        return *meta.level() <= tracing::Level::INFO;
+    }
+    meta.is_event() && *meta.level() <= tracing::Level::WARN
 }
 
 /// The OpenTelemetry layer for `provider`'s tracer.
@@ -333,11 +365,17 @@ mod tests {
     #[test]
     fn no_endpoint_means_no_export() {
         assert_eq!(config(&[]).unwrap(), None);
-        assert_eq!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(), None);
+        assert_eq!(
+            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(),
+            None
+        );
         // Other settings alone do not turn export on.
         assert_eq!(
-            config(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"), ("OTEL_SERVICE_NAME", "x")])
-                .unwrap(),
+            config(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_SERVICE_NAME", "x")
+            ])
+            .unwrap(),
             None
         );
     }
@@ -371,7 +409,10 @@ mod tests {
     fn signal_specific_variables_win() {
         let c = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:9999/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:9999/custom",
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
         ])
@@ -402,7 +443,10 @@ mod tests {
             ("always_on", SamplerChoice::AlwaysOn),
             ("always_off", SamplerChoice::AlwaysOff),
             ("traceidratio", SamplerChoice::TraceIdRatio(1.0)),
-            ("parentbased_always_off", SamplerChoice::ParentBasedAlwaysOff),
+            (
+                "parentbased_always_off",
+                SamplerChoice::ParentBasedAlwaysOff,
+            ),
         ] {
             let c = config(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
@@ -418,19 +462,84 @@ mod tests {
     fn unsupported_values_are_errors_naming_the_variable() {
         let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x");
         for (vars, var) in [
-            (vec![ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")], "OTEL_EXPORTER_OTLP_PROTOCOL"),
-            (vec![ep, ("OTEL_TRACES_SAMPLER", "jaeger_remote")], "OTEL_TRACES_SAMPLER"),
             (
-                vec![ep, ("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
+                vec![ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+            (
+                vec![ep, ("OTEL_TRACES_SAMPLER", "jaeger_remote")],
+                "OTEL_TRACES_SAMPLER",
+            ),
+            (
+                vec![
+                    ep,
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
                 "OTEL_TRACES_SAMPLER_ARG",
             ),
-            (vec![ep, ("OTEL_BSP_SCHEDULE_DELAY", "5s")], "OTEL_BSP_SCHEDULE_DELAY"),
+            (
+                vec![ep, ("OTEL_BSP_SCHEDULE_DELAY", "5s")],
+                "OTEL_BSP_SCHEDULE_DELAY",
+            ),
         ] {
             match config(&vars) {
                 Err(TelemetryError::Invalid { var: got, .. }) => assert_eq!(got, var),
                 other => panic!("{vars:?}: {other:?}"),
             }
         }
+    }
+
+    /// A callsite's metadata for [`layer_records`].
+    macro_rules! meta {
+        ($kind:ident, $level:ident, $target:expr) => {{
+            struct Cs;
+            static CS: Cs = Cs;
+            impl tracing::callsite::Callsite for Cs {
+                fn set_interest(&self, _: tracing::subscriber::Interest) {}
+                fn metadata(&self) -> &tracing::Metadata<'_> {
+                    &META
+                }
+            }
+            static META: tracing::Metadata<'static> = tracing::Metadata::new(
+                "m",
+                $target,
+                tracing::Level::$level,
+                None,
+                None,
+                None,
+                tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CS)),
+                tracing::metadata::Kind::$kind,
+            );
+            &META
+        }};
+    }
+
+    #[test]
+    fn the_layer_records_relay_spans_and_keeps_the_exporter_out() {
+        assert!(layer_records(meta!(
+            SPAN,
+            INFO,
+            "relay_core::router::batch"
+        )));
+        assert!(layer_records(meta!(
+            SPAN,
+            INFO,
+            "pipeline_scan::pipeline::engine"
+        )));
+        assert!(layer_records(meta!(EVENT, INFO, "relay_sse::session")));
+        assert!(!layer_records(meta!(
+            SPAN,
+            DEBUG,
+            "relay_core::router::batch"
+        )));
+        // Another crate's span, whatever its level, stays out; its
+        // warnings are kept as events.
+        assert!(!layer_records(meta!(SPAN, ERROR, "lapin::io_loop")));
+        assert!(!layer_records(meta!(EVENT, INFO, "lapin::io_loop")));
+        assert!(layer_records(meta!(EVENT, WARN, "lapin::io_loop")));
+        assert!(!layer_records(meta!(EVENT, ERROR, "h2::proto")));
+        assert!(!layer_records(meta!(EVENT, ERROR, "opentelemetry_sdk")));
     }
 
     #[test]

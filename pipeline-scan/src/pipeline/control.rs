@@ -162,9 +162,14 @@ impl JobControl {
             .await
     }
 
-    /// Emits the `queued` event (seq 0, progress 0), in the trace of
-    /// `trace` (the submit request's `traceparent`) when there is one.
-    pub async fn queued(
+    /// Emits the `queued` event (seq 0, progress 0).
+    pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), ControlError> {
+        self.queued_in_trace(job, data, None).await
+    }
+
+    /// [`queued`](Self::queued) in the trace of `trace` (a `traceparent`:
+    /// the submit request's span, so the job's trace starts there).
+    pub async fn queued_in_trace(
         &self,
         job: &JobId,
         data: Value,

@@ -174,7 +174,10 @@ impl Engine {
         // context is its parent), and the step's events and next envelope
         // carry the span's own context: one parent-linked trace per job.
         if relay_core::otel::exporting() {
-            span.record("otel.name", format!("pipeline.stage.{}", stage.name()).as_str());
+            span.record(
+                "otel.name",
+                format!("pipeline.stage.{}", stage.name()).as_str(),
+            );
             env.traceparent = relay_core::otel::continue_trace(&span, env.traceparent.take());
         }
         self.process_stage(stage, env, span.clone())

@@ -198,7 +198,12 @@ impl Router {
                         self.config.keys.domain().as_str()
                     ));
                 }
-                Ok((e.event.job_id, e.event.seq, payload, traced(|| e.event.trace)))
+                Ok((
+                    e.event.job_id,
+                    e.event.seq,
+                    payload,
+                    traced(|| e.event.trace),
+                ))
             }
             Profile::Eco2 => {
                 let e = Eco2Entry::parse(&entry.fields).map_err(|e| e.to_string())?;
