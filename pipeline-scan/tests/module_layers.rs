@@ -25,6 +25,7 @@ const GENERIC: &[&str] = &[
 const SCAN_SIDE: &[&str] = &[
     "crate::scan",
     "crate::api",
+    "crate::submit_span",
     "crate::app",
     "crate::demo",
     "crate::wiring",
