@@ -41,8 +41,6 @@ pub mod keys;
 pub mod publisher;
 pub mod resume;
 pub mod router;
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 pub use backend::{Backend, BackendResult};
 pub use codec::{Decoded, Encoding, LiveEnvelope, Payload, Record};
