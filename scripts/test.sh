@@ -64,6 +64,8 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   log "module import cycles"
   python3 scripts/module_cycles.py
+  log "crate dependency cycles (dev-dependencies included)"
+  python3 scripts/crate_cycles.py
   log "deployment manifests (docs/DEPLOYMENT.md)"
   python3 scripts/validate_manifests.py
   log "k6 scripts (self-test, k6 inspect; installs k6 into a venv if missing)"
