@@ -1,6 +1,6 @@
 //! `relay-suite`: the workspace's root package. It hosts the cross-crate
-//! integration tests (`tests/`), the criterion benchmarks (`benches/`) and
-//! the examples (`examples/`); it has no code of its own.
+//! integration tests (`tests/`) and the criterion benchmarks (`benches/`);
+//! it has no code of its own.
 //!
 //! The helpers those share (private Redis servers, running the binaries,
 //! the browser harness, measurements) are the `relay-testkit` crate, which
