@@ -64,6 +64,8 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   log "module import cycles"
   python3 scripts/module_cycles.py
+  log "documents cited exist in the repository"
+  python3 scripts/doc_refs.py
   log "crate dependency cycles (dev-dependencies included)"
   python3 scripts/crate_cycles.py
   log "deployment manifests (docs/DEPLOYMENT.md)"
