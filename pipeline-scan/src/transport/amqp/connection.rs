@@ -80,10 +80,11 @@ pub(super) async fn connect(
         .with_connection_name(format!("{}-{role}", config.connection_name).into());
     if recovery == Recovery::Lapin {
         let max = config.reconnect_max.max(RECOVERY_MIN_DELAY);
-        // Unbounded: when lapin exhausts a bounded backoff while recovering,
-        // it leaves the connection `Connecting` with its I/O thread gone and
-        // tells no waiter, so the owner could not tell it from a recovery
-        // still under way.
+        // Unbounded: when lapin (4.12) exhausts a bounded backoff while
+        // recovering, it leaves the connection `Connecting` with its I/O
+        // thread gone, wakes no `wait_for_recovery` and does not come back
+        // when the broker does, so the owner could not tell it from a
+        // recovery still under way.
         props = props.enable_auto_recover().configure_backoff(move |b| {
             b.with_min_delay(RECOVERY_MIN_DELAY)
                 .with_max_delay(max)
