@@ -53,41 +53,29 @@ impl Stack {
         let redis = TestRedis::private();
         let url = redis.url().to_owned();
         let shards = SHARDS.to_string();
+        let both = ["--redis-url", &url, "--shards", &shards];
+        let router_only = ["--consumer", "r1", "--metrics-addr", "127.0.0.1:0"];
         let router = Proc::spawn(
             "relay-router",
-            &[
-                "--redis-url",
-                &url,
-                "--shards",
-                &shards,
-                "--consumer",
-                "r1",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--block-ms",
-                "200",
-            ],
+            &[&both[..], &router_only[..], &["--block-ms", "200"]].concat(),
             &[],
         );
         let listen = format!("127.0.0.1:{}", free_port());
         let max_publish = MAX_PUBLISH.to_string();
+        let gateway_only = [
+            "--listen",
+            &listen,
+            // The client connects before its job's first event.
+            "--pending-job-secs",
+            "60",
+            "--heartbeat-secs",
+            "1",
+            "--max-publish-bytes",
+            &max_publish,
+        ];
         let gateway = Proc::spawn(
             "relay-sse",
-            &[
-                "--listen",
-                &listen,
-                "--redis-url",
-                &url,
-                "--shards",
-                &shards,
-                // The client connects before its job's first event.
-                "--pending-job-secs",
-                "60",
-                "--heartbeat-secs",
-                "1",
-                "--max-publish-bytes",
-                &max_publish,
-            ],
+            &[&both[..], &gateway_only[..]].concat(),
             &[("RELAY_PUBLISHER_KEYS", KEYS)],
         );
         let addr: SocketAddr = listen.parse().expect("addr");
@@ -124,18 +112,27 @@ impl Stack {
         out
     }
 
-    /// The gateway's `/metrics` line for a publish outcome (0 when absent).
-    async fn publishes(&self, outcome: &str) -> u64 {
+    /// A value of the gateway's `/metrics` (`series` is the name with its
+    /// labels; 0 when absent).
+    async fn metric(&self, series: &str) -> u64 {
         let text = reqwest::get(self.url("/metrics"))
             .await
             .expect("metrics")
             .text()
             .await
             .expect("metrics text");
-        let key = format!("relay_sse_publishes_total{{outcome=\"{outcome}\"}} ");
+        let key = format!("{series} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&key))
-            .map_or(0, |v| v.trim().parse().expect("a count"))
+            .map_or(0, |v| v.trim().parse().expect("a number"))
+    }
+
+    /// Publish requests counted under `outcome`.
+    async fn publishes(&self, outcome: &str) -> u64 {
+        self.metric(&format!(
+            "relay_sse_publishes_total{{outcome=\"{outcome}\"}}"
+        ))
+        .await
     }
 
     /// Opens the job's SSE stream in a task that collects every event until
@@ -166,15 +163,7 @@ impl Stack {
     }
 
     async fn active_connections(&self) -> u64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .find_map(|l| l.strip_prefix("relay_sse_active_connections "))
-            .map_or(0, |v| v.trim().parse().expect("a gauge"))
+        self.metric("relay_sse_active_connections").await
     }
 }
 

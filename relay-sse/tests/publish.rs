@@ -31,12 +31,7 @@ fn publishing(max_publish_bytes: usize) -> GatewayOptions {
 }
 
 async fn start(opts: GatewayOptions, axum: bool) -> TestGateway {
-    let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    if axum {
-        TestGateway::start_axum(b, opts).await
-    } else {
-        TestGateway::start(b, opts).await
-    }
+    TestGateway::start_with(Arc::new(MemoryBackend::new()), opts, axum).await
 }
 
 /// A publish's answer.
@@ -338,11 +333,7 @@ async fn a_retried_publish_is_appended_once_and_says_so() {
 async fn published_events_stream_to_done() {
     for axum in [false, true] {
         let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-        let t = if axum {
-            TestGateway::start_axum(b.clone(), publishing(64 * 1024)).await
-        } else {
-            TestGateway::start(b.clone(), publishing(64 * 1024)).await
-        };
+        let t = TestGateway::start_with(b.clone(), publishing(64 * 1024), axum).await;
         let mut config = RouterConfig::new(t.keys.clone());
         config.block = Duration::from_millis(50);
         let router = relay_core::Router::new(b, config).spawn();

@@ -48,7 +48,8 @@ impl TestGateway {
         Self::start_full(backend, Some(pubsub), opts, false).await
     }
 
-    async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
+    /// [`TestGateway::start_axum`] when `axum`, else [`TestGateway::start`].
+    pub async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
         Self::start_full(backend, None, opts, axum).await
     }
 
