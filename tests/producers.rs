@@ -27,8 +27,9 @@ use relay_sse::client::{SseEvent, SseReader};
 use serde_json::{json, Value};
 
 // The test harness, in one place.
-use relay_core::testing::{TestRedis, WriteRefusal};
-use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::redis::{TestRedis, WriteRefusal};
+use relay_testkit::wait::wait_until;
 
 /// Hang guard for one wait.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -151,14 +152,10 @@ impl Stack {
             }
             events
         });
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        while self.active_connections().await <= before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the SSE client never connected"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(LIMIT, "the SSE client connected", || async {
+            self.active_connections().await > before
+        })
+        .await;
         task
     }
 
