@@ -23,13 +23,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use hdrhistogram::Histogram;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::testing::RedisServer;
 use relay_core::{
     Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig, Status,
 };
 use relay_load::stats::unix_us;
 use relay_sse::client::{SseItem, SseReader};
 use relay_sse::{Gateway, GatewayOptions};
+use relay_testkit::redis::RedisServer;
 
 const RATES: [u64; 2] = [1_000, 5_000];
 

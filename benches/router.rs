@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::testing::RedisServer;
 use relay_core::{
     Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Router, RouterConfig, Status,
 };
-use relay_suite::bench::{evalsha_ceiling, process_cpu, redis_cpu};
+use relay_testkit::bench::{evalsha_ceiling, process_cpu, redis_cpu};
+use relay_testkit::redis::RedisServer;
 
 const JOBS: usize = 2_000;
 const EVENTS_PER_JOB: u64 = 12;

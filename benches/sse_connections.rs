@@ -32,12 +32,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
 use relay_load::stats::unix_us;
 use relay_sse::client::{SseItem, SseParser};
-use relay_suite::procs::{free_port, wait_for_port, Proc};
+use relay_testkit::procs::{free_port, wait_for_port, Proc};
+use relay_testkit::redis::TestRedis;
 
 const CHILD_ENV: &str = "SSE_CONNS_CHILD";
 
@@ -150,7 +151,11 @@ async fn parent(
     let addr = listen.parse().expect("addr");
     wait_for_port(addr, Duration::from_secs(30));
 
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
     let event = |j: usize, seq: u64| {
@@ -252,15 +257,15 @@ async fn parent(
     let clients_cpu = || {
         child_pids
             .iter()
-            .map(|p| relay_suite::bench::pid_cpu(*p))
+            .map(|p| relay_testkit::bench::pid_cpu(*p))
             .sum::<Duration>()
     };
     let clients_cpu0 = clients_cpu();
-    let self_cpu0 = relay_suite::bench::process_cpu();
-    let gw_cpu0 = relay_suite::bench::pid_cpu(gw_pid);
-    let router_cpu0 = relay_suite::bench::pid_cpu(router_pid);
+    let self_cpu0 = relay_testkit::bench::process_cpu();
+    let gw_cpu0 = relay_testkit::bench::pid_cpu(gw_pid);
+    let router_cpu0 = relay_testkit::bench::pid_cpu(router_pid);
     let redis_cpu0 = match redis.server() {
-        Ok(s) => relay_suite::bench::redis_cpu(s).await,
+        Ok(s) => relay_testkit::bench::redis_cpu(s).await,
         Err(_) => Duration::ZERO,
     };
     // Events published in the first `warmup_secs` go to the "all" histogram
@@ -301,17 +306,17 @@ async fn parent(
     let wall = t0.elapsed();
     // Give the tail time to arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let gw_cpu = relay_suite::bench::pid_cpu(gw_pid).saturating_sub(gw_cpu0);
-    let router_cpu = relay_suite::bench::pid_cpu(router_pid).saturating_sub(router_cpu0);
+    let gw_cpu = relay_testkit::bench::pid_cpu(gw_pid).saturating_sub(gw_cpu0);
+    let router_cpu = relay_testkit::bench::pid_cpu(router_pid).saturating_sub(router_cpu0);
     let redis_cpu = match redis.server() {
-        Ok(s) => relay_suite::bench::redis_cpu(s)
+        Ok(s) => relay_testkit::bench::redis_cpu(s)
             .await
             .saturating_sub(redis_cpu0),
         Err(_) => Duration::ZERO,
     };
     let rss_load = rss_kib(gw_pid);
     let clients_cpu_used = clients_cpu().saturating_sub(clients_cpu0);
-    let self_cpu = relay_suite::bench::process_cpu().saturating_sub(self_cpu0);
+    let self_cpu = relay_testkit::bench::process_cpu().saturating_sub(self_cpu0);
 
     // Collect the clients' histograms.
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");

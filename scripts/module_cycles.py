@@ -117,7 +117,7 @@ def cycles(g):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    crates = sys.argv[1:] or ['.', 'relay-core', 'relay-router', 'relay-sse', 'pipeline-scan', 'relay-load']
+    crates = sys.argv[1:] or ['.', 'relay-core', 'relay-router', 'relay-sse', 'pipeline-scan', 'relay-load', 'relay-testkit']
     bad = False
     for c in crates:
         src = os.path.join(root, c, 'src')

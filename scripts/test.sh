@@ -6,8 +6,10 @@
 #   RELAY_SKIP_LINT=1 scripts/test.sh
 #
 # Installed when missing (apt, no recommended packages): redis-server,
-# redis-tools, rabbitmq-server, and for the browser tests chromium, nodejs
-# and npm. The tests start their own private redis-server processes (from PATH or
+# redis-tools, rabbitmq-server, for the browser tests chromium, and for the
+# browser tests and the Node producer example nodejs and npm; python3-venv
+# for the Python producer example's venv (examples/producers/install.sh
+# then installs both examples' pinned packages). The tests start their own private redis-server processes (from PATH or
 # $REDIS_SERVER_BIN) on free ports; RabbitMQ is shared on 127.0.0.1:5672
 # (guest/guest) and every test uses its own queue prefix.
 set -euo pipefail
@@ -25,11 +27,14 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-benchmark >/dev/null 2>&1 || missing+=(redis-tools)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 if [ -d tests/browser ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
-if [ -d tests/browser ] && ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
+if { [ -d tests/browser ] || [ -d examples/producers/node ]; } && ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
+# Debian's python3 ships venv's ensurepip separately.
+if [ -d examples/producers/python ] && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
 if [ ${#missing[@]} -gt 0 ]; then
   # redis-server/redis-tools: the tests' private servers and ceilings;
   # rabbitmq-server: the AMQP tests' broker; chromium + nodejs/npm: the
-  # browser tests (tests/browser, Playwright driving the system chromium).
+  # browser tests (tests/browser, Playwright driving the system chromium);
+  # nodejs/npm and python3-venv: the producer examples (tests/producers.rs).
   # Only what is needed: no recommended packages (chromium would pull in
   # systemd, udev, avahi and printing), and apt's progress goes to a log
   # that is shown only when the install fails.
@@ -57,6 +62,10 @@ if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules ]; the
   (cd tests/browser && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
 fi
 
+# redis-py in a venv under target/, node-redis in the example's node_modules.
+log "producer examples' dependencies (examples/producers/install.sh)"
+bash examples/producers/install.sh
+
 if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   log "cargo fmt --check"
   cargo fmt --all -- --check
@@ -64,6 +73,10 @@ if [ -z "${RELAY_SKIP_LINT:-}" ]; then
   cargo clippy --workspace --all-targets --all-features -- -D warnings
   log "module import cycles"
   python3 scripts/module_cycles.py
+  log "documents cited exist in the repository"
+  python3 scripts/doc_refs.py
+  log "crate dependency cycles (dev-dependencies included)"
+  python3 scripts/crate_cycles.py
   log "deployment manifests (docs/DEPLOYMENT.md)"
   python3 scripts/validate_manifests.py
   log "k6 scripts (self-test, k6 inspect; installs k6 into a venv if missing)"

@@ -1,9 +1,8 @@
 //! `relay-suite`: the workspace's root package. It hosts the cross-crate
-//! integration tests (`tests/`), the criterion benchmarks (`benches/`) and the
-//! examples (`examples/`), plus the helpers they share: measurement
-//! ([`mod@bench`]), running the real binaries ([`procs`]) and the headless-browser
-//! harness ([`browser`]).
-
-pub mod bench;
-pub mod browser;
-pub mod procs;
+//! integration tests (`tests/`) and the criterion benchmarks (`benches/`);
+//! it has no code of its own.
+//!
+//! The helpers those share (private Redis servers, running the binaries,
+//! the browser harness, measurements) are the `relay-testkit` crate, which
+//! every member's tests use too. This library exists only because a package
+//! needs a library or binary target.

@@ -17,27 +17,30 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend};
-use relay_core::testing::TestRedis;
 use relay_core::{
     Domain, Encoding, Epoch, Event, KeySpace, Payload, Profile, Publisher, PublisherConfig, Status,
 };
 use relay_sse::{Gateway, GatewayOptions};
-use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::bench::prometheus_sample;
+use relay_testkit::procs::{free_port, wait_port, wait_readyz, KillOnDrop, Proc};
+use relay_testkit::redis::TestRedis;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-use relay_suite::browser::{browser_dir, chromium, ensure_node_modules};
+use relay_testkit::browser::{browser_dir, chromium, ensure_node_modules};
 
-/// The node script, stepped over stdin/stdout (one JSON object per line).
+/// The node script, stepped over stdin/stdout (one JSON object per line);
+/// killed on drop.
 struct Script {
-    child: Child,
+    _child: KillOnDrop,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
@@ -57,7 +60,7 @@ impl Script {
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         Self {
-            child,
+            _child: KillOnDrop(child),
             stdin,
             stdout,
         }
@@ -86,13 +89,6 @@ impl Script {
         assert_eq!(v["phase"], "rows");
         assert_eq!(v["ok"], true, "the page never showed {n} rows: {v}");
         v
-    }
-}
-
-impl Drop for Script {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -164,7 +160,11 @@ async fn demo_page_shows_every_stage_once_across_a_gateway_restart() {
         &[],
     );
     wait_ready(addr).await;
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(backend, keys, PublisherConfig::default());
     let job = "browser-job-1";
@@ -258,14 +258,8 @@ async fn apply(backend: &dyn Backend, keys: &KeySpace, job: &str, i: usize) {
 }
 
 fn connection_limit_rejections(gateway: &Gateway) -> u64 {
-    let key = "relay_sse_rejected_total{reason=\"connection_limit\"} ";
-    gateway
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    let series = "relay_sse_rejected_total{reason=\"connection_limit\"}";
+    prometheus_sample(&gateway.metrics().render(), series).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,10 +14,10 @@ use pipeline_scan::app::PipelineArgs;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{KvStore, StreamLog};
 use relay_core::codec::parse_native;
-use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, JobId, KeySpace, Profile};
 use relay_sse::client::SseReader;
-use relay_suite::procs::{free_port, wait_port, Proc};
+use relay_testkit::procs::{free_addr, wait_port, Proc};
+use relay_testkit::redis::TestRedis;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -30,7 +30,7 @@ fn pipeline_args(name: &str) -> PipelineArgs {
         amqp_url: AMQP_URL.into(),
         queue_prefix: format!(
             "e2e.{name}.{}",
-            relay_core::testing::unique_prefix()
+            relay_testkit::redis::unique_prefix()
                 .trim_end_matches(':')
                 .replace(':', "-")
         ),
@@ -169,13 +169,17 @@ async fn worker_killed_mid_stage_is_redelivered_and_the_job_completes_with_one_r
             ],
         ),
     );
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api = free_addr();
     let api_proc = spawn(
         "pipeline-scan",
         &scan_args(&url, "native", &p, &["api", "--listen", &api.to_string()]),
     );
     wait_port(api, LIMIT).await;
-    let backend = Arc::new(redis.backend().await);
+    let backend = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let ks = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
 
     let user = "kill-user";
@@ -287,7 +291,7 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
         ],
         &[],
     );
-    let sse: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let sse = free_addr();
     let _gateway = Proc::spawn(
         "relay-sse",
         &[
@@ -319,7 +323,7 @@ async fn api_rabbitmq_worker_redis_router_gateway_client_eco2_end_to_end() {
             ],
         ),
     );
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api = free_addr();
     let api_proc = spawn(
         "pipeline-scan",
         &scan_args(

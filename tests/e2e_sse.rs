@@ -27,11 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::testing::TestRedis;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
 use relay_sse::client::{SseEvent, SseItem, SseParser};
-use relay_suite::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::redis::TestRedis;
 
 /// Hang guard for one whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
@@ -96,7 +97,11 @@ impl Stack {
         args.extend_from_slice(gateway_extra);
         let gateway = Proc::spawn("relay-sse", &args, &[]);
         let addr: SocketAddr = listen.parse().expect("addr");
-        let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+        let backend: Arc<dyn Backend> = Arc::new(
+            RedisBackend::connect(redis.url())
+                .await
+                .expect("connect to redis"),
+        );
         let keys = KeySpace::new(profile, Domain::new("scan").expect("domain"), 4);
         let s = Self {
             redis,
@@ -736,7 +741,7 @@ async fn eco2_run() {
 // Auth: relayctl token + the real gateway with --auth-secret.
 
 fn relayctl_token(job: &str, secret: &str, json: bool) -> String {
-    let mut cmd = std::process::Command::new(relay_suite::procs::bin_path("relayctl"));
+    let mut cmd = std::process::Command::new(relay_testkit::procs::bin_path("relayctl"));
     cmd.args(["token", job, "--ttl", "600"])
         .env("RELAY_AUTH_SECRET", secret)
         .env("RUST_LOG", "warn");

@@ -7,8 +7,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use relay_core::testing::TestRedis;
-use relay_suite::procs::{free_port, wait_port, Proc};
+use relay_testkit::bench::prometheus_sample;
+use relay_testkit::procs::{free_addr, wait_port, Proc};
+use relay_testkit::redis::TestRedis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -21,10 +22,6 @@ const SHORT: &[(&str, &str)] = &[
     ("RELAY_HTTP_IDLE_TIMEOUT_SECS", "0.3"),
     ("RELAY_HTTP_HEAD_TIMEOUT_SECS", "0.3"),
 ];
-
-fn addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 /// Reads until the peer closes; panics after `LIMIT`.
 async fn closed_by_server(mut sock: TcpStream, what: &str) -> Duration {
@@ -57,9 +54,7 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 }
 
 fn sample(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    prometheus_sample(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 /// Opens an idle and a half-sent connection and waits until the server
@@ -87,7 +82,7 @@ async fn assert_bounded(addr: SocketAddr, prefix: &str, idle_too: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_router_metrics_listener_closes_idle_and_half_sent_connections() {
     let redis = TestRedis::private();
-    let metrics = addr();
+    let metrics = free_addr();
     let _router = Proc::spawn(
         "relay-router",
         &[
@@ -104,8 +99,8 @@ async fn relay_router_metrics_listener_closes_idle_and_half_sent_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_scan_api_and_worker_listeners_close_idle_and_half_sent_connections() {
     let redis = TestRedis::private();
-    let api = addr();
-    let worker = addr();
+    let api = free_addr();
+    let worker = free_addr();
     // The broker may be down: the API starts anyway, the worker retries,
     // and both listeners serve.
     let _api = Proc::spawn(
@@ -139,8 +134,8 @@ async fn pipeline_scan_api_and_worker_listeners_close_idle_and_half_sent_connect
 /// timeout); only the half-sent head is waited for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_sse_metrics_listener_closes_half_sent_connections() {
-    let listen = addr();
-    let metrics = addr();
+    let listen = free_addr();
+    let metrics = free_addr();
     let _sse = Proc::spawn(
         "relay-sse",
         &[

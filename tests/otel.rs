@@ -34,10 +34,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use pipeline_scan::app::PipelineArgs;
 use prost::Message;
-use relay_core::testing::TestRedis;
 use relay_sse::client::SseReader;
-// The test-process helpers, imported in this one place.
-use relay_suite::procs::{free_port, wait_port, Proc};
+use relay_testkit::procs::{free_addr, wait_port, Proc};
+use relay_testkit::redis::{unique_prefix, TestRedis};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -340,7 +339,7 @@ fn check_trace(spans: &[Got], trace_id: &str, delivered: usize) -> HashMap<Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_exports_one_trace_per_job_over_http_protobuf() {
     let (endpoint, spans) = http_receiver().await;
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let listen = free_addr();
     let mut demo = Proc::spawn(
         "pipeline-scan",
         &[
@@ -376,9 +375,7 @@ fn pipeline_args() -> PipelineArgs {
         amqp_url: AMQP_URL.into(),
         queue_prefix: format!(
             "otel.{}",
-            relay_core::testing::unique_prefix()
-                .trim_end_matches(':')
-                .replace(':', "-")
+            unique_prefix().trim_end_matches(':').replace(':', "-")
         ),
         max_attempts: 3,
         backoff_ms: 200,
@@ -391,9 +388,9 @@ async fn split_deployment_exports_one_trace_per_job_over_grpc() {
     let (endpoint, spans) = grpc_receiver().await;
     let env = otel_env(&endpoint, "grpc");
     let redis = TestRedis::private();
-    let url = redis.url().to_owned();
+    let url = redis.url();
     let p = pipeline_args();
-    let conn = ["--redis-url", url.as_str(), "--profile", "eco2"];
+    let conn = ["--redis-url", url, "--profile", "eco2"];
     let broker = [
         "--amqp-url",
         p.amqp_url.as_str(),
@@ -416,7 +413,7 @@ async fn split_deployment_exports_one_trace_per_job_over_grpc() {
             ],
         ],
     );
-    let sse: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let sse = free_addr();
     let sse_listen = sse.to_string();
     let mut gateway = spawn("relay-sse", &[&conn, &["--listen", &sse_listen]]);
     let mut worker = spawn(
@@ -433,7 +430,7 @@ async fn split_deployment_exports_one_trace_per_job_over_grpc() {
             ],
         ],
     );
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let api = free_addr();
     let api_listen = api.to_string();
     let mut api_proc = spawn(
         "pipeline-scan",

@@ -82,7 +82,7 @@ impl Metrics {
         registry.register("jobs", "Jobs finished by outcome", jobs.clone());
         registry.register(
             "transport_reconnects",
-            "Broker (re)connections of the worker supervisor",
+            "Broker connections of the AMQP worker: each session's, and each one lapin recovered",
             reconnects.clone(),
         );
         registry.register(
@@ -134,7 +134,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a broker (re)connection.
+    /// Counts a broker connection: a worker session's, or one lapin
+    /// recovered.
     pub fn reconnected(&self) {
         self.reconnects.inc();
     }

@@ -287,8 +287,8 @@ async fn poison_message_is_dead_lettered_and_purge_empties_the_dlq() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.basic_publish(
-        "",
-        &running.topology.stage_queue(0),
+        "".into(),
+        running.topology.stage_queue(0).into(),
         lapin::options::BasicPublishOptions::default(),
         b"\xffnot json",
         lapin::BasicProperties::default(),
@@ -314,7 +314,7 @@ async fn poison_message_is_dead_lettered_and_purge_empties_the_dlq() {
     assert_eq!(dlq.replay(engine.control().store(), 10).await.unwrap(), 0);
     assert_eq!(dlq.purge().await.unwrap(), 1);
     assert!(dlq.is_empty().await.unwrap());
-    let _ = conn.close(200, "done").await;
+    let _ = conn.close(200, "done".into()).await;
     dlq.close().await;
     running.stop().await;
 }

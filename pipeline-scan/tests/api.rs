@@ -18,6 +18,7 @@ use pipeline_scan::scan::{self, LatencyDist, ScanModels};
 use pipeline_scan::transport::inprocess::InProcessConfig;
 use pipeline_scan::transport::{Transport, TransportError};
 use relay_core::backend::memory::MemoryBackend;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::StreamLog;
 use relay_core::{JobId, Profile, Status};
 use serde_json::{json, Value};
@@ -613,8 +614,12 @@ async fn the_canonical_image_url_is_forwarded_not_the_raw_string() {
 /// 503 per drop while the connection is re-established.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_after_a_dropped_redis_connection_is_accepted() {
-    let redis = relay_core::testing::TestRedis::private();
-    let backend = Arc::new(redis.backend().await);
+    let redis = relay_testkit::redis::TestRedis::private();
+    let backend = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let transport = Arc::new(Recording::default());
     let app = ScanApi::new(
         publisher(backend.clone(), Profile::Native),

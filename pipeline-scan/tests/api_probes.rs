@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_core::testing::RedisServer;
-use relay_suite::procs::{free_port, readyz_status, wait_readyz, Proc};
+use relay_testkit::procs::{free_addr, readyz_status, wait_readyz, Proc};
+use relay_testkit::redis::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -60,9 +60,9 @@ async fn body(addr: SocketAddr, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_redis_and_rabbitmq() {
     let redis = RedisServer::start();
-    let gate_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gate_addr = free_addr();
     let mut gate = BrokerGate::open_on(gate_addr).await;
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let api = free_addr();
     let amqp = format!("amqp://guest:guest@{gate_addr}/%2f");
     let prefix = format!("probes{}", std::process::id());
     let _proc = Proc::spawn(

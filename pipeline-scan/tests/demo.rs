@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use pipeline_scan::demo::{self, DemoConfig};
 use pipeline_scan::scan::{LatencyDist, RuleSet};
 use relay_core::{Domain, JobId, KeySpace, Profile};
 use relay_sse::client::SseReader;
-use relay_suite::procs::free_port;
+use relay_testkit::procs::{free_port, KillOnDrop};
+use relay_testkit::wait::wait_until;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +27,14 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 async fn wait_http(base: &str) {
     let http = reqwest::Client::new();
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    let url = format!("{base}/healthz");
+    wait_until(LIMIT, "demo answering /healthz", || async {
+        http.get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
-    .await
-    .expect("demo never answered /healthz");
+    .await;
 }
 
 /// Reads an SSE stream to its end; returns `(event name, data JSON)` pairs.
@@ -175,17 +172,7 @@ async fn demo_with_auth_issues_tokens_the_gateway_accepts() {
 
 // ---- headless Chromium against the real binary ----
 
-use relay_suite::browser::{browser_dir, chromium, ensure_node_modules};
-
-/// The demo binary, killed on drop.
-struct DemoProc(Child);
-
-impl Drop for DemoProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use relay_testkit::browser::{browser_dir, chromium, ensure_node_modules};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
@@ -193,7 +180,7 @@ async fn browser_submits_a_scan_on_the_demo_page_and_sees_done_rendered() {
     ensure_node_modules();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _demo = DemoProc(
+    let _demo = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_pipeline-scan"))
             .args([
                 "demo",

@@ -94,7 +94,7 @@ async fn media_pipeline_example_refuses_a_non_https_source_without_retrying() {
 
 #[tokio::test]
 async fn progress_worker_example_publishes_a_jobs_progress_to_relay_streams() {
-    let redis = relay_core::testing::RedisServer::start();
+    let redis = relay_testkit::redis::RedisServer::start();
     let settings = progress_worker::Settings {
         redis_url: redis.url(),
         amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),

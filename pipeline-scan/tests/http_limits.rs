@@ -3,25 +3,16 @@
 //! so `/healthz` keeps answering when more of them arrive than the process
 //! has descriptors.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use relay_suite::procs::free_port;
+use relay_testkit::bench::prometheus_sample;
+use relay_testkit::procs::{free_port, with_fd_limit, KillOnDrop};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Generous bound for "it should have happened by now".
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A child killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn get(url: &str) -> Option<(u16, String)> {
     let resp = reqwest::Client::new()
@@ -34,12 +25,6 @@ async fn get(url: &str) -> Option<(u16, String)> {
     Some((status, resp.text().await.ok()?))
 }
 
-/// The value of an unlabelled sample in a Prometheus text document.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// Before: the demo accepted until `EMFILE`, never closed the idle sockets,
 /// and `/healthz` stopped answering for good ("accept error: Too many open
 /// files", repeated).
@@ -48,16 +33,9 @@ async fn demo_healthz_keeps_answering_with_more_idle_sockets_than_descriptors() 
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let base = format!("http://{listen}");
-    let _demo = Killed(
-        Command::new("sh")
-            .args([
-                "-c",
-                "ulimit -n 64 && exec \"$0\" \"$@\"",
-                env!("CARGO_BIN_EXE_pipeline-scan"),
-                "demo",
-                "--listen",
-                &listen,
-            ])
+    let _demo = KillOnDrop(
+        with_fd_limit(64, env!("CARGO_BIN_EXE_pipeline-scan"))
+            .args(["demo", "--listen", &listen])
             // The cap stays at its default (above 64): accepting hits EMFILE
             // and must back off, the timeouts must free the descriptors.
             .env("RELAY_HTTP_IDLE_TIMEOUT_SECS", "1")
@@ -100,9 +78,9 @@ async fn demo_healthz_keeps_answering_with_more_idle_sockets_than_descriptors() 
     assert!(!answered.is_empty());
 
     let (_, metrics) = get(&format!("{base}/metrics")).await.expect("/metrics");
-    let idle = sample(&metrics, "pipeline_scan_http_idle_timeouts_total");
-    let head = sample(&metrics, "pipeline_scan_http_head_timeouts_total");
-    let accept = sample(&metrics, "pipeline_scan_http_accept_errors_total");
+    let idle: Option<f64> = prometheus_sample(&metrics, "pipeline_scan_http_idle_timeouts_total");
+    let head: Option<f64> = prometheus_sample(&metrics, "pipeline_scan_http_head_timeouts_total");
+    let accept: Option<f64> = prometheus_sample(&metrics, "pipeline_scan_http_accept_errors_total");
     assert!(idle.is_some_and(|v| v >= 1.0), "idle {idle:?}\n{metrics}");
     assert!(head.is_some_and(|v| v >= 1.0), "head {head:?}\n{metrics}");
     assert!(

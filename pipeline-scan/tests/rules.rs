@@ -8,7 +8,7 @@ use pipeline_scan::scan::types::{Classification, VisionResult};
 use pipeline_scan::scan::Taxonomy;
 
 fn eco2_assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eco2/assets")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eco2")
 }
 
 fn c(major: &str, middle: &str, minor: &str) -> Classification {

@@ -174,7 +174,7 @@ async fn unknown_item_completes_without_rules_and_without_reward() {
 }
 
 fn eco2_assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eco2/assets")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eco2")
 }
 
 #[tokio::test]

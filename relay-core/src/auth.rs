@@ -134,6 +134,121 @@ pub fn verify(secret: &[u8], token: Option<&str>, job: &JobId, now: u64) -> Resu
     Ok(())
 }
 
+/// The publisher keys of an HTTP publish endpoint: shared secrets a
+/// producer presents as `Authorization: Bearer <key>`.
+///
+/// Keys are never kept in the clear: each is stored as an HMAC-SHA256 tag
+/// under a random per-process key, and a presented key is tagged the same
+/// way and compared with every stored tag in constant time (no early exit,
+/// and the comparison does not depend on the keys' lengths). Its `Debug`
+/// output shows only how many keys there are.
+///
+/// ```
+/// use relay_core::auth::{PublisherKeys, KeyError};
+/// let keys = PublisherKeys::new(["old-key", "new-key"]);
+/// assert!(keys.is_enabled());
+/// assert_eq!(keys.check(Some("new-key")), Ok(()));
+/// assert_eq!(keys.check(Some("guess")), Err(KeyError::Wrong));
+/// assert_eq!(keys.check(None), Err(KeyError::Missing));
+/// assert_eq!(PublisherKeys::default().check(Some("new-key")), Err(KeyError::Disabled));
+/// ```
+#[derive(Clone, Default)]
+pub struct PublisherKeys {
+    /// The per-process HMAC key the tags are computed under.
+    salt: [u8; 32],
+    /// One tag per configured key.
+    tags: Vec<[u8; 32]>,
+}
+
+/// Why a presented publisher key was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Error)]
+pub enum KeyError {
+    /// No key is configured: publishing is disabled for everyone.
+    #[error("publishing is disabled: no publisher key is configured")]
+    Disabled,
+    /// No key was presented.
+    #[error("missing publisher key (Authorization: Bearer <key>)")]
+    Missing,
+    /// The presented key is none of the configured ones.
+    #[error("wrong publisher key")]
+    Wrong,
+}
+
+impl PublisherKeys {
+    /// The set of `keys`; empty (blank) keys are ignored, so an unset
+    /// variable cannot enable an empty key. No keys: disabled.
+    pub fn new<I, K>(keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<str>,
+    {
+        let salt: [u8; 32] = rand::random();
+        let tags = keys
+            .into_iter()
+            .filter(|k| !k.as_ref().trim().is_empty())
+            .map(|k| {
+                Self::tag_with(&salt, k.as_ref())
+                    .finalize()
+                    .into_bytes()
+                    .into()
+            })
+            .collect();
+        Self { salt, tags }
+    }
+
+    /// Whether any key is configured.
+    pub fn is_enabled(&self) -> bool {
+        !self.tags.is_empty()
+    }
+
+    /// How many keys are configured.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Whether no key is configured (publishing disabled).
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    fn tag_with(salt: &[u8; 32], key: &str) -> HmacSha256 {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(salt)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        m.update(key.trim().as_bytes());
+        m
+    }
+
+    /// Checks a presented key (`None` or blank: absent) against every
+    /// configured key.
+    pub fn check(&self, presented: Option<&str>) -> Result<(), KeyError> {
+        if self.tags.is_empty() {
+            return Err(KeyError::Disabled);
+        }
+        let presented = presented
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(KeyError::Missing)?;
+        let mac = Self::tag_with(&self.salt, presented);
+        // Every tag is compared (constant time each), whatever matched.
+        let matched = self.tags.iter().fold(false, |hit, tag| {
+            mac.clone().verify_slice(tag).is_ok() | hit
+        });
+        if matched {
+            Ok(())
+        } else {
+            Err(KeyError::Wrong)
+        }
+    }
+}
+
+impl std::fmt::Debug for PublisherKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherKeys")
+            .field("keys", &self.tags.len())
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +296,26 @@ mod tests {
         assert_eq!(verify(b"k", Some(&t), &j, 100), Err(AuthError::Expired));
         assert_eq!(AuthError::WrongJob.http_status(), 403);
         assert_eq!(AuthError::Expired.http_status(), 401);
+    }
+
+    #[test]
+    fn publisher_keys() {
+        let keys = PublisherKeys::new(["k1", "", "  ", "second key"]);
+        assert_eq!(keys.len(), 2, "blank keys are ignored");
+        assert_eq!(keys.check(Some("k1")), Ok(()));
+        assert_eq!(keys.check(Some(" second key ")), Ok(()));
+        assert_eq!(keys.check(Some("k2")), Err(KeyError::Wrong));
+        assert_eq!(keys.check(Some("k1k1")), Err(KeyError::Wrong));
+        assert_eq!(keys.check(Some("")), Err(KeyError::Missing));
+        assert_eq!(keys.check(None), Err(KeyError::Missing));
+        let none = PublisherKeys::new(["", " "]);
+        assert!(!none.is_enabled());
+        assert_eq!(none.check(Some("")), Err(KeyError::Disabled));
+        assert_eq!(none.check(Some("k1")), Err(KeyError::Disabled));
+        let debug = format!("{keys:?}");
+        assert!(
+            !debug.contains("k1") && debug.contains("keys: 2"),
+            "{debug}"
+        );
     }
 }

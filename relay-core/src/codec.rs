@@ -419,4 +419,141 @@ mod tests {
         assert!(LiveEnvelope::decode(&Bytes::from_static(b"x:1:m")).is_err());
         assert!(LiveEnvelope::decode(&Bytes::from_static(b"1")).is_err());
     }
+
+    /// docs/PRODUCERS.md's worked example, built field by field as a
+    /// producer in another language would (strings and a hand-written JSON
+    /// body, no relay types), is accepted by the router's decoder, lands on
+    /// the shard the doc computes, and the doc still says exactly this. The
+    /// doc's table of dead-letter reasons is checked against the decoder
+    /// too.
+    #[test]
+    fn producers_md_worked_example() {
+        use md5::{Digest, Md5};
+
+        let doc = include_str!("../../docs/PRODUCERS.md");
+        let job = "abc-123";
+        let body = r#"{"domain":"scan","job_id":"abc-123","seq":20,"stage":"vision","status":"progress","progress":40,"data":{"note":"reading the label"},"ts":1700000000000}"#;
+        let fields: Fields = [
+            ("job", job),
+            ("seq", "20"),
+            ("stage", "vision"),
+            ("status", "progress"),
+            ("ts", "1700000000000"),
+            ("enc", "json"),
+            ("body", body),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect();
+
+        // The shard, step by step as the doc's table shows it.
+        let digest = Md5::digest(job.as_bytes());
+        let head = u64::from_be_bytes(digest[..8].try_into().unwrap());
+        assert_eq!(hex::encode(digest), "6351623c8cef86fefabfa7da046fc619");
+        assert_eq!(head, 7156609295070496510);
+        assert_eq!(head % 4, 2);
+        assert_eq!(crate::keys::shard_for(job, 4), 2);
+        assert_eq!(crate::keys::shard_for(job, 8), 6);
+        let keys = crate::KeySpace::new(
+            crate::Profile::Native,
+            crate::Domain::new("scan").unwrap(),
+            4,
+        );
+        let stream = keys.shard_stream(keys.shard_of(&JobId::new(job).unwrap()));
+        assert_eq!(stream, "relay:scan:events:2");
+        for text in [
+            "`6351623c8cef86fefabfa7da046fc619`",
+            "`6351623c8cef86fe`",
+            "| 7156609295070496510 |",
+            "**2** → stream `relay:scan:events:2`",
+            "(With 8 shards the same job is on shard 6.)",
+        ] {
+            assert!(doc.contains(text), "docs/PRODUCERS.md lost {text:?}");
+        }
+
+        // The XADD line, exactly.
+        let mut xadd = format!("XADD {stream} MAXLEN ~ 100000 *");
+        for (k, v) in &fields {
+            let v = std::str::from_utf8(v).unwrap();
+            if k == "body" {
+                xadd.push_str(&format!(" {k} '{v}'"));
+            } else {
+                xadd.push_str(&format!(" {k} {v}"));
+            }
+        }
+        assert!(doc.contains(&xadd), "docs/PRODUCERS.md lost {xadd}");
+
+        // The router's decoder accepts it.
+        let entry = parse_native(&fields).expect("the worked example decodes");
+        assert_eq!(entry.enc, Encoding::Json);
+        let e = &entry.event;
+        assert_eq!(
+            (
+                e.domain.as_str(),
+                e.job_id.as_str(),
+                e.seq,
+                e.stage.as_str()
+            ),
+            ("scan", job, 20, "vision")
+        );
+        assert_eq!(
+            (e.status, e.progress, e.ts),
+            (Status::Progress, Some(40), 1700000000000)
+        );
+        assert_eq!(e.data, serde_json::json!({"note": "reading the label"}));
+        assert!(!e.is_terminal());
+        // What the client receives is the same JSON, re-encoded.
+        let sse_data = format!("data: {}", serde_json::to_string(e).unwrap());
+        assert!(doc.contains(&sse_data), "docs/PRODUCERS.md lost {sse_data}");
+
+        // Only job, seq and body are required; enc only for JSON.
+        let only = |names: &[&str]| -> Fields {
+            fields
+                .iter()
+                .filter(|(k, _)| names.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        };
+        assert!(parse_native(&only(&["job", "seq", "enc", "body"])).is_ok());
+
+        // The doc's dead-letter reasons, as the decoder words them.
+        let with = |name: &str, value: &[u8]| -> Fields {
+            let mut f = fields.clone();
+            for (k, v) in f.iter_mut() {
+                if k == name {
+                    *v = Bytes::copy_from_slice(value);
+                }
+            }
+            f
+        };
+        let no_ts = body.replace(r#","ts":1700000000000"#, "");
+        let cases: Vec<(Fields, &str)> = vec![
+            (only(&["seq", "enc", "body"]), r#"`missing field "job"`"#),
+            (with("seq", b"\xff"), r#"`field "seq" is not valid UTF-8`"#),
+            (
+                with("job", b"abc 123"),
+                "`job id may only contain [A-Za-z0-9._:-]; invalid character at byte 3`",
+            ),
+            (
+                with("seq", b"+20"),
+                r#"`field "seq" is invalid: seq must be a canonical decimal integer, got "+20"`"#,
+            ),
+            (with("enc", b"xml"), r#"`unknown encoding "xml"`"#),
+            (
+                with("body", no_ts.as_bytes()),
+                "``json: missing field `ts` at line 1 column 132``",
+            ),
+            (with("seq", b"21"), r#"`body disagrees with field "seq"`"#),
+            (
+                with("body", body.replace(":40,", ":150,").as_bytes()),
+                "`progress must be 0-100, got 150`",
+            ),
+        ];
+        for (f, quoted) in cases {
+            let reason = parse_native(&f).expect_err(quoted).to_string();
+            let bare = quoted.trim_matches('`');
+            assert_eq!(reason, bare);
+            assert!(doc.contains(quoted), "docs/PRODUCERS.md lost {quoted}");
+        }
+    }
 }

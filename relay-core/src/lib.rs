@@ -45,8 +45,6 @@ pub mod resume;
 pub mod router;
 #[cfg(feature = "cli")]
 pub mod telemetry;
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 pub use backend::{Backend, BackendResult};
 pub use codec::{Decoded, Encoding, LiveEnvelope, Payload, Record};

@@ -303,12 +303,12 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
 
 /// `redis-benchmark` ceilings for the relay's per-event Redis work on the
 /// spawned server: XADD (producer), the apply script (router), combined.
-async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(String, f64)> {
+async fn redis_ceilings(server: &relay_testkit::redis::RedisServer) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     let port = server.port();
     let xadd = tokio::task::spawn_blocking(move || {
         let body = "x".repeat(160);
-        relay_suite::bench::redis_benchmark_rps(
+        relay_testkit::bench::redis_benchmark_rps(
             port,
             200_000,
             64,
@@ -330,7 +330,7 @@ async fn redis_ceilings(server: &relay_core::testing::RedisServer) -> Vec<(Strin
     .await
     .ok()
     .flatten();
-    let eval = relay_suite::bench::evalsha_ceiling(server, 100_000, 64).await;
+    let eval = relay_testkit::bench::evalsha_ceiling(server, 100_000, 64).await;
     if let Some(x) = xadd {
         out.push(("redis-benchmark XADD -P 64 (ops/s)".into(), x));
     }

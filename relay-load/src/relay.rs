@@ -210,7 +210,7 @@ pub async fn run_path(
         .iter()
         .map(|(_, p)| crate::stats::pid_cpu(*p))
         .collect();
-    let own_before = relay_suite::bench::process_cpu();
+    let own_before = relay_testkit::bench::process_cpu();
 
     // Clients first (the gateway waits for jobs with no events yet).
     let mut clients = Vec::new();
@@ -484,7 +484,7 @@ pub async fn run_path(
     let window = last_arrival.duration_since(start).as_secs_f64().max(1e-9);
     f.delivered_per_s = round3(f.delivered as f64 / window);
     f.latency = lat.summary();
-    let own = relay_suite::bench::process_cpu().saturating_sub(own_before);
+    let own = relay_testkit::bench::process_cpu().saturating_sub(own_before);
     let mut cpu: Vec<(String, f64)> = pids
         .iter()
         .zip(cpu_before)

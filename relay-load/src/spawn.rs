@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_core::testing::RedisServer;
-use relay_suite::procs::{free_port, wait_for_port, Proc};
+use relay_testkit::procs::{free_port, wait_for_port, Proc};
+use relay_testkit::redis::RedisServer;
 
 /// Where the system under test lives.
 #[derive(Debug)]

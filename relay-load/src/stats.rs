@@ -243,7 +243,7 @@ pub fn unix_us() -> u64 {
         .unwrap_or(0)
 }
 
-pub use relay_suite::bench::pid_cpu;
+pub use relay_testkit::bench::pid_cpu;
 
 #[cfg(test)]
 mod tests {

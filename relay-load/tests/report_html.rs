@@ -71,7 +71,7 @@ fn empty_report_still_valid_svg() {
 fn html_report_renders_in_headless_chromium() {
     // Panics with install instructions when Chromium is missing: a report
     // test that skips itself would pass without rendering anything.
-    let chromium = relay_suite::browser::chromium();
+    let chromium = relay_testkit::browser::chromium();
     let dir = tempfile::tempdir().expect("tempdir");
     let page = dir.path().join("report.html");
     let png = dir.path().join("report.png");

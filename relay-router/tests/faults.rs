@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{AppendRequest, Backend, ReadFrom};
 use relay_core::codec::{field, native_fields, Encoding};
 use relay_core::eco2::Eco2Entry;
-use relay_core::testing::{RedisServerOptions, TestRedis, WriteRefusal};
 use relay_core::{
     Decoded, Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig, Stage,
     Status,
 };
-use relay_suite::procs::Proc;
+use relay_testkit::procs::Proc;
+use relay_testkit::redis::{RedisServerOptions, TestRedis, WriteRefusal};
 
 /// Spawns the real `relay-router` (SIGKILLed when the handle drops).
 fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc {
@@ -45,9 +46,17 @@ fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc
     Proc::spawn("relay-router", &args, &[])
 }
 
+/// A backend connected to the test's Redis.
+async fn redis_backend(redis: &TestRedis) -> Arc<dyn Backend> {
+    let backend = RedisBackend::connect(redis.url())
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", redis.url()));
+    Arc::new(backend)
+}
+
 /// A domain no other test uses, so tests can share a `REDIS_URL` server.
 fn unique_domain() -> String {
-    let p: String = relay_core::testing::unique_prefix()
+    let p: String = relay_testkit::redis::unique_prefix()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
@@ -191,7 +200,7 @@ async fn await_routed(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per_j
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_run_loses_nothing_and_applies_once() {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (200, 60);
@@ -221,7 +230,7 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survivor_claims_pending_of_dead_consumers() {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let group = keys.default_group();
@@ -270,7 +279,7 @@ async fn survivor_claims_pending_of_dead_consumers() {
 async fn survives_client_kill_and_redis_restart_with_aof() {
     let redis =
         TestRedis::private_with(RedisServerOptions::with_aof().args(["--appendfsync", "always"]));
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (50, 40);
@@ -305,7 +314,7 @@ fn raw(fields: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("poisoned-job").expect("job");
@@ -399,7 +408,7 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     assert!(field(&dlq[0].fields, "t.body").is_none());
     // A cut entry is never replayed: what it would append is not the
     // original.
-    let replay = std::process::Command::new(relay_suite::procs::bin_path("relayctl"))
+    let replay = std::process::Command::new(relay_testkit::procs::bin_path("relayctl"))
         .args([
             "--redis-url",
             redis.url(),
@@ -436,7 +445,7 @@ async fn eco2_entries_route_byte_exact() {
     // eco2 keys are fixed names (`scan:events:{shard}`, `scan:state:{job}`):
     // a private server keeps this test isolated.
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = "scan";
     let keys = keyspace(Profile::Eco2, domain);
     let job = JobId::new("fc052f15-449f-4ce4-aa96-99d400ed7865").expect("job");
@@ -573,8 +582,8 @@ async fn eco2_entries_route_byte_exact() {
 async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
     let data = TestRedis::private();
     let pubsub = TestRedis::private();
-    let data_backend: Arc<dyn Backend> = Arc::new(data.backend().await);
-    let pubsub_backend: Arc<dyn Backend> = Arc::new(pubsub.backend().await);
+    let data_backend: Arc<dyn Backend> = redis_backend(&data).await;
+    let pubsub_backend: Arc<dyn Backend> = redis_backend(&pubsub).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("split-job").expect("job");
@@ -620,16 +629,16 @@ async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
 
 async fn await_readyz(port: u16, want: u16) {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    relay_suite::procs::wait_readyz(addr, want, Duration::from_secs(30)).await;
+    relay_testkit::procs::wait_readyz(addr, want, Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_redis_and_the_router_keeps_running() {
     let redis = TestRedis::private_with(RedisServerOptions::with_aof());
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
-    let port = relay_suite::procs::free_port();
+    let port = relay_testkit::procs::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut router = spawn_router(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
     await_readyz(port, 200).await;
@@ -683,7 +692,7 @@ fn seq_of(payload: &relay_core::Payload) -> u64 {
 async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRefusal) {
     let redis = TestRedis::private();
     let server = redis.server().expect("private server");
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("refused-job").expect("job");
@@ -805,7 +814,7 @@ async fn noreplicas_write_refusal_is_retried_and_publishes_only_committed() {
 async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
     let redis = TestRedis::private();
     let server = redis.server().expect("private server");
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let bad = JobId::new("wrongtype-job").expect("job");
@@ -877,10 +886,10 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
 async fn readyz_stays_down_while_pubsub_publishes_fail() {
     let data = TestRedis::private();
     let pubsub = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(data.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&data).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
-    let port = relay_suite::procs::free_port();
+    let port = relay_testkit::procs::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _router = spawn_router(
         data.url(),
@@ -900,7 +909,7 @@ async fn readyz_stays_down_while_pubsub_publishes_fail() {
     let sock = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(relay_suite::procs::readyz_status(sock).await, Some(503));
+        assert_eq!(relay_testkit::procs::readyz_status(sock).await, Some(503));
     }
     pubsub.restart().expect("restart pub/sub server");
     await_readyz(port, 200).await;
@@ -914,7 +923,7 @@ async fn readyz_stays_down_while_pubsub_publishes_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = KeySpace::new(Profile::Native, Domain::new(&domain).expect("domain"), 1);
     let group = keys.default_group();
@@ -966,7 +975,7 @@ async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_routers_split_the_shards_and_keep_each_job_in_order() {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let lease = ["--shard-lease-ms", "1000"];

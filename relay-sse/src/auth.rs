@@ -40,8 +40,9 @@ where
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme matched
-/// case-insensitively); any other scheme is no token.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// case-insensitively); any other scheme is no token. Also the publisher
+/// key of the publish route.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -106,10 +106,28 @@ pub struct Config {
     /// in chunks of about this size (`relay_sse_chunk_cuts_total`).
     #[arg(long, env = "RELAY_CATCHUP_CHUNK_BYTES", default_value_t = 64 * 1024)]
     pub catchup_chunk_bytes: usize,
-    /// Largest declared request body, in bytes; the routes are `GET`s and
+    /// Largest declared request body of the `GET` routes, in bytes; they
     /// read none (larger: 413, `rejected{reason="body_too_large"}`).
     #[arg(long, env = "RELAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// A key that may publish events through `POST /v1/jobs/{job_id}/events`
+    /// (`Authorization: Bearer <key>`); repeatable, or comma-separated in
+    /// the variable (rotate by adding the new key, then removing the old).
+    /// Without any, publishing is disabled (`403 PUBLISH_DISABLED`).
+    /// Prefer the variable: flags show in the process list.
+    #[arg(
+        long = "publisher-key",
+        env = "RELAY_PUBLISHER_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publisher_keys: Vec<String>,
+    /// Largest publish request body, and largest stream entry a publish
+    /// may append, in bytes (larger: 413). Keep it at or below the
+    /// router's `--max-entry-bytes`, or the router dead-letters what the
+    /// gateway accepted.
+    #[arg(long, env = "RELAY_MAX_PUBLISH_BYTES", default_value_t = 1024 * 1024)]
+    pub max_publish_bytes: usize,
 }
 
 /// Seconds (possibly fractional, possibly nonsense) to a duration, at least 1 ms.

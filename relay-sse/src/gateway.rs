@@ -1,6 +1,7 @@
 //! The [`Gateway`] value: the backend, the live subscription hub, the
-//! metrics and the options every route and both serving paths share, and
-//! the count of open SSE connections behind `--max-connections`.
+//! publisher of the publish route, the metrics and the options every route
+//! and both serving paths share, and the count of open SSE connections
+//! behind `--max-connections`.
 //!
 //! Routes (`routes.rs`), handlers and the serving paths (`front.rs`,
 //! `server.rs`) are built on top of it; nothing here imports them, so the
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_core::backend::Backend;
-use relay_core::{Domain, Epoch, KeySpace};
+use relay_core::{DedupeAt, Domain, Epoch, KeySpace, Publisher, PublisherConfig};
 use tokio::sync::watch;
 
 use crate::hub::{Hub, HubOptions};
@@ -44,6 +45,9 @@ pub(crate) struct Inner {
     pub(crate) opts: GatewayOptions,
     /// Keys of the native routes and `/api/v1/stream` (`opts.domain`).
     pub(crate) default_keys: KeySpace,
+    /// Appends what `POST /v1/jobs/{job_id}/events` receives to the
+    /// default key space's shard streams (deduplicated at append).
+    pub(crate) publisher: Publisher,
     /// Keys of `/api/v1/scan/{job_id}/events`.
     pub(crate) scan_keys: KeySpace,
     /// Keys of `/api/v1/chat/{job_id}/events`.
@@ -112,9 +116,21 @@ impl Gateway {
             metrics.clone(),
         );
         let (shutdown, _) = watch::channel(false);
+        // A producer retrying after a timeout must learn that its first
+        // attempt landed (`duplicate`), as with `relayctl publish`.
+        let publisher = Publisher::new(
+            backend.clone(),
+            default_keys.clone(),
+            PublisherConfig {
+                dedupe: DedupeAt::Append,
+                max_event_bytes: opts.max_publish_bytes,
+                ..PublisherConfig::default()
+            },
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
+                publisher,
                 hub,
                 metrics,
                 default_keys,

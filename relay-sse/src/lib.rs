@@ -48,8 +48,10 @@
 //!
 //! Endpoints: `GET /v1/jobs/{job_id}/events` (SSE), `GET /v1/jobs/{job_id}/state`,
 //! the eco2 routes `GET /api/v1/stream?job_id=` and
-//! `GET /api/v1/{scan|chat}/{job_id}/events`, `/healthz`, `/readyz`, `/metrics`
-//! and, with `demo_page`, a demo page at `/`.
+//! `GET /api/v1/{scan|chat}/{job_id}/events`, `/healthz`, `/readyz`, `/metrics`,
+//! with `demo_page` a demo page at `/`, and `POST /v1/jobs/{job_id}/events`,
+//! which publishes one event for a producer holding a publisher key
+//! ([`GatewayOptions::publisher_keys`]; docs/PRODUCERS.md).
 //!
 //! ## Layout
 //!
@@ -64,7 +66,8 @@
 //!   [`GatewayOptions`]), `routes` (the one route table and the Router built
 //!   from it), `handlers`, their typed extractors (`extract`: the job and
 //!   the last event id; `auth`: the token) and their one error type
-//!   (`rejection`), `open` (from a request to a stream or a final answer),
+//!   (`rejection`), `publish` (the publish route: publisher key, body,
+//!   append), `open` (from a request to a stream or a final answer),
 //!   `takeover` (handing a started stream to whoever writes it), `front`
 //!   (the HTTP/1.1 front);
 //! - the binary: [`Config`], `server` ([`run`]).
@@ -84,6 +87,7 @@ mod open;
 mod options;
 mod output;
 mod position;
+mod publish;
 mod rejection;
 mod retry;
 mod routes;
@@ -95,7 +99,7 @@ mod takeover;
 pub use config::{BackendKind, Config, LogFormat};
 pub use frame::Framing;
 pub use gateway::{Gateway, GatewayError};
-pub use metrics::{CloseReason, Metrics};
+pub use metrics::{CloseReason, Metrics, PublishOutcome};
 pub use options::GatewayOptions;
 pub use relay_core::cli::init_tracing;
 pub use server::run;

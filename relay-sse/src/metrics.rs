@@ -40,6 +40,47 @@ impl CloseReason {
     }
 }
 
+/// What became of one request to the publish route (the `outcome` label
+/// of `relay_sse_publishes_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PublishOutcome {
+    /// Appended (`201`).
+    Published,
+    /// A repeat of an appended (job, seq): nothing appended (`200`).
+    Duplicate,
+    /// No publisher key is configured (`403 PUBLISH_DISABLED`).
+    Disabled,
+    /// No key presented (`401`).
+    Unauthorized,
+    /// A wrong key (`403`).
+    Forbidden,
+    /// A bad job id, an unreadable or non-JSON body, or an invalid event (`400`/`422`).
+    Invalid,
+    /// The body or the encoded entry is over `--max-publish-bytes` (`413`).
+    TooLarge,
+    /// The backend refuses writes or is unreachable (`503`, retry).
+    Unavailable,
+    /// Any other failure (`500`).
+    Failed,
+}
+
+impl PublishOutcome {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishOutcome::Published => "published",
+            PublishOutcome::Duplicate => "duplicate",
+            PublishOutcome::Disabled => "disabled",
+            PublishOutcome::Unauthorized => "unauthorized",
+            PublishOutcome::Forbidden => "forbidden",
+            PublishOutcome::Invalid => "invalid",
+            PublishOutcome::TooLarge => "too_large",
+            PublishOutcome::Unavailable => "unavailable",
+            PublishOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// All gateway metrics. Cheap to update from any task.
 #[derive(Debug)]
 pub struct Metrics {
@@ -88,6 +129,8 @@ pub struct Metrics {
     /// (`--client-buffer`, at least 1024): dropped there and read from
     /// history instead.
     pub merge_buffer_full: Counter,
+    /// Requests to the publish route, by outcome.
+    pub publishes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,6 +162,7 @@ impl Metrics {
             chunk_cuts: Counter::default(),
             write_timeouts: Counter::default(),
             merge_buffer_full: Counter::default(),
+            publishes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -211,6 +255,11 @@ impl Metrics {
             "Live messages not buffered during a catch-up (read from history)",
             m.merge_buffer_full.clone(),
         );
+        registry.register(
+            "publishes",
+            "Requests to the publish route (POST /v1/jobs/{job_id}/events), by outcome",
+            m.publishes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -230,6 +279,20 @@ impl Metrics {
     pub fn resume(&self, snapshot: bool) {
         let kind = if snapshot { "snapshot" } else { "exact" };
         self.resumes.get_or_create(&vec![("kind", kind)]).inc();
+    }
+
+    /// Counts one request to the publish route.
+    pub fn publish(&self, outcome: PublishOutcome) {
+        self.publishes
+            .get_or_create(&vec![("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    /// The publish count for an outcome (for tests).
+    pub fn publish_count(&self, outcome: PublishOutcome) -> u64 {
+        self.publishes
+            .get_or_create(&vec![("outcome", outcome.as_str())])
+            .get()
     }
 
     /// The closed-stream count for a reason (for tests and the load tool).

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use relay_core::auth::PublisherKeys;
 use relay_core::Profile;
 
 use crate::config::{self, Config};
@@ -56,8 +57,17 @@ pub struct GatewayOptions {
     /// `write_timeout`) before more history is read: a client that does not
     /// read pins about two chunks, never the job's whole history.
     pub catchup_chunk_bytes: usize,
-    /// Largest declared request body (the routes read none); larger: 413.
+    /// Largest declared request body of the `GET` routes (they read
+    /// none); larger: 413.
     pub max_body_bytes: usize,
+    /// The keys that may publish through `POST /v1/jobs/{job_id}/events`
+    /// (`Authorization: Bearer <key>`); none (the default): the route
+    /// answers `403 PUBLISH_DISABLED`.
+    pub publisher_keys: PublisherKeys,
+    /// Largest publish request body, and largest stream entry a publish
+    /// may append (all field names and values, as the `Publisher`'s
+    /// `max_event_bytes` counts it); larger: 413.
+    pub max_publish_bytes: usize,
 }
 
 impl Default for GatewayOptions {
@@ -83,6 +93,8 @@ impl Default for GatewayOptions {
             write_timeout: Duration::from_secs(30),
             catchup_chunk_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024,
+            publisher_keys: PublisherKeys::default(),
+            max_publish_bytes: 1024 * 1024,
         }
     }
 }
@@ -110,6 +122,8 @@ impl From<&Config> for GatewayOptions {
             write_timeout: config::secs(c.write_timeout_secs),
             catchup_chunk_bytes: c.catchup_chunk_bytes.max(1024),
             max_body_bytes: c.max_body_bytes,
+            publisher_keys: PublisherKeys::new(&c.publisher_keys),
+            max_publish_bytes: c.max_publish_bytes.max(1024),
         }
     }
 }

@@ -6,19 +6,24 @@
 //! body and its headers. Clients (and `tests/rejections.rs`) rely on those
 //! exact answers; keeping them in one place keeps the routes from drifting
 //! apart. The eco2 routes keep their own rules (10-character minimum,
-//! `422` for the query parameter) as their own variants.
+//! `422` for the query parameter) as their own variants, and so does the
+//! publish route (`POST /v1/jobs/{job_id}/events`: publisher keys, event
+//! bodies, append failures).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use relay_core::auth::AuthError;
-use relay_core::ValidationError;
+use relay_core::auth::{AuthError, KeyError};
+use relay_core::{PublishError, ValidationError};
 use serde_json::json;
 
 use crate::metrics::Metrics;
 
 /// The eco2 API's shortest job id.
 pub(crate) const ECO2_MIN_JOB_ID: usize = 10;
+
+/// `Retry-After` of a publish the backend refused for now, in seconds.
+pub(crate) const PUBLISH_RETRY_AFTER_SECS: &str = "1";
 
 /// Why a job id was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,28 @@ pub(crate) enum GatewayRejection {
         /// The limit, in bytes.
         max: u64,
     },
+    /// Publish route: publishing is disabled (no publisher key configured:
+    /// `403 PUBLISH_DISABLED`), or the `Authorization: Bearer` key is
+    /// missing (`401 UNAUTHORIZED`, with `WWW-Authenticate: Bearer`) or
+    /// wrong (`403 FORBIDDEN`).
+    #[error(transparent)]
+    PublisherKey(#[from] KeyError),
+    /// Publish route: the request body could not be read (the client went
+    /// away, or sent a malformed chunked body): `400 INVALID_BODY`.
+    #[error("cannot read the request body: {0}")]
+    BodyRead(#[source] axum::Error),
+    /// Publish route: the body is not JSON (`400 INVALID_JSON`), or JSON
+    /// that is not an event (a field missing, of the wrong type or unknown;
+    /// an invalid stage or status): `422 INVALID_EVENT`.
+    #[error("invalid event body: {0}")]
+    EventBody(#[source] serde_json::Error),
+    /// Publish route: the event was refused or could not be appended —
+    /// invalid (`422 INVALID_EVENT`), its stream entry too large
+    /// (`413 EVENT_TOO_LARGE`), the backend refusing writes or unreachable
+    /// (`503 BACKEND_UNAVAILABLE` with `Retry-After`: retrying the same
+    /// seq is safe), any other failure (`500 PUBLISH_FAILED`).
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     /// A path segment axum cannot decode: axum's own plain-text answer.
     #[error(transparent)]
     Path(#[from] PathRejection),
@@ -91,6 +118,22 @@ impl GatewayRejection {
             R::JobNotFound => (StatusCode::NOT_FOUND, "JOB_NOT_FOUND"),
             R::BackendUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE"),
             R::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
+            R::PublisherKey(KeyError::Disabled) => (StatusCode::FORBIDDEN, "PUBLISH_DISABLED"),
+            R::PublisherKey(KeyError::Missing) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            R::PublisherKey(KeyError::Wrong) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            R::BodyRead(_) => (StatusCode::BAD_REQUEST, "INVALID_BODY"),
+            R::EventBody(e) if e.is_data() => (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_EVENT"),
+            R::EventBody(_) => (StatusCode::BAD_REQUEST, "INVALID_JSON"),
+            R::Publish(PublishError::Invalid(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "INVALID_EVENT")
+            }
+            R::Publish(PublishError::TooLarge { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "EVENT_TOO_LARGE")
+            }
+            R::Publish(PublishError::Backend(e)) if e.is_transient() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "BACKEND_UNAVAILABLE")
+            }
+            R::Publish(_) => (StatusCode::INTERNAL_SERVER_ERROR, "PUBLISH_FAILED"),
             R::Path(r) => (r.status(), "INVALID_PATH"),
             R::Query(r) => (r.status(), "INVALID_QUERY"),
         }
@@ -107,7 +150,17 @@ impl GatewayRejection {
             R::Auth(_) => Some("unauthorized"),
             R::JobNotFound => Some("not_found"),
             R::BodyTooLarge { .. } => Some("body_too_large"),
-            R::UnknownDomain | R::BackendUnavailable(_) | R::Path(_) | R::Query(_) => None,
+            R::PublisherKey(KeyError::Disabled) => Some("publish_disabled"),
+            R::PublisherKey(KeyError::Missing) => Some("unauthorized"),
+            R::PublisherKey(KeyError::Wrong) => Some("forbidden"),
+            R::BodyRead(_) => Some("invalid_body"),
+            R::EventBody(_) | R::Publish(PublishError::Invalid(_)) => Some("invalid_event"),
+            R::Publish(PublishError::TooLarge { .. }) => Some("event_too_large"),
+            R::UnknownDomain
+            | R::BackendUnavailable(_)
+            | R::Publish(_)
+            | R::Path(_)
+            | R::Query(_) => None,
         }
     }
 
@@ -136,6 +189,14 @@ impl IntoResponse for GatewayRejection {
         }
         if matches!(this, GatewayRejection::BodyTooLarge { .. }) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let GatewayRejection::Publish(PublishError::Backend(_)) = &this {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(PUBLISH_RETRY_AFTER_SECS),
+                );
+            }
         }
         resp
     }

@@ -1,6 +1,6 @@
-//! The gateway's routes: the table of every path pattern and what it
-//! serves, and the axum `Router` built from it with its layers (body limit,
-//! CORS).
+//! The gateway's routes: the table of every method and path pattern and
+//! what it serves, and the axum `Router` built from it with its layers
+//! (body limit, CORS).
 //!
 //! The table is the one list of routes: [`Gateway::router`] is built from
 //! it, and the HTTP/1.1 front derives from it which requests are SSE
@@ -12,7 +12,7 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::gateway::Gateway;
@@ -20,6 +20,7 @@ use crate::handlers::{
     demo_page, eco2_events, eco2_stream, healthz, metrics_handler, native_events, native_state,
     readyz,
 };
+use crate::publish::publish_event;
 use crate::rejection::GatewayRejection;
 
 /// What a route serves.
@@ -42,6 +43,9 @@ pub(crate) enum RouteKind {
     Metrics,
     /// `GET /`: the demo page (only with `GatewayOptions::demo_page`).
     DemoPage,
+    /// `POST /v1/jobs/{job_id}/events`: publish one event (disabled
+    /// without publisher keys).
+    Publish,
 }
 
 impl RouteKind {
@@ -53,12 +57,20 @@ impl RouteKind {
             RouteKind::NativeEvents | RouteKind::Eco2Stream | RouteKind::Eco2Events
         )
     }
+
+    /// The route's method: `POST` for the publish route (the one route
+    /// that reads a body), `GET` for every other.
+    pub(crate) const fn is_post(self) -> bool {
+        matches!(self, RouteKind::Publish)
+    }
 }
 
 /// Every route: its axum path pattern (`{name}` matches one non-empty path
-/// segment) and what it serves. All are `GET`s.
+/// segment) and what it serves; its method is [`RouteKind::is_post`]'s
+/// (one path may serve both).
 pub(crate) const ROUTES: &[(&str, RouteKind)] = &[
     ("/v1/jobs/{job_id}/events", RouteKind::NativeEvents),
+    ("/v1/jobs/{job_id}/events", RouteKind::Publish),
     ("/v1/jobs/{job_id}/state", RouteKind::NativeState),
     ("/api/v1/stream", RouteKind::Eco2Stream),
     ("/api/v1/{domain}/{job_id}/events", RouteKind::Eco2Events),
@@ -71,13 +83,22 @@ pub(crate) const ROUTES: &[(&str, RouteKind)] = &[
 /// Where `/metrics` is served (also alone, on `--metrics-addr`).
 pub(crate) const METRICS_PATH: &str = "/metrics";
 
-/// Whether `path` (without its query) is one of the SSE routes, matched as
-/// axum matches it: segment by segment, a `{param}` taking any one
-/// non-empty segment.
+/// Whether `path` (without its query) is one of the SSE routes (all
+/// `GET`s), matched as axum matches it: segment by segment, a `{param}`
+/// taking any one non-empty segment.
 pub(crate) fn is_sse_path(path: &str) -> bool {
     ROUTES
         .iter()
         .any(|&(pattern, kind)| kind.is_sse() && matches(pattern, path))
+}
+
+/// Whether a request for `path` is a `POST` route's: it reads its own
+/// body, under its own limit.
+fn reads_body(method: &Method, path: &str) -> bool {
+    method == Method::POST
+        && ROUTES
+            .iter()
+            .any(|&(pattern, kind)| kind.is_post() && matches(pattern, path))
 }
 
 /// Whether `path` matches the route `pattern`.
@@ -116,6 +137,8 @@ impl Gateway {
                 RouteKind::Metrics => get(metrics_handler),
                 RouteKind::DemoPage if self.inner.opts.demo_page => get(demo_page),
                 RouteKind::DemoPage => continue,
+                // Axum merges it with the path's `GET`.
+                RouteKind::Publish => post(publish_event),
             };
             r = r.route(path, handler);
         }
@@ -163,13 +186,18 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 }
 
 /// Refuses a request whose declared body exceeds `max_body_bytes` (413).
-/// The gateway's routes are all `GET`s and never read a body; this keeps a
-/// client from making the server wait for (and discard) a large one.
+/// The `GET` routes never read a body; this keeps a client from making the
+/// server wait for (and discard) a large one. A `POST` is left to the
+/// publish route, which reads its body under its own limit
+/// (`max_publish_bytes`).
 async fn limit_body(
     State(gw): State<Gateway>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if reads_body(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -204,6 +232,17 @@ mod tests {
         assert!(!is_sse_path("/v1/jobs/j1/events/"));
         assert!(!is_sse_path("/api/v1/stream/"));
         assert!(!is_sse_path(""));
+    }
+
+    #[test]
+    fn only_the_publish_route_is_a_post_and_it_is_no_stream() {
+        let posts: Vec<_> = ROUTES.iter().filter(|(_, k)| k.is_post()).collect();
+        assert_eq!(posts, [&("/v1/jobs/{job_id}/events", RouteKind::Publish)]);
+        assert!(!RouteKind::Publish.is_sse());
+        assert!(reads_body(&Method::POST, "/v1/jobs/j1/events"));
+        assert!(!reads_body(&Method::GET, "/v1/jobs/j1/events"));
+        assert!(!reads_body(&Method::POST, "/healthz"));
+        assert!(!reads_body(&Method::POST, "/v1/jobs/j1/state"));
     }
 
     #[test]

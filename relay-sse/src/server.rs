@@ -23,6 +23,12 @@ pub async fn run(config: Config) -> Result<(), GatewayError> {
             "no --auth-secret: the gateway is OPEN, any client can read any job's events"
         );
     }
+    if opts.publisher_keys.is_enabled() {
+        tracing::info!(
+            keys = opts.publisher_keys.len(),
+            "publishing enabled: POST /v1/jobs/{{job_id}}/events"
+        );
+    }
     // Bind before connecting: a clashing port is reported at once, naming
     // the address, not after Redis answered.
     let listener = bind(config.listen).await?;

@@ -7,26 +7,14 @@
 //! not starve the test harness).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use relay_testkit::bench::prometheus_sample;
+use relay_testkit::procs::{free_addr, with_fd_limit, KillOnDrop};
+
 const LIMIT: Duration = Duration::from_secs(30);
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
@@ -43,11 +31,8 @@ fn accept_failures_back_off_counted_and_logged_once() {
     let addr = free_addr();
     let log = std::env::temp_dir().join(format!("relay-sse-accept-{}.log", std::process::id()));
     let err = std::fs::File::create(&log).expect("log file");
-    let _child = Child(
-        Command::new("sh")
-            .arg("-c")
-            .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
-            .arg(env!("CARGO_BIN_EXE_relay-sse"))
+    let _child = KillOnDrop(
+        with_fd_limit(48, env!("CARGO_BIN_EXE_relay-sse"))
             .args(["--backend", "memory", "--listen", &addr.to_string()])
             .env("RUST_LOG", "warn")
             .env("RELAY_LOG_FORMAT", "text")
@@ -78,11 +63,7 @@ fn accept_failures_back_off_counted_and_logged_once() {
         assert!(start.elapsed() < LIMIT, "the gateway never recovered");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let errors: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("relay_sse_accept_errors_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let errors: u64 = prometheus_sample(&metrics, "relay_sse_accept_errors_total").unwrap_or(0);
     assert!(errors > 0, "no accept error counted:\n{metrics}");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);

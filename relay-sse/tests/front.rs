@@ -19,15 +19,6 @@ async fn gw_with(opts: GatewayOptions) -> TestGateway {
     TestGateway::start(b, opts).await
 }
 
-fn rejected(t: &TestGateway, reason: &str) -> u64 {
-    let m = t.gateway.metrics().render();
-    let key = format!("relay_sse_rejected_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Reads until the server closes; returns what it sent.
 async fn read_to_close(sock: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -77,7 +68,7 @@ async fn slow_head_is_cut_at_the_whole_head_deadline() {
     .expect("a trickled head kept the connection open");
     trickle.abort();
     assert!(closed.starts_with(b"HTTP/1.1 408"), "{closed:?}");
-    assert_eq!(rejected(&t, "head_timeout"), 1);
+    assert_eq!(t.rejected("head_timeout"), 1);
     assert_eq!(t.gateway.metrics().unrouted.get(), 0);
 }
 
@@ -113,7 +104,7 @@ async fn unrouted_connections_are_capped() {
         .await
         .expect("over the cap the connection is closed");
     assert!(got.is_empty(), "no response over the cap: {got:?}");
-    assert_eq!(rejected(&t, "unrouted_limit"), 1);
+    assert_eq!(t.rejected("unrouted_limit"), 1);
     // One idle connection leaves: plain requests are served again.
     drop(idle.pop());
     wait_for(|| t.gateway.metrics().unrouted.get() == 2).await;
@@ -137,7 +128,7 @@ async fn oversized_head_is_431() {
         .await
         .expect("closed");
     assert!(got.starts_with(b"HTTP/1.1 431"), "{got:?}");
-    assert_eq!(rejected(&t, "head_too_large"), 1);
+    assert_eq!(t.rejected("head_too_large"), 1);
 }
 
 /// The routes are all `GET`s and read no body: a request declaring a body
@@ -168,7 +159,7 @@ async fn oversized_declared_body_is_413() {
             String::from_utf8_lossy(&got)
         );
     }
-    assert_eq!(rejected(&t, "body_too_large"), 2);
+    assert_eq!(t.rejected("body_too_large"), 2);
     // A small declared body is fine.
     let mut s = TcpStream::connect(t.addr).await.unwrap();
     s.write_all(

@@ -5,13 +5,18 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::testing::TestRedis;
+use relay_testkit::redis::TestRedis;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_client_kill_every_event_exactly_once() {
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     // No heartbeat polls during the test: only the post-reconnect catch-up
     // (and gap detection) can recover what the killed subscriber missed.
     let no_poll = relay_sse::GatewayOptions {
@@ -82,7 +87,11 @@ async fn pubsub_client_kill_every_event_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_redis_is_down() {
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let t = TestGateway::start(backend, opts()).await;
     assert_eq!(connect(&t.url("/readyz"), None).await.status, 200);
     redis.stop().unwrap();
@@ -125,8 +134,12 @@ async fn readyz_fails_while_redis_is_down() {
 /// connection is re-established.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_state_read_after_a_dropped_connection_is_200() {
-    let redis = TestRedis::private_with(relay_core::testing::RedisServerOptions::with_aof());
-    let backend: Arc<dyn Backend> = Arc::new(redis.backend().await);
+    let redis = TestRedis::private_with(relay_testkit::redis::RedisServerOptions::with_aof());
+    let backend: Arc<dyn Backend> = Arc::new(
+        RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis"),
+    );
     let t = TestGateway::start(backend, opts()).await;
     let job = "job-d7-state";
     t.apply(&step(job, 1, 3)).await;

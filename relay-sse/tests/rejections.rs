@@ -88,14 +88,6 @@ async fn check(t: &TestGateway, cases: &[Case]) {
     }
 }
 
-fn rejected(t: &TestGateway, reason: &str) -> u64 {
-    let m = t.gateway.metrics().render();
-    let key = format!("relay_sse_rejected_total{{reason=\"{reason}\"}} ");
-    m.lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
-
 /// Invalid job ids, unknown domains and unknown jobs on an open gateway.
 fn open_cases() -> Vec<Case> {
     let long = "a".repeat(129);
@@ -331,16 +323,16 @@ async fn error_answers_are_counted_by_reason() {
     check(&t, &open_cases()).await;
     // Every invalid job id, `/state` included (the job extractor counts
     // every refusal; the hand-written `/state` check used to skip it).
-    assert_eq!(rejected(&t, "invalid_job_id"), 8);
-    assert_eq!(rejected(&t, "not_found"), 1, "only the SSE route's 404");
+    assert_eq!(t.rejected("invalid_job_id"), 8);
+    assert_eq!(t.rejected("not_found"), 1, "only the SSE route's 404");
     let t = start(auth_opts(), false).await;
     check(&t, &auth_cases()).await;
-    assert_eq!(rejected(&t, "unauthorized"), 7);
-    assert_eq!(rejected(&t, "forbidden"), 3);
-    assert_eq!(rejected(&t, "invalid_job_id"), 3);
+    assert_eq!(t.rejected("unauthorized"), 7);
+    assert_eq!(t.rejected("forbidden"), 3);
+    assert_eq!(t.rejected("invalid_job_id"), 3);
     // The eco2 route's 404 after waiting for the job; `/state`'s is an
     // answer about the job, not a refusal.
-    assert_eq!(rejected(&t, "not_found"), 1);
+    assert_eq!(t.rejected("not_found"), 1);
 }
 
 /// A path parameter that is not UTF-8 is refused by axum's own `Path`
@@ -384,6 +376,6 @@ async fn oversized_body_answer_is_pinned() {
             err("request bodies are limited to 1024 bytes", "BODY_TOO_LARGE")
         );
         assert_eq!(got.headers["connection"], "close");
-        assert_eq!(rejected(&t, "body_too_large"), 1);
+        assert_eq!(t.rejected("body_too_large"), 1);
     }
 }

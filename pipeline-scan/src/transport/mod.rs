@@ -6,7 +6,8 @@
 //!   queued in memory are lost with the process.
 //! - [`amqp`]: RabbitMQ via lapin: durable queues per stage, publisher
 //!   confirms, manual acks after the next hop is confirmed, delay queues for
-//!   retries, a dead-letter queue, and a reconnecting worker supervisor.
+//!   retries, a dead-letter queue, lapin's connection recovery for the
+//!   worker and a supervisor for what it does not recover.
 
 pub mod amqp;
 pub mod inprocess;

@@ -247,9 +247,12 @@ pub async fn delete_queues(queues: &[String]) {
     if let Ok(ch) = conn.create_channel().await {
         for q in queues {
             let _ = ch
-                .queue_delete(q, lapin::options::QueueDeleteOptions::default())
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
                 .await;
         }
     }
-    let _ = conn.close(200, "cleanup").await;
+    let _ = conn.close(200, "cleanup".into()).await;
 }

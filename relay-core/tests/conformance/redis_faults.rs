@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use relay_core::backend::redis::{RedisBackend, RedisConfig};
 use relay_core::backend::{AckRequest, ApplyOptions, JobLog, KvStore, PubSub, ReadFrom, StreamLog};
-use relay_core::testing::{RedisServerOptions, TestRedis, WriteRefusal};
 use relay_core::{Backend, Epoch, LiveEnvelope, Offset};
+use relay_testkit::redis::{RedisServerOptions, TestRedis, WriteRefusal};
 
 use crate::support::{
     apply_job, assert_silent, ev, ids, job_keys, offsets, plain, quiet, read_group, recv,
@@ -40,7 +40,7 @@ async fn block_longer_than_response_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovers_after_client_kill() {
     let redis = TestRedis::private();
-    let b = redis.backend().await;
+    let b = RedisBackend::connect(redis.url()).await.expect("connect");
     b.set("k", Bytes::from_static(b"v"), None).await.unwrap();
     let killed = redis.client_kill(&["TYPE", "normal"]).await.unwrap();
     assert!(killed >= 1);
@@ -65,7 +65,7 @@ async fn recovers_after_client_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_read_after_client_kill_succeeds() {
     let redis = TestRedis::private();
-    let b = redis.backend().await;
+    let b = RedisBackend::connect(redis.url()).await.expect("connect");
     let k = job_keys(redis.prefix(), "d7");
     b.apply(vec![apply_job(&k, 3, &[1, 2])], &quiet())
         .await
@@ -107,7 +107,7 @@ async fn first_read_after_client_kill_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_is_transient_and_blocked_read_fails_fast() {
     let redis = TestRedis::private();
-    let b = redis.backend().await;
+    let b = RedisBackend::connect(redis.url()).await.expect("connect");
     let s = redis.key("s");
     b.ensure_group(&s, GROUP).await.unwrap();
     let reader = spawn_read(Arc::new(b.clone()), &s, "c", 10, Duration::from_secs(30));
@@ -126,7 +126,7 @@ async fn server_down_is_transient_and_blocked_read_fails_fast() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_aof_data_and_reloads_scripts() {
     let redis = TestRedis::private_with(RedisServerOptions::with_aof());
-    let b = redis.backend().await;
+    let b = RedisBackend::connect(redis.url()).await.expect("connect");
     let k = job_keys(redis.prefix(), "job");
     let r = b
         .apply(vec![apply_job(&k, 5, &[1, 2])], &quiet())
@@ -166,7 +166,7 @@ async fn restart_keeps_aof_data_and_reloads_scripts() {
 async fn refused_apply_publishes_nothing_and_is_transient(refusal: WriteRefusal) {
     let redis = TestRedis::private();
     let server = redis.server().unwrap();
-    let b = redis.backend().await;
+    let b = RedisBackend::connect(redis.url()).await.expect("connect");
     let k = job_keys(redis.prefix(), "refused");
     let mut sub = b.subscriber().await.unwrap();
     sub.handle

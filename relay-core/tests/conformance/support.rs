@@ -15,8 +15,8 @@ use relay_core::backend::{
 };
 use relay_core::codec::Fields;
 use relay_core::keys::JobKeys;
-use relay_core::testing::TestRedis;
 use relay_core::{BackendResult, Encoding, Epoch, Payload};
+use relay_testkit::redis::TestRedis;
 
 /// The consumer group of the stream cases.
 pub const GROUP: &str = "g";
@@ -51,7 +51,7 @@ impl Fixture {
         let b = Arc::new(MemoryBackend::new());
         Self::on(
             b.clone(),
-            relay_core::testing::unique_prefix(),
+            relay_testkit::redis::unique_prefix(),
             Kind::Memory(b),
         )
     }
@@ -81,7 +81,9 @@ impl Fixture {
     }
 
     async fn redis_on(redis: TestRedis) -> Fixture {
-        let backend = redis.backend().await;
+        let backend = RedisBackend::connect(redis.url())
+            .await
+            .expect("connect to redis");
         Self::redis_with(redis, backend)
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use relay_suite::procs::{free_port, wait_port, Proc};
+use relay_testkit::procs::{free_port, wait_port, Proc};
 use serde::Serialize;
 
 use super::args::ChaosArgs;

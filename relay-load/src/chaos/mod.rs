@@ -42,7 +42,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use relay_core::testing::{RedisServer, RedisServerOptions};
+use relay_testkit::redis::{RedisServer, RedisServerOptions};
 
 use crate::report::Report;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::Rng;
-use relay_core::testing::{RedisServer, WriteRefusal};
+use relay_testkit::redis::{RedisServer, WriteRefusal};
 
 use super::faults::{jitter, FaultCounts, FaultLog, FaultPhase};
 

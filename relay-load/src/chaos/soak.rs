@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use relay_core::testing::RedisServer;
+use relay_testkit::redis::RedisServer;
 
 use super::amqp_faults::amqp_loop;
 use super::args::ChaosArgs;

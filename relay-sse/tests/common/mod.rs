@@ -1,5 +1,7 @@
 //! Shared helpers for the gateway tests: an in-process gateway on a free
 //! port, event production through `Backend::apply`, and an SSE client.
+//! (What is not about the gateway, such as waiting and reading metrics, is
+//! in `relay-testkit`.)
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -11,6 +13,8 @@ use relay_core::backend::{ApplyEvent, ApplyJob, ApplyOptions, Backend};
 use relay_core::{Domain, Encoding, Epoch, Event, JobId, KeySpace, Offset, Payload, Status};
 use relay_sse::client::{SseEvent, SseItem, SseReader};
 use relay_sse::{Gateway, GatewayOptions};
+use relay_testkit::bench::prometheus_sample;
+use relay_testkit::wait::wait_until;
 
 /// Upper bound on any single wait (a hang guard, never a timing assertion).
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -44,7 +48,8 @@ impl TestGateway {
         Self::start_full(backend, Some(pubsub), opts, false).await
     }
 
-    async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
+    /// [`TestGateway::start_axum`] when `axum`, else [`TestGateway::start`].
+    pub async fn start_with(backend: Arc<dyn Backend>, opts: GatewayOptions, axum: bool) -> Self {
         Self::start_full(backend, None, opts, axum).await
     }
 
@@ -82,13 +87,16 @@ impl TestGateway {
     }
 
     pub async fn wait_ready(&self) {
-        tokio::time::timeout(LIMIT, async {
-            while !self.gateway.is_ready() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+        wait_until(LIMIT, "gateway subscriber ready", || {
+            std::future::ready(self.gateway.is_ready())
         })
-        .await
-        .expect("gateway subscriber never became ready");
+        .await;
+    }
+
+    /// `relay_sse_rejected_total{reason}` (0 before the first rejection).
+    pub fn rejected(&self, reason: &str) -> u64 {
+        let series = format!("relay_sse_rejected_total{{reason=\"{reason}\"}}");
+        prometheus_sample(&self.gateway.metrics().render(), &series).unwrap_or(0)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -257,13 +265,7 @@ pub fn offset_of(e: &SseEvent) -> u64 {
 }
 
 pub async fn wait_for(mut cond: impl FnMut() -> bool) {
-    tokio::time::timeout(LIMIT, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("condition not reached within the limit");
+    wait_until(LIMIT, "condition", || std::future::ready(cond())).await;
 }
 
 pub fn bytes(s: &str) -> Bytes {

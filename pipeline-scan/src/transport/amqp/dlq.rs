@@ -4,7 +4,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, Queu
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
-use super::connection::{confirm_channel, connect, AmqpConfig};
+use super::connection::{confirm_channel, connect, AmqpConfig, Recovery};
 use super::error::AmqpError;
 use super::publish::{header_str, publish_envelope};
 use super::topology::Topology;
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Dlq {
 impl Dlq {
     /// Connects and declares the topology.
     pub async fn connect(config: &AmqpConfig, topology: Topology) -> Result<Self, AmqpError> {
-        let conn = connect(config, "dlq").await?;
+        let conn = connect(config, "dlq", Recovery::Caller).await?;
         let channel = confirm_channel(&conn).await?;
         topology.declare(&channel).await?;
         Ok(Self {
@@ -58,7 +58,7 @@ impl Dlq {
         let q = self
             .channel
             .queue_declare(
-                &self.topology.dlq(),
+                self.topology.dlq().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
@@ -82,7 +82,10 @@ impl Dlq {
         let mut out = Vec::new();
         while out.len() < limit {
             let Some(msg) = ch
-                .basic_get(&self.topology.dlq(), BasicGetOptions { no_ack: false })
+                .basic_get(
+                    self.topology.dlq().into(),
+                    BasicGetOptions { no_ack: false },
+                )
                 .await?
             else {
                 break;
@@ -97,7 +100,7 @@ impl Dlq {
                 body: String::from_utf8_lossy(&d.data).into_owned(),
             });
         }
-        let _ = ch.close(200, "list done").await;
+        let _ = ch.close(200, "list done".into()).await;
         Ok(out)
     }
 
@@ -112,7 +115,10 @@ impl Dlq {
         let mut seen = 0;
         while seen < limit {
             let Some(msg) = ch
-                .basic_get(&self.topology.dlq(), BasicGetOptions { no_ack: false })
+                .basic_get(
+                    self.topology.dlq().into(),
+                    BasicGetOptions { no_ack: false },
+                )
                 .await?
             else {
                 break;
@@ -133,7 +139,7 @@ impl Dlq {
             d.acker.ack(BasicAckOptions::default()).await?;
             replayed += 1;
         }
-        let _ = ch.close(200, "replay done").await;
+        let _ = ch.close(200, "replay done".into()).await;
         Ok(replayed)
     }
 
@@ -141,12 +147,12 @@ impl Dlq {
     pub async fn purge(&self) -> Result<u32, AmqpError> {
         Ok(self
             .channel
-            .queue_purge(&self.topology.dlq(), QueuePurgeOptions::default())
+            .queue_purge(self.topology.dlq().into(), QueuePurgeOptions::default())
             .await?)
     }
 
     /// Closes the connection.
     pub async fn close(self) {
-        let _ = self.conn.close(200, "dlq done").await;
+        let _ = self.conn.close(200, "dlq done".into()).await;
     }
 }

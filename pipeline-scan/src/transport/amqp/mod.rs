@@ -26,11 +26,20 @@
 //! with requeue, and if the connection is gone the broker redelivers. The
 //! [`Engine`](crate::pipeline::Engine) makes redelivery idempotent.
 //!
-//! ## Supervision
-//! [`AmqpWorker::run`] connects, declares the topology, consumes every stage
-//! queue with its own channel and prefetch, and watches the connection. When
-//! the connection or a channel dies it reconnects with exponential backoff
-//! and starts over; unacked messages are redelivered by the broker.
+//! ## Reconnection
+//! [`AmqpWorker::run`] connects, consumes every stage queue with its own
+//! channel and prefetch (each channel declares the topology), and watches
+//! the connection. A lost connection is recovered in place by lapin's
+//! automatic recovery: it reconnects with exponential backoff, re-opens the
+//! channels in confirm mode with their prefetch, re-declares the queues and
+//! re-creates the consumers; unacked messages are redelivered by the broker,
+//! and publishes in flight fail, so their deliveries are redelivered too.
+//! What lapin does not recover — a consumer the broker cancelled, a channel
+//! it closed, an error lapin deems final — ends the session, and the
+//! worker's supervisor starts over on a fresh connection after a backoff.
+//! [`AmqpProducer`] reconnects itself (a failed publish is tried once more
+//! on a fresh connection, then reported), so a submission fails fast while
+//! the broker is down; the `worker` and `producer` modules say why.
 
 mod connection;
 mod dlq;

@@ -1,9 +1,27 @@
 //! [`AmqpProducer`]: submits jobs (the API side of the transport).
+//!
+//! ## Why the producer reconnects itself
+//! The producer's connection does not use lapin's automatic recovery (the
+//! worker's does): it keeps its own lazy reconnect — a publish that fails
+//! transiently is tried once more on a fresh connection, then reported. A
+//! submission must fail fast when the broker is unreachable (the API answers
+//! 503, `/readyz` says `rabbitmq`), and lapin 4's recovery cannot give that:
+//! - with recovery enabled, lapin retries even the first connect through its
+//!   whole backoff, so a submission or a readiness probe would wait it out;
+//! - with a bounded backoff, a recovery that runs out of attempts leaves the
+//!   connection `Connecting`, its I/O thread gone, and wakes no waiter, so the
+//!   producer could not tell it from a recovery still under way; and dropping
+//!   a connection lapin is still recovering leaves an ownerless broker
+//!   connection once the recovery succeeds.
+//!
+//! A publish whose confirm was lost (the connection dropped before the
+//! broker answered) fails with the lapin error, so it is retried or reported,
+//! never taken as confirmed.
 
 use async_trait::async_trait;
 use lapin::{Channel, Connection};
 
-use super::connection::{confirm_channel, connect, AmqpConfig};
+use super::connection::{confirm_channel, connect, AmqpConfig, Recovery};
 use super::error::AmqpError;
 use super::publish::publish_envelope;
 use super::topology::Topology;
@@ -48,7 +66,7 @@ impl AmqpProducer {
             }
         }
         *state = None;
-        let conn = connect(&self.config, "producer").await?;
+        let conn = connect(&self.config, "producer", Recovery::Caller).await?;
         let ch = confirm_channel(&conn).await?;
         self.topology.declare(&ch).await?;
         *state = Some((conn, ch.clone()));
@@ -58,7 +76,7 @@ impl AmqpProducer {
     async fn reset(&self) {
         let mut state = self.state.lock().await;
         if let Some((conn, _)) = state.take() {
-            let _ = conn.close(200, "reset").await;
+            let _ = conn.close(200, "reset".into()).await;
         }
     }
 

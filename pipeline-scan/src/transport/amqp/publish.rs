@@ -22,8 +22,8 @@ pub(super) async fn publish_confirmed(
         .with_headers(headers);
     let confirm = ch
         .basic_publish(
-            "",
-            queue,
+            ShortString::from(""),
+            ShortString::from(queue),
             BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()
@@ -34,7 +34,7 @@ pub(super) async fn publish_confirmed(
         .await?
         .await?;
     match confirm {
-        lapin::publisher_confirm::Confirmation::Ack(None) => Ok(()),
+        lapin::Confirmation::Ack(None) => Ok(()),
         _ => Err(AmqpError::Rejected(queue.to_owned())),
     }
 }

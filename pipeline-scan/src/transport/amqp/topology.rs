@@ -7,7 +7,7 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 
-use super::connection::{connect, AmqpConfig};
+use super::connection::{connect, AmqpConfig, Recovery};
 use super::error::AmqpError;
 use crate::pipeline::{Engine, RetryPolicy};
 
@@ -97,13 +97,13 @@ impl Topology {
     /// Deletes every queue of the topology (test and tooling teardown; the
     /// messages in them are lost).
     pub async fn delete_all(&self, config: &AmqpConfig) -> Result<(), AmqpError> {
-        let conn = connect(config, "teardown").await?;
+        let conn = connect(config, "teardown", Recovery::Caller).await?;
         let ch = conn.create_channel().await?;
         for q in self.all_queues() {
-            ch.queue_delete(&q, lapin::options::QueueDeleteOptions::default())
+            ch.queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
                 .await?;
         }
-        let _ = conn.close(200, "teardown done").await;
+        let _ = conn.close(200, "teardown done".into()).await;
         Ok(())
     }
 
@@ -115,7 +115,7 @@ impl Topology {
         };
         for i in 0..self.stages.len() {
             let queue = self.stage_queue(i);
-            ch.queue_declare(&queue, durable, FieldTable::default())
+            ch.queue_declare(queue.as_str().into(), durable, FieldTable::default())
                 .await?;
             for d in &self.retry_delays {
                 let mut args = FieldTable::default();
@@ -131,11 +131,11 @@ impl Topology {
                     "x-dead-letter-routing-key".into(),
                     AMQPValue::LongString(LongString::from(queue.as_str())),
                 );
-                ch.queue_declare(&self.retry_queue(i, *d), durable, args)
+                ch.queue_declare(self.retry_queue(i, *d).into(), durable, args)
                     .await?;
             }
         }
-        ch.queue_declare(&self.dlq(), durable, FieldTable::default())
+        ch.queue_declare(self.dlq().into(), durable, FieldTable::default())
             .await?;
         Ok(())
     }

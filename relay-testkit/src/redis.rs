@@ -1,6 +1,11 @@
-//! Test harness (feature `test-util`): private `redis-server` processes with
-//! fault injection, and helpers for integration tests in any crate of the
-//! workspace.
+//! Private `redis-server` processes with fault injection, for the
+//! integration tests, benches and load runs of every crate in the workspace.
+//!
+//! Tests that need Redis must be able to break it (kill it, restart it with
+//! its data, drop its clients, make it refuse writes) and to count what it
+//! did (`INFO commandstats`); a shared server cannot do that, so each test
+//! gets its own process, or (`REDIS_URL`) a shared one with a private key
+//! prefix when fault injection is not needed.
 //!
 //! - [`RedisServer`] starts a private `redis-server` (from `PATH`, or the
 //!   binary named by `REDIS_SERVER_BIN`) on a free loopback port with its own
@@ -13,20 +18,23 @@
 //!
 //! A missing `redis-server` binary is a loud panic, never a silent skip.
 //!
+//! The kit does not know relay's types: a test connects its backend to
+//! [`TestRedis::url`] itself.
+//!
 //! ```no_run
-//! use relay_core::testing::TestRedis;
+//! use relay_testkit::redis::TestRedis;
 //! # async fn demo() {
 //! let redis = TestRedis::get();
-//! let backend = redis.backend().await;
+//! let client = redis::Client::open(redis.url()).expect("url");
 //! let key = redis.key("jobs");
-//! # let _ = (backend, key);
+//! # let _ = (client, key);
 //! # }
 //! ```
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::{AsyncConnectionConfig, Value};
 use tempfile::TempDir;
 
-use crate::backend::redis::RedisBackend;
+use crate::procs::free_port;
 
 /// Environment variable naming the `redis-server` binary to use.
 pub const REDIS_SERVER_BIN_ENV: &str = "REDIS_SERVER_BIN";
@@ -47,21 +55,31 @@ pub const REDIS_URL_ENV: &str = "REDIS_URL";
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A harness operation that cannot be done.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HarnessError(pub String);
-
-impl fmt::Display for HarnessError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for HarnessError {}
-
-impl From<redis::RedisError> for HarnessError {
-    fn from(e: redis::RedisError) -> Self {
-        HarnessError(format!("redis: {e}"))
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// Talking to the server failed (connect, or the command's error reply).
+    #[error("redis command failed")]
+    Redis(#[from] redis::RedisError),
+    /// [`RedisServer::command`] was called without a command name.
+    #[error("empty command")]
+    EmptyCommand,
+    /// The server answered a command with a reply of an unexpected shape.
+    #[error("{command} answered {reply}")]
+    UnexpectedReply {
+        /// The command, e.g. `CLIENT KILL`.
+        command: &'static str,
+        /// The reply, debug-formatted.
+        reply: String,
+    },
+    /// Fault injection on the shared server named by `REDIS_URL`.
+    #[error(
+        "this needs a private redis-server, but {REDIS_URL_ENV} points the tests at a \
+         shared one ({url}); unset {REDIS_URL_ENV} to run it"
+    )]
+    NotPrivate {
+        /// The shared server's URL.
+        url: String,
+    },
 }
 
 /// A key prefix unique to this process and call, e.g. `t:4242:1712345678901:7:`.
@@ -163,13 +181,6 @@ pub fn redis_server_bin() -> PathBuf {
          (`apt-get install redis-server`), set {REDIS_SERVER_BIN_ENV}=/path/to/redis-server, \
          or set {REDIS_URL_ENV}=redis://host:port to use a running server"
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port: {e}"))
 }
 
 /// Sends `PING` over a raw socket; true on `+PONG`.
@@ -368,9 +379,7 @@ impl RedisServer {
 
     /// Runs one command on a fresh connection.
     pub async fn command(&self, args: &[&str]) -> Result<Value, HarnessError> {
-        let (name, rest) = args
-            .split_first()
-            .ok_or_else(|| HarnessError("empty command".into()))?;
+        let (name, rest) = args.split_first().ok_or(HarnessError::EmptyCommand)?;
         let mut conn = self.admin().await?;
         let mut cmd = redis::cmd(name);
         cmd.arg(rest);
@@ -387,7 +396,10 @@ impl RedisServer {
         match self.command(&args).await? {
             Value::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
             Value::Okay => Ok(1),
-            other => Err(HarnessError(format!("CLIENT KILL answered {other:?}"))),
+            other => Err(HarnessError::UnexpectedReply {
+                command: "CLIENT KILL",
+                reply: format!("{other:?}"),
+            }),
         }
     }
 
@@ -398,7 +410,12 @@ impl RedisServer {
             Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
             Value::VerbatimString { text, .. } => text.clone(),
             Value::SimpleString(s) => s.clone(),
-            other => return Err(HarnessError(format!("INFO answered {other:?}"))),
+            other => {
+                return Err(HarnessError::UnexpectedReply {
+                    command: "INFO",
+                    reply: format!("{other:?}"),
+                })
+            }
         };
         Ok(parse_commandstats(&text))
     }
@@ -546,23 +563,11 @@ impl TestRedis {
 
     /// The private server, or an error explaining why there is none.
     pub fn server(&self) -> Result<&RedisServer, HarnessError> {
-        self.server.as_ref().ok_or_else(|| {
-            HarnessError(format!(
-                "this needs a private redis-server, but {REDIS_URL_ENV} points the tests at a \
-                 shared one ({}); unset {REDIS_URL_ENV} to run it",
-                self.url
-            ))
-        })
-    }
-
-    /// Connects a [`RedisBackend`].
-    ///
-    /// # Panics
-    /// When the server cannot be reached.
-    pub async fn backend(&self) -> RedisBackend {
-        RedisBackend::connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
+        self.server
+            .as_ref()
+            .ok_or_else(|| HarnessError::NotPrivate {
+                url: self.url.clone(),
+            })
     }
 
     /// Kills the server (see [`RedisServer::stop`]).
@@ -608,6 +613,19 @@ impl TestRedis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_injection_on_a_shared_server_is_refused() {
+        let shared = TestRedis {
+            server: None,
+            url: "redis://shared.invalid:6379".into(),
+            prefix: unique_prefix(),
+        };
+        assert!(!shared.is_private());
+        let err = shared.stop().expect_err("no private server to stop");
+        assert!(matches!(&err, HarnessError::NotPrivate { url } if url == shared.url()));
+        assert!(err.to_string().contains(REDIS_URL_ENV), "{err}");
+    }
 
     #[test]
     fn prefixes_are_unique() {

@@ -1,11 +1,19 @@
 //! Running the workspace's real binaries from tests, benchmarks and the load
 //! tool: locate them next to the current executable, spawn them with their
 //! flags, wait until they answer, and kill them (SIGKILL) on drop.
+//!
+//! End-to-end tests in every crate, the benches and `relay-load --spawn`
+//! all start processes on free loopback ports and must never leave one
+//! behind, even when a test panics; that is why every process here is
+//! owned by a value that kills it on drop.
 
-use std::net::{SocketAddr, TcpListener};
+use std::ffi::OsStr;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::wait::wait_until;
 
 /// Path of a workspace binary (`relay-router`, `relay-sse`, `relayctl`,
 /// `pipeline-scan`, `relay-load`), looked up in `$RELAY_BIN_DIR`, then in the
@@ -37,11 +45,42 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 /// A free loopback port (bound once, then released for the child to use).
+///
+/// # Panics
+/// When no port can be bound.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// `127.0.0.1:<free port>` (see [`free_port`]).
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()))
+}
+
+/// `sh -c 'ulimit -n <fds> && exec <program> "$@"'`: `program` runs in its
+/// own process under a descriptor limit that does not starve the test
+/// harness. Add its arguments with [`Command::args`].
+pub fn with_fd_limit(fds: u32, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {fds} && exec \"$0\" \"$@\""))
+        .arg(program);
+    cmd
+}
+
+/// Any child process (one built with [`Command`] rather than
+/// [`Proc::spawn`]), killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A child process of one of the workspace binaries, killed on drop.
@@ -210,12 +249,60 @@ pub async fn readyz_status(addr: SocketAddr) -> Option<u16> {
 /// # Panics
 /// When it has not within `limit`.
 pub async fn wait_readyz(addr: SocketAddr, want: u16, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while readyz_status(addr).await != Some(want) {
+    let what = format!("/readyz on {addr} answering {want}");
+    wait_until(limit, &what, || async {
+        readyz_status(addr).await == Some(want)
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn free_ports_can_be_bound() {
+        let addr = free_addr();
+        assert!(addr.ip().is_loopback());
+        TcpListener::bind(addr).expect("the free address binds");
+    }
+
+    #[test]
+    fn fd_limit_applies_to_the_program() {
+        let out = with_fd_limit(37, "sh")
+            .args(["-c", "ulimit -n"])
+            .output()
+            .expect("run sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "37");
+    }
+
+    #[test]
+    fn kill_on_drop_reaps_the_child() {
+        let child = Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        drop(KillOnDrop(child));
         assert!(
-            Instant::now() < deadline,
-            "/readyz on {addr} never answered {want} within {limit:?}"
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still exists"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    #[tokio::test]
+    async fn readyz_status_reads_the_status_line() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 256];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            s.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .expect("write");
+        });
+        assert_eq!(readyz_status(addr).await, Some(503));
+        server.join().expect("server thread");
     }
 }

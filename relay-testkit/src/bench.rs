@@ -1,11 +1,19 @@
-//! Measurement helpers shared by the benchmarks and the load tool: the CPU
-//! time of this process and of a redis-server, and `redis-benchmark`
-//! ceilings measured in the same run as the figure they bound.
+//! Measurement helpers shared by the benchmarks, the load tool and the
+//! tests: the CPU time of this process and of a redis-server,
+//! `redis-benchmark` ceilings measured in the same run as the figure they
+//! bound, and samples read from a Prometheus text exposition.
+//!
+//! A throughput figure means little without the ceiling of the same machine
+//! in the same run, and a CPU cost means little without knowing whose CPU;
+//! the benches and `relay-load` report both the same way through these.
 
 use std::process::Command;
+use std::str::FromStr;
 use std::time::Duration;
 
-use relay_core::testing::RedisServer;
+use ::redis::Value;
+
+use crate::redis::RedisServer;
 
 /// CPU time (user + system) this process has used so far.
 pub fn process_cpu() -> Duration {
@@ -18,6 +26,11 @@ pub fn pid_cpu(pid: u32) -> Duration {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return Duration::ZERO;
     };
+    stat_cpu(&stat)
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line.
+fn stat_cpu(stat: &str) -> Duration {
     // After the parenthesised command name, fields start at 3 (state):
     // utime (14) and stime (15) are at indexes 11 and 12, in clock ticks
     // (100 per second on Linux).
@@ -40,8 +53,8 @@ pub async fn redis_cpu(server: &RedisServer) -> Duration {
         return Duration::ZERO;
     };
     let text = match v {
-        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
+        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        Value::VerbatimString { text, .. } => text,
         _ => return Duration::ZERO,
     };
     let mut secs = 0.0;
@@ -83,8 +96,8 @@ pub async fn evalsha_ceiling(server: &RedisServer, requests: u64, pipeline: u32)
         .await
         .ok()?
     {
-        redis::Value::BulkString(b) => String::from_utf8(b).ok()?,
-        redis::Value::SimpleString(s) => s,
+        Value::BulkString(b) => String::from_utf8(b).ok()?,
+        Value::SimpleString(s) => s,
         _ => return None,
     };
     let payload = "x".repeat(160);
@@ -133,4 +146,53 @@ pub fn redis_benchmark_rps(
         .filter_map(|l| l.split(',').nth(1))
         .filter_map(|v| v.trim_matches('"').parse::<f64>().ok())
         .next_back()
+}
+
+/// The value of the sample `series` in a Prometheus text exposition:
+/// `series` is the metric name with its labels exactly as rendered, e.g.
+/// `relay_sse_accept_errors_total` or
+/// `relay_sse_rejected_total{reason="connection_limit"}`. `None` when there
+/// is no such line or its value does not parse as `T`.
+pub fn prometheus_sample<T: FromStr>(text: &str, series: &str) -> Option<T> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# TYPE relay_sse_rejected_total counter\n\
+        relay_sse_rejected_total{reason=\"connection_limit\"} 3\n\
+        relay_sse_rejected_total{reason=\"connection_limit_x\"} 9\n\
+        relay_http_open 2.5\n";
+
+    #[test]
+    fn reads_samples_by_exact_series() {
+        assert_eq!(
+            prometheus_sample::<u64>(
+                TEXT,
+                r#"relay_sse_rejected_total{reason="connection_limit"}"#
+            ),
+            Some(3)
+        );
+        assert_eq!(prometheus_sample::<f64>(TEXT, "relay_http_open"), Some(2.5));
+        assert_eq!(prometheus_sample::<u64>(TEXT, "relay_http"), None);
+        assert_eq!(prometheus_sample::<u64>(TEXT, "relay_http_open"), None);
+    }
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime() {
+        // A command name with spaces and parentheses must not shift fields.
+        let stat = "4242 (relay (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 \
+                    250 70 0 0 20 0 3 0 1000 0 0";
+        assert_eq!(stat_cpu(stat), Duration::from_millis(3200));
+        assert_eq!(stat_cpu("garbage"), Duration::ZERO);
+        assert_eq!(pid_cpu(u32::MAX), Duration::ZERO);
+    }
 }

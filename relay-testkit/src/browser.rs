@@ -1,12 +1,19 @@
 //! Headless-Chromium tests: the shared `tests/browser/` harness (playwright-core
 //! driving Debian's Chromium) and its prerequisites.
+//!
+//! The root package's gateway test, pipeline-scan's demo test and
+//! relay-load's report test all drive a real browser; they share one
+//! JavaScript harness (it stays in the workspace's `tests/browser/`, where
+//! `scripts/test.sh` installs its `node_modules`) and these checks, which
+//! fail loudly instead of skipping when the browser is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The harness directory (`tests/browser/` of the workspace).
 pub fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
+    // This crate sits one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
 }
 
 /// Runs `npm ci` (or `npm install` when the lock file does not match) when
@@ -46,4 +53,15 @@ pub fn chromium() -> String {
         "{bin} is missing: install Debian's chromium (`apt-get install -y chromium`; scripts/test.sh does)"
     );
     bin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_harness_directory_holds_the_scripts() {
+        assert!(browser_dir().join("package.json").is_file());
+        assert!(browser_dir().join("lib.mjs").is_file());
+    }
 }
