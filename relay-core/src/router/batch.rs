@@ -43,7 +43,8 @@ struct Routable {
     seq: u64,
     payload: Payload,
     /// The event's trace context, kept only when an apply span will
-    /// continue it (see [`traced`]).
+    /// continue it (see [`traced`]); always `None` without `otel`.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     trace: Option<TraceContext>,
 }
 
@@ -68,6 +69,7 @@ fn traced(_trace: impl FnOnce() -> Option<TraceContext>) -> Option<TraceContext>
 /// trace: its parent is the first such event's producer span, the other
 /// producers are links. The spans cover the apply and the publish (the
 /// caller drops them after).
+#[cfg(feature = "otel")]
 fn apply_spans(shard: u32, batch: &[Routable]) -> Vec<tracing::Span> {
     let mut spans: Vec<(&JobId, tracing::Span, Vec<&TraceContext>)> = Vec::new();
     for r in batch {
@@ -75,10 +77,7 @@ fn apply_spans(shard: u32, batch: &[Routable]) -> Vec<tracing::Span> {
         match spans.iter_mut().find(|(job, ..)| *job == &r.job) {
             Some((_, span, seen)) => {
                 if !seen.contains(&trace) {
-                    #[cfg(feature = "otel")]
                     crate::otel::add_link(span, trace);
-                    #[cfg(not(feature = "otel"))]
-                    let _ = span;
                     seen.push(trace);
                 }
             }
@@ -90,13 +89,18 @@ fn apply_spans(shard: u32, batch: &[Routable]) -> Vec<tracing::Span> {
                     shard,
                     seq = r.seq,
                 );
-                #[cfg(feature = "otel")]
                 crate::otel::set_parent(&span, trace);
                 spans.push((&r.job, span, vec![trace]));
             }
         }
     }
     spans.into_iter().map(|(_, span, _)| span).collect()
+}
+
+/// Without the `otel` feature no event keeps a trace: no span.
+#[cfg(not(feature = "otel"))]
+fn apply_spans(_shard: u32, _batch: &[Routable]) -> Vec<tracing::Span> {
+    Vec::new()
 }
 
 impl Router {
