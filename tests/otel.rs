@@ -391,11 +391,16 @@ async fn split_deployment_exports_one_trace_per_job_over_grpc() {
     let url = redis.url();
     let p = pipeline_args();
     let conn = ["--redis-url", url, "--profile", "eco2"];
+    // The processes' retry flags are `p`'s, so the teardown deletes the
+    // delay queues they declared.
+    let backoff = p.backoff_ms.to_string();
     let broker = [
         "--amqp-url",
         p.amqp_url.as_str(),
         "--queue-prefix",
         p.queue_prefix.as_str(),
+        "--backoff-ms",
+        backoff.as_str(),
     ];
     let spawn = |name: &str, parts: &[&[&str]]| Proc::spawn(name, &parts.concat(), &env);
 
