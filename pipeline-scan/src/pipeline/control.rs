@@ -149,19 +149,6 @@ impl JobControl {
         }
     }
 
-    /// Emits the job's terminal event at `seq`: stage `done`, progress 100.
-    async fn terminal(
-        &self,
-        job: &JobId,
-        seq: u64,
-        status: Status,
-        data: Value,
-        trace: Option<&str>,
-    ) -> Result<(), ControlError> {
-        self.emit(job, seq, DONE_STAGE, status, 100, data, trace)
-            .await
-    }
-
     /// Emits the `queued` event (seq 0, progress 0).
     pub async fn queued(&self, job: &JobId, data: Value) -> Result<(), ControlError> {
         let seq = self.scheme.queued();
@@ -198,30 +185,21 @@ impl JobControl {
         output: &Value,
         trace: Option<&str>,
     ) -> Result<bool, ControlError> {
-        let claimed = self
-            .store
-            .claim_terminal(
-                &job.job_id,
-                TerminalRecord {
-                    done: true,
-                    stage: None,
-                    error: None,
-                    run: job.run,
-                },
-            )
-            .await
-            .map_err(ControlError::Store)?;
-        if !claimed.done {
+        let record = TerminalRecord {
+            done: true,
+            stage: None,
+            error: None,
+            run: job.run,
+        };
+        let Some(claimed) = self.claim(job, record).await? else {
             return Ok(false);
-        }
+        };
         let data = self
             .hooks
             .on_success(job, output)
             .await
             .map_err(ControlError::Hook)?;
-        let seq = self.scheme.in_run(self.scheme.done(), claimed.run);
-        self.terminal(&job.job_id, seq, Status::Completed, data, trace)
-            .await?;
+        self.terminal(job, &claimed, data, trace).await?;
         Ok(true)
     }
 
@@ -236,31 +214,59 @@ impl JobControl {
         error: &str,
         trace: Option<&str>,
     ) -> Result<bool, ControlError> {
-        let claimed = self
-            .store
-            .claim_terminal(
-                &job.job_id,
-                TerminalRecord {
-                    done: false,
-                    stage: stage.map(str::to_owned),
-                    error: Some(error.to_owned()),
-                    run: job.run,
-                },
-            )
-            .await
-            .map_err(ControlError::Store)?;
-        if claimed.done {
+        let record = TerminalRecord {
+            done: false,
+            stage: stage.map(str::to_owned),
+            error: Some(error.to_owned()),
+            run: job.run,
+        };
+        let Some(claimed) = self.claim(job, record).await? else {
             return Ok(false);
-        }
+        };
         let error = claimed.error.as_deref().unwrap_or(error);
         let data = self
             .hooks
             .on_failure(job, claimed.stage.as_deref(), error)
             .await
             .map_err(ControlError::Hook)?;
-        let seq = self.scheme.in_run(self.scheme.job_failed(), claimed.run);
-        self.terminal(&job.job_id, seq, Status::Failed, data, trace)
-            .await?;
+        self.terminal(job, &claimed, data, trace).await?;
         Ok(true)
+    }
+
+    /// Claims the job's terminal outcome as `record`. The first claim wins:
+    /// a repeat gets the first claim's record back. `None` when the job has
+    /// already ended the other way (done for a failure, failed for a done).
+    async fn claim(
+        &self,
+        job: &JobInfo,
+        record: TerminalRecord,
+    ) -> Result<Option<TerminalRecord>, ControlError> {
+        let done = record.done;
+        let claimed = self
+            .store
+            .claim_terminal(&job.job_id, record)
+            .await
+            .map_err(ControlError::Store)?;
+        Ok((claimed.done == done).then_some(claimed))
+    }
+
+    /// Emits the terminal event of the `claimed` outcome: stage `done`,
+    /// progress 100, `completed` or `failed` at the seq of the run that
+    /// claimed it.
+    async fn terminal(
+        &self,
+        job: &JobInfo,
+        claimed: &TerminalRecord,
+        data: Value,
+        trace: Option<&str>,
+    ) -> Result<(), ControlError> {
+        let (base, status) = if claimed.done {
+            (self.scheme.done(), Status::Completed)
+        } else {
+            (self.scheme.job_failed(), Status::Failed)
+        };
+        let seq = self.scheme.in_run(base, claimed.run);
+        self.emit(&job.job_id, seq, DONE_STAGE, status, 100, data, trace)
+            .await
     }
 }
