@@ -103,7 +103,8 @@ impl ScanModels {
     }
 
     fn decorated<S: Stage>(&self, stage: S) -> SimulatedLatency<S> {
-        SimulatedLatency::new(stage, self.latency_of(S::NAME))
+        let latency = self.latency_of(stage.name());
+        SimulatedLatency::new(stage, latency)
     }
 }
 
