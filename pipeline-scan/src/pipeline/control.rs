@@ -63,14 +63,13 @@ pub struct JobControl {
     store: JobStore,
     hooks: Arc<dyn JobHooks>,
     scheme: SeqScheme,
-    domain: Domain,
 }
 
 impl std::fmt::Debug for JobControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobControl")
             .field("scheme", &self.scheme)
-            .field("domain", &self.domain)
+            .field("domain", self.domain())
             .finish_non_exhaustive()
     }
 }
@@ -83,13 +82,11 @@ impl JobControl {
         hooks: Arc<dyn JobHooks>,
         stages: usize,
     ) -> Self {
-        let domain = publisher.keys().domain().clone();
         Self {
             publisher,
             store,
             hooks,
             scheme: SeqScheme::new(stages),
-            domain,
         }
     }
 
@@ -108,6 +105,11 @@ impl JobControl {
         &self.publisher
     }
 
+    /// The events' domain (the publisher's).
+    fn domain(&self) -> &Domain {
+        self.publisher.keys().domain()
+    }
+
     /// Builds one event of the job and publishes it.
     #[allow(clippy::too_many_arguments)]
     async fn emit(
@@ -120,7 +122,7 @@ impl JobControl {
         data: Value,
         trace: Option<&str>,
     ) -> Result<(), ControlError> {
-        let mut e = Event::new(self.domain.as_str(), job.as_str(), seq, stage, status)
+        let mut e = Event::new(self.domain().as_str(), job.as_str(), seq, stage, status)
             .map_err(ControlError::Event)?
             .with_progress(progress)
             .with_data(data);
