@@ -461,15 +461,15 @@ mod tests {
 
     #[test]
     fn snapshot_reasons_display_their_short_names() {
-        for (reason, name) in [
-            (SnapshotReason::EpochMismatch, "epoch_mismatch"),
-            (SnapshotReason::Trimmed, "trimmed"),
-            (SnapshotReason::Expired, "expired"),
-            (SnapshotReason::Ahead, "ahead"),
-        ] {
-            assert_eq!(reason.as_str(), name);
-            assert_eq!(reason.to_string(), name);
-        }
+        let all = [
+            SnapshotReason::EpochMismatch,
+            SnapshotReason::Trimmed,
+            SnapshotReason::Expired,
+            SnapshotReason::Ahead,
+        ];
+        let names = ["epoch_mismatch", "trimmed", "expired", "ahead"];
+        assert_eq!(all.map(SnapshotReason::as_str), names);
+        assert_eq!(all.map(|r| r.to_string()), names.map(str::to_owned));
     }
 
     fn payload(o: u64) -> Payload {
