@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 
 use super::openai::{self, ModelError, OpenAiClient};
 use super::rules::RuleDoc;
+use super::stage::ScanStage;
 use super::types::{Answered, FinalAnswer, Ruled, VisionResult};
-use super::ScanStage;
 use crate::pipeline::{Stage, StageContext, StageError};
 use crate::sim::LatencyDist;
 

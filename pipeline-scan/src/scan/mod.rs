@@ -14,6 +14,7 @@ pub mod answer;
 pub mod openai;
 pub mod reward;
 pub mod rules;
+mod stage;
 pub mod types;
 pub mod vision;
 
@@ -31,37 +32,9 @@ use crate::sim::SimulatedLatency;
 pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, SimulatedAnswer, TemplateAnswer};
 pub use reward::RewardStage;
 pub use rules::{RuleSet, RuleStage};
+pub use stage::ScanStage;
 pub use types::{ScanOutcome, ScanRequest};
 pub use vision::{LatencyDist, OpenAiVision, SimulatedVision, Taxonomy, VisionModel, VisionStage};
-
-/// A scan stage that runs on something shared by every run: the Vision,
-/// Rule and Answer stages are this holder of their classifier, rule set and
-/// answer writer ([`VisionStage`], [`RuleStage`], [`AnswerStage`]; each
-/// implements [`Stage`] in its own module).
-pub struct ScanStage<T: ?Sized> {
-    uses: Arc<T>,
-}
-
-impl<T: ?Sized> ScanStage<T> {
-    /// A stage using `uses`.
-    pub fn new(uses: Arc<T>) -> Self {
-        Self { uses }
-    }
-}
-
-impl<T: ?Sized> Clone for ScanStage<T> {
-    fn clone(&self) -> Self {
-        Self::new(self.uses.clone())
-    }
-}
-
-impl<T: ?Sized> std::fmt::Debug for ScanStage<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScanStage")
-            .field("uses", &std::any::type_name::<T>())
-            .finish_non_exhaustive()
-    }
-}
 
 /// The event domain of scans.
 pub const DOMAIN: &str = "scan";

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::stage::ScanStage;
 use super::types::{Classification, Classified, Ruled};
-use super::ScanStage;
 use crate::pipeline::{Stage, StageContext, StageError};
 
 /// Errors loading a rule set.

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::openai::{self, ModelError, OpenAiClient};
+use super::stage::ScanStage;
 use super::types::{Classification, Classified, ScanRequest, VisionResult};
-use super::ScanStage;
 use crate::pipeline::{Stage, StageContext, StageError};
 /// Re-exported from [`crate::sim`], where the simulators' latency lives.
 pub use crate::sim::LatencyDist;
