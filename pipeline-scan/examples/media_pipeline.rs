@@ -21,12 +21,14 @@
 //! ```
 //!
 //! What it shows:
-//! - each stage is a [`Stage`] with serde input/output types;
-//!   `Pipeline::new(Download).then(Transcode).then(Upload)` only compiles
-//!   because each output type is the next stage's input type;
+//! - each stage is a [`Stage`] with serde input/output types, here made of
+//!   an async function with [`stage_fn`] (a stage with state of its own
+//!   implements [`Stage`] itself, as the crate docs show);
+//!   `Pipeline::new(download()).then(transcode()).then(upload())` only
+//!   compiles because each output type is the next stage's input type;
 //! - the [`Engine`] emits the relay events (`started`/`completed` per stage,
 //!   progress in %, one terminal `done`) through a [`Publisher`]; what a
-//!   stage returns from [`Stage::event_data`] is its `completed` data;
+//!   stage's `with_event_data` makes of its output is its `completed` data;
 //! - the events land in the job's shard stream, which is what relay-router
 //!   consumes in production (and relay-sse streams to browsers); here a
 //!   consumer group on that stream prints them as they arrive.
@@ -39,9 +41,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pipeline_scan::pipeline::{
-    Engine, EngineConfig, Envelope, Pipeline, PlainHooks, Stage, StageContext, StageError,
+    stage_fn, Engine, EngineConfig, Envelope, Pipeline, PlainHooks, Stage, StageError,
 };
 use pipeline_scan::transport::inprocess::{InProcess, InProcessConfig};
 use pipeline_scan::transport::Transport;
@@ -50,7 +51,7 @@ use relay_core::backend::{ReadFrom, StreamLog};
 use relay_core::codec::parse_native;
 use relay_core::{Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 pub use common::{format_event, AnyError};
 
@@ -91,15 +92,8 @@ pub struct Uploaded {
 }
 
 /// Fetches the source file.
-pub struct Download;
-
-#[async_trait]
-impl Stage for Download {
-    type Input = MediaJob;
-    type Output = Downloaded;
-    const NAME: &'static str = "download";
-
-    async fn run(&self, _ctx: &StageContext, job: MediaJob) -> Result<Downloaded, StageError> {
+pub fn download() -> impl Stage<Input = MediaJob, Output = Downloaded> {
+    stage_fn("download", |_ctx, job: MediaJob| async move {
         if !job.source_url.starts_with("https://") {
             // Permanent: retrying cannot help, the job fails at once.
             return Err(StageError::fatal("only https sources are accepted"));
@@ -107,56 +101,33 @@ impl Stage for Download {
         tokio::time::sleep(Duration::from_millis(20)).await; // the network
         let data = job.source_url.as_bytes().to_vec();
         Ok(Downloaded { job, data })
-    }
-
-    fn event_data(out: &Downloaded) -> Value {
-        json!({ "bytes": out.data.len() })
-    }
+    })
+    .with_event_data(|out| json!({ "bytes": out.data.len() }))
 }
 
 /// Converts the file.
-pub struct Transcode;
-
-#[async_trait]
-impl Stage for Transcode {
-    type Input = Downloaded;
-    type Output = Transcoded;
-    const NAME: &'static str = "transcode";
-
-    async fn run(&self, _ctx: &StageContext, input: Downloaded) -> Result<Transcoded, StageError> {
+pub fn transcode() -> impl Stage<Input = Downloaded, Output = Transcoded> {
+    stage_fn("transcode", |_ctx, input: Downloaded| async move {
         tokio::time::sleep(Duration::from_millis(40)).await; // the codec
         let data: Vec<u8> = input.data.iter().step_by(2).copied().collect();
         Ok(Transcoded {
             format: input.job.format,
             data,
         })
-    }
-
-    fn event_data(out: &Transcoded) -> Value {
-        json!({ "format": out.format, "bytes": out.data.len() })
-    }
+    })
+    .with_event_data(|out| json!({ "format": out.format, "bytes": out.data.len() }))
 }
 
 /// Stores the result where clients can fetch it.
-pub struct Upload;
-
-#[async_trait]
-impl Stage for Upload {
-    type Input = Transcoded;
-    type Output = Uploaded;
-    const NAME: &'static str = "upload";
-
-    async fn run(&self, ctx: &StageContext, input: Transcoded) -> Result<Uploaded, StageError> {
+pub fn upload() -> impl Stage<Input = Transcoded, Output = Uploaded> {
+    stage_fn("upload", |ctx, input: Transcoded| async move {
         tokio::time::sleep(Duration::from_millis(20)).await; // the object store
         Ok(Uploaded {
             url: format!("https://cdn.example.com/{}.{}", ctx.job_id, input.format),
             bytes: input.data.len(),
         })
-    }
-
-    fn event_data(out: &Uploaded) -> Value {
-        json!({ "url": out.url })
-    }
+    })
+    .with_event_data(|out| json!({ "url": out.url }))
 }
 
 /// Runs one job from `source_url` through the pipeline and calls `on_event`
@@ -175,7 +146,7 @@ pub async fn run(source_url: &str, mut on_event: impl FnMut(&Event)) -> Result<U
 
     // The typed chain: each `then` checks that the types line up.
     let pipeline: Pipeline<MediaJob, Uploaded> =
-        Pipeline::new(Download).then(Transcode).then(Upload);
+        Pipeline::new(download()).then(transcode()).then(upload());
     let engine = Arc::new(Engine::new(
         pipeline,
         publisher,

@@ -32,10 +32,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use pipeline_scan::metrics::Metrics;
 use pipeline_scan::pipeline::{
-    Engine, EngineConfig, Envelope, Pipeline, PlainHooks, Stage, StageContext, StageError,
+    stage_fn, Engine, EngineConfig, Envelope, Pipeline, PlainHooks, Stage, StageError,
 };
 use pipeline_scan::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Topology};
 use pipeline_scan::transport::Transport;
@@ -44,7 +43,7 @@ use relay_core::backend::StreamLog;
 use relay_core::codec::parse_native;
 use relay_core::{Domain, Event, JobId, KeySpace, Profile, Publisher};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use common::format_event;
@@ -76,37 +75,20 @@ pub struct Thumbnail {
 }
 
 /// Downloads the picture.
-pub struct Fetch;
-
-#[async_trait]
-impl Stage for Fetch {
-    type Input = Picture;
-    type Output = Fetched;
-    const NAME: &'static str = "fetch";
-
-    async fn run(&self, _ctx: &StageContext, p: Picture) -> Result<Fetched, StageError> {
+pub fn fetch() -> impl Stage<Input = Picture, Output = Fetched> {
+    stage_fn("fetch", |_ctx, p: Picture| async move {
         tokio::time::sleep(Duration::from_millis(30)).await;
         Ok(Fetched {
             bytes: p.url.len() * 1000,
             url: p.url,
         })
-    }
-
-    fn event_data(out: &Fetched) -> Value {
-        json!({ "bytes": out.bytes })
-    }
+    })
+    .with_event_data(|out| json!({ "bytes": out.bytes }))
 }
 
-/// Renders the thumbnail.
-pub struct Thumbnailer;
-
-#[async_trait]
-impl Stage for Thumbnailer {
-    type Input = Fetched;
-    type Output = Thumbnail;
-    const NAME: &'static str = "thumbnail";
-
-    async fn run(&self, ctx: &StageContext, f: Fetched) -> Result<Thumbnail, StageError> {
+/// Renders the thumbnail (its `completed` data is the whole output).
+pub fn thumbnail() -> impl Stage<Input = Fetched, Output = Thumbnail> {
+    stage_fn("thumbnail", |ctx, f: Fetched| async move {
         if f.bytes == 0 {
             return Err(StageError::fatal("empty picture"));
         }
@@ -115,7 +97,7 @@ impl Stage for Thumbnailer {
             url: format!("https://cdn.example.com/thumbs/{}.png", ctx.job_id),
             edge: 128,
         })
-    }
+    })
 }
 
 /// Where the worker talks to.
@@ -170,7 +152,7 @@ pub fn engine(settings: &Settings, backend: Arc<RedisBackend>) -> Result<Engine,
         pipeline_scan::pipeline::publisher_config(),
     );
     Ok(Engine::new(
-        Pipeline::new(Fetch).then(Thumbnailer),
+        Pipeline::new(fetch()).then(thumbnail()),
         publisher,
         backend,
         Arc::new(PlainHooks),

@@ -9,7 +9,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`pipeline`] | `Stage`, `Pipeline::new(a).then(b)`, the step `Engine`, `JobControl`, seq scheme, idempotency records |
+//! | [`pipeline`] | `Stage` (or `stage_fn` for a plain async function), `Pipeline::new(a).then(b)`, the step `Engine`, `JobControl`, seq scheme, idempotency records |
 //! | [`transport`] | `Transport` trait; [`transport::inprocess`] and [`transport::amqp`] (queues, retries, DLQ, supervisor) |
 //! | [`sim`] | simulated work: `LatencyDist`, `simulate_latency`, the `SimulatedLatency` stage decorator (`model_ms`) |
 //! | [`metrics`] | worker Prometheus metrics |

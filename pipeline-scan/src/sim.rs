@@ -104,7 +104,7 @@ pub async fn measure_simulated<F: Future>(f: F) -> (F::Output, u64) {
 /// A stage decorator: sleeps `latency` (simulated model time) before running
 /// the wrapped stage, and adds the run's total simulated time as `model_ms`
 /// to the `completed` event data (when it is a JSON object and the total is
-/// not zero). Same input, output and `NAME` as the wrapped stage, so
+/// not zero). Same input, output and name as the wrapped stage, so
 /// `Pipeline::new(SimulatedLatency::new(a, l))` chains exactly like `a`.
 ///
 /// With [`LatencyDist::ZERO`] it adds no sleep and only measures, which
@@ -137,6 +137,10 @@ impl<S: Stage> Stage for SimulatedLatency<S> {
     type Input = S::Input;
     type Output = S::Output;
     const NAME: &'static str = S::NAME;
+
+    fn name(&self) -> &'static str {
+        self.stage.name()
+    }
 
     async fn run(&self, ctx: &StageContext, input: S::Input) -> Result<S::Output, StageError> {
         self.run_with_data(ctx, input)

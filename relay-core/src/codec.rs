@@ -7,9 +7,6 @@
 //! carry a *payload*: a one-byte tag followed by the body (`m` msgpack, `j`
 //! json), or, in the eco2 profile, the routed JSON object itself (`{`).
 
-use std::fmt;
-use std::str::FromStr;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +14,16 @@ use crate::eco2::Eco2Routed;
 use crate::error::CodecError;
 use crate::event::{parse_canonical_u64, Epoch, Event, JobId, Offset, Position, Stage, Status};
 
-/// How an event body is encoded.
+/// How an event body is encoded. Its `enc` field value (`as_str`,
+/// `Display`, `FromStr`) is the lowercase variant name, as in serde.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::IntoStaticStr, strum::Display, strum::EnumString)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = CodecError,
+    parse_err_fn = unknown_encoding
+)]
 pub enum Encoding {
     /// MessagePack with field names (rmp-serde): compact, the default.
     #[default]
@@ -31,10 +35,7 @@ pub enum Encoding {
 impl Encoding {
     /// The `enc` field value.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::MsgPack => "msgpack",
-            Encoding::Json => "json",
-        }
+        self.into()
     }
 
     fn tag(self) -> u8 {
@@ -45,23 +46,9 @@ impl Encoding {
     }
 }
 
-impl fmt::Display for Encoding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Encoding {
-    type Err = CodecError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "msgpack" => Ok(Encoding::MsgPack),
-            "json" => Ok(Encoding::Json),
-            other => Err(CodecError::UnknownEncoding(
-                other.chars().take(40).collect(),
-            )),
-        }
-    }
+/// `Encoding::from_str`'s error: the unknown name, cut to 40 characters.
+fn unknown_encoding(name: &str) -> CodecError {
+    CodecError::UnknownEncoding(name.chars().take(40).collect())
 }
 
 /// Encodes an event body.
@@ -319,6 +306,20 @@ mod tests {
             .unwrap()
             .with_progress(25)
             .with_data(serde_json::json!({"k": [1, 2, "x"]}))
+    }
+
+    #[test]
+    fn encoding_names_parse_back_and_an_unknown_one_is_kept_cut() {
+        for (enc, name) in [(Encoding::MsgPack, "msgpack"), (Encoding::Json, "json")] {
+            assert_eq!(enc.as_str(), name);
+            assert_eq!(enc.to_string(), name);
+            assert_eq!(name.parse::<Encoding>().ok(), Some(enc));
+        }
+        let long = "y".repeat(100);
+        assert!(matches!(
+            long.parse::<Encoding>(),
+            Err(CodecError::UnknownEncoding(s)) if s == "y".repeat(40)
+        ));
     }
 
     #[test]

@@ -165,9 +165,16 @@ name_type!(
     "domain"
 );
 
-/// What happened at a stage.
+/// What happened at a stage. Its wire name (`as_str`, `Display`,
+/// `FromStr`) is the lowercase variant name, as in serde.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::IntoStaticStr, strum::Display, strum::EnumString)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = ValidationError,
+    parse_err_fn = unknown_status
+)]
 pub enum Status {
     /// The stage began.
     Started,
@@ -182,33 +189,14 @@ pub enum Status {
 impl Status {
     /// The wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Started => "started",
-            Status::Progress => "progress",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-        }
+        self.into()
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
-    }
-}
-
-impl FromStr for Status {
-    type Err = ValidationError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "started" => Ok(Status::Started),
-            "progress" => Ok(Status::Progress),
-            "completed" => Ok(Status::Completed),
-            "failed" => Ok(Status::Failed),
-            other => Err(ValidationError::Status {
-                value: truncate(other),
-            }),
-        }
+/// `Status::from_str`'s error, with the value truncated.
+fn unknown_status(value: &str) -> ValidationError {
+    ValidationError::Status {
+        value: truncate(value),
     }
 }
 
@@ -500,6 +488,35 @@ impl FromStr for Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_wire_names_parse_back_and_unknown_ones_are_status_errors() {
+        for (status, name) in [
+            (Status::Started, "started"),
+            (Status::Progress, "progress"),
+            (Status::Completed, "completed"),
+            (Status::Failed, "failed"),
+        ] {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(status.to_string(), name);
+            assert_eq!(name.parse::<Status>(), Ok(status));
+        }
+        // Display pads like a string (aligned log columns).
+        assert_eq!(format!("{:<9}|", Status::Failed), "failed   |");
+        assert_eq!(
+            "Started".parse::<Status>(),
+            Err(ValidationError::Status {
+                value: "Started".into()
+            })
+        );
+        let long = "x".repeat(200);
+        assert_eq!(
+            long.parse::<Status>(),
+            Err(ValidationError::Status {
+                value: "x".repeat(80)
+            })
+        );
+    }
 
     #[test]
     fn canonical_integers_only() {

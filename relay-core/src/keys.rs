@@ -5,17 +5,21 @@
 //! names unchanged; its per-job history and live channel (which the Python
 //! system did not have) use the native names beside them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Domain, JobId};
 
-/// Which wire format the deployment speaks.
+/// Which wire format the deployment speaks. Its name (`Display`, `FromStr`)
+/// is the lowercase variant name, as in serde.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString)]
+#[strum(
+    serialize_all = "lowercase",
+    parse_err_ty = String,
+    parse_err_fn = unknown_profile
+)]
 pub enum Profile {
     /// relay's own format: `relay:{domain}:…` keys, msgpack/json bodies,
     /// `{epoch}:{offset}` SSE ids.
@@ -25,26 +29,9 @@ pub enum Profile {
     Eco2,
 }
 
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Profile::Native => "native",
-            Profile::Eco2 => "eco2",
-        })
-    }
-}
-
-impl FromStr for Profile {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "native" => Ok(Profile::Native),
-            "eco2" => Ok(Profile::Eco2),
-            other => Err(format!(
-                "unknown profile {other:?} (expected native or eco2)"
-            )),
-        }
-    }
+/// `Profile::from_str`'s error (what the `--profile` flag reports).
+fn unknown_profile(name: &str) -> String {
+    format!("unknown profile {name:?} (expected native or eco2)")
 }
 
 /// The shard a job's events go to: the first 8 bytes of md5(job_id) as a
@@ -196,6 +183,18 @@ impl KeySpace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profile_names_parse_back_and_an_unknown_one_says_what_is_expected() {
+        for (profile, name) in [(Profile::Native, "native"), (Profile::Eco2, "eco2")] {
+            assert_eq!(profile.to_string(), name);
+            assert_eq!(name.parse::<Profile>(), Ok(profile));
+        }
+        assert_eq!(
+            "Eco2".parse::<Profile>(),
+            Err("unknown profile \"Eco2\" (expected native or eco2)".to_owned())
+        );
+    }
 
     #[test]
     fn wire_md_shard_vectors() {

@@ -48,7 +48,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use crate::backend::{HistoryPage, JobState};
 use crate::codec::{LiveEnvelope, Payload, Record};
@@ -57,8 +56,9 @@ use crate::event::{Epoch, Offset, Position};
 /// Default bound on live envelopes buffered during a catch-up.
 pub const DEFAULT_BUFFER_LIMIT: usize = 4096;
 
-/// Why exact resume was impossible.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Why exact resume was impossible. `Display` is [`as_str`](Self::as_str).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum SnapshotReason {
     /// The client's epoch is not the job's current history (unknown id, or
     /// the history expired and was re-created).
@@ -75,18 +75,7 @@ pub enum SnapshotReason {
 impl SnapshotReason {
     /// A short lowercase name (for the SSE payload and metrics labels).
     pub fn as_str(self) -> &'static str {
-        match self {
-            SnapshotReason::EpochMismatch => "epoch_mismatch",
-            SnapshotReason::Trimmed => "trimmed",
-            SnapshotReason::Expired => "expired",
-            SnapshotReason::Ahead => "ahead",
-        }
-    }
-}
-
-impl fmt::Display for SnapshotReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
@@ -469,6 +458,19 @@ mod tests {
     use std::collections::VecDeque;
 
     const E: Epoch = Epoch(42);
+
+    #[test]
+    fn snapshot_reasons_display_their_short_names() {
+        let all = [
+            SnapshotReason::EpochMismatch,
+            SnapshotReason::Trimmed,
+            SnapshotReason::Expired,
+            SnapshotReason::Ahead,
+        ];
+        let names = ["epoch_mismatch", "trimmed", "expired", "ahead"];
+        assert_eq!(all.map(SnapshotReason::as_str), names);
+        assert_eq!(all.map(|r| r.to_string()), names.map(str::to_owned));
+    }
 
     fn payload(o: u64) -> Payload {
         Payload(Bytes::from(format!("j{{\"o\":{o}}}")))

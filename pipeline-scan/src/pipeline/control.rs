@@ -63,14 +63,13 @@ pub struct JobControl {
     store: JobStore,
     hooks: Arc<dyn JobHooks>,
     scheme: SeqScheme,
-    domain: Domain,
 }
 
 impl std::fmt::Debug for JobControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobControl")
             .field("scheme", &self.scheme)
-            .field("domain", &self.domain)
+            .field("domain", self.domain())
             .finish_non_exhaustive()
     }
 }
@@ -83,13 +82,11 @@ impl JobControl {
         hooks: Arc<dyn JobHooks>,
         stages: usize,
     ) -> Self {
-        let domain = publisher.keys().domain().clone();
         Self {
             publisher,
             store,
             hooks,
             scheme: SeqScheme::new(stages),
-            domain,
         }
     }
 
@@ -108,6 +105,11 @@ impl JobControl {
         &self.publisher
     }
 
+    /// The events' domain (the publisher's).
+    fn domain(&self) -> &Domain {
+        self.publisher.keys().domain()
+    }
+
     /// Builds one event of the job and publishes it.
     #[allow(clippy::too_many_arguments)]
     async fn emit(
@@ -120,7 +122,7 @@ impl JobControl {
         data: Value,
         trace: Option<&str>,
     ) -> Result<(), ControlError> {
-        let mut e = Event::new(self.domain.as_str(), job.as_str(), seq, stage, status)
+        let mut e = Event::new(self.domain().as_str(), job.as_str(), seq, stage, status)
             .map_err(ControlError::Event)?
             .with_progress(progress)
             .with_data(data);
@@ -147,19 +149,6 @@ impl JobControl {
                 Err(e) => return Err(ControlError::Publish(e)),
             }
         }
-    }
-
-    /// Emits the job's terminal event at `seq`: stage `done`, progress 100.
-    async fn terminal(
-        &self,
-        job: &JobId,
-        seq: u64,
-        status: Status,
-        data: Value,
-        trace: Option<&str>,
-    ) -> Result<(), ControlError> {
-        self.emit(job, seq, DONE_STAGE, status, 100, data, trace)
-            .await
     }
 
     /// Emits the `queued` event (seq 0, progress 0).
@@ -209,30 +198,21 @@ impl JobControl {
         output: &Value,
         trace: Option<&str>,
     ) -> Result<bool, ControlError> {
-        let claimed = self
-            .store
-            .claim_terminal(
-                &job.job_id,
-                TerminalRecord {
-                    done: true,
-                    stage: None,
-                    error: None,
-                    run: job.run,
-                },
-            )
-            .await
-            .map_err(ControlError::Store)?;
-        if !claimed.done {
+        let record = TerminalRecord {
+            done: true,
+            stage: None,
+            error: None,
+            run: job.run,
+        };
+        let Some(claimed) = self.claim(job, record).await? else {
             return Ok(false);
-        }
+        };
         let data = self
             .hooks
             .on_success(job, output)
             .await
             .map_err(ControlError::Hook)?;
-        let seq = self.scheme.in_run(self.scheme.done(), claimed.run);
-        self.terminal(&job.job_id, seq, Status::Completed, data, trace)
-            .await?;
+        self.terminal(job, &claimed, data, trace).await?;
         Ok(true)
     }
 
@@ -247,31 +227,59 @@ impl JobControl {
         error: &str,
         trace: Option<&str>,
     ) -> Result<bool, ControlError> {
-        let claimed = self
-            .store
-            .claim_terminal(
-                &job.job_id,
-                TerminalRecord {
-                    done: false,
-                    stage: stage.map(str::to_owned),
-                    error: Some(error.to_owned()),
-                    run: job.run,
-                },
-            )
-            .await
-            .map_err(ControlError::Store)?;
-        if claimed.done {
+        let record = TerminalRecord {
+            done: false,
+            stage: stage.map(str::to_owned),
+            error: Some(error.to_owned()),
+            run: job.run,
+        };
+        let Some(claimed) = self.claim(job, record).await? else {
             return Ok(false);
-        }
+        };
         let error = claimed.error.as_deref().unwrap_or(error);
         let data = self
             .hooks
             .on_failure(job, claimed.stage.as_deref(), error)
             .await
             .map_err(ControlError::Hook)?;
-        let seq = self.scheme.in_run(self.scheme.job_failed(), claimed.run);
-        self.terminal(&job.job_id, seq, Status::Failed, data, trace)
-            .await?;
+        self.terminal(job, &claimed, data, trace).await?;
         Ok(true)
+    }
+
+    /// Claims the job's terminal outcome as `record`. The first claim wins:
+    /// a repeat gets the first claim's record back. `None` when the job has
+    /// already ended the other way (done for a failure, failed for a done).
+    async fn claim(
+        &self,
+        job: &JobInfo,
+        record: TerminalRecord,
+    ) -> Result<Option<TerminalRecord>, ControlError> {
+        let done = record.done;
+        let claimed = self
+            .store
+            .claim_terminal(&job.job_id, record)
+            .await
+            .map_err(ControlError::Store)?;
+        Ok((claimed.done == done).then_some(claimed))
+    }
+
+    /// Emits the terminal event of the `claimed` outcome: stage `done`,
+    /// progress 100, `completed` or `failed` at the seq of the run that
+    /// claimed it.
+    async fn terminal(
+        &self,
+        job: &JobInfo,
+        claimed: &TerminalRecord,
+        data: Value,
+        trace: Option<&str>,
+    ) -> Result<(), ControlError> {
+        let (base, status) = if claimed.done {
+            (self.scheme.done(), Status::Completed)
+        } else {
+            (self.scheme.job_failed(), Status::Failed)
+        };
+        let seq = self.scheme.in_run(base, claimed.run);
+        self.emit(&job.job_id, seq, DONE_STAGE, status, 100, data, trace)
+            .await
     }
 }

@@ -1,6 +1,7 @@
 //! A typed, transport-independent stage pipeline.
 //!
-//! - [`Stage`]: one typed step (`Input` → `Output`, serde, with a `NAME`).
+//! - [`Stage`]: one typed step (`Input` → `Output`, serde, with a `NAME`);
+//!   [`stage_fn`] makes one of an async function.
 //! - [`Pipeline`]: `Pipeline::new(a).then(b).then(c)` — each `then` only
 //!   compiles when the previous output type is the next input type.
 //! - [`Engine`]: runs one step of one job (a message [`Envelope`]) and tells
@@ -75,6 +76,7 @@ mod hooks;
 mod retry;
 mod seq;
 mod stage;
+mod stage_fn;
 mod store;
 
 pub use chain::Pipeline;
@@ -85,6 +87,7 @@ pub use hooks::{JobHooks, JobInfo, PlainHooks};
 pub use retry::RetryPolicy;
 pub use seq::{SeqScheme, QUEUED_STAGE};
 pub use stage::{Stage, StageContext, StageError};
+pub use stage_fn::{stage_fn, FnStage};
 pub use store::{JobStore, TerminalRecord};
 
 /// The [`relay_core::PublisherConfig`] an [`Engine`]'s publisher should use:

@@ -189,6 +189,13 @@ pub trait Stage: Send + Sync + 'static {
     /// valid relay stage name (`[A-Za-z0-9._:-]{1,64}`).
     const NAME: &'static str;
 
+    /// The name the engine runs this stage under: [`NAME`](Self::NAME),
+    /// unless the stage is named when it is built (a
+    /// [`stage_fn`](super::stage_fn) stage, a decorator of one).
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
     /// Runs the stage.
     async fn run(&self, ctx: &StageContext, input: Self::Input)
         -> Result<Self::Output, StageError>;
@@ -232,7 +239,7 @@ pub(super) struct Erased<S>(pub S);
 #[async_trait]
 impl<S: Stage> ErasedStage for Erased<S> {
     fn name(&self) -> &'static str {
-        S::NAME
+        self.0.name()
     }
 
     async fn run_json(
@@ -240,12 +247,12 @@ impl<S: Stage> ErasedStage for Erased<S> {
         ctx: &StageContext,
         input: Value,
     ) -> Result<(Value, Value), StageError> {
-        let input: S::Input = serde_json::from_value(input).map_err(|e| {
-            StageError::fatal_from(&format!("invalid input for stage {}", S::NAME), e)
-        })?;
+        let name = self.0.name();
+        let input: S::Input = serde_json::from_value(input)
+            .map_err(|e| StageError::fatal_from(&format!("invalid input for stage {name}"), e))?;
         let (output, data) = self.0.run_with_data(ctx, input).await?;
         let value = serde_json::to_value(&output).map_err(|e| {
-            StageError::fatal_from(&format!("stage {} output not serializable", S::NAME), e)
+            StageError::fatal_from(&format!("stage {name} output not serializable"), e)
         })?;
         Ok((value, data))
     }

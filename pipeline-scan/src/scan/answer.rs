@@ -8,14 +8,12 @@
 //! - [`OpenAiAnswer`]: an OpenAI-compatible model writes the answer from the
 //!   same inputs (JSON object reply with the [`FinalAnswer`] fields).
 
-use std::fmt;
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::openai::{self, ModelError, OpenAiClient};
 use super::rules::RuleDoc;
+use super::stage::ScanStage;
 use super::types::{Answered, FinalAnswer, Ruled, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
 use crate::sim::LatencyDist;
@@ -181,24 +179,9 @@ impl AnswerModel for OpenAiAnswer {
     }
 }
 
-/// The Answer stage.
-#[derive(Clone)]
-pub struct AnswerStage {
-    model: Arc<dyn AnswerModel>,
-}
-
-impl fmt::Debug for AnswerStage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnswerStage").finish_non_exhaustive()
-    }
-}
-
-impl AnswerStage {
-    /// A stage using `model`.
-    pub fn new(model: Arc<dyn AnswerModel>) -> Self {
-        Self { model }
-    }
-}
+/// The Answer stage: a [`ScanStage`] using an answer writer
+/// (`AnswerStage::new(model)`).
+pub type AnswerStage = ScanStage<dyn AnswerModel>;
 
 #[async_trait]
 impl Stage for AnswerStage {
@@ -212,7 +195,7 @@ impl Stage for AnswerStage {
             _ => None,
         };
         let final_answer = self
-            .model
+            .uses
             .answer(AnswerRequest {
                 vision: &input.vision,
                 rules,

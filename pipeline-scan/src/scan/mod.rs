@@ -14,6 +14,7 @@ pub mod answer;
 pub mod openai;
 pub mod reward;
 pub mod rules;
+mod stage;
 pub mod types;
 pub mod vision;
 
@@ -31,6 +32,7 @@ use crate::sim::SimulatedLatency;
 pub use answer::{AnswerModel, AnswerStage, OpenAiAnswer, SimulatedAnswer, TemplateAnswer};
 pub use reward::RewardStage;
 pub use rules::{RuleSet, RuleStage};
+pub use stage::ScanStage;
 pub use types::{ScanOutcome, ScanRequest};
 pub use vision::{LatencyDist, OpenAiVision, SimulatedVision, Taxonomy, VisionModel, VisionStage};
 
@@ -103,7 +105,8 @@ impl ScanModels {
     }
 
     fn decorated<S: Stage>(&self, stage: S) -> SimulatedLatency<S> {
-        SimulatedLatency::new(stage, self.latency_of(S::NAME))
+        let latency = self.latency_of(stage.name());
+        SimulatedLatency::new(stage, latency)
     }
 }
 

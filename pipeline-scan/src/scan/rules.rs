@@ -17,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::stage::ScanStage;
 use super::types::{Classification, Classified, Ruled};
 use crate::pipeline::{Stage, StageContext, StageError};
 
@@ -280,18 +280,9 @@ impl RuleDoc {
     }
 }
 
-/// The Rule stage.
-#[derive(Clone, Debug)]
-pub struct RuleStage {
-    rules: Arc<RuleSet>,
-}
-
-impl RuleStage {
-    /// A stage over `rules`.
-    pub fn new(rules: Arc<RuleSet>) -> Self {
-        Self { rules }
-    }
-}
+/// The Rule stage: a [`ScanStage`] over a rule set
+/// (`RuleStage::new(rules)`).
+pub type RuleStage = ScanStage<RuleSet>;
 
 #[async_trait]
 impl Stage for RuleStage {
@@ -300,7 +291,7 @@ impl Stage for RuleStage {
     const NAME: &'static str = "rule";
 
     async fn run(&self, _ctx: &StageContext, input: Classified) -> Result<Ruled, StageError> {
-        let found = self.rules.lookup(&input.vision.classification);
+        let found = self.uses.lookup(&input.vision.classification);
         let (rule_key, disposal_rules) = match found {
             Some((k, v)) => (Some(k.to_owned()), Some(v.clone())),
             None => (None, None),

@@ -10,7 +10,6 @@
 //!   load tests without any model. A URL containing `unknown-item` yields an
 //!   unknown category (to exercise the "no rules" path).
 
-use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use super::openai::{self, ModelError, OpenAiClient};
+use super::stage::ScanStage;
 use super::types::{Classification, Classified, ScanRequest, VisionResult};
 use crate::pipeline::{Stage, StageContext, StageError};
 /// Re-exported from [`crate::sim`], where the simulators' latency lives.
@@ -315,24 +315,9 @@ impl VisionModel for SimulatedVision {
     }
 }
 
-/// The Vision stage.
-#[derive(Clone)]
-pub struct VisionStage {
-    model: Arc<dyn VisionModel>,
-}
-
-impl fmt::Debug for VisionStage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VisionStage").finish_non_exhaustive()
-    }
-}
-
-impl VisionStage {
-    /// A stage using `model`.
-    pub fn new(model: Arc<dyn VisionModel>) -> Self {
-        Self { model }
-    }
-}
+/// The Vision stage: a [`ScanStage`] using a classifier
+/// (`VisionStage::new(model)`).
+pub type VisionStage = ScanStage<dyn VisionModel>;
 
 #[async_trait]
 impl Stage for VisionStage {
@@ -342,7 +327,7 @@ impl Stage for VisionStage {
 
     async fn run(&self, _ctx: &StageContext, input: ScanRequest) -> Result<Classified, StageError> {
         let vision = self
-            .model
+            .uses
             .classify(VisionRequest {
                 image_url: &input.image_url,
                 user_input: input.user_input.as_deref(),
