@@ -10,8 +10,9 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use super::error::AmqpError;
 
-/// Broker connection and consumer settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Broker connection and consumer settings. `Debug` shows the URL with its
+/// password masked, so a config (or anything holding one) can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AmqpConfig {
     /// `amqp://user:pass@host:port/vhost`.
     pub url: String,
@@ -41,6 +42,20 @@ impl AmqpConfig {
         }
     }
 
+    /// The URL with the password of its user info replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return self.url.clone();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let Some(at) = rest[..authority_end].rfind('@') else {
+            return self.url.clone();
+        };
+        let user = rest[..at].split_once(':').map_or(&rest[..at], |(u, _)| u);
+        let masked = if user.len() < at { ":***" } else { "" };
+        format!("{scheme}://{user}{masked}{}", &rest[at..])
+    }
+
     pub(super) fn prefetch_for(&self, stage: &str) -> u16 {
         self.stage_prefetch
             .iter()
@@ -48,6 +63,19 @@ impl AmqpConfig {
             .map(|(_, p)| *p)
             .unwrap_or(self.prefetch)
             .max(1)
+    }
+}
+
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &self.redacted_url())
+            .field("prefix", &self.prefix)
+            .field("prefetch", &self.prefetch)
+            .field("stage_prefetch", &self.stage_prefetch)
+            .field("connection_name", &self.connection_name)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
     }
 }
 
@@ -100,4 +128,28 @@ pub(super) async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpEr
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AmqpConfig;
+
+    #[test]
+    fn debug_masks_the_password() {
+        let c = AmqpConfig::new("amqp://guest:s3cret@127.0.0.1:5672/%2f");
+        let text = format!("{c:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("amqp://guest:***@127.0.0.1:5672/%2f"),
+            "{text}"
+        );
+        for (url, shown) in [
+            ("amqp://127.0.0.1:5672/%2f", "amqp://127.0.0.1:5672/%2f"),
+            ("amqp://user@host/v", "amqp://user@host/v"),
+            ("amqp://u:p@w@host/v", "amqp://u:***@host/v"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(AmqpConfig::new(url).redacted_url(), shown);
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! [`Dlq`]: inspect, replay and purge the dead-letter queue.
 
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
@@ -74,6 +75,18 @@ impl Dlq {
         Ok(self.len().await? == 0)
     }
 
+    /// The DLQ's next message on `ch`, fetched unacked (closing `ch` returns
+    /// every unacked one to the queue); `None` when it is empty.
+    async fn next_unacked(&self, ch: &Channel) -> Result<Option<Delivery>, AmqpError> {
+        let msg = ch
+            .basic_get(
+                self.topology.dlq().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        Ok(msg.map(|m| m.delivery))
+    }
+
     /// Up to `limit` entries, oldest first, without removing them (they are
     /// fetched unacked on a separate channel that is then closed, which
     /// returns them to the queue).
@@ -81,16 +94,9 @@ impl Dlq {
         let ch = self.conn.create_channel().await?;
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(msg) = ch
-                .basic_get(
-                    self.topology.dlq().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await?
-            else {
+            let Some(d) = self.next_unacked(&ch).await? else {
                 break;
             };
-            let d = msg.delivery;
             let env: Option<Envelope> = serde_json::from_slice(&d.data).ok();
             out.push(DlqEntry {
                 job_id: env.as_ref().map(|e| e.job_id.to_string()),
@@ -114,17 +120,10 @@ impl Dlq {
         let mut replayed = 0;
         let mut seen = 0;
         while seen < limit {
-            let Some(msg) = ch
-                .basic_get(
-                    self.topology.dlq().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await?
-            else {
+            let Some(d) = self.next_unacked(&ch).await? else {
                 break;
             };
             seen += 1;
-            let d = msg.delivery;
             // Undecodable: left unacked, returned to the queue when the channel closes.
             let Ok(env) = serde_json::from_slice::<Envelope>(&d.data) else {
                 continue;

@@ -29,18 +29,11 @@ use crate::pipeline::Envelope;
 use crate::transport::{Transport, TransportError};
 
 /// Submits jobs to the first stage's queue (the API side). Reconnects lazily.
+#[derive(Debug)]
 pub struct AmqpProducer {
     config: AmqpConfig,
     topology: Topology,
     state: tokio::sync::Mutex<Option<(Connection, Channel)>>,
-}
-
-impl std::fmt::Debug for AmqpProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpProducer")
-            .field("topology", &self.topology)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AmqpProducer {
