@@ -256,16 +256,59 @@ impl SentinelSet {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// A failover with the master still running (`SENTINEL FAILOVER`): the
+    /// replica is promoted and the old master demoted to its replica, its
+    /// clients staying connected (writes on it then answer `READONLY`).
+    /// Waits until both have their new roles; returns the new master.
+    ///
+    /// # Panics
+    /// When the roles do not change within a minute.
+    pub async fn switch_over(&self) -> &RedisServer {
+        self.wait_ready_for_failover().await;
+        let old = self
+            .master()
+            .await
+            .expect("a master before the switch-over");
+        sentinel_command(
+            self.sentinels[0].port,
+            &["SENTINEL", "FAILOVER", MASTER_NAME],
+        )
+        .await
+        .expect("SENTINEL FAILOVER");
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            if let Ok(node) = self.master().await {
+                if node.port() != old.port()
+                    && role(node).await.as_deref() == Some("master")
+                    && role(old).await.as_deref() == Some("slave")
+                {
+                    return node;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no switch-over within {WAIT_LIMIT:?}; sentinel log:\n{}",
+                std::fs::read_to_string(self.sentinels[0].log_path()).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The node's `ROLE` (`master`, `slave`), `None` when it does not answer.
+async fn role(node: &RedisServer) -> Option<String> {
+    match node.command(&["ROLE"]).await {
+        Ok(Value::Array(items)) => match items.first() {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 async fn is_master(node: &RedisServer) -> bool {
-    match node.command(&["ROLE"]).await {
-        Ok(Value::Array(items)) => matches!(
-            items.first(),
-            Some(Value::BulkString(b)) if b.as_slice() == b"master"
-        ),
-        _ => false,
-    }
+    role(node).await.as_deref() == Some("master")
 }
 
 async fn sentinel_command(port: u16, args: &[&str]) -> Result<Value, HarnessError> {

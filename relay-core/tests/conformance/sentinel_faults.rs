@@ -1,0 +1,164 @@
+//! Following a Sentinel failover: after the master is killed (or demoted
+//! while still running), commands, blocking reads and new subscribers reach
+//! the promoted replica, and the calls that fail in between fail with a
+//! transient error (so callers retry) — never a permanent one.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use relay_core::backend::redis::{RedisBackend, RedisConfig};
+use relay_core::backend::{KvStore, PubSub, ReadFrom, StreamLog};
+use relay_core::{Backend, BackendError};
+use relay_testkit::sentinel::SentinelSet;
+
+use crate::support::{plain, read_group, recv, sentinel_backend, GROUP};
+
+/// Runs `op` until it succeeds; every failure must be transient. Bounded
+/// by a hang guard (a failover takes a few seconds).
+async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackendError>>,
+{
+    for _ in 0..600 {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => assert!(e.is_transient(), "{what}: permanent error {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: never succeeded after the failover");
+}
+
+/// Commands, blocking reads and subscribers all end up on the new master.
+async fn follows_new_master(set: &SentinelSet, b: &RedisBackend, stream: &str) {
+    let master = set.master().await.expect("master").port();
+    let id = until_ok("append", || b.append(plain(stream, 99))).await.id;
+    let on_master = set
+        .nodes()
+        .iter()
+        .find(|n| n.port() == master)
+        .expect("known node")
+        .command(&["XRANGE", stream, &id.to_string(), &id.to_string()])
+        .await
+        .expect("XRANGE");
+    assert!(
+        matches!(&on_master, redis::Value::Array(found) if found.len() == 1),
+        "the append went to the new master: {on_master:?}"
+    );
+    let read = until_ok("blocking read", || {
+        read_group(
+            b,
+            stream,
+            "c",
+            ReadFrom::New,
+            10,
+            Some(Duration::from_millis(200)),
+        )
+    })
+    .await;
+    assert_eq!(read.last().map(|e| e.id), Some(id));
+    let ch = format!("{stream}:ch");
+    let mut sub = until_ok("subscriber", || b.subscriber()).await;
+    sub.handle
+        .subscribe(std::slice::from_ref(&ch))
+        .await
+        .expect("subscribe");
+    until_ok("publish", || b.publish(&ch, Bytes::from_static(b"after"))).await;
+    assert_eq!(recv(&mut sub).await.1, Bytes::from_static(b"after"));
+}
+
+/// Two replicated entries and an open subscription before the failover.
+async fn before_failover(
+    set: &SentinelSet,
+    b: &RedisBackend,
+    stream: &str,
+) -> relay_core::backend::Subscriber {
+    b.ensure_group(stream, GROUP).await.expect("group");
+    for i in 0..2 {
+        b.append(plain(stream, i)).await.expect("append");
+    }
+    // Replicated before the failover, so the promoted replica has them.
+    set.master()
+        .await
+        .expect("master")
+        .command(&["WAIT", "1", "10000"])
+        .await
+        .expect("WAIT");
+    let sub = b.subscriber().await.expect("subscriber");
+    sub.handle
+        .subscribe(&[format!("{stream}:old")])
+        .await
+        .expect("subscribe");
+    sub
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_killed_everything_moves_to_the_promoted_replica() {
+    let set = SentinelSet::start();
+    let b = sentinel_backend(&set, RedisConfig::default()).await;
+    let stream = "s:killed";
+    let mut sub = before_failover(&set, &b, stream).await;
+    set.fail_over().await;
+    // The subscriber on the killed master ends, telling its owner to
+    // reconnect (and catch up).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while sub.messages.recv().await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the old subscription must end");
+    follows_new_master(&set, &b, stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_master_answers_readonly_and_the_backend_moves() {
+    let set = SentinelSet::start();
+    let b = sentinel_backend(&set, RedisConfig::default()).await;
+    let stream = "s:demoted";
+    let _sub = before_failover(&set, &b, stream).await;
+    let old = set.master().await.expect("master").port();
+    set.switch_over().await;
+    // The shared connection is still open to the demoted master: the next
+    // write answers READONLY, which must be transient (a retry succeeds).
+    let first = b.set("k", Bytes::from_static(b"v"), None).await;
+    if let Err(e) = &first {
+        assert!(e.is_transient(), "READONLY must be transient: {e:?}");
+    }
+    until_ok("set", || b.set("k", Bytes::from_static(b"v"), None)).await;
+    let new = set.master().await.expect("master").port();
+    assert_ne!(old, new);
+    follows_new_master(&set, &b, stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable() {
+    let set = SentinelSet::start();
+    let mut addrs = vec!["127.0.0.1:1".to_owned()];
+    addrs.extend(set.sentinel_addrs());
+    let topology = relay_core::backend::redis::SentinelTopology::new(
+        &addrs,
+        set.master_name(),
+        "redis://ignored",
+    )
+    .expect("valid");
+    let b = RedisBackend::connect_topology(
+        relay_core::backend::redis::RedisTopology::Sentinel(topology),
+        RedisConfig::default(),
+    )
+    .await
+    .expect("connect through the second sentinel");
+    b.ping().await.expect("ping");
+    let unknown = relay_core::backend::redis::SentinelTopology::new(
+        &set.sentinel_addrs(),
+        "no-such-master",
+        "redis://ignored",
+    )
+    .expect("valid");
+    let err = RedisBackend::connect_topology(
+        relay_core::backend::redis::RedisTopology::Sentinel(unknown),
+        RedisConfig::default(),
+    )
+    .await
+    .expect_err("no sentinel monitors that name");
+    assert!(err.to_string().contains("no-such-master"), "{err}");
+}
