@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{
-    RedisBackend, RedisConfig, RedisTopology, SentinelTopology, TopologyError,
+    RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology, TopologyError,
 };
 use crate::backend::{Backend, KvStore};
 use crate::error::BackendError;
@@ -114,6 +114,11 @@ pub struct ConnectionArgs {
     /// --redis-sentinel).
     #[arg(long, env = "RELAY_REDIS_MASTER_NAME", requires = "redis_sentinel")]
     pub redis_master_name: Option<String>,
+    /// Replicas that must acknowledge each append (`WAIT`) before it counts
+    /// as published; 0 = the master's acknowledgement alone (an append not
+    /// yet replicated is lost if the master dies). Redis backends only.
+    #[arg(long, env = "RELAY_MIN_REPLICAS_ACK", default_value_t = 0)]
+    pub min_replicas_ack: u32,
     /// Redis for Pub/Sub, when it is a different server (defaults to --redis-url).
     #[arg(long, env = "RELAY_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
@@ -201,10 +206,23 @@ impl ConnectionArgs {
         &self,
         topology: Option<RedisTopology>,
     ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
-        match topology {
-            Some(topology) => connect_topology_with_kv(topology).await,
-            None => connect_with_kv(&self.redis_url).await,
-        }
+        let topology = match topology {
+            Some(topology) => topology,
+            None if self.redis_url.starts_with("memory:") || self.min_replicas_ack == 0 => {
+                return connect_with_kv(&self.redis_url).await
+            }
+            None => RedisTopology::Standalone(self.redis_url.clone()),
+        };
+        let ack = (self.min_replicas_ack > 0).then(|| ReplicaAck {
+            replicas: self.min_replicas_ack,
+            timeout: REPLICA_ACK_TIMEOUT,
+        });
+        let config = RedisConfig {
+            min_replicas_ack: ack,
+            ..RedisConfig::default()
+        };
+        let redis = Arc::new(RedisBackend::connect_topology(topology, config).await?);
+        Ok((redis.clone(), redis))
     }
 
     /// [`Self::connect`], retrying with backoff until it succeeds or
@@ -260,14 +278,8 @@ impl ConnectionArgs {
     }
 }
 
-/// Opens a Redis backend on `topology` (standalone or Sentinel) with
-/// default settings, with its [`KvStore`] role too.
-pub async fn connect_topology_with_kv(
-    topology: RedisTopology,
-) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
-    let redis = Arc::new(RedisBackend::connect_topology(topology, RedisConfig::default()).await?);
-    Ok((redis.clone(), redis))
-}
+/// How long an append waits for `--min-replicas-ack` replicas.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or `memory://`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::backend::redis::{RedisBackend, RedisConfig};
+use relay_core::backend::redis::{RedisBackend, RedisConfig, ReplicaAck};
 use relay_core::backend::{KvStore, PubSub, ReadFrom, StreamLog};
 use relay_core::{Backend, BackendError};
 use relay_testkit::sentinel::SentinelSet;
@@ -161,4 +161,40 @@ async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable() {
     .await
     .expect_err("no sentinel monitors that name");
     assert!(err.to_string().contains("no-such-master"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it() {
+    let set = SentinelSet::start();
+    let config = RedisConfig {
+        min_replicas_ack: Some(ReplicaAck {
+            replicas: 1,
+            timeout: Duration::from_millis(300),
+        }),
+        ..RedisConfig::default()
+    };
+    let b = sentinel_backend(&set, config).await;
+    set.wait_ready_for_failover().await;
+    let id = b
+        .append(plain("s:ack", 0))
+        .await
+        .expect("replicated append")
+        .id;
+    // Acknowledged means on the replica too.
+    let replica = &set.nodes()[1];
+    let there = replica
+        .command(&["XRANGE", "s:ack", &id.to_string(), &id.to_string()])
+        .await
+        .expect("XRANGE on the replica");
+    assert!(
+        matches!(&there, redis::Value::Array(found) if found.len() == 1),
+        "{there:?}"
+    );
+    replica.stop();
+    let err = b
+        .append(plain("s:ack", 1))
+        .await
+        .expect_err("no replica to acknowledge");
+    assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
+    assert!(err.is_transient());
 }

@@ -129,6 +129,28 @@ impl RedisBackend {
             .map_err(|e| map_err_ctx(e, group))
     }
 
+    /// With [`RedisConfig::min_replicas_ack`](super::RedisConfig), waits
+    /// (`WAIT`) until that many replicas have this connection's writes.
+    pub(super) async fn wait_replicas(&self) -> BackendResult<()> {
+        let Some(ack) = self.inner.config.min_replicas_ack else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(ack.replicas).arg(ms(ack.timeout));
+        let v = self.query_once(&wait).await.map_err(map_err)?;
+        match super::reply::u64_of(&v) {
+            Some(n) if n >= u64::from(ack.replicas) => Ok(()),
+            Some(n) => Err(BackendError::Unavailable(
+                format!(
+                    "only {n} of {} replicas acknowledged the append within {:?}",
+                    ack.replicas, ack.timeout
+                )
+                .into(),
+            )),
+            None => Err(protocol(format!("WAIT answered {v:?}"))),
+        }
+    }
+
     /// A dedicated connection to the current node, from the idle pool or
     /// new, with the generation of the link it belongs to.
     async fn checkout_blocking(&self) -> BackendResult<(u64, MultiplexedConnection)> {

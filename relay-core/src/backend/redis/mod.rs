@@ -86,6 +86,22 @@ pub struct RedisConfig {
     /// share its `{job_id}` slot; different jobs' keys do not). On a single
     /// server one call applies the whole batch, which is much cheaper.
     pub cluster: bool,
+    /// Replicas that must acknowledge an append before it is reported
+    /// done (`WAIT n timeout` after each append batch). `None`: appends
+    /// are acknowledged by the master alone, and an acknowledged append
+    /// not yet replicated when the master dies is lost at failover.
+    pub min_replicas_ack: Option<ReplicaAck>,
+}
+
+/// Wait for replicas after an append (see [`RedisConfig::min_replicas_ack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAck {
+    /// How many replicas must have the append.
+    pub replicas: u32,
+    /// How long to wait for them; fewer by then fails the append with a
+    /// transient [`BackendError::Unavailable`] (it may still survive:
+    /// callers retry, and relay's appends are idempotent by seq).
+    pub timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -97,6 +113,7 @@ impl Default for RedisConfig {
             blocking_pool_idle: 16,
             reconnect_retries: 4,
             cluster: false,
+            min_replicas_ack: None,
         }
     }
 }

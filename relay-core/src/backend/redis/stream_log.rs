@@ -79,6 +79,9 @@ impl StreamLog for RedisBackend {
             }
         }
         let results = self.eval_pipeline(script, cmds, resend).await?;
+        if results.iter().any(Result::is_ok) {
+            self.wait_replicas().await?;
+        }
         let mut out = Vec::with_capacity(reqs.len());
         for ((dedupe, n), res) in runs.into_iter().zip(results) {
             let v = res.map_err(map_err)?;
