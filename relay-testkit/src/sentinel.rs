@@ -229,9 +229,10 @@ impl SentinelSet {
         true
     }
 
-    /// Kills the master with `kill -9` and waits until the sentinels name
-    /// the promoted replica and it answers `ROLE` as master. Returns the new
-    /// master. Waits for [`Self::wait_ready_for_failover`] first.
+    /// Kills the master with `kill -9` and waits until every sentinel names
+    /// the promoted replica, none is still failing over, and the replica
+    /// answers `ROLE` as master. Returns the new master (the old one may
+    /// then be restarted: the sentinels make it a replica). Waits for [`Self::wait_ready_for_failover`] first.
     ///
     /// # Panics
     /// When no promotion happens within a minute (the sentinels' logs are
@@ -244,7 +245,7 @@ impl SentinelSet {
         let deadline = Instant::now() + WAIT_LIMIT;
         loop {
             if let Ok(node) = self.master().await {
-                if node.port() != old_port && is_master(node).await {
+                if node.port() != old_port && is_master(node).await && self.settled(node).await {
                     return node;
                 }
             }
@@ -255,6 +256,24 @@ impl SentinelSet {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether every sentinel names `master` and none is still failing
+    /// over (an old master restarted before that could be made master
+    /// again, with whatever data it has).
+    async fn settled(&self, master: &RedisServer) -> bool {
+        for s in &self.sentinels {
+            if !matches!(master_port_via(s.port).await, Ok(Some(p)) if p == master.port()) {
+                return false;
+            }
+            let Ok(v) = sentinel_command(s.port, &["SENTINEL", "MASTER", MASTER_NAME]).await else {
+                return false;
+            };
+            if field(&v, "flags").as_deref() != Some("master") {
+                return false;
+            }
+        }
+        true
     }
 
     /// A failover with the master still running (`SENTINEL FAILOVER`): the
@@ -282,6 +301,7 @@ impl SentinelSet {
                 if node.port() != old.port()
                     && role(node).await.as_deref() == Some("master")
                     && role(old).await.as_deref() == Some("slave")
+                    && self.settled(node).await
                 {
                     return node;
                 }

@@ -31,7 +31,7 @@ impl RedisBackend {
     }
 
     pub(super) async fn query_once(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        let link = self.link();
+        let link = self.usable_link().await?;
         let r = match cmd.query_async::<Value>(&mut link.conn.clone()).await {
             Ok(Value::ServerError(e)) => Err(e.into()),
             r => r,
@@ -65,7 +65,7 @@ impl RedisBackend {
         &self,
         cmds: &[Cmd],
     ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
-        let link = self.link();
+        let link = self.usable_link().await.map_err(PipelineError::Redis)?;
         let r = run_pipeline(&link, cmds).await;
         let failed = match &r {
             Err(PipelineError::Redis(e)) => Some(e),
@@ -102,8 +102,9 @@ impl RedisBackend {
             .map(|(i, _)| i)
             .collect();
         if !retry.is_empty() {
+            let link = self.usable_link().await.map_err(map_err)?;
             script
-                .load_async(&mut self.link().conn.clone())
+                .load_async(&mut link.conn.clone())
                 .await
                 .map_err(map_err)?;
             let again: Vec<Cmd> = retry.iter().map(|&i| cmds[i].clone()).collect();
@@ -154,7 +155,7 @@ impl RedisBackend {
     /// A dedicated connection to the current node, from the idle pool or
     /// new, with the generation of the link it belongs to.
     async fn checkout_blocking(&self) -> BackendResult<(u64, MultiplexedConnection)> {
-        let link = self.link();
+        let link = self.usable_link().await.map_err(map_err)?;
         let idle = self.inner.blocking_idle.lock().ok().and_then(|mut pool| {
             pool.retain(|(generation, _)| *generation == link.generation);
             pool.pop()

@@ -14,16 +14,24 @@
 //! unchanged: only [`Resend::AfterDrop`](super::conn::Resend) commands are
 //! sent a second time by the backend.
 //!
+//! A link whose node failed and that the sentinels could not confirm as
+//! master again is *suspect*: calls on it fail at once (transiently) and
+//! ask again, instead of letting the auto-reconnecting connection write to
+//! whatever answers at the old address — a killed master restarted empty
+//! is a master until the sentinels demote it, and writes there would be
+//! lost.
+//!
 //! Subscribers follow by reconnecting: a killed master closes their
 //! connection, the owner (the gateway's hub) calls
 //! [`PubSub::subscriber`](crate::backend::PubSub::subscriber) again, which
 //! opens on the current link, and resubscribes and catches up from history.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::{Client, ErrorKind, RedisError};
 
 use super::error::{is_connection_error, map_err, server_code};
 use super::topology::RedisTopology;
@@ -43,6 +51,8 @@ pub(super) struct Link {
     pub(super) generation: u64,
     /// `host:port` of the node (for logs).
     pub(super) addr: String,
+    /// The node failed and the sentinels have not confirmed it since.
+    suspect: AtomicBool,
 }
 
 impl Link {
@@ -67,6 +77,7 @@ impl Link {
             conn,
             generation,
             addr,
+            suspect: AtomicBool::new(false),
         })
     }
 
@@ -103,6 +114,25 @@ impl RedisBackend {
         }
     }
 
+    /// The current link, if it is not suspect; otherwise asks the
+    /// sentinels again first, and fails (as a connection error) while the
+    /// master is still unconfirmed.
+    pub(super) async fn usable_link(&self) -> Result<Arc<Link>, RedisError> {
+        let link = self.link();
+        if !link.suspect.load(Ordering::Acquire) {
+            return Ok(link);
+        }
+        self.rediscover(link.generation).await;
+        let link = self.link();
+        if link.suspect.load(Ordering::Acquire) {
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "the Redis master failed and the sentinels have not confirmed a master yet",
+            )));
+        }
+        Ok(link)
+    }
+
     /// Reports that a call on the link of `generation` failed with `e`; on
     /// a Sentinel topology, when `e` can mean a failover, asks the
     /// sentinels for the master and moves to it if it changed.
@@ -125,16 +155,20 @@ impl RedisBackend {
         }
         *last = Some(Instant::now());
         let config = &self.inner.config;
+        let current = self.link();
         let (client, addr) = match sentinel.resolve(config.connection_timeout).await {
             Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, "no master to move to yet");
+                current.suspect.store(true, Ordering::Release);
                 return;
             }
         };
-        let current = self.link();
         if addr == current.addr {
-            return; // same master: the failure was something else
+            // Confirmed: the same node is still the master (the failure
+            // was something else, or it came back in time).
+            current.suspect.store(false, Ordering::Release);
+            return;
         }
         match Link::open(client, config, current.generation + 1, addr).await {
             Ok(link) => {
@@ -147,7 +181,10 @@ impl RedisBackend {
                     pool.clear();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot connect to the new master yet"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to the new master yet");
+                current.suspect.store(true, Ordering::Release);
+            }
         }
     }
 }

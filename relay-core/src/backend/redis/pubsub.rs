@@ -72,7 +72,7 @@ impl PubSub for RedisBackend {
     async fn subscriber(&self) -> BackendResult<Subscriber> {
         // On the current node; after a failover the owner's reconnect
         // lands here and so follows the new master.
-        let link = self.link();
+        let link = self.usable_link().await.map_err(map_err)?;
         let pubsub = match tokio::time::timeout(
             self.inner.config.connection_timeout,
             link.client.get_async_pubsub(),

@@ -336,7 +336,10 @@ impl StreamLog for RedisBackend {
             .arg(group)
             .arg(entry.id.to_string())
             .ignore();
-        let link = self.link();
+        let link = self
+            .usable_link()
+            .await
+            .map_err(|e| map_group_err(e, source, group))?;
         let v: Vec<Value> = match pipe.query_async(&mut link.conn.clone()).await {
             Ok(v) => v,
             Err(e) => {
