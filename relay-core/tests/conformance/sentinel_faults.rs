@@ -198,3 +198,82 @@ async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it
     assert!(matches!(err, BackendError::Unavailable(_)), "{err:?}");
     assert!(err.is_transient());
 }
+
+/// Appends from 4 concurrent producers while the master is killed (after
+/// 500 acknowledged appends); returns (acknowledged, acknowledged but
+/// missing on the promoted master).
+async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
+    let set = SentinelSet::start();
+    set.wait_ready_for_failover().await;
+    let config = RedisConfig {
+        min_replicas_ack: ack,
+        ..RedisConfig::default()
+    };
+    let b = std::sync::Arc::new(sentinel_backend(&set, config).await);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (b, acked) = (b.clone(), acked.clone());
+            tokio::spawn(async move {
+                // Until the first failure: the master died under it.
+                while let Ok(out) = b.append(plain("s:loss", p)).await {
+                    acked.lock().expect("lock").push(out.id);
+                }
+            })
+        })
+        .collect();
+    relay_testkit::wait::wait_until(Duration::from_secs(30), "500 appends", || {
+        std::future::ready(acked.lock().expect("lock").len() >= 500)
+    })
+    .await;
+    let master = set.fail_over().await;
+    for p in producers {
+        p.await.expect("producer");
+    }
+    let on_master = master
+        .command(&["XRANGE", "s:loss", "-", "+"])
+        .await
+        .expect("XRANGE");
+    let present: std::collections::HashSet<String> = match &on_master {
+        redis::Value::Array(entries) => entries
+            .iter()
+            .filter_map(|e| match e {
+                redis::Value::Array(kv) => match kv.first() {
+                    Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        other => panic!("XRANGE answered {other:?}"),
+    };
+    let acked = acked.lock().expect("lock").clone();
+    let lost = acked
+        .iter()
+        .filter(|id| !present.contains(&id.to_string()))
+        .count();
+    (acked.len(), lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover() {
+    let ack = ReplicaAck {
+        replicas: 1,
+        timeout: Duration::from_secs(1),
+    };
+    let (acked, lost) = acked_appends_across_kill(Some(ack)).await;
+    assert!(acked >= 500);
+    assert_eq!(lost, 0, "{lost} of {acked} acknowledged appends lost");
+}
+
+/// Measurement, not a check: how many acknowledged appends asynchronous
+/// replication loses at a `kill -9` failover without `WAIT`. Run with
+/// `cargo test -p relay-core --test conformance -- --ignored measure_`;
+/// the result is in docs/ARCHITECTURE.md ("Topologies").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints the loss"]
+async fn measure_acknowledged_appends_lost_without_replica_ack() {
+    let (acked, lost) = acked_appends_across_kill(None).await;
+    assert!(lost <= acked);
+    eprintln!("without WAIT: {lost} of {acked} acknowledged appends lost at the failover");
+}
