@@ -34,7 +34,9 @@ use relay_testkit::sentinel::SentinelSet;
 
 mod sse_clients;
 
-use sse_clients::{check_native, follow, step, ClientPlan, LIMIT};
+use sse_clients::{
+    expect_every_event_once, follow, step, ClientPlan, ClientTask, ClientsReport, LIMIT,
+};
 
 /// Hang guard for the whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
@@ -114,7 +116,7 @@ async fn run() {
         .pool_max_idle_per_host(64)
         .build()
         .expect("http client");
-    let clients: Vec<_> = (0..JOBS)
+    let clients: Vec<ClientTask> = (0..JOBS)
         .map(|j| {
             let url = format!("http://{addr}/v1/jobs/{}/events", job_name(j));
             let plan = ClientPlan {
@@ -122,7 +124,8 @@ async fn run() {
                 crlf: j % 3 == 0,
                 seed: j as u64 + 1,
             };
-            tokio::spawn(follow(http.clone(), url, plan, &["done"]))
+            let task = tokio::spawn(follow(http.clone(), url, plan, &["done"]));
+            (job_name(j), "follower", task)
         })
         .collect();
 
@@ -176,26 +179,7 @@ async fn run() {
         "the master died mid-run (after round {at_round} of {TOTAL})"
     );
 
-    let mut failures = Vec::new();
-    let mut reconnects = 0;
-    for (j, client) in clients.into_iter().enumerate() {
-        match client.await.expect("client task") {
-            Ok(seen) => {
-                reconnects += seen.connections.saturating_sub(1);
-                assert!(seen.retries_hint >= 1, "the gateway sends a retry: hint");
-                if let Err(e) = check_native(&job_name(j), &seen, TOTAL) {
-                    failures.push(format!("{}: {e}", job_name(j)));
-                }
-            }
-            Err(e) => failures.push(format!("{}: {e}", job_name(j))),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {JOBS} clients failed, e.g. {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(8)]
-    );
+    let ClientsReport { reconnects, .. } = expect_every_event_once(clients, TOTAL).await;
     // Every job's history on the new master: offsets 1..=TOTAL, gap-free,
     // each event once.
     for j in 0..JOBS {

@@ -21,7 +21,6 @@
 //!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +33,10 @@ use relay_testkit::redis::TestRedis;
 
 mod sse_clients;
 
-use sse_clients::{check_native, follow, step, ClientPlan, Seen, LIMIT};
+use sse_clients::{
+    check_native, expect_every_event_once, follow, step, ClientPlan, ClientTask, ClientsReport,
+    Seen, LIMIT,
+};
 
 /// Hang guard for one whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
@@ -139,13 +141,6 @@ impl Stack {
     }
 }
 
-/// A running client: (job index, kind, task).
-type ClientTask = (
-    usize,
-    &'static str,
-    tokio::task::JoinHandle<Result<Seen, String>>,
-);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss() {
     tokio::time::timeout(TEST_LIMIT, full_run())
@@ -174,7 +169,11 @@ async fn full_run() {
     let spawn_client =
         |clients: &mut Vec<_>, j: usize, kind: &'static str, plan: ClientPlan, url: String| {
             let http = http.clone();
-            clients.push((j, kind, tokio::spawn(follow(http, url, plan, &["done"]))));
+            clients.push((
+                job_name(j),
+                kind,
+                tokio::spawn(follow(http, url, plan, &["done"])),
+            ));
         };
     // Before: every job has a client waiting before its first event; half
     // of the jobs also one that drops every few events and resumes.
@@ -269,28 +268,7 @@ async fn full_run() {
     }
 
     let n_clients = clients.len();
-    let mut failures = Vec::new();
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut reconnects = 0;
-    for (j, kind, handle) in clients {
-        match handle.await.expect("client task") {
-            Ok(seen) => {
-                *kinds.entry(kind).or_default() += 1;
-                reconnects += seen.connections.saturating_sub(1);
-                assert!(seen.retries_hint >= 1, "the gateway sends a retry: hint");
-                if let Err(e) = check_native(&job_name(j), &seen, TOTAL) {
-                    failures.push(format!("{} ({kind}): {e}", job_name(j)));
-                }
-            }
-            Err(e) => failures.push(format!("{} ({kind}): {e}", job_name(j))),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {n_clients} clients failed, e.g. {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(8)]
-    );
+    let ClientsReport { kinds, reconnects } = expect_every_event_once(clients, TOTAL).await;
     eprintln!("e2e: {n_clients} clients {kinds:?}, {reconnects} reconnects, all got {TOTAL} events exactly once");
     // Both faults really cut streams (the clients resumed).
     assert!(

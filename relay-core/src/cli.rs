@@ -213,7 +213,7 @@ impl ConnectionArgs {
             }
             None => RedisTopology::Standalone(self.redis_url.clone()),
         };
-        let ack = (self.min_replicas_ack > 0).then(|| ReplicaAck {
+        let ack = (self.min_replicas_ack > 0).then_some(ReplicaAck {
             replicas: self.min_replicas_ack,
             timeout: REPLICA_ACK_TIMEOUT,
         });

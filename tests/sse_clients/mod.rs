@@ -4,6 +4,7 @@
 //! Last-Event-ID, parsing the raw bytes re-chunked at random points), and the
 //! check that it saw every event once, in order.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -200,4 +201,52 @@ pub fn check_native(job: &str, seen: &Seen, total: u64) -> Result<(), String> {
         return Err(format!("offsets {offsets:?}"));
     }
     Ok(())
+}
+
+/// A running client: (job id, kind of client, task).
+pub type ClientTask = (
+    String,
+    &'static str,
+    tokio::task::JoinHandle<Result<Seen, String>>,
+);
+
+/// What the clients of a run did, once all of them passed.
+#[derive(Debug, Default)]
+pub struct ClientsReport {
+    /// Clients per kind.
+    pub kinds: BTreeMap<&'static str, usize>,
+    /// Reconnects over all clients.
+    pub reconnects: usize,
+}
+
+/// Awaits every client and checks (with [`check_native`]) that each saw
+/// every one of its job's `total` events once, in order, ending with the
+/// terminal, and got a `retry:` hint.
+///
+/// # Panics
+/// When any client failed, naming up to eight.
+pub async fn expect_every_event_once(clients: Vec<ClientTask>, total: u64) -> ClientsReport {
+    let n_clients = clients.len();
+    let mut failures = Vec::new();
+    let mut report = ClientsReport::default();
+    for (job, kind, handle) in clients {
+        match handle.await.expect("client task") {
+            Ok(seen) => {
+                *report.kinds.entry(kind).or_default() += 1;
+                report.reconnects += seen.connections.saturating_sub(1);
+                assert!(seen.retries_hint >= 1, "the gateway sends a retry: hint");
+                if let Err(e) = check_native(&job, &seen, total) {
+                    failures.push(format!("{job} ({kind}): {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("{job} ({kind}): {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {n_clients} clients failed, e.g. {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(8)]
+    );
+    report
 }
