@@ -19,7 +19,6 @@
 //!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +28,14 @@ use relay_core::backend::redis::{
 };
 use relay_core::backend::Backend;
 use relay_core::{Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig};
-use relay_testkit::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::procs::{wait_port, wait_readyz};
 use relay_testkit::sentinel::SentinelSet;
 
 mod sse_clients;
 
 use sse_clients::{
-    expect_every_event_once, follow, step, ClientPlan, ClientTask, ClientsReport, LIMIT,
+    expect_every_event_once, follow, spawn_gateway, spawn_router, step, ClientPlan, ClientTask,
+    ClientsReport, LIMIT,
 };
 
 /// Hang guard for the whole test.
@@ -62,35 +62,8 @@ async fn run() {
         "--redis-master-name",
         set.master_name(),
     ];
-    let mut router_args = topology_args.to_vec();
-    router_args.extend([
-        "--consumer",
-        "r1",
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--block-ms",
-        "200",
-        "--claim-idle-ms",
-        "1000",
-    ]);
-    let mut router = Proc::spawn("relay-router", &router_args, &[]);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut gateway_args = topology_args.to_vec();
-    gateway_args.extend([
-        "--listen",
-        &listen,
-        "--pending-job-secs",
-        "120",
-        "--heartbeat-secs",
-        "1",
-        "--probe-secs",
-        "0.5",
-        "--retry-ms",
-        "200",
-    ]);
-    let _gateway = Proc::spawn("relay-sse", &gateway_args, &[]);
-    let addr: SocketAddr = listen.parse().expect("addr");
+    let mut router = spawn_router(&topology_args);
+    let (_gateway, addr) = spawn_gateway(&topology_args, &[]);
     wait_port(addr, LIMIT).await;
     wait_readyz(addr, 200, LIMIT).await;
 

@@ -28,14 +28,14 @@ use std::time::Duration;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig};
-use relay_testkit::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_testkit::procs::{wait_port, wait_readyz, Proc};
 use relay_testkit::redis::TestRedis;
 
 mod sse_clients;
 
 use sse_clients::{
-    check_native, expect_every_event_once, follow, step, ClientPlan, ClientTask, ClientsReport,
-    Seen, LIMIT,
+    check_native, expect_every_event_once, follow, spawn_gateway, spawn_router, step, ClientPlan,
+    ClientTask, ClientsReport, Seen, LIMIT,
 };
 
 /// Hang guard for one whole test.
@@ -57,48 +57,9 @@ impl Stack {
         let redis = TestRedis::private();
         let url = redis.url().to_owned();
         let profile_s = profile.to_string();
-        let router = Proc::spawn(
-            "relay-router",
-            &[
-                "--redis-url",
-                &url,
-                "--profile",
-                &profile_s,
-                "--consumer",
-                "r1",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--block-ms",
-                "200",
-                "--claim-idle-ms",
-                "1000",
-            ],
-            &[],
-        );
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args: Vec<&str> = vec![
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--profile",
-            &profile_s,
-            // Clients connect before their job's first event: wait long.
-            "--pending-job-secs",
-            "60",
-            "--heartbeat-secs",
-            "1",
-            "--probe-secs",
-            "0.5",
-            "--retry-ms",
-            "200",
-            "--max-connections",
-            "5000",
-        ];
-        args.extend_from_slice(gateway_extra);
-        let gateway = Proc::spawn("relay-sse", &args, &[]);
-        let addr: SocketAddr = listen.parse().expect("addr");
+        let conn = ["--redis-url", url.as_str(), "--profile", profile_s.as_str()];
+        let router = spawn_router(&conn);
+        let (gateway, addr) = spawn_gateway(&conn, gateway_extra);
         let backend: Arc<dyn Backend> = Arc::new(
             RedisBackend::connect(redis.url())
                 .await

@@ -2,14 +2,18 @@
 //! the events a scan job publishes, a client that follows a job's stream
 //! through drops, gateway deaths and Redis failovers (resuming with
 //! Last-Event-ID, parsing the raw bytes re-chunked at random points), and the
-//! check that it saw every event once, in order.
+//! check that it saw every event once, in order; and the `relay-router` and
+//! `relay-sse` processes they follow, started with the same flags apart from
+//! where Redis is.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use relay_core::{Event, Status};
 use relay_sse::client::{SseEvent, SseItem, SseParser};
+use relay_testkit::procs::{free_port, Proc};
 
 /// Hang guard for one wait inside a test.
 pub const LIMIT: Duration = Duration::from_secs(40);
@@ -249,4 +253,46 @@ pub async fn expect_every_event_once(clients: Vec<ClientTask>, total: u64) -> Cl
         &failures[..failures.len().min(8)]
     );
     report
+}
+
+/// Starts `relay-router` with `conn` (where Redis is, and the profile):
+/// consumer `r1`, short blocks and claims.
+pub fn spawn_router(conn: &[&str]) -> Proc {
+    let mut args = conn.to_vec();
+    args.extend([
+        "--consumer",
+        "r1",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--block-ms",
+        "200",
+        "--claim-idle-ms",
+        "1000",
+    ]);
+    Proc::spawn("relay-router", &args, &[])
+}
+
+/// Starts `relay-sse` with `conn` and `extra` flags on a free port, with
+/// fast heartbeats and probes; returns it and its address (not yet
+/// waited for).
+pub fn spawn_gateway(conn: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--listen", listen.as_str()];
+    args.extend_from_slice(conn);
+    args.extend([
+        // Clients connect before their job's first event: wait long.
+        "--pending-job-secs",
+        "60",
+        "--heartbeat-secs",
+        "1",
+        "--probe-secs",
+        "0.5",
+        "--retry-ms",
+        "200",
+        "--max-connections",
+        "5000",
+    ]);
+    args.extend_from_slice(extra);
+    let gateway = Proc::spawn("relay-sse", &args, &[]);
+    (gateway, listen.parse().expect("addr"))
 }
