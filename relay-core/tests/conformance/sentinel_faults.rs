@@ -118,8 +118,11 @@ async fn demoted_master_answers_readonly_and_the_backend_moves() {
     let _sub = before_failover(&set, &b, stream).await;
     let old = set.master().await.expect("master").port();
     set.switch_over().await;
-    // The shared connection is still open to the demoted master: the next
-    // write answers READONLY, which must be transient (a retry succeeds).
+    // The demoted master answers a write on an open connection with
+    // READONLY, or its connections are gone (the sentinels kill its
+    // clients when they demote it): either must be transient, and a retry
+    // lands on the new master. (READONLY's mapping is unit-tested in
+    // `backend::redis::link`.)
     let first = b.set("k", Bytes::from_static(b"v"), None).await;
     if let Err(e) = &first {
         assert!(e.is_transient(), "READONLY must be transient: {e:?}");

@@ -188,3 +188,32 @@ impl RedisBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(resp: &[u8]) -> RedisError {
+        match redis::parse_redis_value(resp).expect("parses") {
+            redis::Value::ServerError(e) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failover_errors_ask_the_sentinels_again_and_stay_transient() {
+        let readonly = server_error(b"-READONLY You can't write against a read only replica.\r\n");
+        assert!(wants_rediscovery(&readonly));
+        assert!(map_err(readonly).is_transient());
+        let masterdown = server_error(b"-MASTERDOWN Link with MASTER is down\r\n");
+        assert!(wants_rediscovery(&masterdown));
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(wants_rediscovery(&refused));
+        assert!(!wants_rediscovery(&server_error(
+            b"-NOSCRIPT No matching script\r\n"
+        )));
+        assert!(!wants_rediscovery(&server_error(
+            b"-ERR wrong number of arguments\r\n"
+        )));
+    }
+}
