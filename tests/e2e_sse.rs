@@ -21,23 +21,25 @@
 //!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
-use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
-use relay_sse::client::{SseEvent, SseItem, SseParser};
-use relay_testkit::procs::{free_port, wait_port, wait_readyz, Proc};
+use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig};
+use relay_testkit::procs::{wait_port, wait_readyz, Proc};
 use relay_testkit::redis::TestRedis;
+
+mod sse_clients;
+
+use sse_clients::{
+    check_native, expect_every_event_once, follow, spawn_gateway, spawn_router, step, ClientPlan,
+    ClientTask, ClientsReport, Seen, LIMIT,
+};
 
 /// Hang guard for one whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(90);
-/// Hang guard for one wait inside a test.
-const LIMIT: Duration = Duration::from_secs(40);
 
 /// redis-server + relay-router + relay-sse, killed on drop.
 struct Stack {
@@ -55,48 +57,9 @@ impl Stack {
         let redis = TestRedis::private();
         let url = redis.url().to_owned();
         let profile_s = profile.to_string();
-        let router = Proc::spawn(
-            "relay-router",
-            &[
-                "--redis-url",
-                &url,
-                "--profile",
-                &profile_s,
-                "--consumer",
-                "r1",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--block-ms",
-                "200",
-                "--claim-idle-ms",
-                "1000",
-            ],
-            &[],
-        );
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut args: Vec<&str> = vec![
-            "--listen",
-            &listen,
-            "--redis-url",
-            &url,
-            "--profile",
-            &profile_s,
-            // Clients connect before their job's first event: wait long.
-            "--pending-job-secs",
-            "60",
-            "--heartbeat-secs",
-            "1",
-            "--probe-secs",
-            "0.5",
-            "--retry-ms",
-            "200",
-            "--max-connections",
-            "5000",
-        ];
-        args.extend_from_slice(gateway_extra);
-        let gateway = Proc::spawn("relay-sse", &args, &[]);
-        let addr: SocketAddr = listen.parse().expect("addr");
+        let conn = ["--redis-url", url.as_str(), "--profile", profile_s.as_str()];
+        let router = spawn_router(&conn);
+        let (gateway, addr) = spawn_gateway(&conn, gateway_extra);
         let backend: Arc<dyn Backend> = Arc::new(
             RedisBackend::connect(redis.url())
                 .await
@@ -139,202 +102,6 @@ impl Stack {
     }
 }
 
-/// The `n`-th (1-based) of `total` events of a scan job; the last is `done`.
-fn step(job: &str, n: u64, total: u64) -> Event {
-    if n == total {
-        return Event::new("scan", job, n, "done", Status::Completed)
-            .expect("event")
-            .with_progress(100)
-            .with_data(
-                serde_json::json!({"n": n, "result": {"answer": "종이류: 깨끗이 펴서 배출"}}),
-            );
-    }
-    if n == 1 {
-        return Event::new("scan", job, n, "queued", Status::Started).expect("event");
-    }
-    let stages = ["vision", "rule", "answer", "reward"];
-    let stage = stages[((n as usize - 2) / 2) % stages.len()];
-    let status = if n.is_multiple_of(2) {
-        Status::Started
-    } else {
-        Status::Completed
-    };
-    Event::new("scan", job, n, stage, status)
-        .expect("event")
-        .with_progress((n * 100 / total) as u8)
-        // Text with characters that must survive the framing untouched.
-        .with_data(serde_json::json!({"n": n, "note": format!("line one\nline two: {n}\r\n: not a comment")}))
-}
-
-/// A small deterministic PRNG (xorshift64*), so failures reproduce.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// How a test client behaves.
-#[derive(Clone, Debug)]
-struct ClientPlan {
-    /// Drop the connection after this many events on it (then resume).
-    drop_every: Option<usize>,
-    /// Rewrite every LF of the response to CRLF before parsing.
-    crlf: bool,
-    seed: u64,
-}
-
-/// What a client saw, across all its connections.
-#[derive(Debug, Default)]
-struct Seen {
-    events: Vec<SseEvent>,
-    connections: usize,
-    retries_hint: usize,
-}
-
-/// Follows `url` until the terminal event, reconnecting with Last-Event-ID
-/// after drops, gateway deaths and stream ends. Feeds the raw body bytes to
-/// [`SseParser`] in random slices.
-async fn follow(
-    http: reqwest::Client,
-    url: String,
-    plan: ClientPlan,
-    terminal: &'static [&'static str],
-) -> Result<Seen, String> {
-    let mut rng = Rng(plan.seed | 1);
-    let mut seen = Seen::default();
-    let mut last_id: Option<String> = None;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "no terminal event after {LIMIT:?}; saw {} events",
-                seen.events.len()
-            ));
-        }
-        let mut req = http.get(&url);
-        if let Some(id) = &last_id {
-            req = req.header("Last-Event-ID", id);
-        }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(_) => {
-                // Gateway down (killed): retry like an EventSource would.
-                tokio::time::sleep(Duration::from_millis(50 + rng.below(100))).await;
-                continue;
-            }
-        };
-        if resp.status() != 200 {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(format!("HTTP {status}: {body}"));
-        }
-        seen.connections += 1;
-        let mut parser = SseParser::new();
-        let mut body = resp.bytes_stream();
-        let mut on_this = 0usize;
-        'conn: while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else { break };
-            let bytes: Vec<u8> = if plan.crlf {
-                let mut v = Vec::with_capacity(chunk.len() + 16);
-                for &b in chunk.iter() {
-                    if b == b'\n' {
-                        v.push(b'\r');
-                    }
-                    v.push(b);
-                }
-                v
-            } else {
-                chunk.to_vec()
-            };
-            // Chunk boundaries anywhere: feed random slices (often 1–3 bytes).
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let max = if rng.below(4) == 0 {
-                    3
-                } else {
-                    rest.len() as u64
-                };
-                let n = (1 + rng.below(max)) as usize;
-                let (piece, tail) = rest.split_at(n.min(rest.len()));
-                rest = tail;
-                for item in parser.push(piece) {
-                    match item {
-                        SseItem::Event(e) => {
-                            let end = terminal.contains(&e.event.as_str());
-                            last_id = e.id.clone().or(last_id);
-                            seen.events.push(e);
-                            on_this += 1;
-                            if end {
-                                return Ok(seen);
-                            }
-                            if plan.drop_every.is_some_and(|k| on_this >= k) {
-                                break 'conn;
-                            }
-                        }
-                        SseItem::Retry(_) => seen.retries_hint += 1,
-                        SseItem::Comment(_) => {}
-                    }
-                }
-            }
-        }
-        // Dropped, killed or ended without the terminal event: resume.
-    }
-}
-
-/// A running client: (job index, kind, task).
-type ClientTask = (
-    usize,
-    &'static str,
-    tokio::task::JoinHandle<Result<Seen, String>>,
-);
-
-/// Checks one native-profile client's events: offsets 1..=total in order
-/// under one epoch, seqs 1..=total, the last one `done`, data intact.
-fn check_native(job: &str, seen: &Seen, total: u64) -> Result<(), String> {
-    let mut epoch = None;
-    let mut offsets = Vec::new();
-    for e in &seen.events {
-        let id = e.id.as_deref().ok_or("event without id")?;
-        let (ep, off) = id.split_once(':').ok_or_else(|| format!("bad id {id}"))?;
-        if *epoch.get_or_insert(ep.to_owned()) != ep {
-            return Err(format!("epoch changed: {id}"));
-        }
-        let off: u64 = off.parse().map_err(|_| format!("bad offset in {id}"))?;
-        let ev: Event =
-            serde_json::from_str(&e.data).map_err(|err| format!("bad data {err}: {}", e.data))?;
-        let want = step(job, off, total);
-        if ev.job_id.as_str() != job
-            || ev.seq != off
-            || ev.stage != want.stage
-            || ev.status != want.status
-            || ev.data != want.data
-        {
-            return Err(format!("offset {off}: got {ev:?}, want {want:?}"));
-        }
-        if e.event != want.stage.as_str() {
-            return Err(format!(
-                "offset {off}: event name {} != stage {}",
-                e.event, want.stage
-            ));
-        }
-        offsets.push(off);
-    }
-    let want: Vec<u64> = (1..=total).collect();
-    if offsets != want {
-        return Err(format!("offsets {offsets:?}"));
-    }
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss() {
     tokio::time::timeout(TEST_LIMIT, full_run())
@@ -363,7 +130,11 @@ async fn full_run() {
     let spawn_client =
         |clients: &mut Vec<_>, j: usize, kind: &'static str, plan: ClientPlan, url: String| {
             let http = http.clone();
-            clients.push((j, kind, tokio::spawn(follow(http, url, plan, &["done"]))));
+            clients.push((
+                job_name(j),
+                kind,
+                tokio::spawn(follow(http, url, plan, &["done"])),
+            ));
         };
     // Before: every job has a client waiting before its first event; half
     // of the jobs also one that drops every few events and resumes.
@@ -458,28 +229,7 @@ async fn full_run() {
     }
 
     let n_clients = clients.len();
-    let mut failures = Vec::new();
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut reconnects = 0;
-    for (j, kind, handle) in clients {
-        match handle.await.expect("client task") {
-            Ok(seen) => {
-                *kinds.entry(kind).or_default() += 1;
-                reconnects += seen.connections.saturating_sub(1);
-                assert!(seen.retries_hint >= 1, "the gateway sends a retry: hint");
-                if let Err(e) = check_native(&job_name(j), &seen, TOTAL) {
-                    failures.push(format!("{} ({kind}): {e}", job_name(j)));
-                }
-            }
-            Err(e) => failures.push(format!("{} ({kind}): {e}", job_name(j))),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {n_clients} clients failed, e.g. {:#?}",
-        failures.len(),
-        &failures[..failures.len().min(8)]
-    );
+    let ClientsReport { kinds, reconnects } = expect_every_event_once(clients, TOTAL).await;
     eprintln!("e2e: {n_clients} clients {kinds:?}, {reconnects} reconnects, all got {TOTAL} events exactly once");
     // Both faults really cut streams (the clients resumed).
     assert!(

@@ -429,9 +429,10 @@ pub async fn run_until(cli: Cli, shutdown: CancellationToken) -> Result<(), AppE
         };
         return crate::demo::run(config, shutdown).await;
     }
-    let (backend, kv) =
-        relay_core::cli::connect_with_kv_retry(&cli.connection.redis_url, Duration::from_secs(30))
-            .await?;
+    let (backend, kv) = cli
+        .connection
+        .connect_with_kv_retry(Duration::from_secs(30))
+        .await?;
     match &cli.command {
         Command::Api(args) => {
             let publisher = Publisher::new(

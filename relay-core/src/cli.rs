@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::RedisBackend;
+use crate::backend::redis::{
+    RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology, TopologyError,
+};
 use crate::backend::{Backend, KvStore};
 use crate::error::BackendError;
 use crate::event::Domain;
@@ -135,13 +137,35 @@ fn collect_flags_without_env(cmd: &clap::Command, prefix: &str, path: &str, out:
 #[derive(Clone, Debug, Args)]
 pub struct ConnectionArgs {
     /// Redis holding shard streams, state and history (`memory://` for an
-    /// in-process store, useful only inside one process).
+    /// in-process store, useful only inside one process). With
+    /// --redis-sentinel its host and port are ignored (the sentinels name
+    /// the master); its scheme, user, password and database are used on
+    /// the master.
     #[arg(
         long,
         env = "RELAY_REDIS_URL",
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// Redis Sentinel addresses, `host:port[,host:port...]`: connect to the
+    /// master they name (--redis-master-name) and follow it across
+    /// failovers. Unset: --redis-url is one standalone server.
+    #[arg(
+        long,
+        env = "RELAY_REDIS_SENTINEL",
+        value_delimiter = ',',
+        requires = "redis_master_name"
+    )]
+    pub redis_sentinel: Vec<String>,
+    /// Name of the master the sentinels monitor (required with
+    /// --redis-sentinel).
+    #[arg(long, env = "RELAY_REDIS_MASTER_NAME", requires = "redis_sentinel")]
+    pub redis_master_name: Option<String>,
+    /// Replicas that must acknowledge each append (`WAIT`) before it counts
+    /// as published; 0 = the master's acknowledgement alone (an append not
+    /// yet replicated is lost if the master dies). Redis backends only.
+    #[arg(long, env = "RELAY_MIN_REPLICAS_ACK", default_value_t = 0)]
+    pub min_replicas_ack: u32,
     /// Redis for Pub/Sub, when it is a different server (defaults to --redis-url).
     #[arg(long, env = "RELAY_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
@@ -180,19 +204,129 @@ impl ConnectionArgs {
         KeySpace::new(self.profile, domain, self.shards)
     }
 
+    /// The data server's topology: Sentinel when --redis-sentinel is set,
+    /// else `None` (--redis-url is one server, or `memory://`).
+    pub fn sentinel_topology(&self) -> Result<Option<RedisTopology>, TopologyError> {
+        if self.redis_sentinel.is_empty() {
+            return Ok(None);
+        }
+        let name = self.redis_master_name.as_deref().unwrap_or_default();
+        let sentinel = SentinelTopology::new(&self.redis_sentinel, name, &self.redis_url)?;
+        Ok(Some(RedisTopology::Sentinel(sentinel)))
+    }
+
+    /// Where the data server is, for logs: the URL, or the sentinels and
+    /// master name.
+    pub fn describe(&self) -> String {
+        if self.redis_sentinel.is_empty() {
+            self.redis_url.clone()
+        } else {
+            format!(
+                "Sentinel master {:?} via {}",
+                self.redis_master_name.as_deref().unwrap_or_default(),
+                self.redis_sentinel.join(",")
+            )
+        }
+    }
+
     /// Connects to the data server.
     pub async fn connect(&self) -> Result<Arc<dyn Backend>, BackendError> {
-        connect(&self.redis_url).await
+        Ok(self.connect_with_kv().await?.0)
+    }
+
+    /// Connects to the data server, with its [`KvStore`] role too (see
+    /// [`connect_with_kv`]).
+    pub async fn connect_with_kv(
+        &self,
+    ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+        self.connect_to(self.checked_topology()?).await
+    }
+
+    /// [`Self::sentinel_topology`], a configuration error being a
+    /// non-transient [`BackendError::Server`].
+    fn checked_topology(&self) -> Result<Option<RedisTopology>, BackendError> {
+        self.sentinel_topology()
+            .map_err(|e| BackendError::Server(Box::new(e)))
+    }
+
+    async fn connect_to(
+        &self,
+        topology: Option<RedisTopology>,
+    ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+        let topology = match topology {
+            Some(topology) => topology,
+            None if self.redis_url.starts_with("memory:") || self.min_replicas_ack == 0 => {
+                return connect_with_kv(&self.redis_url).await
+            }
+            None => RedisTopology::Standalone(self.redis_url.clone()),
+        };
+        let ack = (self.min_replicas_ack > 0).then_some(ReplicaAck {
+            replicas: self.min_replicas_ack,
+            timeout: REPLICA_ACK_TIMEOUT,
+        });
+        let config = RedisConfig {
+            min_replicas_ack: ack,
+            ..RedisConfig::default()
+        };
+        let redis = Arc::new(RedisBackend::connect_topology(topology, config).await?);
+        Ok((redis.clone(), redis))
+    }
+
+    /// [`Self::connect`], retrying with backoff until it succeeds or
+    /// `give_up` elapses.
+    pub async fn connect_with_retry(
+        &self,
+        give_up: Duration,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(self.connect_with_kv_retry(give_up).await?.0)
+    }
+
+    /// [`Self::connect_with_kv`], retrying with backoff until it succeeds
+    /// or `give_up` elapses.
+    pub async fn connect_with_kv_retry(
+        &self,
+        give_up: Duration,
+    ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+        // A topology that cannot work fails at once, not after `give_up`.
+        let topology = self.checked_topology()?;
+        retry(&self.describe(), give_up, || {
+            self.connect_to(topology.clone())
+        })
+        .await
     }
 
     /// Connects to the pub/sub server if it differs from the data server.
     pub async fn connect_pubsub(&self) -> Result<Option<Arc<dyn Backend>>, BackendError> {
+        match self.separate_pubsub_url() {
+            Some(url) => Ok(Some(connect(url).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::connect_pubsub`], retrying with backoff until it succeeds or
+    /// `give_up` elapses.
+    pub async fn connect_pubsub_with_retry(
+        &self,
+        give_up: Duration,
+    ) -> Result<Option<Arc<dyn Backend>>, BackendError> {
+        match self.separate_pubsub_url() {
+            Some(url) => Ok(Some(connect_with_retry(url, give_up).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// --pubsub-url when it names another server than the data server (a
+    /// Sentinel-managed data server is never the same URL).
+    fn separate_pubsub_url(&self) -> Option<&str> {
         match &self.pubsub_url {
-            Some(url) if url != &self.redis_url => Ok(Some(connect(url).await?)),
-            _ => Ok(None),
+            Some(url) if url != &self.redis_url || !self.redis_sentinel.is_empty() => Some(url),
+            _ => None,
         }
     }
 }
+
+/// How long an append waits for `--min-replicas-ack` replicas.
+const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or `memory://`.
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {
@@ -228,13 +362,23 @@ pub async fn connect_with_kv_retry(
     url: &str,
     give_up: Duration,
 ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+    retry(url, give_up, || connect_with_kv(url)).await
+}
+
+/// Runs `attempt` until it succeeds or `give_up`
+/// elapses, with doubling pauses (at most 5 s) between attempts.
+async fn retry<T, F, Fut>(what: &str, give_up: Duration, mut attempt: F) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackendError>>,
+{
     let deadline = tokio::time::Instant::now() + give_up;
     let mut wait = Duration::from_millis(100);
     loop {
-        match connect_with_kv(url).await {
+        match attempt().await {
             Ok(b) => return Ok(b),
             Err(e) if tokio::time::Instant::now() + wait < deadline => {
-                tracing::warn!(error = %e, url, "cannot connect yet; retrying");
+                tracing::warn!(error = %e, url = what, "cannot connect yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
@@ -278,5 +422,45 @@ mod tests {
         assert!(colour_wanted(true, Some(OsStr::new(""))));
         assert!(!colour_wanted(true, Some(OsStr::new("1"))));
         assert!(!colour_wanted(false, None));
+    }
+
+    #[derive(clap::Parser)]
+    struct Conn {
+        #[command(flatten)]
+        conn: super::ConnectionArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<super::ConnectionArgs, clap::Error> {
+        use clap::Parser;
+        Conn::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|c| c.conn)
+    }
+
+    #[test]
+    fn sentinel_flags_need_each_other_and_give_a_topology() {
+        assert!(parse(&["--redis-sentinel", "a:1"]).is_err());
+        assert!(parse(&["--redis-master-name", "m"]).is_err());
+        let conn = parse(&[
+            "--redis-sentinel",
+            "a:26379,b:26379",
+            "--redis-master-name",
+            "mymaster",
+            "--redis-url",
+            "redis://:pw@ignored/1",
+        ])
+        .expect("valid flags");
+        let Some(super::RedisTopology::Sentinel(t)) = conn.sentinel_topology().expect("valid")
+        else {
+            panic!("expected a Sentinel topology");
+        };
+        assert_eq!(t.master_name(), "mymaster");
+        assert_eq!(t.sentinels().len(), 2);
+        let bad = parse(&["--redis-sentinel", "nohost", "--redis-master-name", "m"])
+            .expect("parses; checked when connecting");
+        assert!(matches!(
+            bad.sentinel_topology(),
+            Err(super::TopologyError::SentinelAddr { .. })
+        ));
+        let plain = parse(&[]).expect("defaults");
+        assert!(plain.sentinel_topology().expect("valid").is_none());
     }
 }

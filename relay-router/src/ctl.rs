@@ -143,7 +143,7 @@ pub async fn run(args: CtlArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<
         .conn
         .connect()
         .await
-        .with_context(|| format!("connecting to {}", args.conn.redis_url))?;
+        .with_context(|| format!("connecting to {}", args.conn.describe()))?;
     let keys = args.conn.key_space();
     let group = args
         .group

@@ -25,7 +25,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::cli::connect_with_retry;
 use relay_core::router::RouterMetrics;
 use relay_core::Router;
 use tracing::info;
@@ -46,11 +45,8 @@ pub async fn run(args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow
     // address, and not after the streams and groups were created.
     let listener = relay_core::http_serve::bind(args.metrics_addr).await?;
     let give_up = Duration::from_secs(args.connect_timeout_secs);
-    let data = connect_with_retry(&args.conn.redis_url, give_up).await?;
-    let pubsub = match &args.conn.pubsub_url {
-        Some(url) if url != &args.conn.redis_url => Some(connect_with_retry(url, give_up).await?),
-        _ => None,
-    };
+    let data = args.conn.connect_with_retry(give_up).await?;
+    let pubsub = args.conn.connect_pubsub_with_retry(give_up).await?;
     let mut handles = Vec::new();
     let mut state = Vec::new();
     for keys in args.conn.key_spaces() {

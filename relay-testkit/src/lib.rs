@@ -12,6 +12,8 @@
 //! - [`mod@redis`]: private `redis-server` processes with fault injection
 //!   (kill, restart, kill clients, refuse writes, command statistics) and
 //!   [`redis::TestRedis`], the Redis of one test.
+//! - [`sentinel`]: a master, a replica and three sentinels, with a real
+//!   failover on demand.
 //! - [`procs`]: the workspace's binaries as child processes, free loopback
 //!   ports and waiting until something listens.
 //! - [`wait`]: polling a condition with a hang guard.
@@ -27,4 +29,5 @@ pub mod bench;
 pub mod browser;
 pub mod procs;
 pub mod redis;
+pub mod sentinel;
 pub mod wait;

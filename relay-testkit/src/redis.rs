@@ -184,7 +184,7 @@ pub fn redis_server_bin() -> PathBuf {
 }
 
 /// Sends `PING` over a raw socket; true on `+PONG`.
-fn answers_ping(port: u16) -> bool {
+pub(crate) fn answers_ping(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

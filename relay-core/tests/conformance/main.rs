@@ -1,8 +1,10 @@
 //! The backend conformance suite: one module per backend trait, each case
 //! generated per backend by [`conformance_tests!`](support::conformance_tests),
-//! so `cargo test` shows `stream_log::memory::…`, `stream_log::redis::…` and
-//! `stream_log::redis_cluster_mode::…`. Redis-only behaviour (connection
-//! handling, fault injection) is in `redis_faults`.
+//! so `cargo test` shows `stream_log::memory::…`, `stream_log::redis::…`,
+//! `stream_log::redis_cluster_mode::…` and `stream_log::redis_sentinel::…`
+//! (a master found through three sentinels). Redis-only behaviour
+//! (connection handling, fault injection) is in `redis_faults`, and
+//! following a Sentinel failover in `sentinel_faults`.
 //!
 //! Run: `cargo test -p relay-core --test conformance`.
 //! The Redis tests start a private `redis-server` each (or use `REDIS_URL`
@@ -16,4 +18,5 @@ mod job_log;
 mod kv;
 mod pubsub;
 mod redis_faults;
+mod sentinel_faults;
 mod stream_log;

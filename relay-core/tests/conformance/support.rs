@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::backend::redis::{RedisBackend, RedisConfig};
+use relay_core::backend::redis::{RedisBackend, RedisConfig, RedisTopology, SentinelTopology};
 use relay_core::backend::{
     AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, ClaimResult,
     GroupStats, KvStore, ReadFrom, StreamEntry, StreamId, StreamLog, Subscriber,
@@ -17,6 +17,7 @@ use relay_core::codec::Fields;
 use relay_core::keys::JobKeys;
 use relay_core::{BackendResult, Encoding, Epoch, Payload};
 use relay_testkit::redis::TestRedis;
+use relay_testkit::sentinel::SentinelSet;
 
 /// The consumer group of the stream cases.
 pub const GROUP: &str = "g";
@@ -33,6 +34,8 @@ pub struct Fixture {
 pub enum Kind {
     Memory(Arc<MemoryBackend>),
     Redis(TestRedis),
+    /// A master found through three sentinels (one set per test).
+    Sentinel(SentinelSet),
 }
 
 impl Fixture {
@@ -78,6 +81,18 @@ impl Fixture {
             .await
             .expect("connect");
         Self::redis_with(redis, backend)
+    }
+
+    /// A Sentinel-managed master (with a replica), found through the
+    /// sentinels: the same semantics as a standalone server.
+    pub async fn redis_sentinel() -> Fixture {
+        let set = SentinelSet::start();
+        let backend = sentinel_backend(&set, RedisConfig::default()).await;
+        Self::on(
+            Arc::new(backend),
+            relay_testkit::redis::unique_prefix(),
+            Kind::Sentinel(set),
+        )
     }
 
     async fn redis_on(redis: TestRedis) -> Fixture {
@@ -128,6 +143,14 @@ impl Fixture {
                 Some(())
             }
             Kind::Redis(r) => r.client_kill(&["TYPE", "pubsub"]).await.ok().map(|_| ()),
+            Kind::Sentinel(set) => {
+                let master = set.master().await.ok()?;
+                master
+                    .client_kill(&["TYPE", "pubsub"])
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
         }
     }
 
@@ -191,6 +214,16 @@ impl Fixture {
         assert_eq!(r.len(), 1);
         r.remove(0)
     }
+}
+
+/// A backend on `set`'s master, found through its sentinels.
+pub async fn sentinel_backend(set: &SentinelSet, config: RedisConfig) -> RedisBackend {
+    let topology =
+        SentinelTopology::new(&set.sentinel_addrs(), set.master_name(), "redis://sentinel")
+            .expect("valid topology");
+    RedisBackend::connect_topology(RedisTopology::Sentinel(topology), config)
+        .await
+        .expect("connect through the sentinels")
 }
 
 /// A job's keys under `prefix` (one hash slot per job).
@@ -305,7 +338,8 @@ pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
 }
 
 /// Generates one `#[tokio::test]` per case of the calling module and per
-/// backend, in the submodules `memory`, `redis` and `redis_cluster_mode`.
+/// backend, in the submodules `memory`, `redis`, `redis_cluster_mode` and
+/// `redis_sentinel`.
 /// Each case is an `async fn(&Fixture)` of the calling module.
 macro_rules! conformance_tests {
     ($($case:ident),* $(,)?) => {
@@ -313,6 +347,9 @@ macro_rules! conformance_tests {
         $crate::support::conformance_tests!(@on redis, $crate::support::Fixture::redis; $($case),*);
         $crate::support::conformance_tests!(
             @on redis_cluster_mode, $crate::support::Fixture::redis_cluster_mode; $($case),*
+        );
+        $crate::support::conformance_tests!(
+            @on redis_sentinel, $crate::support::Fixture::redis_sentinel; $($case),*
         );
     };
     (@on $backend:ident, $make:path; $($case:ident),*) => {

@@ -3,22 +3,22 @@
 //! would stall every command queued behind it on a shared one); pub/sub
 //! subscribers open their own (see `pubsub`). Keeping the roles apart is
 //! what lets a cluster topology give each its own per-node connections.
+//! Every call takes its connection from the current `link` and reports a
+//! failure back to it, so a Sentinel failover moves all roles to the new
+//! master.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, Script, Value};
 
 use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol};
+use super::link::{wants_rediscovery, Link};
 use super::RedisBackend;
 use crate::backend::BackendResult;
 use crate::error::BackendError;
 
 impl RedisBackend {
-    pub(super) fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
-    }
-
     /// Runs one command; an idempotent one ([`Resend::AfterDrop`]) is sent
     /// once more when the connection dropped under it.
     pub(super) async fn query(&self, cmd: &Cmd, resend: Resend) -> Result<Value, RedisError> {
@@ -31,11 +31,54 @@ impl RedisBackend {
     }
 
     pub(super) async fn query_once(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        let v: Value = cmd.query_async(&mut self.conn()).await?;
-        match v {
-            Value::ServerError(e) => Err(e.into()),
-            v => Ok(v),
+        let link = self.usable_link().await?;
+        let r = match cmd.query_async::<Value>(&mut link.conn.clone()).await {
+            Ok(Value::ServerError(e)) => Err(e.into()),
+            r => r,
+        };
+        if let Err(e) = &r {
+            self.observe(e, link.generation).await;
         }
+        r
+    }
+
+    /// Runs `cmds` as one pipeline on the current link (see
+    /// [`run_pipeline`]); sent once more when the connection dropped under
+    /// it and `resend` allows. A failure that can mean a failover, of the
+    /// whole pipeline or of one command in it, is reported to the link.
+    pub(super) async fn pipeline(
+        &self,
+        cmds: &[Cmd],
+        resend: Resend,
+    ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
+        match self.pipeline_once(cmds).await {
+            Err(PipelineError::Redis(e))
+                if resend == Resend::AfterDrop && is_connection_error(&e) =>
+            {
+                self.pipeline_once(cmds).await
+            }
+            r => r,
+        }
+    }
+
+    async fn pipeline_once(
+        &self,
+        cmds: &[Cmd],
+    ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
+        let link = self.usable_link().await.map_err(PipelineError::Redis)?;
+        let r = run_pipeline(&link, cmds).await;
+        let failed = match &r {
+            Err(PipelineError::Redis(e)) => Some(e),
+            Ok(results) => results
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .find(|e| wants_rediscovery(e)),
+            Err(PipelineError::Backend(_)) => None,
+        };
+        if let Some(e) = failed {
+            self.observe(e, link.generation).await;
+        }
+        r
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
@@ -51,8 +94,7 @@ impl RedisBackend {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn();
-        let mut results = run_pipeline_resend(&mut conn, &cmds, resend).await?;
+        let mut results = self.pipeline(&cmds, resend).await?;
         let retry: Vec<usize> = results
             .iter()
             .enumerate()
@@ -60,9 +102,13 @@ impl RedisBackend {
             .map(|(i, _)| i)
             .collect();
         if !retry.is_empty() {
-            script.load_async(&mut conn).await.map_err(map_err)?;
+            let link = self.usable_link().await.map_err(map_err)?;
+            script
+                .load_async(&mut link.conn.clone())
+                .await
+                .map_err(map_err)?;
             let again: Vec<Cmd> = retry.iter().map(|&i| cmds[i].clone()).collect();
-            let redo = run_pipeline(&mut conn, &again).await?;
+            let redo = self.pipeline(&again, Resend::Never).await?;
             for (i, r) in retry.into_iter().zip(redo) {
                 results[i] = r;
             }
@@ -84,27 +130,59 @@ impl RedisBackend {
             .map_err(|e| map_err_ctx(e, group))
     }
 
-    pub(super) async fn checkout_blocking(&self) -> BackendResult<MultiplexedConnection> {
-        let idle = self
-            .inner
-            .blocking_idle
-            .lock()
-            .ok()
-            .and_then(|mut pool| pool.pop());
+    /// With [`RedisConfig::min_replicas_ack`](super::RedisConfig), waits
+    /// (`WAIT`) until that many replicas have this connection's writes.
+    pub(super) async fn wait_replicas(&self) -> BackendResult<()> {
+        let Some(ack) = self.inner.config.min_replicas_ack else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(ack.replicas).arg(ms(ack.timeout));
+        let v = self.query_once(&wait).await.map_err(map_err)?;
+        match super::reply::u64_of(&v) {
+            Some(n) if n >= u64::from(ack.replicas) => Ok(()),
+            Some(n) => Err(BackendError::Unavailable(
+                format!(
+                    "only {n} of {} replicas acknowledged the append within {:?}",
+                    ack.replicas, ack.timeout
+                )
+                .into(),
+            )),
+            None => Err(protocol(format!("WAIT answered {v:?}"))),
+        }
+    }
+
+    /// A dedicated connection to the current node, from the idle pool or
+    /// new, with the generation of the link it belongs to.
+    async fn checkout_blocking(&self) -> BackendResult<(u64, MultiplexedConnection)> {
+        let link = self.usable_link().await.map_err(map_err)?;
+        let idle = self.inner.blocking_idle.lock().ok().and_then(|mut pool| {
+            pool.retain(|(generation, _)| *generation == link.generation);
+            pool.pop()
+        });
         if let Some(conn) = idle {
             return Ok(conn);
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.inner.config.connection_timeout))
             .set_response_timeout(None);
-        self.inner
+        match link
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(map_err)
+        {
+            Ok(conn) => Ok((link.generation, conn)),
+            Err(e) => {
+                self.observe(&e, link.generation).await;
+                Err(map_err(e))
+            }
+        }
     }
 
-    pub(super) fn checkin_blocking(&self, conn: MultiplexedConnection) {
+    fn checkin_blocking(&self, conn: (u64, MultiplexedConnection)) {
+        if conn.0 != self.link().generation {
+            return; // the master moved: this connection is to the old one
+        }
         if let Ok(mut pool) = self.inner.blocking_idle.lock() {
             if pool.len() < self.inner.config.blocking_pool_idle {
                 pool.push(conn);
@@ -119,23 +197,30 @@ impl RedisBackend {
         cmd: &Cmd,
         block: Duration,
     ) -> Result<Value, BlockingError> {
-        let mut conn = self
+        let (generation, mut conn) = self
             .checkout_blocking()
             .await
             .map_err(BlockingError::Backend)?;
         let limit = block + self.inner.config.block_margin;
         match tokio::time::timeout(limit, cmd.query_async::<Value>(&mut conn)).await {
             Ok(Ok(Value::ServerError(e))) => {
-                self.checkin_blocking(conn);
-                Err(BlockingError::Redis(e.into()))
+                let e: RedisError = e.into();
+                if wants_rediscovery(&e) {
+                    self.observe(&e, generation).await;
+                } else {
+                    self.checkin_blocking((generation, conn));
+                }
+                Err(BlockingError::Redis(e))
             }
             Ok(Ok(v)) => {
-                self.checkin_blocking(conn);
+                self.checkin_blocking((generation, conn));
                 Ok(v)
             }
             Ok(Err(e)) => {
-                if !is_connection_error(&e) {
-                    self.checkin_blocking(conn);
+                if wants_rediscovery(&e) {
+                    self.observe(&e, generation).await;
+                } else {
+                    self.checkin_blocking((generation, conn));
                 }
                 Err(BlockingError::Redis(e))
             }
@@ -183,23 +268,10 @@ impl From<PipelineError> for BackendError {
     }
 }
 
-/// [`run_pipeline`], sent once more when the connection dropped under it
-/// and `resend` allows.
-pub(super) async fn run_pipeline_resend(
-    conn: &mut ConnectionManager,
-    cmds: &[Cmd],
-    resend: Resend,
-) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
-    match run_pipeline(conn, cmds).await {
-        Err(PipelineError::Redis(e)) if resend == Resend::AfterDrop && is_connection_error(&e) => {
-            run_pipeline(conn, cmds).await
-        }
-        r => r,
-    }
-}
-
-pub(super) async fn run_pipeline(
-    conn: &mut ConnectionManager,
+/// Runs `cmds` as one pipeline on `link`'s shared connection; one result
+/// per command.
+async fn run_pipeline(
+    link: &Link,
     cmds: &[Cmd],
 ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
     let mut pipe = Pipeline::with_capacity(cmds.len());
@@ -207,7 +279,10 @@ pub(super) async fn run_pipeline(
     for c in cmds {
         pipe.add_command(c.clone());
     }
-    let values: Vec<Value> = pipe.query_async(conn).await.map_err(PipelineError::Redis)?;
+    let values: Vec<Value> = pipe
+        .query_async(&mut link.conn.clone())
+        .await
+        .map_err(PipelineError::Redis)?;
     if values.len() != cmds.len() {
         return Err(PipelineError::Backend(BackendError::Protocol(
             format!(

@@ -2,6 +2,8 @@
 //!
 //! | module | concept |
 //! |---|---|
+//! | `topology` | where the server is: a standalone URL, or a master named by Redis Sentinel |
+//! | `link` | the node in use, and moving to a new master after a Sentinel failover |
 //! | `conn` | connection roles: the shared multiplexed connection, dedicated blocking readers, resending after a drop |
 //! | `scripts` | the Lua scripts (`scripts/*.lua`, each naming its KEYS and ARGV) |
 //! | `error` | server errors to [`BackendError`]: transient or not |
@@ -9,7 +11,7 @@
 //! | `stream_log`, `job_log`, `pubsub`, `kv` | one backend role each |
 //!
 //! ## Connections
-//! - One auto-reconnecting multiplexed connection ([`ConnectionManager`]) for
+//! - One auto-reconnecting multiplexed connection ([`redis::aio::ConnectionManager`]) for
 //!   every non-blocking command. Commands from all tasks are pipelined over it.
 //! - Blocking reads ([`ReadFrom::New`] with a `block`) never run on the shared
 //!   connection: a `BLOCK` would stall every command queued behind it. Each
@@ -20,6 +22,9 @@
 //!   (the old Python system's socket timeout was, and lost reads). A
 //!   connection that failed or timed out is dropped, never reused.
 //! - [`Backend::subscriber`] opens a dedicated pub/sub connection per call.
+//! - All of them connect to the current node ([`RedisTopology`]): with
+//!   Sentinel, a broken connection or a `READONLY` reply makes the backend
+//!   ask the sentinels for the master again and move every role to it.
 //!
 //! ## Scripts
 //! The multi-step operations (apply, read history, get state, deduplicated
@@ -31,11 +36,11 @@
 //! lexicographically), so the full `u64` range is safe. Offsets are Lua
 //! numbers and stay exact up to 2^53.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::Client;
 
 use super::{AckRequest, ApplyJob, ApplyOptions, ApplyResult, Backend, BackendResult};
@@ -46,17 +51,21 @@ mod coordination;
 mod error;
 mod job_log;
 mod kv;
+mod link;
 mod pubsub;
 mod reply;
 mod scripts;
 mod stream_log;
+mod topology;
 
 use conn::Resend;
 use error::{map_err, protocol};
+use link::Link;
 use reply::str_of;
 use scripts::Scripts;
 
 pub use pubsub::SUBSCRIBER_CAPACITY;
+pub use topology::{RedisTopology, SentinelTopology, TopologyError};
 
 /// Connection settings of a [`RedisBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +86,22 @@ pub struct RedisConfig {
     /// share its `{job_id}` slot; different jobs' keys do not). On a single
     /// server one call applies the whole batch, which is much cheaper.
     pub cluster: bool,
+    /// Replicas that must acknowledge an append before it is reported
+    /// done (`WAIT n timeout` after each append batch). `None`: appends
+    /// are acknowledged by the master alone, and an acknowledged append
+    /// not yet replicated when the master dies is lost at failover.
+    pub min_replicas_ack: Option<ReplicaAck>,
+}
+
+/// Wait for replicas after an append (see [`RedisConfig::min_replicas_ack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaAck {
+    /// How many replicas must have the append.
+    pub replicas: u32,
+    /// How long to wait for them; fewer by then fails the append with a
+    /// transient [`BackendError::Unavailable`] (it may still survive:
+    /// callers retry, and relay's appends are idempotent by seq).
+    pub timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -88,15 +113,20 @@ impl Default for RedisConfig {
             blocking_pool_idle: 16,
             reconnect_retries: 4,
             cluster: false,
+            min_replicas_ack: None,
         }
     }
 }
 
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    /// The node in use; replaced when Sentinel names a new master.
+    link: RwLock<Arc<Link>>,
+    topology: RedisTopology,
+    /// Serialises rediscoveries; holds when the last one started.
+    rediscovery: tokio::sync::Mutex<Option<Instant>>,
     config: RedisConfig,
-    blocking_idle: Mutex<Vec<MultiplexedConnection>>,
+    /// Idle blocking connections, each with its link's generation.
+    blocking_idle: Mutex<Vec<(u64, MultiplexedConnection)>>,
     scripts: Scripts,
 }
 
@@ -122,20 +152,21 @@ impl RedisBackend {
 
     /// Connects with explicit settings.
     pub async fn connect_with(url: &str, config: RedisConfig) -> Result<Self, BackendError> {
-        let client = Client::open(url).map_err(|e| BackendError::Connection(Box::new(e)))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.connection_timeout))
-            .set_number_of_retries(config.reconnect_retries)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(map_err)?;
+        Self::connect_topology(RedisTopology::Standalone(url.to_owned()), config).await
+    }
+
+    /// Connects to `topology`: a standalone server, or the master the
+    /// sentinels name (followed across failovers).
+    pub async fn connect_topology(
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> Result<Self, BackendError> {
+        let link = Link::first(&topology, &config).await?;
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                conn,
+                link: RwLock::new(Arc::new(link)),
+                topology,
+                rediscovery: tokio::sync::Mutex::new(None),
                 config,
                 blocking_idle: Mutex::new(Vec::new()),
                 scripts: Scripts::new(),
@@ -148,9 +179,15 @@ impl RedisBackend {
         &self.inner.config
     }
 
-    /// The underlying redis-rs client (for extra connections).
-    pub fn client(&self) -> &Client {
-        &self.inner.client
+    /// The topology connected to.
+    pub fn topology(&self) -> &RedisTopology {
+        &self.inner.topology
+    }
+
+    /// The redis-rs client of the node in use (for extra connections); on
+    /// a Sentinel topology, of the master at the time of the call.
+    pub fn client(&self) -> Client {
+        self.link().client.clone()
     }
 }
 

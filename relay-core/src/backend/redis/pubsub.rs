@@ -10,7 +10,7 @@ use redis::aio::PubSubSink;
 use redis::Cmd;
 use tokio::sync::mpsc;
 
-use super::conn::run_pipeline;
+use super::conn::Resend;
 use super::error::map_err;
 use super::RedisBackend;
 use crate::backend::{BackendResult, PubSub, PubSubMessage, Subscriber, SubscriberHandle};
@@ -63,21 +63,29 @@ impl PubSub for RedisBackend {
                 c
             })
             .collect();
-        let mut conn = self.conn();
-        for r in run_pipeline(&mut conn, &cmds).await? {
+        for r in self.pipeline(&cmds, Resend::Never).await? {
             r.map_err(map_err)?;
         }
         Ok(())
     }
 
     async fn subscriber(&self) -> BackendResult<Subscriber> {
-        let pubsub = tokio::time::timeout(
+        // On the current node; after a failover the owner's reconnect
+        // lands here and so follows the new master.
+        let link = self.usable_link().await.map_err(map_err)?;
+        let pubsub = match tokio::time::timeout(
             self.inner.config.connection_timeout,
-            self.inner.client.get_async_pubsub(),
+            link.client.get_async_pubsub(),
         )
         .await
-        .map_err(|_| BackendError::Connection("pub/sub connect timed out".into()))?
-        .map_err(map_err)?;
+        {
+            Err(_) => return Err(BackendError::Connection("pub/sub connect timed out".into())),
+            Ok(Err(e)) => {
+                self.observe(&e, link.generation).await;
+                return Err(map_err(e));
+            }
+            Ok(Ok(p)) => p,
+        };
         let (sink, mut stream) = pubsub.split();
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
         tokio::spawn(async move {

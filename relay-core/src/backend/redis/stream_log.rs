@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::Value;
 
-use super::conn::{evalsha, ms, run_pipeline_resend, BlockingError, Resend};
+use super::conn::{evalsha, ms, BlockingError, Resend};
 use super::error::{map_err, map_group_err, protocol, server_code};
 use super::reply::*;
 use super::RedisBackend;
@@ -79,6 +79,9 @@ impl StreamLog for RedisBackend {
             }
         }
         let results = self.eval_pipeline(script, cmds, resend).await?;
+        if results.iter().any(Result::is_ok) {
+            self.wait_replicas().await?;
+        }
         let mut out = Vec::with_capacity(reqs.len());
         for ((dedupe, n), res) in runs.into_iter().zip(results) {
             let v = res.map_err(map_err)?;
@@ -238,9 +241,9 @@ impl StreamLog for RedisBackend {
         consumers.arg("CONSUMERS").arg(stream).arg(group);
         let mut len = redis::cmd("XLEN");
         len.arg(stream);
-        let mut conn = self.conn();
-        let results =
-            run_pipeline_resend(&mut conn, &[groups, consumers, len], Resend::AfterDrop).await?;
+        let results = self
+            .pipeline(&[groups, consumers, len], Resend::AfterDrop)
+            .await?;
         let no_group = || BackendError::NoGroup {
             stream: stream.to_owned(),
             group: group.to_owned(),
@@ -333,10 +336,17 @@ impl StreamLog for RedisBackend {
             .arg(group)
             .arg(entry.id.to_string())
             .ignore();
-        let v: Vec<Value> = pipe
-            .query_async(&mut self.conn())
+        let link = self
+            .usable_link()
             .await
             .map_err(|e| map_group_err(e, source, group))?;
+        let v: Vec<Value> = match pipe.query_async(&mut link.conn.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.observe(&e, link.generation).await;
+                return Err(map_group_err(e, source, group));
+            }
+        };
         stream_id_of(
             v.first()
                 .ok_or_else(|| protocol("empty dead-letter reply"))?,
