@@ -67,27 +67,9 @@ pub enum Command {
         job: String,
     },
     /// Show a job's history.
-    History {
-        /// Job id.
-        job: String,
-        /// Only entries after this offset.
-        #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
-        after: u64,
-        /// At most this many entries.
-        #[arg(long, env = "RELAY_LIMIT", default_value_t = 1000)]
-        limit: usize,
-    },
+    History(HistoryArgs),
     /// Follow a job live, like its SSE stream, until its terminal event.
-    Tail {
-        /// Job id.
-        job: String,
-        /// Start after this offset (default: replay the whole history).
-        #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
-        after: u64,
-        /// Give up after this many seconds without the terminal event (0: never).
-        #[arg(long, env = "RELAY_TIMEOUT_SECS", default_value_t = 0)]
-        timeout_secs: u64,
-    },
+    Tail(TailArgs),
     /// Pending, lag and dead-letter size per shard.
     Stats,
     /// Issue a stream access token for a job (what the gateway's
@@ -111,6 +93,32 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+}
+
+/// `relayctl history` arguments.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// Job id.
+    pub job: String,
+    /// Only entries after this offset.
+    #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
+    pub after: u64,
+    /// At most this many entries.
+    #[arg(long, env = "RELAY_LIMIT", default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// `relayctl tail` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Job id.
+    pub job: String,
+    /// Start after this offset (default: replay the whole history).
+    #[arg(long, env = "RELAY_AFTER", default_value_t = 0)]
+    pub after: u64,
+    /// Give up after this many seconds without the terminal event (0: never).
+    #[arg(long, env = "RELAY_TIMEOUT_SECS", default_value_t = 0)]
+    pub timeout_secs: u64,
 }
 
 /// Dead-letter actions.
@@ -168,12 +176,8 @@ pub async fn run(args: CtlArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<
                 .await
         }
         Command::State { job } => ctx.state(out, &job).await,
-        Command::History { job, after, limit } => ctx.history(out, &job, after, limit).await,
-        Command::Tail {
-            job,
-            after,
-            timeout_secs,
-        } => ctx.tail(out, &job, after, timeout_secs).await,
+        Command::History(a) => ctx.history(out, a).await,
+        Command::Tail(a) => ctx.tail(out, a).await,
         Command::Stats => ctx.stats(out).await,
         // Handled above, before connecting; kept for exhaustiveness.
         Command::Token { job, ttl, secret } => token(out, &job, ttl, &secret, ctx.json),
@@ -341,14 +345,8 @@ impl Ctx {
         Ok(())
     }
 
-    async fn history(
-        &self,
-        out: &mut (dyn Write + Send),
-        job: &str,
-        after: u64,
-        limit: usize,
-    ) -> anyhow::Result<()> {
-        let job = JobId::new(job)?;
+    async fn history(&self, out: &mut (dyn Write + Send), a: HistoryArgs) -> anyhow::Result<()> {
+        let (job, after, limit) = (JobId::new(a.job)?, a.after, a.limit);
         let page = self
             .backend
             .read_history(&self.keys.job(&job), Offset(after), limit)
@@ -379,14 +377,8 @@ impl Ctx {
         Ok(())
     }
 
-    async fn tail(
-        &self,
-        out: &mut (dyn Write + Send),
-        job: &str,
-        after: u64,
-        timeout_secs: u64,
-    ) -> anyhow::Result<()> {
-        let job = JobId::new(job)?;
+    async fn tail(&self, out: &mut (dyn Write + Send), a: TailArgs) -> anyhow::Result<()> {
+        let (job, after, timeout_secs) = (JobId::new(a.job)?, a.after, a.timeout_secs);
         let keys = self.keys.job(&job);
         let deadline = (timeout_secs > 0)
             .then(|| tokio::time::Instant::now() + Duration::from_secs(timeout_secs));

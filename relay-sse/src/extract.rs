@@ -13,6 +13,7 @@ use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use relay_core::{JobId, KeySpace};
 
+use crate::frame::Framing;
 use crate::gateway::Gateway;
 use crate::rejection::{BadJobId, GatewayRejection, ECO2_MIN_JOB_ID};
 
@@ -20,6 +21,21 @@ use crate::rejection::{BadJobId, GatewayRejection, ECO2_MIN_JOB_ID};
 pub(crate) trait NamesJob {
     /// The job the request is for.
     fn job(&self) -> &JobId;
+}
+
+/// A job stream route in the gateway's default domain: its extractor also
+/// says how the stream is framed, so one handler serves them all.
+pub(crate) trait DefaultDomainStream: NamesJob {
+    /// The route's wire framing.
+    const FRAMING: Framing;
+}
+
+impl DefaultDomainStream for Job {
+    const FRAMING: Framing = Framing::Native;
+}
+
+impl DefaultDomainStream for Eco2QueryJob {
+    const FRAMING: Framing = Framing::Eco2;
 }
 
 /// The job of a native route, from its `{job_id}` path segment.

@@ -4,13 +4,13 @@
 //! text) or opens a stream ([`crate::open`]). Their errors are
 //! [`GatewayRejection`]s.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::Authorized;
-use crate::extract::{Eco2PathJob, Eco2QueryJob, Job, LastEventId};
+use crate::extract::{DefaultDomainStream, Eco2PathJob, Job, LastEventId};
 use crate::frame::{self, Framing};
 use crate::gateway::Gateway;
 use crate::open::sse_response;
@@ -51,14 +51,21 @@ pub(crate) async fn demo_page() -> Response {
         .into_response()
 }
 
-/// `GET /v1/jobs/{job_id}/events`: the job's native event stream.
-pub(crate) async fn native_events(
+/// `GET /v1/jobs/{job_id}/events` (native framing) and `GET
+/// /api/v1/stream?job_id=` (eco2): the job's event stream in the gateway's
+/// default domain. The route's extractor names the job and, through
+/// [`DefaultDomainStream`], how the stream is framed.
+pub(crate) async fn default_domain_events<J>(
     State(gw): State<Gateway>,
-    Authorized(Job(job)): Authorized<Job>,
+    Authorized(named): Authorized<J>,
     LastEventId(last): LastEventId,
-) -> Result<Response, GatewayRejection> {
+) -> Result<Response, GatewayRejection>
+where
+    J: DefaultDomainStream + FromRequestParts<Gateway, Rejection = GatewayRejection> + Send,
+{
     let keys = gw.inner.default_keys.clone();
-    sse_response(gw, job, keys, Framing::Native, last).await
+    let job = named.job().clone();
+    sse_response(gw, job, keys, J::FRAMING, last).await
 }
 
 /// `GET /v1/jobs/{job_id}/state`: the job's state (its highest-seq event
@@ -77,17 +84,6 @@ pub(crate) async fn native_state(
         Ok(None) => Err(GatewayRejection::JobNotFound),
         Err(e) => Err(GatewayRejection::BackendUnavailable(e)),
     }
-}
-
-/// `GET /api/v1/stream?job_id=`: the job's eco2 event stream (default
-/// domain).
-pub(crate) async fn eco2_stream(
-    State(gw): State<Gateway>,
-    Authorized(Eco2QueryJob(job)): Authorized<Eco2QueryJob>,
-    LastEventId(last): LastEventId,
-) -> Result<Response, GatewayRejection> {
-    let keys = gw.inner.default_keys.clone();
-    sse_response(gw, job, keys, Framing::Eco2, last).await
 }
 
 /// `GET /api/v1/{scan|chat}/{job_id}/events`: the job's eco2 event stream

@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::extract::{Eco2QueryJob, Job};
 use crate::gateway::Gateway;
 use crate::handlers::{
-    demo_page, eco2_events, eco2_stream, healthz, metrics_handler, native_events, native_state,
-    readyz,
+    default_domain_events, demo_page, eco2_events, healthz, metrics_handler, native_state, readyz,
 };
 use crate::publish::publish_event;
 use crate::rejection::GatewayRejection;
@@ -128,9 +128,9 @@ impl Gateway {
         let mut r = Router::new();
         for &(path, kind) in ROUTES {
             let handler = match kind {
-                RouteKind::NativeEvents => get(native_events),
+                RouteKind::NativeEvents => get(default_domain_events::<Job>),
                 RouteKind::NativeState => get(native_state),
-                RouteKind::Eco2Stream => get(eco2_stream),
+                RouteKind::Eco2Stream => get(default_domain_events::<Eco2QueryJob>),
                 RouteKind::Eco2Events => get(eco2_events),
                 RouteKind::Healthz => get(healthz),
                 RouteKind::Readyz => get(readyz),
