@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use relay_testkit::bench::prometheus_sample;
 use relay_testkit::procs::{free_addr, wait_port, Proc};
+use relay_testkit::rabbitmq::{delete_queues_with_prefix, unique_prefix};
 use relay_testkit::redis::TestRedis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,24 +102,31 @@ async fn pipeline_scan_api_and_worker_listeners_close_idle_and_half_sent_connect
     let redis = TestRedis::private();
     let api = free_addr();
     let worker = free_addr();
+    // Queues of this test's own (the broker is shared): never the default
+    // `scan.*` another user may run on.
+    let prefix = unique_prefix("limits");
     // The broker may be down: the API starts anyway, the worker retries,
     // and both listeners serve.
-    let _api = Proc::spawn(
+    let api_proc = Proc::spawn(
         "pipeline-scan",
         &[
             "--redis-url",
             redis.url(),
+            "--queue-prefix",
+            &prefix,
             "api",
             "--listen",
             &api.to_string(),
         ],
         SHORT,
     );
-    let _worker = Proc::spawn(
+    let worker_proc = Proc::spawn(
         "pipeline-scan",
         &[
             "--redis-url",
             redis.url(),
+            "--queue-prefix",
+            &prefix,
             "worker",
             "--metrics-addr",
             &worker.to_string(),
@@ -128,6 +136,8 @@ async fn pipeline_scan_api_and_worker_listeners_close_idle_and_half_sent_connect
     assert_bounded(api, "pipeline_scan", true).await;
     assert!(get(api, "/healthz").await.ends_with("ok"));
     assert_bounded(worker, "pipeline_scan", true).await;
+    drop((api_proc, worker_proc));
+    delete_queues_with_prefix(&prefix);
 }
 
 /// relay-sse's metrics listener runs with the default limits (10 s head

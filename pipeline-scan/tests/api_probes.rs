@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use relay_testkit::procs::{free_addr, readyz_status, wait_readyz, Proc};
+use relay_testkit::rabbitmq::{delete_queues_with_prefix, unique_prefix};
 use relay_testkit::redis::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -64,8 +65,8 @@ async fn readyz_follows_redis_and_rabbitmq() {
     let mut gate = BrokerGate::open_on(gate_addr).await;
     let api = free_addr();
     let amqp = format!("amqp://guest:guest@{gate_addr}/%2f");
-    let prefix = format!("probes{}", std::process::id());
-    let _proc = Proc::spawn(
+    let prefix = unique_prefix("probes");
+    let api_proc = Proc::spawn(
         "pipeline-scan",
         &[
             "--redis-url",
@@ -109,23 +110,6 @@ async fn readyz_follows_redis_and_rabbitmq() {
     assert_eq!(readyz_status(api).await, Some(200));
 
     gate.close().await;
-    delete_queues(&prefix);
-}
-
-/// Removes the queues the API declared (the broker is shared).
-fn delete_queues(prefix: &str) {
-    let Ok(out) = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "--no-table-headers", "name"])
-        .output()
-    else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = name.trim();
-        if name.starts_with(prefix) {
-            let _ = std::process::Command::new("rabbitmqctl")
-                .args(["delete_queue", name])
-                .status();
-        }
-    }
+    drop(api_proc);
+    delete_queues_with_prefix(&prefix);
 }

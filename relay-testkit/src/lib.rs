@@ -17,6 +17,8 @@
 //! - [`procs`]: the workspace's binaries as child processes, free loopback
 //!   ports and waiting until something listens.
 //! - [`wait`]: polling a condition with a hang guard.
+//! - [`rabbitmq`]: unique queue prefixes on the shared broker, and deleting
+//!   a prefix's queues.
 //! - [`browser`]: the headless-Chromium harness's prerequisites.
 //! - [`mod@bench`]: measurements (CPU time, `redis-benchmark` ceilings,
 //!   Prometheus samples).
@@ -28,6 +30,7 @@
 pub mod bench;
 pub mod browser;
 pub mod procs;
+pub mod rabbitmq;
 pub mod redis;
 pub mod sentinel;
 pub mod wait;
