@@ -130,13 +130,14 @@ impl Deployment {
         if let Some(s) = scan {
             let prefix = format!("load{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
             // api and workers: the relay's flags, then the broker's.
-            let mut pipeline: Vec<&str> = common.to_vec();
-            pipeline.extend([
+            let broker = [
                 "--amqp-url",
                 s.amqp_url.as_str(),
                 "--queue-prefix",
                 prefix.as_str(),
-            ]);
+            ];
+            let mut pipeline: Vec<&str> = common.to_vec();
+            pipeline.extend(broker);
             for i in 0..s.workers.max(1) {
                 let metrics = addr(free_port()).to_string();
                 let mut args = pipeline.clone();
@@ -168,12 +169,7 @@ impl Deployment {
             ));
             wait_for_port(addr(api_port), Duration::from_secs(30));
             api_url = Some(format!("http://{listen}"));
-            pipeline_flags = Some(pipeline_args(&[
-                "--amqp-url",
-                s.amqp_url.as_str(),
-                "--queue-prefix",
-                prefix.as_str(),
-            ])?);
+            pipeline_flags = Some(pipeline_args(&broker)?);
             queue_prefix = Some(prefix);
         }
         Ok(Self {
