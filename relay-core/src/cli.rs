@@ -9,7 +9,8 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{
-    RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology, TopologyError,
+    ClusterTopology, RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology,
+    TopologyError,
 };
 use crate::backend::{Backend, KvStore};
 use crate::error::BackendError;
@@ -138,9 +139,10 @@ fn collect_flags_without_env(cmd: &clap::Command, prefix: &str, path: &str, out:
 pub struct ConnectionArgs {
     /// Redis holding shard streams, state and history (`memory://` for an
     /// in-process store, useful only inside one process). With
-    /// --redis-sentinel its host and port are ignored (the sentinels name
-    /// the master); its scheme, user, password and database are used on
-    /// the master.
+    /// --redis-sentinel or --redis-cluster its host and port are ignored
+    /// (the sentinels name the master; the seeds lead to the nodes); its
+    /// scheme, user, password (and, with Sentinel, database) are used on
+    /// every node.
     #[arg(
         long,
         env = "RELAY_REDIS_URL",
@@ -157,6 +159,18 @@ pub struct ConnectionArgs {
         requires = "redis_master_name"
     )]
     pub redis_sentinel: Vec<String>,
+    /// Redis Cluster seed nodes, `host:port[,host:port...]`: relay learns
+    /// the other nodes from them, routes each key to its slot's master and
+    /// follows slot moves and failovers. --redis-url then gives only the
+    /// scheme, user and password. Native profile only (the eco2 key names
+    /// have no hash tags).
+    #[arg(
+        long,
+        env = "RELAY_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinel"
+    )]
+    pub redis_cluster: Vec<String>,
     /// Name of the master the sentinels monitor (required with
     /// --redis-sentinel).
     #[arg(long, env = "RELAY_REDIS_MASTER_NAME", requires = "redis_sentinel")]
@@ -205,8 +219,19 @@ impl ConnectionArgs {
     }
 
     /// The data server's topology: Sentinel when --redis-sentinel is set,
-    /// else `None` (--redis-url is one server, or `memory://`).
-    pub fn sentinel_topology(&self) -> Result<Option<RedisTopology>, TopologyError> {
+    /// Cluster when --redis-cluster is, else `None` (--redis-url is one
+    /// server, or `memory://`). A profile that cannot run on a cluster is
+    /// refused here, at start.
+    pub fn topology(&self) -> Result<Option<RedisTopology>, TopologyError> {
+        if !self.redis_cluster.is_empty() {
+            if let Some(keys) = self.key_spaces().into_iter().find(|k| !k.cluster_safe()) {
+                return Err(TopologyError::ProfileNotClusterSafe {
+                    profile: keys.profile(),
+                });
+            }
+            let cluster = ClusterTopology::new(&self.redis_cluster, &self.redis_url)?;
+            return Ok(Some(RedisTopology::Cluster(cluster)));
+        }
         if self.redis_sentinel.is_empty() {
             return Ok(None);
         }
@@ -215,10 +240,12 @@ impl ConnectionArgs {
         Ok(Some(RedisTopology::Sentinel(sentinel)))
     }
 
-    /// Where the data server is, for logs: the URL, or the sentinels and
-    /// master name.
+    /// Where the data server is, for logs: the URL, the sentinels and
+    /// master name, or the cluster's seeds.
     pub fn describe(&self) -> String {
-        if self.redis_sentinel.is_empty() {
+        if !self.redis_cluster.is_empty() {
+            format!("Redis Cluster via {}", self.redis_cluster.join(","))
+        } else if self.redis_sentinel.is_empty() {
             self.redis_url.clone()
         } else {
             format!(
@@ -242,10 +269,10 @@ impl ConnectionArgs {
         self.connect_to(self.checked_topology()?).await
     }
 
-    /// [`Self::sentinel_topology`], a configuration error being a
-    /// non-transient [`BackendError::Server`].
+    /// [`Self::topology`], a configuration error being a non-transient
+    /// [`BackendError::Server`].
     fn checked_topology(&self) -> Result<Option<RedisTopology>, BackendError> {
-        self.sentinel_topology()
+        self.topology()
             .map_err(|e| BackendError::Server(Box::new(e)))
     }
 
@@ -269,7 +296,36 @@ impl ConnectionArgs {
             ..RedisConfig::default()
         };
         let redis = Arc::new(RedisBackend::connect_topology(topology, config).await?);
+        if redis.topology().is_cluster() {
+            self.log_shard_nodes(&redis).await;
+        }
         Ok((redis.clone(), redis))
+    }
+
+    /// Logs which cluster node serves each shard stream (and so takes its
+    /// appends, reads and dead letters), for operators placing routers:
+    /// one line per domain.
+    async fn log_shard_nodes(&self, redis: &RedisBackend) {
+        for keys in self.key_spaces() {
+            let mut placement = Vec::new();
+            for stream in keys.shard_streams() {
+                match redis.node_of(&stream).await {
+                    Ok(node) => placement.push(format!(
+                        "{stream}@{node} (slot {})",
+                        crate::keys::slot(&stream)
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the cluster's slot map");
+                        return;
+                    }
+                }
+            }
+            tracing::info!(
+                domain = %keys.domain(),
+                placement = placement.join(", "),
+                "shard streams on the cluster"
+            );
+        }
     }
 
     /// [`Self::connect`], retrying with backoff until it succeeds or
@@ -316,10 +372,16 @@ impl ConnectionArgs {
     }
 
     /// --pubsub-url when it names another server than the data server (a
-    /// Sentinel-managed data server is never the same URL).
+    /// Sentinel-managed or cluster data server is never the same URL).
     fn separate_pubsub_url(&self) -> Option<&str> {
         match &self.pubsub_url {
-            Some(url) if url != &self.redis_url || !self.redis_sentinel.is_empty() => Some(url),
+            Some(url)
+                if url != &self.redis_url
+                    || !self.redis_sentinel.is_empty()
+                    || !self.redis_cluster.is_empty() =>
+            {
+                Some(url)
+            }
             _ => None,
         }
     }
@@ -448,8 +510,7 @@ mod tests {
             "redis://:pw@ignored/1",
         ])
         .expect("valid flags");
-        let Some(super::RedisTopology::Sentinel(t)) = conn.sentinel_topology().expect("valid")
-        else {
+        let Some(super::RedisTopology::Sentinel(t)) = conn.topology().expect("valid") else {
             panic!("expected a Sentinel topology");
         };
         assert_eq!(t.master_name(), "mymaster");
@@ -457,10 +518,42 @@ mod tests {
         let bad = parse(&["--redis-sentinel", "nohost", "--redis-master-name", "m"])
             .expect("parses; checked when connecting");
         assert!(matches!(
-            bad.sentinel_topology(),
-            Err(super::TopologyError::SentinelAddr { .. })
+            bad.topology(),
+            Err(super::TopologyError::Addr { .. })
         ));
         let plain = parse(&[]).expect("defaults");
-        assert!(plain.sentinel_topology().expect("valid").is_none());
+        assert!(plain.topology().expect("valid").is_none());
+    }
+
+    #[test]
+    fn cluster_flag_gives_a_cluster_topology_and_refuses_eco2() {
+        let conn = parse(&[
+            "--redis-cluster",
+            "a:7000,b:7001",
+            "--redis-url",
+            "redis://:pw@ignored",
+        ])
+        .expect("valid flags");
+        let Some(super::RedisTopology::Cluster(t)) = conn.topology().expect("valid") else {
+            panic!("expected a cluster topology");
+        };
+        assert_eq!(t.seeds().len(), 2);
+        assert!(conn.describe().contains("a:7000,b:7001"));
+        assert!(parse(&[
+            "--redis-cluster",
+            "a:7000",
+            "--redis-sentinel",
+            "s:1",
+            "--redis-master-name",
+            "m"
+        ])
+        .is_err());
+        let eco2 = parse(&["--redis-cluster", "a:7000", "--profile", "eco2"]).expect("parses");
+        let err = eco2.topology().expect_err("eco2 is refused on a cluster");
+        assert!(matches!(
+            err,
+            super::TopologyError::ProfileNotClusterSafe { .. }
+        ));
+        assert!(err.to_string().contains("standalone or Sentinel"), "{err}");
     }
 }

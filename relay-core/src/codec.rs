@@ -461,12 +461,12 @@ mod tests {
             4,
         );
         let stream = keys.shard_stream(keys.shard_of(&JobId::new(job).unwrap()));
-        assert_eq!(stream, "relay:scan:events:2");
+        assert_eq!(stream, "relay:{scan:2}:events");
         for text in [
             "`6351623c8cef86fefabfa7da046fc619`",
             "`6351623c8cef86fe`",
             "| 7156609295070496510 |",
-            "**2** → stream `relay:scan:events:2`",
+            "**2** → stream `relay:{scan:2}:events`",
             "(With 8 shards the same job is on shard 6.)",
         ] {
             assert!(doc.contains(text), "docs/PRODUCERS.md lost {text:?}");

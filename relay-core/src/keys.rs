@@ -1,9 +1,21 @@
 //! The key scheme: which Redis keys and channels a profile uses.
 //!
-//! Native per-job keys share the hash tag `{job_id}` so one Lua call touches a
-//! single slot (Redis Cluster safe). The eco2 profile uses the Python system's
-//! names unchanged; its per-job history and live channel (which the Python
-//! system did not have) use the native names beside them.
+//! The native layout is Redis Cluster safe: every script and transaction
+//! touches keys of one hash slot.
+//! - A shard stream and its companions share the hash tag `{domain:shard}`:
+//!   `relay:{scan:3}:events`, the producer's dedupe markers
+//!   `relay:{scan:3}:pub:<job>:<seq>` (written with the entry by one
+//!   script) and the shard's dead-letter stream `relay:{scan:3}:dlq` (the
+//!   move to it and the ack of the source entry are one transaction).
+//! - A job's keys share the hash tag `{job_id}`: `relay:scan:{job}:job`
+//!   and its live channel `relay:scan:{job}:live`.
+//!
+//! The eco2 profile uses the Python system's names unchanged; its per-job
+//! history and live channel (which the Python system did not have) use
+//! the native names beside them. Those names (`scan:events:N`, the
+//! producer's `published:…` markers, `scan:state:<job>`) have no hash
+//! tags, so the eco2 profile runs on a standalone or Sentinel-managed
+//! server only ([`KeySpace::cluster_safe`]).
 
 use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
@@ -45,6 +57,27 @@ pub fn shard_for(job_id: &str, shards: u32) -> u32 {
     let mut head = [0u8; 8];
     head.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(head) % u64::from(shards.max(1))) as u32
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag
+/// (the part between the first `{` and the next `}`, when not empty),
+/// else of the whole key, modulo 16384.
+///
+/// ```
+/// assert_eq!(relay_core::keys::slot("relay:{scan:3}:events"), relay_core::keys::slot("scan:3"));
+/// ```
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16_slot(tagged.unwrap_or(bytes))
+}
+
+fn crc16_slot(bytes: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(bytes) % 16384
 }
 
 /// The keys of one job's routed data.
@@ -107,9 +140,22 @@ impl KeySpace {
     /// The shard stream producers append to.
     pub fn shard_stream(&self, shard: u32) -> String {
         match self.profile {
-            Profile::Native => format!("relay:{}:events:{shard}", self.domain),
+            Profile::Native => format!("{}:events", self.shard_base(shard)),
             Profile::Eco2 => format!("{}:events:{shard}", self.domain),
         }
+    }
+
+    /// `relay:{domain:shard}`: the prefix of a shard's keys, whose hash
+    /// tag keeps them in one cluster slot.
+    fn shard_base(&self, shard: u32) -> String {
+        format!("relay:{{{}:{shard}}}", self.domain)
+    }
+
+    /// Whether every multi-key operation on this key space stays in one
+    /// Redis Cluster slot. The eco2 names are the Python system's, fixed
+    /// by its producers, and carry no hash tags.
+    pub fn cluster_safe(&self) -> bool {
+        self.profile == Profile::Native
     }
 
     /// All shard streams.
@@ -117,11 +163,22 @@ impl KeySpace {
         (0..self.shards).map(|s| self.shard_stream(s)).collect()
     }
 
-    /// The dead-letter stream for entries that cannot be routed.
-    pub fn dlq_stream(&self) -> String {
+    /// The dead-letter stream for the entries of `shard` that cannot be
+    /// routed: one per shard in the native profile (in the shard's slot,
+    /// so the move is one transaction on a cluster), one for all shards
+    /// in the eco2 profile.
+    pub fn dlq_stream(&self, shard: u32) -> String {
         match self.profile {
-            Profile::Native => format!("relay:{}:dlq", self.domain),
+            Profile::Native => format!("{}:dlq", self.shard_base(shard)),
             Profile::Eco2 => format!("{}:events:dlq", self.domain),
+        }
+    }
+
+    /// Every dead-letter stream of the domain, each once.
+    pub fn dlq_streams(&self) -> Vec<String> {
+        match self.profile {
+            Profile::Native => (0..self.shards).map(|s| self.dlq_stream(s)).collect(),
+            Profile::Eco2 => vec![self.dlq_stream(0)],
         }
     }
 
@@ -160,11 +217,12 @@ impl KeySpace {
         }
     }
 
-    /// The producer-side idempotency marker for `(job, seq)` (eco2 also keys it
-    /// by stage, as the Python producer does).
+    /// The producer-side idempotency marker for `(job, seq)`, in the slot
+    /// of the job's shard stream (eco2 also keys it by stage, as the
+    /// Python producer does).
     pub fn publish_marker(&self, job: &JobId, stage: &str, seq: u64) -> String {
         match self.profile {
-            Profile::Native => format!("relay:{}:{{{}}}:pub:{seq}", self.domain, job),
+            Profile::Native => format!("{}:pub:{job}:{seq}", self.shard_base(self.shard_of(job))),
             Profile::Eco2 => format!("published:{job}:{stage}:{seq}"),
         }
     }
@@ -234,7 +292,54 @@ mod tests {
         assert_eq!(k.meta, "relay:scan:{job-1}:job");
         assert_eq!(k.state, None);
         assert_eq!(k.live, "relay:scan:{job-1}:live");
-        assert_eq!(ks.shard_stream(3), "relay:scan:events:3");
+        assert_eq!(ks.shard_stream(3), "relay:{scan:3}:events");
+        assert_eq!(ks.dlq_stream(3), "relay:{scan:3}:dlq");
+        assert_eq!(ks.dlq_streams().len(), 4);
+        assert_eq!(
+            ks.publish_marker(&job, "vision", 7),
+            format!("relay:{{scan:{}}}:pub:job-1:7", ks.shard_of(&job))
+        );
+    }
+
+    /// Every group of keys one script or transaction touches, per the
+    /// backend's scripts (`backend/redis/scripts/*.lua`) and the
+    /// dead-letter transaction, lands in one cluster slot.
+    #[test]
+    fn every_multi_key_operation_stays_in_one_cluster_slot() {
+        let ks = KeySpace::new(Profile::Native, Domain::new("scan").unwrap(), 16);
+        for j in 0..500 {
+            let job = JobId::new(format!("job-{j}")).unwrap();
+            let shard = ks.shard_of(&job);
+            let stream = ks.shard_stream(shard);
+            // append_dedupe.lua: marker + shard stream.
+            let marker = ks.publish_marker(&job, "vision", j);
+            assert_eq!(slot(&marker), slot(&stream), "{marker} vs {stream}");
+            // Dead-lettering: XADD to the shard's DLQ + XACK on the stream.
+            assert_eq!(slot(&ks.dlq_stream(shard)), slot(&stream));
+            // apply.lua / read_history.lua / get_state.lua: the job hash
+            // and its live channel (SPUBLISH-able from the script).
+            let k = ks.job(&job);
+            assert_eq!(slot(&k.meta), slot(&k.live), "{k:?}");
+            assert_eq!(k.state, None);
+            // lease.lua and heartbeat.lua touch one key each.
+        }
+        // The 16 shard streams do not all share a slot (they spread over
+        // the cluster's nodes).
+        let slots: std::collections::HashSet<u16> =
+            ks.shard_streams().iter().map(|s| slot(s)).collect();
+        assert_eq!(slots.len(), 16);
+        assert!(!KeySpace::new(Profile::Eco2, Domain::new("scan").unwrap(), 4).cluster_safe());
+    }
+
+    #[test]
+    fn slot_follows_the_redis_cluster_rules() {
+        // Vectors from the Redis Cluster specification.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{}{bar}"), crc16_slot(b"foo{}{bar}"));
+        assert_eq!(slot("foo{{bar}}zap"), crc16_slot(b"{bar"));
+        assert_eq!(slot("foo{bar}{zap}"), slot("bar"));
     }
 
     #[test]

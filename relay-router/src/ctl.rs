@@ -490,7 +490,10 @@ impl Ctx {
             };
             rows.push((shard, stream, length, st));
         }
-        let dlq = self.backend.stream_len(&self.keys.dlq_stream()).await?;
+        let mut dlq = 0;
+        for stream in self.keys.dlq_streams() {
+            dlq += self.backend.stream_len(&stream).await?;
+        }
         if self.json {
             let shards: Vec<_> = rows
                 .iter()
@@ -509,9 +512,9 @@ impl Ctx {
         }
         writeln!(
             out,
-            "group {}  dead-letter stream {} : {dlq} entries",
+            "group {}  dead-letter streams {} : {dlq} entries",
             self.group,
-            self.keys.dlq_stream()
+            self.keys.dlq_streams().join(",")
         )?;
         let width = rows
             .iter()
@@ -566,34 +569,45 @@ impl Ctx {
         Ok(())
     }
 
-    async fn dlq_entries(&self, ids: &[String]) -> anyhow::Result<Vec<StreamEntry>> {
-        let dlq = self.keys.dlq_stream();
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.backend.range(&dlq, after, 1000).await?;
-            let n = page.len();
-            after = page.last().map(|e| e.id);
-            all.extend(page);
-            if n < 1000 {
-                break;
-            }
-        }
-        if ids.is_empty() {
-            return Ok(all);
-        }
+    /// Every dead-letter entry (of `ids` when not empty), each with the
+    /// dead-letter stream holding it (one per shard in the native profile).
+    async fn dlq_entries(&self, ids: &[String]) -> anyhow::Result<Vec<(String, StreamEntry)>> {
         let wanted: Vec<StreamId> = ids
             .iter()
             .map(|s| s.parse::<StreamId>().map_err(|e| anyhow!("{e}")))
             .collect::<anyhow::Result<_>>()?;
-        Ok(all.into_iter().filter(|e| wanted.contains(&e.id)).collect())
+        let mut all = Vec::new();
+        for dlq in self.keys.dlq_streams() {
+            let mut after = None;
+            loop {
+                let page = self.backend.range(&dlq, after, 1000).await?;
+                let n = page.len();
+                after = page.last().map(|e| e.id);
+                all.extend(
+                    page.into_iter()
+                        .filter(|e| wanted.is_empty() || wanted.contains(&e.id))
+                        .map(|e| (dlq.clone(), e)),
+                );
+                if n < 1000 {
+                    break;
+                }
+            }
+        }
+        Ok(all)
     }
 
     async fn dlq_list(&self, out: &mut (dyn Write + Send), limit: usize) -> anyhow::Result<()> {
-        let entries = self
-            .backend
-            .range(&self.keys.dlq_stream(), None, limit)
-            .await?;
+        let mut entries = Vec::new();
+        for dlq in self.keys.dlq_streams() {
+            if entries.len() >= limit {
+                break;
+            }
+            let page = self
+                .backend
+                .range(&dlq, None, limit - entries.len())
+                .await?;
+            entries.extend(page);
+        }
         if self.json {
             let v: Vec<_> = entries.iter().map(entry_json).collect();
             writeln!(out, "{}", serde_json::Value::Array(v))?;
@@ -625,10 +639,9 @@ impl Ctx {
     }
 
     async fn dlq_replay(&self, out: &mut (dyn Write + Send), ids: &[String]) -> anyhow::Result<()> {
-        let dlq = self.keys.dlq_stream();
         let entries = self.dlq_entries(ids).await?;
         let mut replayed = 0;
-        for e in &entries {
+        for (dlq, e) in &entries {
             let source = field(&e.fields, "source")
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .ok_or_else(|| anyhow!("dead-letter entry {} has no source", e.id))?;
@@ -663,7 +676,7 @@ impl Ctx {
                     dedupe: None,
                 })
                 .await?;
-            self.backend.delete_entries(&dlq, &[e.id]).await?;
+            self.backend.delete_entries(dlq, &[e.id]).await?;
             replayed += 1;
             if !self.json {
                 writeln!(out, "replayed {} -> {source} {}", e.id, r.id)?;
@@ -678,14 +691,11 @@ impl Ctx {
     }
 
     async fn dlq_purge(&self, out: &mut (dyn Write + Send), ids: &[String]) -> anyhow::Result<()> {
-        let dlq = self.keys.dlq_stream();
         let entries = self.dlq_entries(ids).await?;
-        let ids: Vec<StreamId> = entries.iter().map(|e| e.id).collect();
-        let n = if ids.is_empty() {
-            0
-        } else {
-            self.backend.delete_entries(&dlq, &ids).await?
-        };
+        let mut n = 0;
+        for (dlq, e) in &entries {
+            n += self.backend.delete_entries(dlq, &[e.id]).await?;
+        }
         if self.json {
             writeln!(out, "{}", json!({"purged": n}))?;
         } else {

@@ -174,7 +174,14 @@ impl Exposition {
                     }
                 }
             }
-            if let Ok(n) = s.data.stream_len(&keys.dlq_stream()).await {
+            let mut dead = Some(0u64);
+            for dlq in keys.dlq_streams() {
+                dead = match (dead, s.data.stream_len(&dlq).await) {
+                    (Some(sum), Ok(n)) => Some(sum + n),
+                    _ => None,
+                };
+            }
+            if let Some(n) = dead {
                 self.dlq
                     .get_or_create(&DomainLabels { domain })
                     .set(gauge_value(n));

@@ -379,10 +379,7 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
         .collect();
     assert_eq!(seqs, [1, 6]);
 
-    let dlq = backend
-        .range(&keys.dlq_stream(), None, 100)
-        .await
-        .expect("dlq");
+    let dlq = dead_letters(&*backend, &keys).await;
     let reasons: Vec<String> = dlq
         .iter()
         .map(|e| String::from_utf8_lossy(field(&e.fields, "reason").expect("reason")).into_owned())
@@ -423,10 +420,7 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     let text = String::from_utf8_lossy(&replay.stdout);
     assert!(replay.status.success(), "{text}");
     assert!(text.contains("cannot be replayed"), "{text}");
-    let after = backend
-        .range(&keys.dlq_stream(), None, 100)
-        .await
-        .expect("dlq");
+    let after = dead_letters(&*backend, &keys).await;
     assert!(
         after.iter().any(|e| e.id == dlq[3].id),
         "still dead-lettered"
@@ -773,7 +767,7 @@ async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRef
         .collect();
     let expected: BTreeMap<u64, u64> = (1..=10).map(|o| (o, o)).collect();
     assert_eq!(committed, expected, "every seq once, in order, gap-free");
-    let dlq = backend.stream_len(&keys.dlq_stream()).await.expect("dlq");
+    let dlq = dead_letters(&*backend, &keys).await.len();
     assert_eq!(dlq, 0, "a refused write is not poison");
 
     // Every live message matches what was committed at its offset.
@@ -843,10 +837,7 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
     await_complete(backend.as_ref(), &keys, 5, 3, Duration::from_secs(60)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let dlq = loop {
-        let dlq = backend
-            .range(&keys.dlq_stream(), None, 100)
-            .await
-            .expect("dlq");
+        let dlq = dead_letters(&*backend, &keys).await;
         if !dlq.is_empty() {
             break dlq;
         }
@@ -872,10 +863,7 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
         Duration::from_secs(30),
     )
     .await;
-    let dlq = backend
-        .range(&keys.dlq_stream(), None, 100)
-        .await
-        .expect("dlq");
+    let dlq = dead_letters(&*backend, &keys).await;
     assert_eq!(dlq.len(), 1, "dead-lettered exactly once");
 }
 
@@ -1000,4 +988,16 @@ async fn two_routers_split_the_shards_and_keep_each_job_in_order() {
         assert_eq!(seqs, (1..=20).collect::<Vec<_>>(), "job-{j}");
     }
     drop((r1, r2));
+}
+
+/// Every dead-letter entry of `keys`' domain (one stream per shard).
+async fn dead_letters(
+    backend: &dyn relay_core::backend::StreamLog,
+    keys: &relay_core::KeySpace,
+) -> Vec<relay_core::backend::StreamEntry> {
+    let mut all = Vec::new();
+    for dlq in keys.dlq_streams() {
+        all.extend(backend.range(&dlq, None, 100).await.expect("dlq"));
+    }
+    all
 }

@@ -41,7 +41,9 @@ export async function publish(client, { domain, shards, jobId, seq, stage, statu
     enc: "json",
     body: JSON.stringify(body),
   };
-  const stream = `relay:${domain}:events:${shardFor(jobId, shards)}`;
+  // The braces are a Redis Cluster hash tag: the stream and its companion
+  // keys share one slot. They are part of the name on every topology.
+  const stream = `relay:{${domain}:${shardFor(jobId, shards)}}:events`;
   return client.xAdd(stream, "*", fields, {
     TRIM: { strategy: "MAXLEN", strategyModifier: "~", threshold: STREAM_MAXLEN },
   });

@@ -57,7 +57,9 @@ def publish(r, domain, shards, job_id, seq, stage, status, progress=None, data=N
         "enc": "json",
         "body": json.dumps(body, ensure_ascii=False, separators=(",", ":")),
     }
-    stream = f"relay:{domain}:events:{shard_for(job_id, shards)}"
+    # The braces are a Redis Cluster hash tag: the stream and its companion
+    # keys share one slot. They are part of the name on every topology.
+    stream = f"relay:{{{domain}:{shard_for(job_id, shards)}}}:events"
     return r.xadd(stream, fields, maxlen=STREAM_MAXLEN, approximate=True)
 
 

@@ -134,7 +134,10 @@ impl Router {
                     trace,
                 }),
                 Err(reason) => {
-                    if !self.dead_letter(stream, &entry, &reason, 1, stop).await {
+                    if !self
+                        .dead_letter(shard, stream, &entry, &reason, 1, stop)
+                        .await
+                    {
                         return false;
                     }
                 }
@@ -220,13 +223,14 @@ impl Router {
 
     pub(super) async fn dead_letter(
         &self,
+        shard: u32,
         stream: &str,
         entry: &StreamEntry,
         reason: &str,
         deliveries: u64,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let dlq = self.config.keys.dlq_stream();
+        let dlq = self.config.keys.dlq_stream(shard);
         let dl = DeadLetter {
             dlq: &dlq,
             source: stream,

@@ -49,7 +49,7 @@ impl Router {
                         d.deliveries, self.config.max_deliveries
                     );
                     if !self
-                        .dead_letter(stream, &d.entry, &reason, d.deliveries, stop)
+                        .dead_letter(shard, stream, &d.entry, &reason, d.deliveries, stop)
                         .await
                     {
                         return Ok(false);

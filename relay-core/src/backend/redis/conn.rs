@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, Script, Value};
 
 use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol};
-use super::link::{wants_rediscovery, Link};
+use super::link::{wants_rediscovery, Conn, Link, Target};
 use super::RedisBackend;
 use crate::backend::BackendResult;
 use crate::error::BackendError;
@@ -152,9 +152,11 @@ impl RedisBackend {
         }
     }
 
-    /// A dedicated connection to the current node, from the idle pool or
-    /// new, with the generation of the link it belongs to.
-    async fn checkout_blocking(&self) -> BackendResult<(u64, MultiplexedConnection)> {
+    /// A dedicated connection to the current node (on a cluster: a
+    /// cluster connection of its own, so a `BLOCK` never holds the shared
+    /// connection to that node), from the idle pool or new, with the
+    /// generation of the link it belongs to.
+    async fn checkout_blocking(&self) -> BackendResult<(u64, Dedicated)> {
         let link = self.usable_link().await.map_err(map_err)?;
         let idle = self.inner.blocking_idle.lock().ok().and_then(|mut pool| {
             pool.retain(|(generation, _)| *generation == link.generation);
@@ -163,14 +165,21 @@ impl RedisBackend {
         if let Some(conn) = idle {
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.inner.config.connection_timeout))
-            .set_response_timeout(None);
-        match link
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let opened = match &link.target {
+            Target::Node(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.inner.config.connection_timeout))
+                    .set_response_timeout(None);
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Node)
+            }
+            Target::Cluster { blocking, .. } => {
+                blocking.get_async_connection().await.map(Conn::Cluster)
+            }
+        };
+        match opened {
             Ok(conn) => Ok((link.generation, conn)),
             Err(e) => {
                 self.observe(&e, link.generation).await;
@@ -179,7 +188,7 @@ impl RedisBackend {
         }
     }
 
-    fn checkin_blocking(&self, conn: (u64, MultiplexedConnection)) {
+    fn checkin_blocking(&self, conn: (u64, Dedicated)) {
         if conn.0 != self.link().generation {
             return; // the master moved: this connection is to the old one
         }
@@ -268,12 +277,29 @@ impl From<PipelineError> for BackendError {
     }
 }
 
+/// A dedicated connection (blocking reads).
+pub(super) type Dedicated = Conn<MultiplexedConnection>;
+
 /// Runs `cmds` as one pipeline on `link`'s shared connection; one result
-/// per command.
+/// per command. On a cluster the commands go out concurrently, each to
+/// the node of its slot: the multiplexed per-node connections pipeline
+/// them, and a pipeline may not cross slots there.
 async fn run_pipeline(
     link: &Link,
     cmds: &[Cmd],
 ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
+    if link.is_cluster() {
+        let sent = cmds.iter().map(|c| {
+            let mut conn = link.conn.clone();
+            async move {
+                match c.query_async::<Value>(&mut conn).await {
+                    Ok(Value::ServerError(e)) => Err(e.into()),
+                    r => r,
+                }
+            }
+        });
+        return Ok(futures::future::join_all(sent).await);
+    }
     let mut pipe = Pipeline::with_capacity(cmds.len());
     pipe.ignore_errors();
     for c in cmds {

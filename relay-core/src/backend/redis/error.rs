@@ -42,10 +42,16 @@ pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> Backend
             },
             // The server is up but refuses for now: (re)starting, failing
             // over, busy, out of memory under `noeviction`, short of
-            // replicas, or unable to persist. Retry later; never a reason to
-            // dead-letter the event being written.
+            // replicas, or unable to persist; on a cluster, a slot moving
+            // (a redirection the client did not follow in time, `TRYAGAIN`
+            // during a migration), the cluster being down, or a blocked
+            // read released by a failover or migration (`UNBLOCKED`).
+            // Retry later; never a reason to dead-letter the event being
+            // written.
             "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
-            | "NOREPLICAS" | "MISCONF" => BackendError::Unavailable(Box::new(e)),
+            | "NOREPLICAS" | "MISCONF" | "UNBLOCKED" | "MOVED" | "ASK" => {
+                BackendError::Unavailable(Box::new(e))
+            }
             _ => BackendError::Server(Box::new(e)),
         };
     }
@@ -61,4 +67,37 @@ pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> Backend
 
 pub(super) fn protocol(what: impl Into<String>) -> BackendError {
     BackendError::Protocol(what.into().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(resp: &[u8]) -> RedisError {
+        match redis::parse_redis_value(resp).expect("parses") {
+            redis::Value::ServerError(e) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_redirections_and_releases_are_transient() {
+        for reply in [
+            &b"-UNBLOCKED the stream key no longer exists or was moved\r\n"[..],
+            b"-MOVED 3999 127.0.0.1:6381\r\n",
+            b"-ASK 3999 127.0.0.1:6381\r\n",
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            b"-CLUSTERDOWN The cluster is down\r\n",
+        ] {
+            let e = map_err(server_error(reply));
+            assert!(e.is_transient(), "{}: {e}", String::from_utf8_lossy(reply));
+        }
+        let crossslot = map_err(server_error(
+            b"-CROSSSLOT Keys in request don't hash to the same slot\r\n",
+        ));
+        assert!(
+            !crossslot.is_transient(),
+            "a key layout error is not retried"
+        );
+    }
 }

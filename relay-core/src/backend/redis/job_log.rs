@@ -39,8 +39,9 @@ impl RedisBackend {
                 .arg(jobs.len() * 3 + usize::from(ack.is_some()));
             for job in jobs {
                 let k = &job.keys;
+                // No state string: the job hash stands in (same slot).
                 c.arg(&k.meta)
-                    .arg(k.state.as_deref().unwrap_or(""))
+                    .arg(k.state.as_deref().unwrap_or(&k.meta))
                     .arg(&k.live);
             }
             if let Some(ack) = &ack {
@@ -75,7 +76,7 @@ impl RedisBackend {
         };
         // One call for the whole batch on a single server; on a cluster one
         // call per job (its keys share the `{job_id}` slot), pipelined.
-        let cmds: Vec<Cmd> = if self.inner.config.cluster {
+        let cmds: Vec<Cmd> = if self.per_slot() {
             jobs.chunks(1).map(|one| call(one, None)).collect()
         } else {
             vec![call(jobs, ack)]

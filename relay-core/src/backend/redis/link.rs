@@ -30,11 +30,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 
 use super::error::{is_connection_error, map_err, server_code};
-use super::topology::RedisTopology;
+use super::topology::{ClusterTopology, RedisTopology};
 use super::{RedisBackend, RedisConfig};
 use crate::error::BackendError;
 
@@ -42,10 +44,12 @@ use crate::error::BackendError;
 /// during a failover asks the sentinels once, not once per call.
 const REDISCOVER_EVERY: Duration = Duration::from_millis(250);
 
-/// One node's client and shared (auto-reconnecting) connection.
+/// The node in use (or the cluster) and its shared connection.
 pub(super) struct Link {
-    pub(super) client: Client,
-    pub(super) conn: ConnectionManager,
+    /// Where further connections (blocking readers, subscribers) go.
+    pub(super) target: Target,
+    /// The shared connection every non-blocking command uses.
+    pub(super) conn: Shared,
     /// Increases with each swap; a caller compares the generation it used
     /// with the current one to know whether someone already moved on.
     pub(super) generation: u64,
@@ -53,6 +57,60 @@ pub(super) struct Link {
     pub(super) addr: String,
     /// The node failed and the sentinels have not confirmed it since.
     suspect: AtomicBool,
+}
+
+/// Where a link's extra connections go.
+pub(super) enum Target {
+    /// One server (standalone, or the master Sentinel named).
+    Node(Client),
+    /// A cluster: `blocking` (no response timeout) opens the dedicated
+    /// connections of blocking readers; subscribers connect to the masters
+    /// `topology` leads to.
+    Cluster {
+        topology: ClusterTopology,
+        blocking: ClusterClient,
+    },
+}
+
+/// A connection to one server (`N`) or redis-rs's cluster connection (one
+/// multiplexed connection per node, commands routed by slot, `MOVED`/`ASK`
+/// redirections and failovers followed).
+#[derive(Clone)]
+pub(super) enum Conn<N> {
+    Node(N),
+    Cluster(ClusterConnection),
+}
+
+/// The shared connection every non-blocking command uses: on one server
+/// an auto-reconnecting multiplexed connection.
+pub(super) type Shared = Conn<ConnectionManager>;
+
+impl<N: ConnectionLike + Send> ConnectionLike for Conn<N> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Link {
@@ -73,12 +131,43 @@ impl Link {
             .await
             .map_err(map_err)?;
         Ok(Link {
-            client,
-            conn,
+            target: Target::Node(client),
+            conn: Conn::Node(conn),
             generation,
             addr,
             suspect: AtomicBool::new(false),
         })
+    }
+
+    /// Opens the cluster connection of `topology`.
+    async fn open_cluster(
+        topology: &ClusterTopology,
+        config: &RedisConfig,
+    ) -> Result<Link, BackendError> {
+        let client = topology.client(config.connection_timeout, Some(config.response_timeout))?;
+        let conn = client.get_async_connection().await.map_err(map_err)?;
+        let blocking = topology.client(config.connection_timeout, None)?;
+        let addr = topology
+            .seeds()
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Link {
+            target: Target::Cluster {
+                topology: topology.clone(),
+                blocking,
+            },
+            conn: Conn::Cluster(conn),
+            generation: 0,
+            addr,
+            suspect: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether this link is to a cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// The first link of `topology`.
@@ -96,6 +185,7 @@ impl Link {
                 let (client, addr) = sentinel.resolve(config.connection_timeout).await?;
                 Link::open(client, config, 0, addr).await
             }
+            RedisTopology::Cluster(cluster) => Link::open_cluster(cluster, config).await,
         }
     }
 }

@@ -40,7 +40,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
 use redis::Client;
 
 use super::{AckRequest, ApplyJob, ApplyOptions, ApplyResult, Backend, BackendResult};
@@ -65,7 +64,7 @@ use reply::str_of;
 use scripts::Scripts;
 
 pub use pubsub::SUBSCRIBER_CAPACITY;
-pub use topology::{RedisTopology, SentinelTopology, TopologyError};
+pub use topology::{ClusterTopology, RedisTopology, SentinelTopology, TopologyError};
 
 /// Connection settings of a [`RedisBackend`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,9 +81,11 @@ pub struct RedisConfig {
     pub blocking_pool_idle: usize,
     /// Reconnect attempts of the shared connection before a command fails.
     pub reconnect_retries: usize,
-    /// Redis Cluster: apply each job in its own script call (a job's keys
-    /// share its `{job_id}` slot; different jobs' keys do not). On a single
-    /// server one call applies the whole batch, which is much cheaper.
+    /// Cluster mode on any topology: apply each job in its own script
+    /// call (a job's keys share its `{job_id}` slot; different jobs' keys
+    /// do not) and ack after. Always on with [`RedisTopology::Cluster`]; on
+    /// a single server it only exercises the cluster code path (one call
+    /// for the whole batch is much cheaper there).
     pub cluster: bool,
     /// Replicas that must acknowledge an append before it is reported
     /// done (`WAIT n timeout` after each append batch). `None`: appends
@@ -126,7 +127,7 @@ struct Inner {
     rediscovery: tokio::sync::Mutex<Option<Instant>>,
     config: RedisConfig,
     /// Idle blocking connections, each with its link's generation.
-    blocking_idle: Mutex<Vec<(u64, MultiplexedConnection)>>,
+    blocking_idle: Mutex<Vec<(u64, conn::Dedicated)>>,
     scripts: Scripts,
 }
 
@@ -174,6 +175,33 @@ impl RedisBackend {
         })
     }
 
+    /// Whether multi-key calls must stay within one hash slot: on a
+    /// cluster, or in cluster mode ([`RedisConfig::cluster`]).
+    pub(super) fn per_slot(&self) -> bool {
+        self.inner.config.cluster || self.inner.topology.is_cluster()
+    }
+
+    /// `host:port` of the master serving `key`'s slot on a cluster (from
+    /// `CLUSTER SLOTS`); on one server, that server.
+    pub async fn node_of(&self, key: &str) -> Result<String, BackendError> {
+        let link = self.link();
+        if !link.is_cluster() {
+            return Ok(link.addr.clone());
+        }
+        let v = self
+            .query(&redis::cmd("CLUSTER").arg("SLOTS"), Resend::AfterDrop)
+            .await
+            .map_err(map_err)?;
+        let (masters, ranges) = topology::slot_masters(&v)?;
+        let s = crate::keys::slot(key);
+        ranges
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&s))
+            .and_then(|(_, _, m)| masters.get(*m))
+            .map(|(h, p)| format!("{h}:{p}"))
+            .ok_or_else(|| BackendError::Unavailable(format!("no node serves slot {s}").into()))
+    }
+
     /// The settings in use.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
@@ -185,9 +213,13 @@ impl RedisBackend {
     }
 
     /// The redis-rs client of the node in use (for extra connections); on
-    /// a Sentinel topology, of the master at the time of the call.
-    pub fn client(&self) -> Client {
-        self.link().client.clone()
+    /// a Sentinel topology, of the master at the time of the call; `None`
+    /// on a cluster (there is no one node).
+    pub fn client(&self) -> Option<Client> {
+        match &self.link().target {
+            link::Target::Node(client) => Some(client.clone()),
+            link::Target::Cluster { .. } => None,
+        }
     }
 }
 
@@ -214,7 +246,7 @@ impl Backend for RedisBackend {
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
-        if self.inner.config.cluster || jobs.is_empty() || ack.ids.is_empty() {
+        if self.per_slot() || jobs.is_empty() || ack.ids.is_empty() {
             // On a cluster the stream lives in another slot than the jobs
             // (and with no jobs there is no script call to ack in): ack after.
             return super::apply_then_ack(self, jobs, opts, ack).await;

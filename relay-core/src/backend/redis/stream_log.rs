@@ -1,6 +1,7 @@
 //! [`StreamLog`] on Redis: `XADD` (or the dedupe script), consumer groups,
 //! claims and the dead-letter move.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,100 +16,36 @@ use crate::backend::{
     DeadLetter, Delivered, GroupStats, ReadFrom, StreamEntry, StreamId, StreamLog,
 };
 use crate::error::BackendError;
+use crate::keys::slot;
 
 #[async_trait]
 impl StreamLog for RedisBackend {
     async fn append_batch(&self, reqs: Vec<AppendRequest>) -> BackendResult<Vec<AppendOutcome>> {
-        if reqs.is_empty() {
-            return Ok(Vec::new());
+        if !self.per_slot() {
+            return self.append_calls(&reqs).await;
         }
-        let script = &self.inner.scripts.append_dedupe;
-        // Deduplicated appends are idempotent; a plain XADD sent twice
-        // would add a second entry.
-        let resend = if reqs.iter().all(|r| r.dedupe.is_some()) {
-            Resend::AfterDrop
-        } else {
-            Resend::Never
-        };
-        if let Some(r) = reqs.iter().find(|r| r.fields.is_empty()) {
-            return Err(BackendError::Server(
-                format!("append to {}: an entry needs at least one field", r.stream).into(),
-            ));
+        // On a cluster a script call may not span slots: the requests of
+        // each stream's slot go together (their markers share the slot),
+        // in their order, and the slots' calls run concurrently.
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, r) in reqs.iter().enumerate() {
+            by_slot.entry(slot(&r.stream)).or_default().push(i);
         }
-        // Consecutive deduplicated requests share one script call (the
-        // per-call overhead dominates Redis CPU); plain appends are XADDs.
-        // Runs keep the requests' order.
-        let mut cmds = Vec::new();
-        let mut runs: Vec<(bool, usize)> = Vec::new();
-        for run in reqs.chunk_by(|a, b| a.dedupe.is_some() == b.dedupe.is_some()) {
-            if run[0].dedupe.is_some() {
-                let mut c = redis::cmd("EVALSHA");
-                c.arg(script.get_hash()).arg(run.len() * 2);
-                for r in run {
-                    let key = r.dedupe.as_ref().map_or("", |d| d.key.as_str());
-                    c.arg(key).arg(&r.stream);
-                }
-                for r in run {
-                    let ttl = r.dedupe.as_ref().map_or(1, |d| ms(d.ttl));
-                    c.arg(ttl);
-                    match r.maxlen {
-                        Some(n) => c.arg(n),
-                        None => c.arg(""),
-                    };
-                    c.arg(r.fields.len() * 2);
-                    for (k, v) in &r.fields {
-                        c.arg(k.as_str()).arg(&v[..]);
-                    }
-                }
-                cmds.push(c);
-                runs.push((true, run.len()));
-            } else {
-                for r in run {
-                    let mut c = redis::cmd("XADD");
-                    c.arg(&r.stream);
-                    if let Some(n) = r.maxlen {
-                        c.arg("MAXLEN").arg("~").arg(n);
-                    }
-                    c.arg("*");
-                    for (k, v) in &r.fields {
-                        c.arg(k.as_str()).arg(&v[..]);
-                    }
-                    cmds.push(c);
-                    runs.push((false, 1));
-                }
+        let groups: Vec<Vec<usize>> = by_slot.into_values().collect();
+        let calls = groups.iter().map(|idx| {
+            let group: Vec<AppendRequest> = idx.iter().map(|&i| reqs[i].clone()).collect();
+            async move { self.append_calls(&group).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut out: Vec<Option<AppendOutcome>> = vec![None; reqs.len()];
+        for (idx, res) in groups.iter().zip(results) {
+            for (&i, outcome) in idx.iter().zip(res?) {
+                out[i] = Some(outcome);
             }
         }
-        let results = self.eval_pipeline(script, cmds, resend).await?;
-        if results.iter().any(Result::is_ok) {
-            self.wait_replicas().await?;
-        }
-        let mut out = Vec::with_capacity(reqs.len());
-        for ((dedupe, n), res) in runs.into_iter().zip(results) {
-            let v = res.map_err(map_err)?;
-            if !dedupe {
-                out.push(AppendOutcome {
-                    id: stream_id_of(&v)?,
-                    duplicate: false,
-                });
-                continue;
-            }
-            let items = array(&v, "append reply")?;
-            if items.len() != n {
-                return Err(protocol(format!(
-                    "append reply has {} items for {n} requests",
-                    items.len()
-                )));
-            }
-            for item in items {
-                let a = array(item, "append item")?;
-                let id = a.first().ok_or_else(|| protocol("empty append item"))?;
-                let duplicate = a.get(1).and_then(u64_of).unwrap_or(0) == 1;
-                let id = stream_id_of(id)
-                    .map_err(|_| protocol(format!("dedupe marker holds no stream id: {id:?}")))?;
-                out.push(AppendOutcome { id, duplicate });
-            }
-        }
-        Ok(out)
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| protocol("an append got no reply")))
+            .collect()
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> BackendResult<()> {
@@ -392,5 +329,104 @@ impl StreamLog for RedisBackend {
             .await
             .map_err(map_err)?;
         u64_of(&v).ok_or_else(|| protocol(format!("XLEN answered {v:?}")))
+    }
+}
+
+impl RedisBackend {
+    /// Appends `reqs` with as few calls as possible: consecutive
+    /// deduplicated requests share one script call (the per-call overhead
+    /// dominates Redis CPU), plain appends are `XADD`s; pipelined. On a
+    /// cluster every request here is in one slot (see `append_batch`).
+    async fn append_calls(&self, reqs: &[AppendRequest]) -> BackendResult<Vec<AppendOutcome>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = &self.inner.scripts.append_dedupe;
+        // Deduplicated appends are idempotent; a plain XADD sent twice
+        // would add a second entry.
+        let resend = if reqs.iter().all(|r| r.dedupe.is_some()) {
+            Resend::AfterDrop
+        } else {
+            Resend::Never
+        };
+        if let Some(r) = reqs.iter().find(|r| r.fields.is_empty()) {
+            return Err(BackendError::Server(
+                format!("append to {}: an entry needs at least one field", r.stream).into(),
+            ));
+        }
+        // Consecutive deduplicated requests share one script call (the
+        // per-call overhead dominates Redis CPU); plain appends are XADDs.
+        // Runs keep the requests' order.
+        let mut cmds = Vec::new();
+        let mut runs: Vec<(bool, usize)> = Vec::new();
+        for run in reqs.chunk_by(|a, b| a.dedupe.is_some() == b.dedupe.is_some()) {
+            if run[0].dedupe.is_some() {
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(script.get_hash()).arg(run.len() * 2);
+                for r in run {
+                    let key = r.dedupe.as_ref().map_or("", |d| d.key.as_str());
+                    c.arg(key).arg(&r.stream);
+                }
+                for r in run {
+                    let ttl = r.dedupe.as_ref().map_or(1, |d| ms(d.ttl));
+                    c.arg(ttl);
+                    match r.maxlen {
+                        Some(n) => c.arg(n),
+                        None => c.arg(""),
+                    };
+                    c.arg(r.fields.len() * 2);
+                    for (k, v) in &r.fields {
+                        c.arg(k.as_str()).arg(&v[..]);
+                    }
+                }
+                cmds.push(c);
+                runs.push((true, run.len()));
+            } else {
+                for r in run {
+                    let mut c = redis::cmd("XADD");
+                    c.arg(&r.stream);
+                    if let Some(n) = r.maxlen {
+                        c.arg("MAXLEN").arg("~").arg(n);
+                    }
+                    c.arg("*");
+                    for (k, v) in &r.fields {
+                        c.arg(k.as_str()).arg(&v[..]);
+                    }
+                    cmds.push(c);
+                    runs.push((false, 1));
+                }
+            }
+        }
+        let results = self.eval_pipeline(script, cmds, resend).await?;
+        if results.iter().any(Result::is_ok) {
+            self.wait_replicas().await?;
+        }
+        let mut out = Vec::with_capacity(reqs.len());
+        for ((dedupe, n), res) in runs.into_iter().zip(results) {
+            let v = res.map_err(map_err)?;
+            if !dedupe {
+                out.push(AppendOutcome {
+                    id: stream_id_of(&v)?,
+                    duplicate: false,
+                });
+                continue;
+            }
+            let items = array(&v, "append reply")?;
+            if items.len() != n {
+                return Err(protocol(format!(
+                    "append reply has {} items for {n} requests",
+                    items.len()
+                )));
+            }
+            for item in items {
+                let a = array(item, "append item")?;
+                let id = a.first().ok_or_else(|| protocol("empty append item"))?;
+                let duplicate = a.get(1).and_then(u64_of).unwrap_or(0) == 1;
+                let id = stream_id_of(id)
+                    .map_err(|_| protocol(format!("dedupe marker holds no stream id: {id:?}")))?;
+                out.push(AppendOutcome { id, duplicate });
+            }
+        }
+        Ok(out)
     }
 }

@@ -3,8 +3,10 @@
 -- share its {job_id} slot). See relay-core/src/backend/job_log.rs for the
 -- contract and docs/ARCHITECTURE.md for the job hash layout.
 --
--- KEYS, per job (3 each):  job hash, eco2 state string ('' = none: not
---                          touched), live channel;
+-- KEYS, per job (3 each):  job hash, eco2 state string (the job hash
+--                          again = none: not touched; a key in another
+--                          slot would be refused on a cluster), live
+--                          channel;
 --      then, when acking:  the shard stream (last key).
 -- ARGV[1] history_max      history entries kept per job
 -- ARGV[2] ttl_ms           job hash TTL
@@ -118,7 +120,7 @@ for j = 0, math.floor(#KEYS / 3) - 1 do
     set[#set + 1] = best_off
     set[#set + 1] = 'st'
     set[#set + 1] = best_payload
-    if state ~= '' then redis.call('SET', state, best_payload, 'PX', state_ttl) end
+    if state ~= job then redis.call('SET', state, best_payload, 'PX', state_ttl) end
   end
   -- TTLs are refreshed when due, not on every event: a refresh is another
   -- call, and the bound only needs to hold to within refresh_every.
@@ -130,7 +132,7 @@ for j = 0, math.floor(#KEYS / 3) - 1 do
   if #set > 0 then redis.call('HSET', job, unpack(set)) end
   if refresh then
     redis.call('PEXPIRE', job, ttl)
-    if state ~= '' and not best_seq then redis.call('PEXPIRE', state, state_ttl) end
+    if state ~= job and not best_seq then redis.call('PEXPIRE', state, state_ttl) end
   end
   out[#out + 1] = res
 end
