@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ::redis::Value;
 
-use crate::redis::RedisServer;
+use crate::redis::{reply_text, RedisServer};
 
 /// CPU time (user + system) this process has used so far.
 pub fn process_cpu() -> Duration {
@@ -49,23 +49,23 @@ fn stat_cpu(stat: &str) -> Duration {
 
 /// CPU time (user + system) a redis-server has used so far (`INFO cpu`).
 pub async fn redis_cpu(server: &RedisServer) -> Duration {
-    let Ok(v) = server.command(&["INFO", "cpu"]).await else {
-        return Duration::ZERO;
-    };
-    let text = match v {
-        Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
-        Value::VerbatimString { text, .. } => text,
-        _ => return Duration::ZERO,
-    };
+    match server.command(&["INFO", "cpu"]).await {
+        Ok(v) => info_cpu_time(&reply_text(&v).unwrap_or_default()),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// `used_cpu_user` + `used_cpu_sys` of an `INFO cpu` reply.
+pub(crate) fn info_cpu_time(info: &str) -> Duration {
     let mut secs = 0.0;
-    for line in text.lines() {
+    for line in info.lines() {
         if let Some((k, v)) = line.trim().split_once(':') {
             if k == "used_cpu_user" || k == "used_cpu_sys" {
                 secs += v.parse::<f64>().unwrap_or(0.0);
             }
         }
     }
-    Duration::from_secs_f64(secs)
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
 }
 
 /// The per-event Redis work of the apply step as one script: create the

@@ -14,6 +14,9 @@
 //!   [`redis::TestRedis`], the Redis of one test.
 //! - [`sentinel`]: a master, a replica and three sentinels, with a real
 //!   failover on demand.
+//! - [`cluster`]: three masters with a replica each (Redis Cluster), with
+//!   promotions, failovers and slot migrations on demand, and
+//!   [`cluster::key_slot`].
 //! - [`procs`]: the workspace's binaries as child processes, free loopback
 //!   ports and waiting until something listens.
 //! - [`wait`]: polling a condition with a hang guard.
@@ -29,6 +32,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod cluster;
 pub mod procs;
 pub mod rabbitmq;
 pub mod redis;

@@ -45,6 +45,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tempfile::TempDir;
 
 use crate::procs::free_port;
+use crate::wait::WaitTimeout;
 
 /// Environment variable naming the `redis-server` binary to use.
 pub const REDIS_SERVER_BIN_ENV: &str = "REDIS_SERVER_BIN";
@@ -70,6 +71,29 @@ pub enum HarnessError {
         command: &'static str,
         /// The reply, debug-formatted.
         reply: String,
+    },
+    /// A `redis-server` or `redis-cli` the harness runs could not be started,
+    /// did not come up or failed (the message has its log's tail).
+    #[error("{0}")]
+    Process(String),
+    /// A wait for a state of the servers hit its hang guard (the error says
+    /// what was still missing).
+    #[error(transparent)]
+    Timeout(#[from] WaitTimeout),
+    /// A cluster is not in the state an operation needs (no such node, no
+    /// replica to promote, a slot not migrating, a malformed topology).
+    #[error("{0}")]
+    Cluster(String),
+    /// Process control (kill, restart) or `FLUSHALL` asked of the external
+    /// cluster named by `RELAY_TEST_REDIS_CLUSTER`.
+    #[error(
+        "this needs a private Redis Cluster, but {env} points the tests at an external one \
+         ({seeds}); unset {env} to run it",
+        env = crate::cluster::REDIS_CLUSTER_ENV
+    )]
+    ExternalCluster {
+        /// The external cluster's seed addresses, as given.
+        seeds: String,
     },
     /// Fault injection on the shared server named by `REDIS_URL`.
     #[error(
@@ -159,28 +183,48 @@ impl fmt::Debug for RedisServer {
 /// When none is found, with instructions: tests that need Redis must fail
 /// loudly, never be skipped.
 pub fn redis_server_bin() -> PathBuf {
+    try_redis_server_bin().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`redis_server_bin`], with the instructions as the error.
+pub(crate) fn try_redis_server_bin() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os(REDIS_SERVER_BIN_ENV) {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "{REDIS_SERVER_BIN_ENV}={} is not a file",
-            bin.display()
-        );
-        return bin;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("redis-server");
-            if candidate.is_file() {
-                return candidate;
-            }
+        if !bin.is_file() {
+            return Err(format!(
+                "{REDIS_SERVER_BIN_ENV}={} is not a file",
+                bin.display()
+            ));
         }
+        return Ok(bin);
     }
-    panic!(
-        "redis-server not found: these tests need a real Redis (>= 7.0). Install it \
-         (`apt-get install redis-server`), set {REDIS_SERVER_BIN_ENV}=/path/to/redis-server, \
-         or set {REDIS_URL_ENV}=redis://host:port to use a running server"
-    );
+    on_path("redis-server").ok_or_else(|| {
+        format!(
+            "redis-server not found: these tests need a real Redis (>= 7.0). Install it \
+             (`apt-get install redis-server`), set {REDIS_SERVER_BIN_ENV}=/path/to/redis-server, \
+             or set {REDIS_URL_ENV}=redis://host:port to use a running server"
+        )
+    })
+}
+
+/// Locates `redis-cli`: next to the `redis-server` in use (the two come from
+/// one build), else the first on `PATH`.
+pub(crate) fn redis_cli_bin() -> Result<PathBuf, String> {
+    let sibling = try_redis_server_bin()
+        .ok()
+        .and_then(|server| server.parent().map(|dir| dir.join("redis-cli")))
+        .filter(|cli| cli.is_file());
+    sibling.or_else(|| on_path("redis-cli")).ok_or_else(|| {
+        "redis-cli not found (next to redis-server nor on PATH): install it with redis-server"
+            .into()
+    })
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// Sends `PING` over a raw socket; true on `+PONG`.
@@ -214,27 +258,41 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` is missing or does not come up.
     pub fn start_with(opts: RedisServerOptions) -> Self {
-        let bin = redis_server_bin();
+        Self::try_start_on(&opts, || Ok(free_port())).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts a server with `opts` on a port from `pick_port`, asked again
+    /// after a failed start: a free port can be taken between probing and
+    /// binding.
+    pub(crate) fn try_start_on(
+        opts: &RedisServerOptions,
+        mut pick_port: impl FnMut() -> Result<u16, String>,
+    ) -> Result<Self, HarnessError> {
+        let bin = try_redis_server_bin().map_err(HarnessError::Process)?;
         let mut last_err = String::new();
-        // A free port can be taken between probing and binding: retry.
         for _ in 0..5 {
             let dir = tempfile::Builder::new()
                 .prefix("relay-redis-")
                 .tempdir()
-                .unwrap_or_else(|e| panic!("cannot create a temp dir for redis-server: {e}"));
+                .map_err(|e| {
+                    HarnessError::Process(format!("cannot create a temp dir for redis-server: {e}"))
+                })?;
             let server = RedisServer {
                 bin: bin.clone(),
-                port: free_port(),
+                port: pick_port().map_err(HarnessError::Process)?,
                 dir,
                 opts: opts.clone(),
                 child: Mutex::new(None),
             };
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(e) => last_err = e,
             }
         }
-        panic!("redis-server ({}) did not start: {last_err}", bin.display());
+        Err(HarnessError::Process(format!(
+            "redis-server ({}) did not start: {last_err}",
+            bin.display()
+        )))
     }
 
     fn args(&self) -> Vec<String> {
@@ -353,38 +411,37 @@ impl RedisServer {
     /// # Panics
     /// When the server does not come back.
     pub fn restart(&self) {
+        self.try_restart().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// [`RedisServer::restart`], returning the failure.
+    pub(crate) fn try_restart(&self) -> Result<(), HarnessError> {
         self.stop();
         // The old socket may linger briefly; redis-server binds with
         // SO_REUSEADDR, but retry a few times anyway.
         let mut last = String::new();
         for _ in 0..20 {
             match self.spawn() {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last = e,
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("redis-server did not restart on port {}: {last}", self.port);
+        Err(HarnessError::Process(format!(
+            "redis-server did not restart on port {}: {last}",
+            self.port
+        )))
     }
 
-    async fn admin(&self) -> Result<redis::aio::MultiplexedConnection, HarnessError> {
-        let client = redis::Client::open(self.url())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+    /// Keeps the data directory (and the log in it) when the server is
+    /// dropped, so a failed test's logs can be read.
+    pub(crate) fn keep_dir(&mut self) {
+        self.dir.disable_cleanup(true);
     }
 
     /// Runs one command on a fresh connection.
     pub async fn command(&self, args: &[&str]) -> Result<Value, HarnessError> {
-        let (name, rest) = args.split_first().ok_or(HarnessError::EmptyCommand)?;
-        let mut conn = self.admin().await?;
-        let mut cmd = redis::cmd(name);
-        cmd.arg(rest);
-        let v: Value = cmd.query_async(&mut conn).await?;
-        Ok(v)
+        command_at(&format!("127.0.0.1:{}", self.port), args).await
     }
 
     /// `CLIENT KILL <filter...>`, e.g. `["TYPE", "pubsub"]`, `["TYPE",
@@ -406,17 +463,10 @@ impl RedisServer {
     /// `INFO commandstats`, by lowercase command name (`evalsha`, `xadd`, …).
     pub async fn info_commandstats(&self) -> Result<HashMap<String, CommandStat>, HarnessError> {
         let v = self.command(&["INFO", "commandstats"]).await?;
-        let text = match &v {
-            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-            Value::VerbatimString { text, .. } => text.clone(),
-            Value::SimpleString(s) => s.clone(),
-            other => {
-                return Err(HarnessError::UnexpectedReply {
-                    command: "INFO",
-                    reply: format!("{other:?}"),
-                })
-            }
-        };
+        let text = reply_text(&v).ok_or_else(|| HarnessError::UnexpectedReply {
+            command: "INFO",
+            reply: format!("{v:?}"),
+        })?;
         Ok(parse_commandstats(&text))
     }
 
@@ -470,6 +520,54 @@ pub enum WriteRefusal {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Runs `cmd` on a fresh connection to `addr` (`host:port`). Fresh, so a
+/// command never waits behind another test's, and a killed server costs no
+/// reconnect logic; the timeouts keep a stopped (not killed) server from
+/// hanging a test.
+pub(crate) async fn query_at(addr: &str, cmd: &redis::Cmd) -> Result<Value, HarnessError> {
+    let client = redis::Client::open(format!("redis://{addr}"))?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok(cmd.query_async(&mut conn).await?)
+}
+
+/// Runs one command (`["CLUSTER", "INFO"]`) on a fresh connection to `addr`.
+pub(crate) async fn command_at(addr: &str, args: &[&str]) -> Result<Value, HarnessError> {
+    let (name, rest) = args.split_first().ok_or(HarnessError::EmptyCommand)?;
+    let mut cmd = redis::cmd(name);
+    cmd.arg(rest);
+    query_at(addr, &cmd).await
+}
+
+/// The server's `ROLE` (`master`, `slave`) and, for a replica, its link
+/// state (`connected` once in sync); `None` when it does not answer.
+pub(crate) async fn role_at(addr: &str) -> Option<(String, Option<String>)> {
+    let Ok(Value::Array(items)) = command_at(addr, &["ROLE"]).await else {
+        return None;
+    };
+    let role = items.first().and_then(reply_text)?;
+    let link = if role == "slave" {
+        items.get(3).and_then(reply_text)
+    } else {
+        None
+    };
+    Some((role, link))
+}
+
+/// The text of a string reply (`INFO`, `CLUSTER NODES`, a bulk string).
+pub(crate) fn reply_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

@@ -21,11 +21,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 use tempfile::TempDir;
 
 use crate::procs::free_port;
-use crate::redis::{answers_ping, redis_server_bin, HarnessError, RedisServer, RedisServerOptions};
+use crate::redis::{
+    answers_ping, command_at, redis_server_bin, reply_text, role_at, HarnessError, RedisServer,
+    RedisServerOptions,
+};
 
 /// The master name the sentinels monitor.
 pub const MASTER_NAME: &str = "relaymaster";
@@ -326,13 +329,9 @@ impl SentinelSet {
 
 /// The node's `ROLE` (`master`, `slave`), `None` when it does not answer.
 async fn role(node: &RedisServer) -> Option<String> {
-    match node.command(&["ROLE"]).await {
-        Ok(Value::Array(items)) => match items.first() {
-            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
-            _ => None,
-        },
-        _ => None,
-    }
+    role_at(&format!("127.0.0.1:{}", node.port()))
+        .await
+        .map(|(role, _)| role)
 }
 
 async fn is_master(node: &RedisServer) -> bool {
@@ -340,17 +339,7 @@ async fn is_master(node: &RedisServer) -> bool {
 }
 
 async fn sentinel_command(port: u16, args: &[&str]) -> Result<Value, HarnessError> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let (name, rest) = args.split_first().ok_or(HarnessError::EmptyCommand)?;
-    let mut cmd = redis::cmd(name);
-    cmd.arg(rest);
-    Ok(cmd.query_async(&mut conn).await?)
+    command_at(&format!("127.0.0.1:{port}"), args).await
 }
 
 /// The master's port as one sentinel names it (`None`: not known yet).
@@ -375,22 +364,12 @@ fn field(v: &Value, name: &str) -> Option<String> {
         Value::Array(items) => items.as_slice(),
         _ => return None,
     };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    };
     items
         .chunks(2)
-        .find(|kv| kv.first().and_then(text).as_deref() == Some(name))
-        .and_then(|kv| kv.get(1).and_then(text))
+        .find(|kv| kv.first().and_then(reply_text).as_deref() == Some(name))
+        .and_then(|kv| kv.get(1).and_then(reply_text))
 }
 
 fn info_text(v: &Value) -> String {
-    match v {
-        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        Value::VerbatimString { text, .. } => text.clone(),
-        Value::SimpleString(s) => s.clone(),
-        _ => String::new(),
-    }
+    reply_text(v).unwrap_or_default()
 }
