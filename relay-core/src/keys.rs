@@ -67,7 +67,11 @@ pub fn shard_for(job_id: &str, shards: u32) -> u32 {
 /// assert_eq!(relay_core::keys::slot("relay:{scan:3}:events"), relay_core::keys::slot("scan:3"));
 /// ```
 pub fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
+    slot_of_bytes(key.as_bytes())
+}
+
+/// [`slot`] of a key given as bytes.
+pub fn slot_of_bytes(bytes: &[u8]) -> u16 {
     let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &bytes[open + 1..];
         let close = rest.iter().position(|&b| b == b'}')?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use relay_core::backend::memory::MemoryBackend;
-use relay_core::backend::redis::{RedisBackend, RedisConfig, RedisTopology, SentinelTopology};
+use relay_core::backend::redis::{
+    ClusterTopology, RedisBackend, RedisConfig, RedisTopology, SentinelTopology,
+};
 use relay_core::backend::{
     AppendRequest, ApplyEvent, ApplyJob, ApplyOptions, ApplyResult, Backend, ClaimResult,
     GroupStats, KvStore, ReadFrom, StreamEntry, StreamId, StreamLog, Subscriber,
@@ -16,6 +18,7 @@ use relay_core::backend::{
 use relay_core::codec::Fields;
 use relay_core::keys::JobKeys;
 use relay_core::{BackendResult, Encoding, Epoch, Payload};
+use relay_testkit::cluster::{NodeRole, RedisCluster};
 use relay_testkit::redis::TestRedis;
 use relay_testkit::sentinel::SentinelSet;
 
@@ -36,6 +39,9 @@ pub enum Kind {
     Redis(TestRedis),
     /// A master found through three sentinels (one set per test).
     Sentinel(SentinelSet),
+    /// A Redis Cluster (3 masters, 3 replicas; or the one
+    /// `RELAY_TEST_REDIS_CLUSTER` names).
+    Cluster(RedisCluster),
 }
 
 impl Fixture {
@@ -95,6 +101,26 @@ impl Fixture {
         )
     }
 
+    /// A Redis Cluster of 3 masters with a replica each. The key prefix is
+    /// a hash tag (`{t:…}:`), so a test's plain keys share one slot (what
+    /// the contract's multi-key operations require of their keys there);
+    /// each job's keys are in the slot of its own `{name}` (see
+    /// [`job_keys`]), so applies spread over the nodes.
+    pub async fn redis_cluster() -> Fixture {
+        let cluster = RedisCluster::start();
+        let backend = cluster_backend(&cluster.seeds(), RedisConfig::default()).await;
+        let prefix = format!(
+            "{{{}}}:",
+            relay_testkit::redis::unique_prefix().trim_end_matches(':')
+        );
+        Fixture {
+            backend: Arc::new(backend.clone()),
+            kv: Arc::new(backend),
+            prefix,
+            kind: Kind::Cluster(cluster),
+        }
+    }
+
     async fn redis_on(redis: TestRedis) -> Fixture {
         let backend = RedisBackend::connect(redis.url())
             .await
@@ -131,7 +157,11 @@ impl Fixture {
     }
 
     pub fn job(&self, name: &str) -> JobKeys {
-        job_keys(&self.prefix, name)
+        match self.kind {
+            // The prefix's own hash tag would pin every job to its slot.
+            Kind::Cluster(_) => job_keys(&self.prefix.replace(['{', '}'], ""), name),
+            _ => job_keys(&self.prefix, name),
+        }
     }
 
     /// Drops every subscriber connection (fault injection). `None` when the
@@ -150,6 +180,16 @@ impl Fixture {
                     .await
                     .ok()
                     .map(|_| ())
+            }
+            Kind::Cluster(c) => {
+                for node in c.nodes().await {
+                    if node.role == NodeRole::Master {
+                        c.command(node.port, &["CLIENT", "KILL", "TYPE", "pubsub"])
+                            .await
+                            .ok()?;
+                    }
+                }
+                Some(())
             }
         }
     }
@@ -224,6 +264,14 @@ pub async fn sentinel_backend(set: &SentinelSet, config: RedisConfig) -> RedisBa
     RedisBackend::connect_topology(RedisTopology::Sentinel(topology), config)
         .await
         .expect("connect through the sentinels")
+}
+
+/// A backend on the cluster reached through `seeds`.
+pub async fn cluster_backend(seeds: &[String], config: RedisConfig) -> RedisBackend {
+    let topology = ClusterTopology::new(seeds, "redis://cluster").expect("valid seeds");
+    RedisBackend::connect_topology(RedisTopology::Cluster(topology), config)
+        .await
+        .expect("connect to the cluster")
 }
 
 /// A job's keys under `prefix` (one hash slot per job).
@@ -338,8 +386,8 @@ pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
 }
 
 /// Generates one `#[tokio::test]` per case of the calling module and per
-/// backend, in the submodules `memory`, `redis`, `redis_cluster_mode` and
-/// `redis_sentinel`.
+/// backend, in the submodules `memory`, `redis`, `redis_cluster_mode`,
+/// `redis_sentinel` and `redis_cluster` (3 masters + 3 replicas).
 /// Each case is an `async fn(&Fixture)` of the calling module.
 macro_rules! conformance_tests {
     ($($case:ident),* $(,)?) => {
@@ -350,6 +398,9 @@ macro_rules! conformance_tests {
         );
         $crate::support::conformance_tests!(
             @on redis_sentinel, $crate::support::Fixture::redis_sentinel; $($case),*
+        );
+        $crate::support::conformance_tests!(
+            @on redis_cluster, $crate::support::Fixture::redis_cluster; $($case),*
         );
     };
     (@on $backend:ident, $make:path; $($case:ident),*) => {

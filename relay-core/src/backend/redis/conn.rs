@@ -7,6 +7,7 @@
 //! failure back to it, so a Sentinel failover moves all roles to the new
 //! master.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -17,6 +18,7 @@ use super::link::{wants_rediscovery, Conn, Link, Target};
 use super::RedisBackend;
 use crate::backend::BackendResult;
 use crate::error::BackendError;
+use crate::keys::slot_of_bytes;
 
 impl RedisBackend {
     /// Runs one command; an idempotent one ([`Resend::AfterDrop`]) is sent
@@ -281,25 +283,89 @@ impl From<PipelineError> for BackendError {
 pub(super) type Dedicated = Conn<MultiplexedConnection>;
 
 /// Runs `cmds` as one pipeline on `link`'s shared connection; one result
-/// per command. On a cluster the commands go out concurrently, each to
-/// the node of its slot: the multiplexed per-node connections pipeline
-/// them, and a pipeline may not cross slots there.
+/// per command. On a cluster, where a pipeline may not cross slots, the
+/// commands are grouped by the slot of their key into one pipeline per
+/// slot (keeping their order within it: a job's or a channel's commands
+/// stay in order), and the slots' pipelines go out concurrently, each to
+/// its node.
 async fn run_pipeline(
     link: &Link,
     cmds: &[Cmd],
 ) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
-    if link.is_cluster() {
-        let sent = cmds.iter().map(|c| {
-            let mut conn = link.conn.clone();
-            async move {
-                match c.query_async::<Value>(&mut conn).await {
-                    Ok(Value::ServerError(e)) => Err(e.into()),
-                    r => r,
+    if link.is_cluster() && cmds.len() > 1 {
+        let mut by_slot: BTreeMap<Option<u16>, Vec<usize>> = BTreeMap::new();
+        for (i, c) in cmds.iter().enumerate() {
+            by_slot.entry(key_slot(c)).or_default().push(i);
+        }
+        if by_slot.len() > 1 {
+            let groups: Vec<Vec<usize>> = by_slot.into_values().collect();
+            let sent = groups.iter().map(|idx| {
+                let group: Vec<Cmd> = idx.iter().map(|&i| cmds[i].clone()).collect();
+                async move { one_pipeline(link, &group).await }
+            });
+            let replies = futures::future::join_all(sent).await;
+            let mut out: Vec<Option<Result<Value, RedisError>>> = vec![None; cmds.len()];
+            for (idx, reply) in groups.iter().zip(replies) {
+                match reply {
+                    Ok(results) => {
+                        for (&i, r) in idx.iter().zip(results) {
+                            out[i] = Some(r);
+                        }
+                    }
+                    // One slot's pipeline failing as a whole fails its
+                    // commands, not the other slots'.
+                    Err(PipelineError::Redis(e)) => {
+                        for &i in idx {
+                            out[i] = Some(Err(e.clone()));
+                        }
+                    }
+                    Err(e @ PipelineError::Backend(_)) => return Err(e),
                 }
             }
-        });
-        return Ok(futures::future::join_all(sent).await);
+            return Ok(out
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(no_reply())))
+                .collect());
+        }
     }
+    one_pipeline(link, cmds).await
+}
+
+fn no_reply() -> RedisError {
+    RedisError::from((redis::ErrorKind::Client, "a pipelined command got no reply"))
+}
+
+/// The hash slot of the key `cmd` is routed by: the first key of an
+/// `EVALSHA`/`EVAL`, else the first argument after the command name (the
+/// key, or the channel of a `PUBLISH`, which redis-rs routes by too).
+/// `None` for a command without one.
+fn key_slot(cmd: &Cmd) -> Option<u16> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let name = args.next()?;
+    let key = if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()?;
+        let numkeys = std::str::from_utf8(args.next()?)
+            .ok()?
+            .parse::<u64>()
+            .ok()?;
+        if numkeys == 0 {
+            return None;
+        }
+        args.next()?
+    } else {
+        args.next()?
+    };
+    Some(slot_of_bytes(key))
+}
+
+/// Runs `cmds` as one pipeline (on a cluster: all in one slot).
+async fn one_pipeline(
+    link: &Link,
+    cmds: &[Cmd],
+) -> Result<Vec<Result<Value, RedisError>>, PipelineError> {
     let mut pipe = Pipeline::with_capacity(cmds.len());
     pipe.ignore_errors();
     for c in cmds {
@@ -336,4 +402,24 @@ pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
 
 pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_grouped_by_the_slot_of_their_key() {
+        let script = Script::new("return 1");
+        let eval = evalsha(&script, &["relay:{scan:3}:events", "other"]);
+        assert_eq!(key_slot(&eval), Some(crate::keys::slot("scan:3")));
+        let no_keys = evalsha(&script, &[]);
+        assert_eq!(key_slot(&no_keys), None);
+        let publish = redis::cmd("PUBLISH")
+            .arg("relay:scan:{j1}:live")
+            .arg("x")
+            .clone();
+        assert_eq!(key_slot(&publish), Some(crate::keys::slot("j1")));
+        assert_eq!(key_slot(&redis::cmd("PING")), None);
+    }
 }

@@ -67,8 +67,8 @@ pub(super) enum Target {
     /// connections of blocking readers; subscribers connect to the masters
     /// `topology` leads to.
     Cluster {
-        topology: ClusterTopology,
-        blocking: ClusterClient,
+        topology: Box<ClusterTopology>,
+        blocking: Box<ClusterClient>,
     },
 }
 
@@ -155,8 +155,8 @@ impl Link {
             .join(",");
         Ok(Link {
             target: Target::Cluster {
-                topology: topology.clone(),
-                blocking,
+                topology: Box::new(topology.clone()),
+                blocking: Box::new(blocking),
             },
             conn: Conn::Cluster(conn),
             generation: 0,

@@ -188,11 +188,7 @@ impl RedisBackend {
         if !link.is_cluster() {
             return Ok(link.addr.clone());
         }
-        let v = self
-            .query(&redis::cmd("CLUSTER").arg("SLOTS"), Resend::AfterDrop)
-            .await
-            .map_err(map_err)?;
-        let (masters, ranges) = topology::slot_masters(&v)?;
+        let (masters, ranges) = self.slot_map().await?;
         let s = crate::keys::slot(key);
         ranges
             .iter()
@@ -200,6 +196,19 @@ impl RedisBackend {
             .and_then(|(_, _, m)| masters.get(*m))
             .map(|(h, p)| format!("{h}:{p}"))
             .ok_or_else(|| BackendError::Unavailable(format!("no node serves slot {s}").into()))
+    }
+
+    /// The cluster's masters (`host`, `port`) and slot ranges with the
+    /// index of their master, from `CLUSTER SLOTS`.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn slot_map(
+        &self,
+    ) -> Result<(Vec<(String, u16)>, Vec<(u16, u16, usize)>), BackendError> {
+        let v = self
+            .query(redis::cmd("CLUSTER").arg("SLOTS"), Resend::AfterDrop)
+            .await
+            .map_err(map_err)?;
+        topology::slot_masters(&v)
     }
 
     /// The settings in use.

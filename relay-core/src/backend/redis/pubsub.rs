@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use super::conn::Resend;
 use super::error::map_err;
 use super::link::{Link, Target};
-use super::topology::{slot_masters, ClusterTopology};
+use super::topology::ClusterTopology;
 use super::RedisBackend;
 use crate::backend::{BackendResult, PubSub, PubSubMessage, Subscriber, SubscriberHandle};
 use crate::error::BackendError;
@@ -194,11 +194,7 @@ impl RedisBackend {
         link: &Link,
         topology: &ClusterTopology,
     ) -> BackendResult<Subscriber> {
-        let slots = self
-            .query(&redis::cmd("CLUSTER").arg("SLOTS"), Resend::AfterDrop)
-            .await
-            .map_err(map_err)?;
-        let (masters, ranges) = slot_masters(&slots)?;
+        let (masters, ranges) = self.slot_map().await?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
         let (stop_tx, stop) = watch::channel(false);
         let mut sinks = Vec::with_capacity(masters.len());
@@ -239,7 +235,8 @@ async fn forward(
     loop {
         let msg = tokio::select! {
             _ = tx.closed() => break,
-            _ = stop.changed() => break,
+            // (A dropped sender, as on a single server, never stops it.)
+            Ok(()) = stop.changed() => break,
             _ = ticks.tick(), if probe.is_some() => {
                 let Some(sink) = &probe else { continue };
                 let pong = tokio::time::timeout(NODE_PROBE_EVERY, sink.clone().ping::<Value>()).await;
