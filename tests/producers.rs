@@ -104,7 +104,14 @@ impl Stack {
         let mut out = Vec::new();
         for shard in 0..SHARDS {
             let len: u64 = redis::cmd("XLEN")
-                .arg(format!("relay:scan:events:{shard}"))
+                .arg(
+                    relay_core::KeySpace::new(
+                        relay_core::Profile::Native,
+                        relay_core::Domain::new("scan").expect("domain"),
+                        SHARDS,
+                    )
+                    .shard_stream(shard),
+                )
                 .query_async(&mut conn)
                 .await
                 .expect("XLEN");

@@ -197,6 +197,10 @@ pub struct ConnectionArgs {
     /// Number of shard streams per domain (must match the producers).
     #[arg(long, env = "RELAY_SHARDS", default_value_t = 4)]
     pub shards: u32,
+    /// Log, on connecting to a cluster, which node serves each shard
+    /// stream (set by the router, whose work follows that placement).
+    #[arg(skip)]
+    pub log_placement: bool,
 }
 
 impl ConnectionArgs {
@@ -296,7 +300,7 @@ impl ConnectionArgs {
             ..RedisConfig::default()
         };
         let redis = Arc::new(RedisBackend::connect_topology(topology, config).await?);
-        if redis.topology().is_cluster() {
+        if self.log_placement && redis.topology().is_cluster() {
             self.log_shard_nodes(&redis).await;
         }
         Ok((redis.clone(), redis))

@@ -59,7 +59,8 @@ pub struct RouterArgs {
     /// Entries larger than this many bytes are dead-lettered.
     #[arg(long, env = "RELAY_MAX_ENTRY_BYTES", default_value_t = 1024 * 1024)]
     pub max_entry_bytes: usize,
-    /// Dead-letter stream length: the oldest dead letters are trimmed first.
+    /// Length of each dead-letter stream (one per shard in the native
+    /// profile): the oldest dead letters are trimmed first.
     #[arg(long, env = "RELAY_DLQ_MAXLEN", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dlq_maxlen: u64,
     /// Original field values longer than this many bytes are stored cut in

@@ -38,7 +38,9 @@ pub struct Running {
 }
 
 /// Runs the router until `shutdown` resolves, then drains and returns.
-pub async fn run(args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut args: RouterArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // The router's work follows the shard streams: say where they are.
+    args.conn.log_placement = true;
     // Connecting is retried for a long time: an orchestrator usually starts
     // the router and Redis together.
     // Bind first: a clashing metrics port is reported at once, naming the

@@ -138,7 +138,7 @@ impl Exposition {
         );
         registry.register(
             "dlq_length",
-            "Entries in the dead-letter stream",
+            "Entries in the dead-letter streams (one per shard in the native profile)",
             dlq.clone(),
         );
         Self {

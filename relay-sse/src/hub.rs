@@ -1,5 +1,6 @@
-//! The multiplexed live subscription: one subscriber connection per gateway
-//! process, per-job channel subscriptions refcounted across clients, a
+//! The multiplexed live subscription: one subscriber per gateway process
+//! (one connection, or one per master on a Redis Cluster), per-job
+//! channel subscriptions refcounted across clients, a
 //! non-blocking fan-out, reconnect with backoff and a liveness probe.
 //!
 //! After every (re)connection each registered client is told to re-run its

@@ -2,9 +2,9 @@
 //!
 //! | module | concept |
 //! |---|---|
-//! | `topology` | where the server is: a standalone URL, or a master named by Redis Sentinel |
-//! | `link` | the node in use, and moving to a new master after a Sentinel failover |
-//! | `conn` | connection roles: the shared multiplexed connection, dedicated blocking readers, resending after a drop |
+//! | `topology` | where the server is: a standalone URL, a master named by Redis Sentinel, or a Redis Cluster's seeds; the cluster's slot map |
+//! | `link` | the node (or cluster) in use, and moving to a new master after a Sentinel failover |
+//! | `conn` | connection roles: the shared connection, dedicated blocking readers, resending after a drop, per-slot pipelines on a cluster |
 //! | `scripts` | the Lua scripts (`scripts/*.lua`, each naming its KEYS and ARGV) |
 //! | `error` | server errors to [`BackendError`]: transient or not |
 //! | `reply` | reply parsing (never panics on reply data) |
@@ -13,6 +13,9 @@
 //! ## Connections
 //! - One auto-reconnecting multiplexed connection ([`redis::aio::ConnectionManager`]) for
 //!   every non-blocking command. Commands from all tasks are pipelined over it.
+//!   On a cluster, redis-rs's cluster connection instead (one multiplexed
+//!   connection per node, routing by slot, following `MOVED`/`ASK` and
+//!   failovers); a pipeline is split into one pipeline per key slot.
 //! - Blocking reads ([`ReadFrom::New`] with a `block`) never run on the shared
 //!   connection: a `BLOCK` would stall every command queued behind it. Each
 //!   blocking call checks a dedicated connection out of a small idle pool (or
@@ -42,7 +45,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use redis::Client;
 
-use super::{AckRequest, ApplyJob, ApplyOptions, ApplyResult, Backend, BackendResult};
+use super::{
+    AckRequest, ApplyJob, ApplyOptions, ApplyResult, Backend, BackendResult, JobLog, StreamLog,
+};
 use crate::error::BackendError;
 
 mod conn;
@@ -257,8 +262,20 @@ impl Backend for RedisBackend {
     ) -> BackendResult<Vec<ApplyResult>> {
         if self.per_slot() || jobs.is_empty() || ack.ids.is_empty() {
             // On a cluster the stream lives in another slot than the jobs
-            // (and with no jobs there is no script call to ack in): ack after.
-            return super::apply_then_ack(self, jobs, opts, ack).await;
+            // (and with no jobs there is no script call to ack in): ack
+            // after. The ack then lands on another master than the applies;
+            // with `min_replicas_ack` the applies are on replicas first, so
+            // a failover of a job's master cannot lose an apply whose entry
+            // was already acked (without it, that is the async-replication
+            // loss window, see docs/SCALING.md).
+            let applied = self.apply(jobs, opts).await?;
+            if !ack.ids.is_empty() {
+                if self.inner.topology.is_cluster() {
+                    self.wait_replicas().await?;
+                }
+                self.ack(ack.stream, ack.group, ack.ids).await?;
+            }
+            return Ok(applied);
         }
         self.apply_scripted(&jobs, opts, Some(ack)).await
     }
