@@ -69,16 +69,18 @@ pub(super) fn protocol(what: impl Into<String>) -> BackendError {
     BackendError::Protocol(what.into().into())
 }
 
+/// The error a server reply (`-CODE message\r\n`) turns into (tests).
+#[cfg(test)]
+pub(super) fn server_error(resp: &[u8]) -> RedisError {
+    match redis::parse_redis_value(resp).expect("parses") {
+        redis::Value::ServerError(e) => e.into(),
+        other => panic!("not an error reply: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn server_error(resp: &[u8]) -> RedisError {
-        match redis::parse_redis_value(resp).expect("parses") {
-            redis::Value::ServerError(e) => e.into(),
-            other => panic!("not an error reply: {other:?}"),
-        }
-    }
 
     #[test]
     fn cluster_redirections_and_releases_are_transient() {

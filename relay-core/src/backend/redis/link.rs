@@ -281,14 +281,8 @@ impl RedisBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::super::error::server_error;
     use super::*;
-
-    fn server_error(resp: &[u8]) -> RedisError {
-        match redis::parse_redis_value(resp).expect("parses") {
-            redis::Value::ServerError(e) => e.into(),
-            other => panic!("not an error reply: {other:?}"),
-        }
-    }
 
     #[test]
     fn failover_errors_ask_the_sentinels_again_and_stay_transient() {

@@ -102,28 +102,30 @@ impl ClusterSubscriberHandle {
     }
 }
 
-#[async_trait]
-impl SubscriberHandle for ClusterSubscriberHandle {
-    async fn subscribe(&self, channels: &[String]) -> BackendResult<()> {
+impl ClusterSubscriberHandle {
+    /// (Un)subscribes `channels`, each on its master's connection.
+    async fn change(&self, channels: &[String], subscribe: bool) -> BackendResult<()> {
         for (node, chans) in self.by_node(channels) {
-            self.sinks[node]
-                .clone()
-                .subscribe(chans)
-                .await
-                .map_err(map_err)?;
+            let mut sink = self.sinks[node].clone();
+            let r = if subscribe {
+                sink.subscribe(chans).await
+            } else {
+                sink.unsubscribe(chans).await
+            };
+            r.map_err(map_err)?;
         }
         Ok(())
     }
+}
+
+#[async_trait]
+impl SubscriberHandle for ClusterSubscriberHandle {
+    async fn subscribe(&self, channels: &[String]) -> BackendResult<()> {
+        self.change(channels, true).await
+    }
 
     async fn unsubscribe(&self, channels: &[String]) -> BackendResult<()> {
-        for (node, chans) in self.by_node(channels) {
-            self.sinks[node]
-                .clone()
-                .unsubscribe(chans)
-                .await
-                .map_err(map_err)?;
-        }
-        Ok(())
+        self.change(channels, false).await
     }
 }
 

@@ -118,10 +118,7 @@ impl SentinelTopology {
         master_name: &str,
         node_url: &str,
     ) -> Result<Self, TopologyError> {
-        let sentinels = sentinels
-            .iter()
-            .map(|s| parse_host_port(s.as_ref().trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sentinels = parse_addrs(sentinels)?;
         if sentinels.is_empty() {
             return Err(TopologyError::NoSentinels);
         }
@@ -215,10 +212,7 @@ impl ClusterTopology {
     /// database: clusters have only database 0) used on every node, its
     /// host and port being ignored (`redis://:secret@ignored`).
     pub fn new<S: AsRef<str>>(seeds: &[S], node_url: &str) -> Result<Self, TopologyError> {
-        let seeds = seeds
-            .iter()
-            .map(|s| parse_host_port(s.as_ref().trim()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let seeds = parse_addrs(seeds)?;
         if seeds.is_empty() {
             return Err(TopologyError::NoSeeds);
         }
@@ -365,6 +359,14 @@ async fn one_shot(
 
 fn unexpected(what: &str, v: &Value) -> BackendError {
     BackendError::Protocol(format!("{what} answered {v:?}").into())
+}
+
+/// `host:port` addresses (surrounding blanks ignored).
+fn parse_addrs<S: AsRef<str>>(addrs: &[S]) -> Result<Vec<(String, u16)>, TopologyError> {
+    addrs
+        .iter()
+        .map(|s| parse_host_port(s.as_ref().trim()))
+        .collect()
 }
 
 fn parse_host_port(addr: &str) -> Result<(String, u16), TopologyError> {
