@@ -306,7 +306,7 @@ mod tests {
     }
 
     /// Every group of keys one script or transaction touches, per the
-    /// backend's scripts (`backend/redis/scripts/*.lua`) and the
+    /// backend's scripts (`backend/scripts/*.lua`) and the
     /// dead-letter transaction, lands in one cluster slot.
     #[test]
     fn every_multi_key_operation_stays_in_one_cluster_slot() {

@@ -30,6 +30,8 @@ pub mod memory;
 mod pubsub;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod scripts;
 mod stream_log;
 
 pub use coordination::*;

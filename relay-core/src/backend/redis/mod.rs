@@ -5,7 +5,7 @@
 //! | `topology` | where the server is: a standalone URL, a master named by Redis Sentinel, or a Redis Cluster's seeds; the cluster's slot map |
 //! | `link` | the node (or cluster) in use, and moving to a new master after a Sentinel failover |
 //! | `conn` | connection roles: the shared connection, dedicated blocking readers, resending after a drop, per-slot pipelines on a cluster |
-//! | `scripts` | the Lua scripts (`scripts/*.lua`, each naming its KEYS and ARGV) |
+//! | `scripts` | the Lua scripts (`backend/scripts/*.lua`, shared with the fred backend, each naming its KEYS and ARGV) |
 //! | `error` | server errors to [`BackendError`]: transient or not |
 //! | `reply` | reply parsing (never panics on reply data) |
 //! | `stream_log`, `job_log`, `pubsub`, `kv` | one backend role each |
