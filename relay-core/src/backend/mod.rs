@@ -15,6 +15,8 @@
 //!   (consumer groups, pending lists, delivery counts, TTLs, bounded history,
 //!   pub/sub). The embedded default, not a mock.
 //! - [`RedisBackend`](redis::RedisBackend) (feature `redis`, default): redis-rs.
+//! - [`FredBackend`](fred::FredBackend) (feature `fred`): the same
+//!   semantics on the fred client, over the same topologies and scripts.
 //!
 //! Every implementation passes the same conformance suite
 //! (`tests/conformance/` in this crate), one module per trait.
@@ -24,6 +26,8 @@ use async_trait::async_trait;
 use crate::error::BackendError;
 
 mod coordination;
+#[cfg(feature = "fred")]
+pub mod fred;
 mod job_log;
 mod kv;
 pub mod memory;

@@ -130,7 +130,7 @@ async fn subscriber_ends_when_connection_dies(fx: &Fixture) {
     let private;
     let fx = match fx.kind() {
         Kind::Redis(r) if !r.is_private() => {
-            private = Fixture::redis_private().await;
+            private = fx.private().await;
             &private
         }
         _ => fx,

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+#[cfg(feature = "fred")]
+use relay_core::backend::fred::FredBackend;
 use relay_core::backend::memory::MemoryBackend;
 use relay_core::backend::redis::{
     ClusterTopology, RedisBackend, RedisConfig, RedisTopology, SentinelTopology,
@@ -31,6 +33,8 @@ pub struct Fixture {
     kv: Arc<dyn KvStore>,
     prefix: String,
     kind: Kind,
+    /// The Redis client the backend uses (`None`: the memory backend).
+    client: Option<RedisClient>,
 }
 
 /// Which backend a fixture runs on.
@@ -44,61 +48,137 @@ pub enum Kind {
     Cluster(RedisCluster),
 }
 
+/// The Redis client library a Redis fixture's backend is built on: the
+/// fixtures (servers, topologies, key prefixes) are the same for both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisClient {
+    /// [`RedisBackend`] (redis-rs).
+    RedisRs,
+    /// `FredBackend` (fred).
+    #[cfg(feature = "fred")]
+    Fred,
+}
+
+impl RedisClient {
+    /// The backend of this client on `topology`, in both its roles.
+    async fn connect(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> (Arc<dyn Backend>, Arc<dyn KvStore>) {
+        match self {
+            RedisClient::RedisRs => {
+                let b = Arc::new(
+                    RedisBackend::connect_topology(topology, config)
+                        .await
+                        .expect("connect (redis-rs)"),
+                );
+                (b.clone(), b)
+            }
+            #[cfg(feature = "fred")]
+            RedisClient::Fred => {
+                let b = Arc::new(
+                    FredBackend::connect_topology(topology, config)
+                        .await
+                        .expect("connect (fred)"),
+                );
+                (b.clone(), b)
+            }
+        }
+    }
+}
+
 impl Fixture {
-    /// A backend's two roles (the relay's and the key-value store) over
-    /// keys that start with `prefix`.
-    fn on<B: Backend + KvStore>(backend: Arc<B>, prefix: String, kind: Kind) -> Fixture {
+    pub async fn memory() -> Fixture {
+        let b = Arc::new(MemoryBackend::new());
         Fixture {
-            backend: backend.clone(),
-            kv: backend,
-            prefix,
-            kind,
+            backend: b.clone(),
+            kv: b.clone(),
+            prefix: relay_testkit::redis::unique_prefix(),
+            kind: Kind::Memory(b),
+            client: None,
         }
     }
 
-    pub async fn memory() -> Fixture {
-        let b = Arc::new(MemoryBackend::new());
-        Self::on(
-            b.clone(),
-            relay_testkit::redis::unique_prefix(),
-            Kind::Memory(b),
-        )
-    }
-
     pub async fn redis() -> Fixture {
-        Self::redis_on(TestRedis::get()).await
-    }
-
-    /// A fixture on a private server, whatever `REDIS_URL` says: for tests
-    /// that inject faults.
-    pub async fn redis_private() -> Fixture {
-        Self::redis_on(TestRedis::private()).await
+        Self::standalone(
+            RedisClient::RedisRs,
+            TestRedis::get(),
+            RedisConfig::default(),
+        )
+        .await
     }
 
     /// Cluster mode (`RedisConfig::cluster`: one apply call per job, the
     /// ack after the apply) against a single server: the same semantics.
     pub async fn redis_cluster_mode() -> Fixture {
-        let redis = TestRedis::get();
         let config = RedisConfig {
             cluster: true,
             ..Default::default()
         };
-        let backend = RedisBackend::connect_with(redis.url(), config)
-            .await
-            .expect("connect");
-        Self::redis_with(redis, backend)
+        Self::standalone(RedisClient::RedisRs, TestRedis::get(), config).await
+    }
+
+    pub async fn redis_sentinel() -> Fixture {
+        Self::sentinel(RedisClient::RedisRs).await
+    }
+
+    pub async fn redis_cluster() -> Fixture {
+        Self::cluster(RedisClient::RedisRs).await
+    }
+
+    /// `FredBackend` on a standalone server.
+    #[cfg(feature = "fred")]
+    pub async fn fred() -> Fixture {
+        Self::standalone(RedisClient::Fred, TestRedis::get(), RedisConfig::default()).await
+    }
+
+    /// `FredBackend` on a Sentinel-managed master.
+    #[cfg(feature = "fred")]
+    pub async fn fred_sentinel() -> Fixture {
+        Self::sentinel(RedisClient::Fred).await
+    }
+
+    /// `FredBackend` on a Redis Cluster.
+    #[cfg(feature = "fred")]
+    pub async fn fred_cluster() -> Fixture {
+        Self::cluster(RedisClient::Fred).await
+    }
+
+    /// A fixture like this one on a private server, whatever `REDIS_URL`
+    /// says: for tests that inject faults.
+    pub async fn private(&self) -> Fixture {
+        let client = self.client.unwrap_or(RedisClient::RedisRs);
+        Self::standalone(client, TestRedis::private(), RedisConfig::default()).await
+    }
+
+    /// `client`'s backend on a standalone server.
+    async fn standalone(client: RedisClient, redis: TestRedis, config: RedisConfig) -> Fixture {
+        let topology = RedisTopology::Standalone(redis.url().to_owned());
+        let (backend, kv) = client.connect(topology, config).await;
+        Fixture {
+            backend,
+            kv,
+            prefix: redis.prefix().to_owned(),
+            kind: Kind::Redis(redis),
+            client: Some(client),
+        }
     }
 
     /// A Sentinel-managed master (with a replica), found through the
     /// sentinels: the same semantics as a standalone server.
-    pub async fn redis_sentinel() -> Fixture {
+    async fn sentinel(client: RedisClient) -> Fixture {
         let set = SentinelSet::start();
-        let backend = sentinel_backend(&set, RedisConfig::default()).await;
-        Self::on(
-            Arc::new(backend),
-            relay_testkit::redis::unique_prefix(),
-            Kind::Sentinel(set),
-        )
+        let (backend, kv) = client
+            .connect(sentinel_topology(&set), RedisConfig::default())
+            .await;
+        Fixture {
+            backend,
+            kv,
+            prefix: relay_testkit::redis::unique_prefix(),
+            kind: Kind::Sentinel(set),
+            client: Some(client),
+        }
     }
 
     /// A Redis Cluster of 3 masters with a replica each. The key prefix is
@@ -106,31 +186,22 @@ impl Fixture {
     /// the contract's multi-key operations require of their keys there);
     /// each job's keys are in the slot of its own `{name}` (see
     /// [`job_keys`]), so applies spread over the nodes.
-    pub async fn redis_cluster() -> Fixture {
+    async fn cluster(client: RedisClient) -> Fixture {
         let cluster = RedisCluster::start();
-        let backend = cluster_backend(&cluster.seeds(), RedisConfig::default()).await;
+        let (backend, kv) = client
+            .connect(cluster_topology(&cluster.seeds()), RedisConfig::default())
+            .await;
         let prefix = format!(
             "{{{}}}:",
             relay_testkit::redis::unique_prefix().trim_end_matches(':')
         );
         Fixture {
-            backend: Arc::new(backend.clone()),
-            kv: Arc::new(backend),
+            backend,
+            kv,
             prefix,
             kind: Kind::Cluster(cluster),
+            client: Some(client),
         }
-    }
-
-    async fn redis_on(redis: TestRedis) -> Fixture {
-        let backend = RedisBackend::connect(redis.url())
-            .await
-            .expect("connect to redis");
-        Self::redis_with(redis, backend)
-    }
-
-    fn redis_with(redis: TestRedis, backend: RedisBackend) -> Fixture {
-        let prefix = redis.prefix().to_owned();
-        Self::on(Arc::new(backend), prefix, Kind::Redis(redis))
     }
 
     /// The backend under test.
@@ -256,22 +327,24 @@ impl Fixture {
     }
 }
 
-/// A backend on `set`'s master, found through its sentinels.
-pub async fn sentinel_backend(set: &SentinelSet, config: RedisConfig) -> RedisBackend {
+/// `set`'s master, found through its sentinels.
+pub fn sentinel_topology(set: &SentinelSet) -> RedisTopology {
     let topology =
         SentinelTopology::new(&set.sentinel_addrs(), set.master_name(), "redis://sentinel")
             .expect("valid topology");
-    RedisBackend::connect_topology(RedisTopology::Sentinel(topology), config)
-        .await
-        .expect("connect through the sentinels")
+    RedisTopology::Sentinel(topology)
 }
 
-/// A backend on the cluster reached through `seeds`.
-pub async fn cluster_backend(seeds: &[String], config: RedisConfig) -> RedisBackend {
-    let topology = ClusterTopology::new(seeds, "redis://cluster").expect("valid seeds");
-    RedisBackend::connect_topology(RedisTopology::Cluster(topology), config)
+/// The cluster reached through `seeds`.
+pub fn cluster_topology(seeds: &[String]) -> RedisTopology {
+    RedisTopology::Cluster(ClusterTopology::new(seeds, "redis://cluster").expect("valid seeds"))
+}
+
+/// A backend on `set`'s master, found through its sentinels.
+pub async fn sentinel_backend(set: &SentinelSet, config: RedisConfig) -> RedisBackend {
+    RedisBackend::connect_topology(sentinel_topology(set), config)
         .await
-        .expect("connect to the cluster")
+        .expect("connect through the sentinels")
 }
 
 /// A job's keys under `prefix` (one hash slot per job).
@@ -387,7 +460,9 @@ pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
 
 /// Generates one `#[tokio::test]` per case of the calling module and per
 /// backend, in the submodules `memory`, `redis`, `redis_cluster_mode`,
-/// `redis_sentinel` and `redis_cluster` (3 masters + 3 replicas).
+/// `redis_sentinel` and `redis_cluster` (3 masters + 3 replicas), and with
+/// the `fred` feature `fred`, `fred_sentinel` and `fred_cluster` (the same
+/// servers and topologies, the fred client).
 /// Each case is an `async fn(&Fixture)` of the calling module.
 macro_rules! conformance_tests {
     ($($case:ident),* $(,)?) => {
@@ -401,6 +476,16 @@ macro_rules! conformance_tests {
         );
         $crate::support::conformance_tests!(
             @on redis_cluster, $crate::support::Fixture::redis_cluster; $($case),*
+        );
+        #[cfg(feature = "fred")]
+        $crate::support::conformance_tests!(@on fred, $crate::support::Fixture::fred; $($case),*);
+        #[cfg(feature = "fred")]
+        $crate::support::conformance_tests!(
+            @on fred_sentinel, $crate::support::Fixture::fred_sentinel; $($case),*
+        );
+        #[cfg(feature = "fred")]
+        $crate::support::conformance_tests!(
+            @on fred_cluster, $crate::support::Fixture::fred_cluster; $($case),*
         );
     };
     (@on $backend:ident, $make:path; $($case:ident),*) => {

@@ -143,6 +143,12 @@ impl SentinelTopology {
         &self.master_name
     }
 
+    /// The URL giving the scheme, credentials and database used on the
+    /// master (its host and port are not used).
+    pub fn node_url(&self) -> &str {
+        &self.node_url
+    }
+
     fn node_client(&self, host: &str, port: u16) -> Result<Client, BackendError> {
         node_client(&self.node_url, host, port)
     }
@@ -226,6 +232,12 @@ impl ClusterTopology {
     /// The seed nodes, as `(host, port)`.
     pub fn seeds(&self) -> &[(String, u16)] {
         &self.seeds
+    }
+
+    /// The URL giving the scheme and credentials used on every node (its
+    /// host and port are not used).
+    pub fn node_url(&self) -> &str {
+        &self.node_url
     }
 
     /// A cluster client over the seeds. `response_timeout` `None`: no

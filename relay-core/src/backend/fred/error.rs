@@ -1,0 +1,193 @@
+//! fred and server errors to [`BackendError`], with the same classes as
+//! `RedisBackend`: what is transient (retry after a backoff) and what is
+//! not.
+//!
+//! fred reports a server error reply as an [`Error`] whose details are the
+//! reply text (`NOGROUP No such key ...`), so the server's error code is
+//! its first word; fred's own errors (I/O, timeouts, a closed client) have
+//! kinds of their own and prose details.
+
+use fred::error::{Error, ErrorKind};
+
+use crate::error::BackendError;
+
+/// A configuration the fred backend cannot connect with.
+#[derive(Debug, thiserror::Error)]
+pub enum FredConfigError {
+    /// fred could not build a client configuration from the URL.
+    #[error("invalid Redis URL for the fred client")]
+    Url(#[source] Error),
+    /// TLS (`rediss://`) needs a fred build with a TLS feature, which relay
+    /// does not enable.
+    #[error("the fred backend is built without TLS: rediss:// URLs are refused")]
+    Tls,
+    /// fred could not create the client.
+    #[error("cannot create the fred client")]
+    Client(#[source] Error),
+}
+
+impl From<FredConfigError> for BackendError {
+    fn from(e: FredConfigError) -> Self {
+        BackendError::Connection(Box::new(e))
+    }
+}
+
+/// The server's error code (`NOGROUP`, `READONLY`, ...), when `e` is a
+/// server error reply.
+pub(super) fn server_code(e: &Error) -> Option<&str> {
+    if !matches!(
+        e.kind(),
+        ErrorKind::Unknown
+            | ErrorKind::Cluster
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+            | ErrorKind::Auth
+            | ErrorKind::Config
+    ) {
+        return None;
+    }
+    let code = e.details().split_whitespace().next()?;
+    let is_code = code.len() >= 2
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    is_code.then_some(code)
+}
+
+pub(super) fn is_noscript(e: &Error) -> bool {
+    server_code(e) == Some("NOSCRIPT")
+}
+
+/// Whether `e` means the connection failed or was lost (the command may or
+/// may not have run).
+pub(super) fn is_connection_error(e: &Error) -> bool {
+    match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Routing
+        | ErrorKind::Sentinel => true,
+        // A command whose connection broke once fred had used up its write
+        // attempts.
+        ErrorKind::Unknown => {
+            server_code(e).is_none()
+                && (e.details().starts_with("Too many failed write attempts")
+                    || e.details().starts_with("Max attempts"))
+        }
+        _ => false,
+    }
+}
+
+pub(super) fn map_err(e: Error) -> BackendError {
+    map_err_ctx(e, None)
+}
+
+pub(super) fn map_group_err(e: Error, stream: &str, group: &str) -> BackendError {
+    map_err_ctx(e, Some((stream, group)))
+}
+
+pub(super) fn map_err_ctx(e: Error, group: Option<(&str, &str)>) -> BackendError {
+    if let Some(code) = server_code(&e) {
+        return match code {
+            "NOGROUP" => match group {
+                Some((stream, group)) => BackendError::NoGroup {
+                    stream: stream.to_owned(),
+                    group: group.to_owned(),
+                },
+                None => BackendError::Server(Box::new(e)),
+            },
+            // The same list as RedisBackend's (see its `error` module): the
+            // server is up but refuses for now, or a cluster slot is moving.
+            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
+            | "NOREPLICAS" | "MISCONF" | "UNBLOCKED" | "MOVED" | "ASK" => {
+                BackendError::Unavailable(Box::new(e))
+            }
+            _ => BackendError::Server(Box::new(e)),
+        };
+    }
+    if is_connection_error(&e) {
+        return BackendError::Connection(Box::new(e));
+    }
+    match e.kind() {
+        ErrorKind::Protocol | ErrorKind::Parse => BackendError::Protocol(Box::new(e)),
+        // Redirections fred could not follow, the cluster being resharded
+        // or down: transient.
+        ErrorKind::Cluster | ErrorKind::Backpressure => BackendError::Unavailable(Box::new(e)),
+        _ => BackendError::Server(Box::new(e)),
+    }
+}
+
+pub(super) fn protocol(what: impl Into<String>) -> BackendError {
+    BackendError::Protocol(what.into().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error fred makes of a server reply (its reply parser).
+    fn reply(text: &str) -> Error {
+        let kind = match text.split_whitespace().next() {
+            Some("MOVED" | "ASK" | "CLUSTERDOWN") => ErrorKind::Cluster,
+            Some("WRONGTYPE") => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Unknown,
+        };
+        Error::new(kind, text.to_owned())
+    }
+
+    #[test]
+    fn same_classes_as_the_redis_backend() {
+        for text in [
+            "LOADING Redis is loading the dataset in memory",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "MASTERDOWN Link with MASTER is down",
+            "READONLY You can't write against a read only replica.",
+            "BUSY Redis is busy running a script.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "MISCONF Redis is configured to save RDB snapshots",
+            "UNBLOCKED the stream key no longer exists",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+        ] {
+            let e = map_err(reply(text));
+            assert!(matches!(e, BackendError::Unavailable(_)), "{text}: {e:?}");
+        }
+        let e = map_group_err(reply("NOGROUP No such key 's'"), "s", "g");
+        assert!(matches!(e, BackendError::NoGroup { .. }), "{e:?}");
+        assert!(!e.is_transient());
+        let e = map_err(reply("NOGROUP No such key 's'"));
+        assert!(matches!(e, BackendError::Server(_)), "{e:?}");
+        for text in [
+            "CROSSSLOT Keys in request don't hash to the same slot",
+            "ERR wrong number of arguments",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            let e = map_err(reply(text));
+            assert!(matches!(e, BackendError::Server(_)), "{text}: {e:?}");
+        }
+        assert!(is_noscript(&reply("NOSCRIPT No matching script.")));
+    }
+
+    #[test]
+    fn client_failures_are_connection_errors() {
+        for e in [
+            Error::new(ErrorKind::IO, "Broken pipe"),
+            Error::new(ErrorKind::Timeout, "Request timed out."),
+            Error::new(ErrorKind::Canceled, "Canceled."),
+            Error::new(ErrorKind::Routing, "Failed to route command."),
+            Error::new(
+                ErrorKind::Sentinel,
+                "Failed to connect to all sentinel nodes.",
+            ),
+            Error::new(ErrorKind::Unknown, "Too many failed write attempts."),
+        ] {
+            assert!(server_code(&e).is_none(), "{e:?}");
+            let mapped = map_err(e);
+            assert!(matches!(mapped, BackendError::Connection(_)), "{mapped:?}");
+        }
+        let e = map_err(Error::new(ErrorKind::Protocol, "Invalid frame."));
+        assert!(matches!(e, BackendError::Protocol(_)), "{e:?}");
+    }
+}

@@ -1,0 +1,171 @@
+//! [`JobLog`] on fred: the apply, state and history scripts, called as
+//! `RedisBackend` calls them.
+
+use async_trait::async_trait;
+
+use super::cmd::Cmd;
+use super::conn::{ms, Resend};
+use super::error::{map_err, protocol};
+use super::reply::{array, opt_u64, owned_bytes, parse_apply};
+use super::scripts::{ttl_refresh_ms, MAX_SCRIPT_OFFSET};
+use super::FredBackend;
+use crate::backend::{
+    AckRequest, ApplyJob, ApplyOptions, ApplyResult, BackendResult, HistoryPage, JobLog, JobState,
+};
+use crate::codec::{Payload, Record};
+use crate::event::{Epoch, Offset};
+use crate::keys::JobKeys;
+
+impl FredBackend {
+    /// The apply script over `jobs` (one call on a single server, one per
+    /// job on a cluster), acking `ack` in the same call when given (single
+    /// server only).
+    pub(super) async fn apply_scripted(
+        &self,
+        jobs: &[ApplyJob],
+        opts: &ApplyOptions,
+        ack: Option<AckRequest<'_>>,
+    ) -> BackendResult<Vec<ApplyResult>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let script = &self.inner.scripts.apply;
+        let history_ttl = ms(opts.history_ttl);
+        let state_ttl = ms(opts.state_ttl);
+        let job_ttl = history_ttl.max(state_ttl);
+        let call = |jobs: &[ApplyJob], ack: Option<AckRequest<'_>>| {
+            // Routed by the first job's hash (a cluster call has one job).
+            let mut c = Cmd::keyed("EVALSHA", &jobs[0].keys.meta);
+            c.arg(script.sha.as_str())
+                .arg(jobs.len() * 3 + usize::from(ack.is_some()));
+            for job in jobs {
+                let k = &job.keys;
+                // No state string: the job hash stands in (same slot).
+                c.arg(&k.meta)
+                    .arg(k.state.as_deref().unwrap_or(&k.meta))
+                    .arg(&k.live);
+            }
+            if let Some(ack) = &ack {
+                c.arg(ack.stream);
+            }
+            c.arg(opts.history_max)
+                .arg(job_ttl)
+                .arg(state_ttl)
+                .arg(if opts.publish { "1" } else { "0" })
+                .arg(crate::event::now_ms())
+                .arg(ttl_refresh_ms(history_ttl.min(state_ttl)));
+            match &ack {
+                Some(ack) => {
+                    c.arg(ack.ids.len()).arg(ack.group);
+                    for id in ack.ids {
+                        c.arg(id.to_string());
+                    }
+                }
+                None => {
+                    c.arg(0u64);
+                }
+            }
+            for job in jobs {
+                c.arg(job.epoch.0)
+                    .arg(job.extra_channel.as_deref().unwrap_or(""))
+                    .arg(job.events.len());
+                for e in &job.events {
+                    c.arg(e.seq).arg(&e.payload.0);
+                }
+            }
+            c
+        };
+        // One call for the whole batch on a single server; on a cluster one
+        // call per job (its keys share the `{job_id}` slot), pipelined.
+        let cmds: Vec<Cmd> = if self.per_slot() {
+            jobs.chunks(1).map(|one| call(one, None)).collect()
+        } else {
+            vec![call(jobs, ack)]
+        };
+        let replies = self.eval_pipeline(script, cmds, Resend::AfterDrop).await?;
+        let mut per_job = Vec::with_capacity(jobs.len());
+        for r in replies {
+            let v = r.map_err(map_err)?;
+            per_job.extend(array(&v, "apply reply")?.iter().cloned());
+        }
+        if per_job.len() != jobs.len() {
+            return Err(protocol(format!(
+                "apply reply covers {} of {} jobs",
+                per_job.len(),
+                jobs.len()
+            )));
+        }
+        jobs.iter()
+            .zip(per_job)
+            .map(|(job, r)| parse_apply(&r, job.events.len()))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobLog for FredBackend {
+    async fn apply(
+        &self,
+        jobs: Vec<ApplyJob>,
+        opts: &ApplyOptions,
+    ) -> BackendResult<Vec<ApplyResult>> {
+        self.apply_scripted(&jobs, opts, None).await
+    }
+
+    async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {
+        let script = &self.inner.scripts.get_state;
+        let c = Cmd::evalsha(&script.sha, &[&keys.meta]);
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
+        let [epoch, top, sq, so, state] = array(&v, "state reply")? else {
+            return Err(protocol("state reply must have five parts"));
+        };
+        let (Some(epoch), Some(state)) = (opt_u64(epoch, "epoch")?, owned_bytes(state)) else {
+            return Ok(None);
+        };
+        Ok(Some(JobState {
+            epoch: Epoch(epoch),
+            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
+            seq: opt_u64(sq, "state seq")?.unwrap_or(0),
+            record: Record {
+                offset: Offset(opt_u64(so, "state offset")?.unwrap_or(0)),
+                payload: Payload(state),
+            },
+        }))
+    }
+
+    async fn read_history(
+        &self,
+        keys: &JobKeys,
+        after: Offset,
+        limit: usize,
+    ) -> BackendResult<HistoryPage> {
+        let script = &self.inner.scripts.read_history;
+        let mut c = Cmd::evalsha(&script.sha, &[&keys.meta]);
+        // Lua numbers are doubles: anything past 2^52 reads as "past the
+        // top", exactly as it should (see RedisBackend).
+        c.arg(after.0.min(MAX_SCRIPT_OFFSET)).arg(limit);
+        let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
+        let [epoch, top, first, start, payloads] = array(&v, "history reply")? else {
+            return Err(protocol("history reply must have five parts"));
+        };
+        let Some(epoch) = opt_u64(epoch, "epoch")? else {
+            return Ok(HistoryPage::default());
+        };
+        let start = opt_u64(start, "start")?.unwrap_or(0);
+        let records = array(payloads, "history payloads")?
+            .iter()
+            .map_while(owned_bytes)
+            .enumerate()
+            .map(|(i, payload)| Record {
+                offset: Offset(start + i as u64),
+                payload: Payload(payload),
+            })
+            .collect::<Vec<_>>();
+        Ok(HistoryPage {
+            epoch: Some(Epoch(epoch)),
+            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
+            first: opt_u64(first, "first")?.map(Offset),
+            records,
+        })
+    }
+}
