@@ -1,46 +1,50 @@
 //! Redis-only behaviour: connection handling and fault injection (killed
-//! connections, a stopped or restarted server, refused writes).
+//! connections, a stopped or restarted server, refused writes), for each
+//! Redis client (`redis_faults::redis::…`, `redis_faults::fred::…`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use relay_core::backend::redis::{RedisBackend, RedisConfig};
-use relay_core::backend::{AckRequest, ApplyOptions, JobLog, KvStore, PubSub, ReadFrom, StreamLog};
-use relay_core::{Backend, Epoch, LiveEnvelope, Offset};
+use relay_core::backend::redis::{RedisConfig, RedisTopology};
+use relay_core::backend::{AckRequest, ApplyOptions, ReadFrom};
+use relay_core::{Epoch, LiveEnvelope, Offset};
 use relay_testkit::redis::{RedisServerOptions, TestRedis, WriteRefusal};
 
 use crate::support::{
-    apply_job, assert_silent, ev, ids, job_keys, offsets, plain, quiet, read_group, recv,
-    spawn_read, GROUP,
+    apply_job, assert_silent, ev, ids, job_keys, offsets, per_client_tests, plain, quiet,
+    read_group, recv, spawn_read, RedisClient, RedisRoles, GROUP,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_longer_than_response_timeout() {
+/// `client`'s backend on the standalone server at `url`.
+async fn connect(client: RedisClient, url: &str, config: RedisConfig) -> Arc<dyn RedisRoles> {
+    client
+        .backend(RedisTopology::Standalone(url.to_owned()), config)
+        .await
+}
+
+async fn block_longer_than_response_timeout(client: RedisClient) {
     // The Python system's socket timeout was shorter than its XREAD BLOCK.
     let redis = TestRedis::get();
     let config = RedisConfig {
         response_timeout: Duration::from_millis(200),
         ..RedisConfig::default()
     };
-    let b = RedisBackend::connect_with(redis.url(), config)
-        .await
-        .unwrap();
+    let b = connect(client, redis.url(), config).await;
     let s = redis.key("s");
     b.ensure_group(&s, GROUP).await.unwrap();
     let start = Instant::now();
     let block = Some(Duration::from_millis(800));
-    let got = read_group(&b, &s, "c", ReadFrom::New, 10, block)
+    let got = read_group(&*b, &s, "c", ReadFrom::New, 10, block)
         .await
         .unwrap();
     assert!(got.is_empty());
     assert!(start.elapsed() >= Duration::from_millis(750));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovers_after_client_kill() {
+async fn recovers_after_client_kill(client: RedisClient) {
     let redis = TestRedis::private();
-    let b = RedisBackend::connect(redis.url()).await.expect("connect");
+    let b = connect(client, redis.url(), RedisConfig::default()).await;
     b.set("k", Bytes::from_static(b"v"), None).await.unwrap();
     let killed = redis.client_kill(&["TYPE", "normal"]).await.unwrap();
     assert!(killed >= 1);
@@ -62,10 +66,9 @@ async fn recovers_after_client_kill() {
 /// D7: the first idempotent read after the server dropped our
 /// connections (`CLIENT KILL`) answers, instead of failing once with a
 /// broken pipe while the connection is re-established.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_read_after_client_kill_succeeds() {
+async fn first_read_after_client_kill_succeeds(client: RedisClient) {
     let redis = TestRedis::private();
-    let b = RedisBackend::connect(redis.url()).await.expect("connect");
+    let b = connect(client, redis.url(), RedisConfig::default()).await;
     let k = job_keys(redis.prefix(), "d7");
     b.apply(vec![apply_job(&k, 3, &[1, 2])], &quiet())
         .await
@@ -104,13 +107,12 @@ async fn first_read_after_client_kill_succeeds() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_down_is_transient_and_blocked_read_fails_fast() {
+async fn server_down_is_transient_and_blocked_read_fails_fast(client: RedisClient) {
     let redis = TestRedis::private();
-    let b = RedisBackend::connect(redis.url()).await.expect("connect");
+    let b = connect(client, redis.url(), RedisConfig::default()).await;
     let s = redis.key("s");
     b.ensure_group(&s, GROUP).await.unwrap();
-    let reader = spawn_read(Arc::new(b.clone()), &s, "c", 10, Duration::from_secs(30));
+    let reader = spawn_read(b.clone(), &s, "c", 10, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(200)).await;
     redis.stop().unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), reader)
@@ -123,10 +125,9 @@ async fn server_down_is_transient_and_blocked_read_fails_fast() {
     assert!(err.is_transient(), "{err:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_aof_data_and_reloads_scripts() {
+async fn restart_keeps_aof_data_and_reloads_scripts(client: RedisClient) {
     let redis = TestRedis::private_with(RedisServerOptions::with_aof());
-    let b = RedisBackend::connect(redis.url()).await.expect("connect");
+    let b = connect(client, redis.url(), RedisConfig::default()).await;
     let k = job_keys(redis.prefix(), "job");
     let r = b
         .apply(vec![apply_job(&k, 5, &[1, 2])], &quiet())
@@ -163,10 +164,13 @@ async fn restart_keeps_aof_data_and_reloads_scripts() {
 /// make the apply fail as a transient error (retried, never
 /// dead-lettered) and publish nothing: a live message for an offset
 /// that was never committed would later be reassigned to another event.
-async fn refused_apply_publishes_nothing_and_is_transient(refusal: WriteRefusal) {
+async fn refused_apply_publishes_nothing_and_is_transient(
+    client: RedisClient,
+    refusal: WriteRefusal,
+) {
     let redis = TestRedis::private();
     let server = redis.server().unwrap();
-    let b = RedisBackend::connect(redis.url()).await.expect("connect");
+    let b = connect(client, redis.url(), RedisConfig::default()).await;
     let k = job_keys(redis.prefix(), "refused");
     let mut sub = b.subscriber().await.unwrap();
     sub.handle
@@ -185,7 +189,7 @@ async fn refused_apply_publishes_nothing_and_is_transient(refusal: WriteRefusal)
     let s = redis.key("refused-stream");
     b.ensure_group(&s, GROUP).await.unwrap();
     b.append(plain(&s, 1)).await.unwrap();
-    let got = read_group(&b, &s, "c", ReadFrom::New, 10, None)
+    let got = read_group(&*b, &s, "c", ReadFrom::New, 10, None)
         .await
         .unwrap();
     server.refuse_writes(refusal).await.unwrap();
@@ -224,14 +228,12 @@ async fn refused_apply_publishes_nothing_and_is_transient(refusal: WriteRefusal)
     assert_eq!(stored, published);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oom_refused_apply_publishes_nothing_and_is_transient() {
-    refused_apply_publishes_nothing_and_is_transient(WriteRefusal::Oom).await;
+async fn oom_refused_apply_publishes_nothing_and_is_transient(client: RedisClient) {
+    refused_apply_publishes_nothing_and_is_transient(client, WriteRefusal::Oom).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noreplicas_refused_apply_publishes_nothing_and_is_transient() {
-    refused_apply_publishes_nothing_and_is_transient(WriteRefusal::NoReplicas).await;
+async fn noreplicas_refused_apply_publishes_nothing_and_is_transient(client: RedisClient) {
+    refused_apply_publishes_nothing_and_is_transient(client, WriteRefusal::NoReplicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,3 +246,62 @@ async fn shared_server_refuses_fault_injection() {
         assert!(err.to_string().contains("private"), "{err}");
     }
 }
+
+/// A stopped process (`SIGSTOP`), resumed when dropped: its sockets stay
+/// open, it just never answers (a hung or partitioned node).
+#[cfg(feature = "fred")]
+struct Stopped(u32);
+
+#[cfg(feature = "fred")]
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        let ok = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "SIGSTOP {pid}");
+        Stopped(pid)
+    }
+}
+
+#[cfg(feature = "fred")]
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// fred's subscriber probes its connection: a server that stops answering
+/// without closing the connection still ends the subscriber (so the owner
+/// resubscribes and catches up), where fred alone would wait forever.
+#[cfg(feature = "fred")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_subscriber_ends_when_the_server_stops_answering() {
+    let redis = TestRedis::private();
+    let b = connect(RedisClient::Fred, redis.url(), RedisConfig::default()).await;
+    let mut sub = b.subscriber().await.unwrap();
+    sub.handle.subscribe(&[redis.key("hung")]).await.unwrap();
+    let pid = redis.server().unwrap().pid().expect("server pid");
+    let _resume = Stopped::new(pid);
+    let end = tokio::time::timeout(Duration::from_secs(60), async {
+        while sub.messages.recv().await.is_some() {}
+    })
+    .await;
+    assert!(
+        end.is_ok(),
+        "messages must end when the server stops answering"
+    );
+}
+
+per_client_tests!(
+    block_longer_than_response_timeout,
+    recovers_after_client_kill,
+    first_read_after_client_kill_succeeds,
+    server_down_is_transient_and_blocked_read_fails_fast,
+    restart_keeps_aof_data_and_reloads_scripts,
+    oom_refused_apply_publishes_nothing_and_is_transient,
+    noreplicas_refused_apply_publishes_nothing_and_is_transient,
+);

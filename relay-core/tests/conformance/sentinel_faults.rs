@@ -1,17 +1,20 @@
 //! Following a Sentinel failover: after the master is killed (or demoted
 //! while still running), commands, blocking reads and new subscribers reach
 //! the promoted replica, and the calls that fail in between fail with a
-//! transient error (so callers retry) — never a permanent one.
+//! transient error (so callers retry) — never a permanent one. For each
+//! Redis client (`sentinel_faults::redis::…`, `sentinel_faults::fred::…`).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::backend::redis::{RedisBackend, RedisConfig, ReplicaAck};
-use relay_core::backend::{KvStore, PubSub, ReadFrom, StreamLog};
-use relay_core::{Backend, BackendError};
+use relay_core::backend::redis::{RedisConfig, ReplicaAck};
+use relay_core::backend::ReadFrom;
+use relay_core::BackendError;
 use relay_testkit::sentinel::SentinelSet;
 
-use crate::support::{plain, read_group, recv, sentinel_backend, GROUP};
+use crate::support::{
+    per_client_tests, plain, read_group, recv, sentinel_topology, RedisClient, RedisRoles, GROUP,
+};
 
 /// Runs `op` until it succeeds; every failure must be transient. Bounded
 /// by a hang guard (a failover takes a few seconds).
@@ -31,7 +34,7 @@ where
 }
 
 /// Commands, blocking reads and subscribers all end up on the new master.
-async fn follows_new_master(set: &SentinelSet, b: &RedisBackend, stream: &str) {
+async fn follows_new_master(set: &SentinelSet, b: &dyn RedisRoles, stream: &str) {
     let master = set.master().await.expect("master").port();
     let id = until_ok("append", || b.append(plain(stream, 99))).await.id;
     let on_master = set
@@ -43,7 +46,7 @@ async fn follows_new_master(set: &SentinelSet, b: &RedisBackend, stream: &str) {
         .await
         .expect("XRANGE");
     assert!(
-        matches!(&on_master, redis::Value::Array(found) if found.len() == 1),
+        matches!(&on_master, ::redis::Value::Array(found) if found.len() == 1),
         "the append went to the new master: {on_master:?}"
     );
     let read = until_ok("blocking read", || {
@@ -71,7 +74,7 @@ async fn follows_new_master(set: &SentinelSet, b: &RedisBackend, stream: &str) {
 /// Two replicated entries and an open subscription before the failover.
 async fn before_failover(
     set: &SentinelSet,
-    b: &RedisBackend,
+    b: &dyn RedisRoles,
     stream: &str,
 ) -> relay_core::backend::Subscriber {
     b.ensure_group(stream, GROUP).await.expect("group");
@@ -93,12 +96,13 @@ async fn before_failover(
     sub
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_killed_everything_moves_to_the_promoted_replica() {
+async fn master_killed_everything_moves_to_the_promoted_replica(client: RedisClient) {
     let set = SentinelSet::start();
-    let b = sentinel_backend(&set, RedisConfig::default()).await;
+    let b = client
+        .backend(sentinel_topology(&set), RedisConfig::default())
+        .await;
     let stream = "s:killed";
-    let mut sub = before_failover(&set, &b, stream).await;
+    let mut sub = before_failover(&set, &*b, stream).await;
     set.fail_over().await;
     // The subscriber on the killed master ends, telling its owner to
     // reconnect (and catch up).
@@ -107,15 +111,16 @@ async fn master_killed_everything_moves_to_the_promoted_replica() {
     })
     .await;
     assert!(ended.is_ok(), "the old subscription must end");
-    follows_new_master(&set, &b, stream).await;
+    follows_new_master(&set, &*b, stream).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demoted_master_answers_readonly_and_the_backend_moves() {
+async fn demoted_master_answers_readonly_and_the_backend_moves(client: RedisClient) {
     let set = SentinelSet::start();
-    let b = sentinel_backend(&set, RedisConfig::default()).await;
+    let b = client
+        .backend(sentinel_topology(&set), RedisConfig::default())
+        .await;
     let stream = "s:demoted";
-    let _sub = before_failover(&set, &b, stream).await;
+    let _sub = before_failover(&set, &*b, stream).await;
     let old = set.master().await.expect("master").port();
     set.switch_over().await;
     // The demoted master answers a write on an open connection with
@@ -130,11 +135,10 @@ async fn demoted_master_answers_readonly_and_the_backend_moves() {
     until_ok("set", || b.set("k", Bytes::from_static(b"v"), None)).await;
     let new = set.master().await.expect("master").port();
     assert_ne!(old, new);
-    follows_new_master(&set, &b, stream).await;
+    follows_new_master(&set, &*b, stream).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable() {
+async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable(client: RedisClient) {
     let set = SentinelSet::start();
     let mut addrs = vec!["127.0.0.1:1".to_owned()];
     addrs.extend(set.sentinel_addrs());
@@ -144,12 +148,13 @@ async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable() {
         "redis://ignored",
     )
     .expect("valid");
-    let b = RedisBackend::connect_topology(
-        relay_core::backend::redis::RedisTopology::Sentinel(topology),
-        RedisConfig::default(),
-    )
-    .await
-    .expect("connect through the second sentinel");
+    let b = client
+        .try_backend(
+            relay_core::backend::redis::RedisTopology::Sentinel(topology),
+            RedisConfig::default(),
+        )
+        .await
+        .expect("connect through the second sentinel");
     b.ping().await.expect("ping");
     let unknown = relay_core::backend::redis::SentinelTopology::new(
         &set.sentinel_addrs(),
@@ -157,17 +162,20 @@ async fn connect_finds_the_master_when_the_first_sentinel_is_unreachable() {
         "redis://ignored",
     )
     .expect("valid");
-    let err = RedisBackend::connect_topology(
-        relay_core::backend::redis::RedisTopology::Sentinel(unknown),
-        RedisConfig::default(),
-    )
-    .await
-    .expect_err("no sentinel monitors that name");
+    let err = client
+        .try_backend(
+            relay_core::backend::redis::RedisTopology::Sentinel(unknown),
+            RedisConfig::default(),
+        )
+        .await
+        .err()
+        .expect("no sentinel monitors that name");
     assert!(err.to_string().contains("no-such-master"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it() {
+async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it(
+    client: RedisClient,
+) {
     let set = SentinelSet::start();
     let config = RedisConfig {
         min_replicas_ack: Some(ReplicaAck {
@@ -176,7 +184,7 @@ async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it
         }),
         ..RedisConfig::default()
     };
-    let b = sentinel_backend(&set, config).await;
+    let b = client.backend(sentinel_topology(&set), config).await;
     set.wait_ready_for_failover().await;
     let id = b
         .append(plain("s:ack", 0))
@@ -190,7 +198,7 @@ async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it
         .await
         .expect("XRANGE on the replica");
     assert!(
-        matches!(&there, redis::Value::Array(found) if found.len() == 1),
+        matches!(&there, ::redis::Value::Array(found) if found.len() == 1),
         "{there:?}"
     );
     replica.stop();
@@ -205,14 +213,14 @@ async fn min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it
 /// Appends from 4 concurrent producers while the master is killed (after
 /// 500 acknowledged appends); returns (acknowledged, acknowledged but
 /// missing on the promoted master).
-async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
+async fn acked_appends_across_kill(client: RedisClient, ack: Option<ReplicaAck>) -> (usize, usize) {
     let set = SentinelSet::start();
     set.wait_ready_for_failover().await;
     let config = RedisConfig {
         min_replicas_ack: ack,
         ..RedisConfig::default()
     };
-    let b = std::sync::Arc::new(sentinel_backend(&set, config).await);
+    let b = client.backend(sentinel_topology(&set), config).await;
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let producers: Vec<_> = (0..4)
         .map(|p| {
@@ -238,11 +246,11 @@ async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
         .await
         .expect("XRANGE");
     let present: std::collections::HashSet<String> = match &on_master {
-        redis::Value::Array(entries) => entries
+        ::redis::Value::Array(entries) => entries
             .iter()
             .filter_map(|e| match e {
-                redis::Value::Array(kv) => match kv.first() {
-                    Some(redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
+                ::redis::Value::Array(kv) => match kv.first() {
+                    Some(::redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
                     _ => None,
                 },
                 _ => None,
@@ -258,13 +266,12 @@ async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
     (acked.len(), lost)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover() {
+async fn with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover(client: RedisClient) {
     let ack = ReplicaAck {
         replicas: 1,
         timeout: Duration::from_secs(1),
     };
-    let (acked, lost) = acked_appends_across_kill(Some(ack)).await;
+    let (acked, lost) = acked_appends_across_kill(client, Some(ack)).await;
     assert!(acked >= 500);
     assert_eq!(lost, 0, "{lost} of {acked} acknowledged appends lost");
 }
@@ -276,7 +283,15 @@ async fn with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; prints the loss"]
 async fn measure_acknowledged_appends_lost_without_replica_ack() {
-    let (acked, lost) = acked_appends_across_kill(None).await;
+    let (acked, lost) = acked_appends_across_kill(RedisClient::RedisRs, None).await;
     assert!(lost <= acked);
     eprintln!("without WAIT: {lost} of {acked} acknowledged appends lost at the failover");
 }
+
+per_client_tests!(
+    master_killed_everything_moves_to_the_promoted_replica,
+    demoted_master_answers_readonly_and_the_backend_moves,
+    connect_finds_the_master_when_the_first_sentinel_is_unreachable,
+    min_replicas_ack_waits_for_the_replica_and_fails_transiently_without_it,
+    with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover,
+);

@@ -59,32 +59,45 @@ pub enum RedisClient {
     Fred,
 }
 
+/// A Redis backend's relay roles and its key-value store in one handle.
+pub trait RedisRoles: Backend + KvStore {}
+impl<T: Backend + KvStore> RedisRoles for T {}
+
 impl RedisClient {
+    /// This client's backend on `topology`, or why it could not connect.
+    pub async fn try_backend(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> BackendResult<Arc<dyn RedisRoles>> {
+        Ok(match self {
+            RedisClient::RedisRs => {
+                Arc::new(RedisBackend::connect_topology(topology, config).await?)
+            }
+            #[cfg(feature = "fred")]
+            RedisClient::Fred => Arc::new(FredBackend::connect_topology(topology, config).await?),
+        })
+    }
+
+    /// This client's backend on `topology`.
+    pub async fn backend(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> Arc<dyn RedisRoles> {
+        self.try_backend(topology, config)
+            .await
+            .unwrap_or_else(|e| panic!("connect ({self:?}): {e}"))
+    }
+
     /// The backend of this client on `topology`, in both its roles.
     async fn connect(
         self,
         topology: RedisTopology,
         config: RedisConfig,
     ) -> (Arc<dyn Backend>, Arc<dyn KvStore>) {
-        match self {
-            RedisClient::RedisRs => {
-                let b = Arc::new(
-                    RedisBackend::connect_topology(topology, config)
-                        .await
-                        .expect("connect (redis-rs)"),
-                );
-                (b.clone(), b)
-            }
-            #[cfg(feature = "fred")]
-            RedisClient::Fred => {
-                let b = Arc::new(
-                    FredBackend::connect_topology(topology, config)
-                        .await
-                        .expect("connect (fred)"),
-                );
-                (b.clone(), b)
-            }
-        }
+        let b = self.backend(topology, config).await;
+        (b.clone(), b)
     }
 }
 
@@ -340,13 +353,6 @@ pub fn cluster_topology(seeds: &[String]) -> RedisTopology {
     RedisTopology::Cluster(ClusterTopology::new(seeds, "redis://cluster").expect("valid seeds"))
 }
 
-/// A backend on `set`'s master, found through its sentinels.
-pub async fn sentinel_backend(set: &SentinelSet, config: RedisConfig) -> RedisBackend {
-    RedisBackend::connect_topology(sentinel_topology(set), config)
-        .await
-        .expect("connect through the sentinels")
-}
-
 /// A job's keys under `prefix` (one hash slot per job).
 pub fn job_keys(prefix: &str, name: &str) -> JobKeys {
     let base = format!("{prefix}{{{name}}}");
@@ -501,3 +507,26 @@ macro_rules! conformance_tests {
     };
 }
 pub(crate) use conformance_tests;
+
+/// Generates one `#[tokio::test]` per case and per Redis client, in the
+/// submodules `redis` and (feature `fred`) `fred`, for the tests that run
+/// their own servers (fault injection). Each case is an
+/// `async fn(RedisClient)` of the calling module.
+macro_rules! per_client_tests {
+    ($($case:ident),* $(,)?) => {
+        $crate::support::per_client_tests!(@on redis, RedisRs; $($case),*);
+        #[cfg(feature = "fred")]
+        $crate::support::per_client_tests!(@on fred, Fred; $($case),*);
+    };
+    (@on $module:ident, $client:ident; $($case:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::support::RedisClient::$client).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use per_client_tests;

@@ -9,6 +9,7 @@
 
 use fred::error::{Error, ErrorKind};
 
+use crate::backend::redis::RedisTopology;
 use crate::error::BackendError;
 
 /// A configuration the fred backend cannot connect with.
@@ -30,6 +31,18 @@ impl From<FredConfigError> for BackendError {
     fn from(e: FredConfigError) -> Self {
         BackendError::Connection(Box::new(e))
     }
+}
+
+/// The first connection to a Sentinel-named master or a cluster failed:
+/// which one (fred's own message names neither).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach {target}")]
+pub struct ConnectError {
+    /// The master or cluster, by its configuration (no credentials).
+    pub target: String,
+    /// Why.
+    #[source]
+    pub source: BackendError,
 }
 
 /// The server's error code (`NOGROUP`, `READONLY`, ...), when `e` is a
@@ -58,6 +71,17 @@ pub(super) fn is_noscript(e: &Error) -> bool {
     server_code(e) == Some("NOSCRIPT")
 }
 
+/// How fred words (with [`ErrorKind::Unknown`]) that a command found no
+/// connection, or lost it.
+const NO_CONNECTION: &[&str] = &[
+    "Failed to route command",
+    "Failed to send command to router",
+    "Missing expected connection",
+    "Client is not initialized",
+    "Too many failed write attempts",
+    "Max attempts exceeded",
+];
+
 /// Whether `e` means the connection failed or was lost (the command may or
 /// may not have run).
 pub(super) fn is_connection_error(e: &Error) -> bool {
@@ -67,12 +91,13 @@ pub(super) fn is_connection_error(e: &Error) -> bool {
         | ErrorKind::Canceled
         | ErrorKind::Routing
         | ErrorKind::Sentinel => true,
-        // A command whose connection broke once fred had used up its write
-        // attempts.
+        // fred's own words for a command with no connection to go to, or
+        // whose connection broke once its write attempts were used up.
         ErrorKind::Unknown => {
             server_code(e).is_none()
-                && (e.details().starts_with("Too many failed write attempts")
-                    || e.details().starts_with("Max attempts"))
+                && NO_CONNECTION
+                    .iter()
+                    .any(|prefix| e.details().starts_with(prefix))
         }
         _ => false,
     }
@@ -113,7 +138,38 @@ pub(super) fn map_err_ctx(e: Error, group: Option<(&str, &str)>) -> BackendError
         // Redirections fred could not follow, the cluster being resharded
         // or down: transient.
         ErrorKind::Cluster | ErrorKind::Backpressure => BackendError::Unavailable(Box::new(e)),
+        ErrorKind::Unknown if e.details().starts_with("Max redirections") => {
+            BackendError::Unavailable(Box::new(e))
+        }
         _ => BackendError::Server(Box::new(e)),
+    }
+}
+
+/// A connection failure of the first connection, naming the Sentinel
+/// master or the cluster it was for (a standalone URL is not repeated: it
+/// may hold a password).
+pub(super) fn naming_target(e: BackendError, topology: &RedisTopology) -> BackendError {
+    let join = |addrs: &[(String, u16)]| {
+        addrs
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let target = match topology {
+        RedisTopology::Sentinel(s) => format!(
+            "the master {:?} through the sentinels {}",
+            s.master_name(),
+            join(s.sentinels())
+        ),
+        RedisTopology::Cluster(c) => format!("the cluster through the seeds {}", join(c.seeds())),
+        RedisTopology::Standalone(_) => return e,
+    };
+    match e {
+        BackendError::Connection(_) => {
+            BackendError::Connection(Box::new(ConnectError { target, source: e }))
+        }
+        other => other,
     }
 }
 
@@ -182,6 +238,7 @@ mod tests {
                 "Failed to connect to all sentinel nodes.",
             ),
             Error::new(ErrorKind::Unknown, "Too many failed write attempts."),
+            Error::new(ErrorKind::Unknown, "Failed to route command."),
         ] {
             assert!(server_code(&e).is_none(), "{e:?}");
             let mapped = map_err(e);

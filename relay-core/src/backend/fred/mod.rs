@@ -74,7 +74,7 @@ use error::{map_err, protocol};
 use reply::str_of;
 use scripts::Scripts;
 
-pub use error::FredConfigError;
+pub use error::{ConnectError, FredConfigError};
 
 struct Inner {
     /// Every non-blocking command.
@@ -132,7 +132,9 @@ impl FredBackend {
         config: RedisConfig,
     ) -> Result<Self, BackendError> {
         let shared = topology::shared_client(&topology, &config)?;
-        let shared_task = conn::start(&shared, config.connection_timeout).await?;
+        let shared_task = conn::start(&shared, config.connection_timeout)
+            .await
+            .map_err(|e| error::naming_target(e, &topology))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 shared,
