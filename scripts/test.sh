@@ -87,6 +87,10 @@ log "cargo test --workspace"
 # Build every member's binaries first: end-to-end tests spawn them.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
+# The fred backend is behind a feature the workspace build leaves off: its
+# conformance suite (standalone, Sentinel, Cluster) and fault tests.
+log "cargo test -p relay-core --features fred (the fred backend)"
+cargo test -p relay-core --features fred --test conformance --no-fail-fast -- fred
 
 # A bounded run of every fuzz target (a few seconds each) plus a replay of
 # every input a fuzzer ever found (fuzz/regressions); long runs are
