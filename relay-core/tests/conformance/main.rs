@@ -3,8 +3,8 @@
 //! so `cargo test` shows `stream_log::memory::…`, `stream_log::redis::…`,
 //! `stream_log::redis_cluster_mode::…`, `stream_log::redis_sentinel::…`
 //! (a master found through three sentinels) and `stream_log::redis_cluster::…`;
-//! with the `fred` feature also `stream_log::fred::…`, `…::fred_sentinel::…`
-//! and `…::fred_cluster::…` (`FredBackend` on the same servers). Redis-only behaviour
+//! with the `fred` feature also `stream_log::fred::…`, `…::fred_cluster_mode::…`,
+//! `…::fred_sentinel::…` and `…::fred_cluster::…` (`FredBackend` on the same servers). Redis-only behaviour
 //! (connection handling, fault injection) is in `redis_faults`, and
 //! following a Sentinel failover in `sentinel_faults`.
 //!

@@ -146,6 +146,17 @@ impl Fixture {
         Self::standalone(RedisClient::Fred, TestRedis::get(), RedisConfig::default()).await
     }
 
+    /// `FredBackend` in cluster mode on a standalone server (one apply
+    /// call per job, the ack after), as `redis_cluster_mode`.
+    #[cfg(feature = "fred")]
+    pub async fn fred_cluster_mode() -> Fixture {
+        let config = RedisConfig {
+            cluster: true,
+            ..Default::default()
+        };
+        Self::standalone(RedisClient::Fred, TestRedis::get(), config).await
+    }
+
     /// `FredBackend` on a Sentinel-managed master.
     #[cfg(feature = "fred")]
     pub async fn fred_sentinel() -> Fixture {
@@ -467,8 +478,8 @@ pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
 /// Generates one `#[tokio::test]` per case of the calling module and per
 /// backend, in the submodules `memory`, `redis`, `redis_cluster_mode`,
 /// `redis_sentinel` and `redis_cluster` (3 masters + 3 replicas), and with
-/// the `fred` feature `fred`, `fred_sentinel` and `fred_cluster` (the same
-/// servers and topologies, the fred client).
+/// the `fred` feature `fred`, `fred_cluster_mode`, `fred_sentinel` and
+/// `fred_cluster` (the same servers and topologies, the fred client).
 /// Each case is an `async fn(&Fixture)` of the calling module.
 macro_rules! conformance_tests {
     ($($case:ident),* $(,)?) => {
@@ -485,6 +496,10 @@ macro_rules! conformance_tests {
         );
         #[cfg(feature = "fred")]
         $crate::support::conformance_tests!(@on fred, $crate::support::Fixture::fred; $($case),*);
+        #[cfg(feature = "fred")]
+        $crate::support::conformance_tests!(
+            @on fred_cluster_mode, $crate::support::Fixture::fred_cluster_mode; $($case),*
+        );
         #[cfg(feature = "fred")]
         $crate::support::conformance_tests!(
             @on fred_sentinel, $crate::support::Fixture::fred_sentinel; $($case),*
