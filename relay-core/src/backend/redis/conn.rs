@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, Script, Value};
 
-use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol};
+use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol, server_code};
 use super::link::{wants_rediscovery, Conn, Link, Target};
 use super::RedisBackend;
 use crate::backend::BackendResult;
@@ -371,10 +371,13 @@ async fn one_pipeline(
     for c in cmds {
         pipe.add_command(c.clone());
     }
-    let values: Vec<Value> = pipe
-        .query_async(&mut link.conn.clone())
-        .await
-        .map_err(PipelineError::Redis)?;
+    let values: Vec<Value> = match pipe.query_async(&mut link.conn.clone()).await {
+        Ok(values) => values,
+        Err(e) if link.is_cluster() && cmds.len() > 1 && is_redirect(&e) => {
+            return Ok(one_by_one(link, cmds).await);
+        }
+        Err(e) => return Err(PipelineError::Redis(e)),
+    };
     if values.len() != cmds.len() {
         return Err(PipelineError::Backend(BackendError::Protocol(
             format!(
@@ -392,6 +395,34 @@ async fn one_pipeline(
             v => Ok(v),
         })
         .collect())
+}
+
+/// Whether `e` redirects a command to another node (`ASK`, `MOVED`).
+fn is_redirect(e: &RedisError) -> bool {
+    matches!(server_code(e).as_deref(), Some("ASK" | "MOVED"))
+}
+
+/// Sends `cmds` one at a time, in order: a cluster pipeline that redis-rs
+/// gave up on after redirections. redis-rs follows an `ASK` by sending
+/// `ASKING` once, then the whole pipeline again: the importing node lets
+/// in only its first command and answers the others `MOVED` (back to the
+/// source, which answers `ASK` again), so a pipeline of two commands or
+/// more on a key already migrated never succeeds while its slot is
+/// moving. On its own each command gets its `ASKING`. The first command
+/// may have run already (on the importing node, at each of redis-rs's
+/// attempts) and runs once more: relay's pipelined commands are
+/// idempotent, or plain `XADD`s whose repeats the router drops by seq.
+async fn one_by_one(link: &Link, cmds: &[Cmd]) -> Vec<Result<Value, RedisError>> {
+    let mut out = Vec::with_capacity(cmds.len());
+    for cmd in cmds {
+        out.push(
+            match cmd.query_async::<Value>(&mut link.conn.clone()).await {
+                Ok(Value::ServerError(e)) => Err(e.into()),
+                r => r,
+            },
+        );
+    }
+    out
 }
 
 pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
