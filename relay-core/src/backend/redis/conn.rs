@@ -84,7 +84,7 @@ impl RedisBackend {
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
-    /// failed with NOSCRIPT are re-sent once after loading the script, and
+    /// failed with NOSCRIPT are re-sent once as EVAL (see `as_eval`), and
     /// with [`Resend::AfterDrop`] the whole pipeline is sent once more when
     /// the connection dropped under it. Returns one result per call.
     pub(super) async fn eval_pipeline(
@@ -104,12 +104,14 @@ impl RedisBackend {
             .map(|(i, _)| i)
             .collect();
         if !retry.is_empty() {
-            let link = self.usable_link().await.map_err(map_err)?;
-            script
-                .load_async(&mut link.conn.clone())
-                .await
-                .map_err(map_err)?;
-            let again: Vec<Cmd> = retry.iter().map(|&i| cmds[i].clone()).collect();
+            let source =
+                self.inner.scripts.source(script).ok_or_else(|| {
+                    protocol(format!("no source for script {}", script.get_hash()))
+                })?;
+            let again = retry
+                .iter()
+                .map(|&i| as_eval(source, &cmds[i]))
+                .collect::<BackendResult<Vec<Cmd>>>()?;
             let redo = self.pipeline(&again, Resend::Never).await?;
             for (i, r) in retry.into_iter().zip(redo) {
                 results[i] = r;
@@ -425,6 +427,27 @@ async fn one_by_one(link: &Link, cmds: &[Cmd]) -> Vec<Result<Value, RedisError>>
     out
 }
 
+/// `cmd`, an `EVALSHA` of the script whose source is `source`, as an
+/// `EVAL` carrying that source: it runs wherever the `EVALSHA` would (the
+/// slot's master, or where a redirection leads), and that node caches the
+/// script for the next `EVALSHA`. Not `SCRIPT LOAD` and the `EVALSHA`
+/// again: on a cluster redis-rs sends `SCRIPT LOAD` to every node it
+/// knows, replicas included, so one replica down, hung or still loading
+/// its data fails it, and it silently skips a node it has no connection
+/// to yet (whose `EVALSHA` then answers `NOSCRIPT` again).
+fn as_eval(source: &str, cmd: &Cmd) -> BackendResult<Cmd> {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(source);
+    // Past `EVALSHA <sha1>`: the key count, the keys, the arguments.
+    for arg in cmd.args_iter().skip(2) {
+        match arg {
+            redis::Arg::Simple(bytes) => eval.arg(bytes),
+            _ => return Err(protocol("a script call with a non-byte argument")),
+        };
+    }
+    Ok(eval)
+}
+
 pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
     let mut c = redis::cmd("EVALSHA");
     c.arg(script.get_hash()).arg(keys.len()).arg(keys);
@@ -452,5 +475,33 @@ mod tests {
             .clone();
         assert_eq!(key_slot(&publish), Some(crate::keys::slot("j1")));
         assert_eq!(key_slot(&redis::cmd("PING")), None);
+    }
+
+    #[test]
+    fn a_script_call_is_resent_with_its_source() {
+        let source = "return KEYS[1]";
+        let script = Script::new(source);
+        let mut call = evalsha(&script, &["relay:scan:{j1}:job", "relay:scan:{j1}:live"]);
+        call.arg(7).arg(&b"\x00payload"[..]);
+        let eval = as_eval(source, &call).expect("converts");
+        let args: Vec<Vec<u8>> = eval
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => panic!("a byte argument"),
+            })
+            .collect();
+        let want: Vec<&[u8]> = vec![
+            b"EVAL",
+            source.as_bytes(),
+            b"2",
+            b"relay:scan:{j1}:job",
+            b"relay:scan:{j1}:live",
+            b"7",
+            b"\x00payload",
+        ];
+        assert_eq!(args, want);
+        // Routed like the call it replaces.
+        assert_eq!(key_slot(&eval), key_slot(&call));
     }
 }

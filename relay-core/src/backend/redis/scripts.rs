@@ -1,6 +1,8 @@
 //! The Lua scripts, one file per operation under `scripts/`, each naming
 //! its KEYS and ARGV at the top. They are embedded at build time and sent
-//! with `EVALSHA` (loaded on `NOSCRIPT`).
+//! with `EVALSHA` (a call answered `NOSCRIPT` is sent again as `EVAL`).
+
+use std::collections::HashMap;
 
 use redis::Script;
 
@@ -12,19 +14,35 @@ pub(super) struct Scripts {
     pub(super) claim: Script,
     pub(super) lease: Script,
     pub(super) heartbeat: Script,
+    /// Each script's source by its hash (redis-rs's `Script` keeps its
+    /// source to itself), for the `EVAL` that answers a `NOSCRIPT`.
+    sources: HashMap<String, &'static str>,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
+        let mut sources = HashMap::new();
+        let mut script = |source: &'static str| {
+            let script = Script::new(source);
+            sources.insert(script.get_hash().to_owned(), source);
+            script
+        };
         Self {
-            apply: Script::new(include_str!("scripts/apply.lua")),
-            read_history: Script::new(include_str!("scripts/read_history.lua")),
-            get_state: Script::new(include_str!("scripts/get_state.lua")),
-            append_dedupe: Script::new(include_str!("scripts/append_dedupe.lua")),
-            claim: Script::new(include_str!("scripts/claim.lua")),
-            lease: Script::new(include_str!("scripts/lease.lua")),
-            heartbeat: Script::new(include_str!("scripts/heartbeat.lua")),
+            apply: script(include_str!("scripts/apply.lua")),
+            read_history: script(include_str!("scripts/read_history.lua")),
+            get_state: script(include_str!("scripts/get_state.lua")),
+            append_dedupe: script(include_str!("scripts/append_dedupe.lua")),
+            claim: script(include_str!("scripts/claim.lua")),
+            lease: script(include_str!("scripts/lease.lua")),
+            heartbeat: script(include_str!("scripts/heartbeat.lua")),
+            sources,
         }
+    }
+
+    /// The source of `script`; `None` for a script that is not one of
+    /// these.
+    pub(super) fn source(&self, script: &Script) -> Option<&'static str> {
+        self.sources.get(script.get_hash()).copied()
     }
 }
 
