@@ -3,8 +3,10 @@
 //! so `cargo test` shows `stream_log::memory::…`, `stream_log::redis::…`,
 //! `stream_log::redis_cluster_mode::…` and `stream_log::redis_sentinel::…`
 //! (a master found through three sentinels). Redis-only behaviour
-//! (connection handling, fault injection) is in `redis_faults`, and
-//! following a Sentinel failover in `sentinel_faults`.
+//! (connection handling, fault injection) is in `redis_faults`,
+//! following a Sentinel failover in `sentinel_faults`, and Redis Cluster
+//! faults (blocked reads, failovers, replica acknowledgements) in
+//! `cluster_faults`.
 //!
 //! Run: `cargo test -p relay-core --test conformance`.
 //! The Redis tests start a private `redis-server` each (or use `REDIS_URL`
@@ -13,6 +15,7 @@
 mod support;
 
 mod backend;
+mod cluster_faults;
 mod coordination;
 mod job_log;
 mod kv;
