@@ -19,7 +19,6 @@
 //!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,16 +26,15 @@ use relay_core::backend::redis::{
     RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology,
 };
 use relay_core::backend::Backend;
-use relay_core::{Domain, Event, JobId, KeySpace, Offset, Profile, Publisher, PublisherConfig};
+use relay_core::{Domain, KeySpace, Profile, Publisher, PublisherConfig};
 use relay_testkit::procs::{wait_port, wait_readyz};
 use relay_testkit::sentinel::SentinelSet;
 
+mod fault_run;
 mod sse_clients;
 
-use sse_clients::{
-    expect_every_event_once, follow, spawn_gateway, spawn_router, step, ClientPlan, ClientTask,
-    ClientsReport, LIMIT,
-};
+use fault_run::{expect_gap_free_histories, follow_every_job, Producer};
+use sse_clients::{expect_every_event_once, spawn_gateway, spawn_router, ClientsReport, LIMIT};
 
 /// Hang guard for the whole test.
 const TEST_LIMIT: Duration = Duration::from_secs(180);
@@ -44,6 +42,9 @@ const JOBS: usize = 40;
 const TOTAL: u64 = 24;
 /// The master is killed once the producer has published this many rounds.
 const KILL_AFTER_ROUND: usize = 8;
+/// The producer publishes no round from this one on until the old master
+/// is back (as a replica): the last rounds go to the promoted master.
+const HOLD_FROM: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_killed_mid_run_every_acked_event_reaches_every_client_once() {
@@ -84,55 +85,15 @@ async fn run() {
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
 
-    let job_name = |j: usize| format!("sentinel-job-{j:03}");
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("http client");
-    let clients: Vec<ClientTask> = (0..JOBS)
-        .map(|j| {
-            let url = format!("http://{addr}/v1/jobs/{}/events", job_name(j));
-            let plan = ClientPlan {
-                drop_every: (j % 4 == 0).then_some(5),
-                crlf: j % 3 == 0,
-                seed: j as u64 + 1,
-            };
-            let task = tokio::spawn(follow(http.clone(), url, plan, &["done"]));
-            (job_name(j), "follower", task)
-        })
-        .collect();
-
-    // The producer publishes round n (event n of every job) and retries a
-    // round until it is acknowledged: failures in between must be
-    // transient. Relay's apply is idempotent by seq, so a retried round
-    // whose first attempt did land is applied once.
-    let published = AtomicUsize::new(0);
-    let mut retries = 0usize;
-    let produce = async {
-        for n in 1..=TOTAL {
-            let batch: Vec<Event> = (0..JOBS).map(|j| step(&job_name(j), n, TOTAL)).collect();
-            loop {
-                match publisher.publish_batch(&batch).await {
-                    Ok(_) => break,
-                    Err(relay_core::PublishError::Backend(e)) if e.is_transient() => {
-                        retries += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("round {n}: permanent error {e:?}"),
-                }
-            }
-            published.store(n as usize, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let jobs: Vec<String> = (0..JOBS).map(|j| format!("sentinel-job-{j:03}")).collect();
+    let clients = follow_every_job(addr, &jobs);
+    let producer = Producer::new(publisher, &jobs, TOTAL, Duration::from_millis(50));
+    producer.hold_from(HOLD_FROM);
     let fail_over = async {
-        relay_testkit::wait::wait_until(LIMIT, "producer mid-run", || {
-            std::future::ready(published.load(Ordering::SeqCst) >= KILL_AFTER_ROUND)
-        })
-        .await;
+        producer.reached(KILL_AFTER_ROUND).await;
         let old = set.master().await.expect("master").port();
         let new = set.fail_over().await.port();
-        let at_round = published.load(Ordering::SeqCst);
+        let at_round = producer.published();
         // The promoted master has no replica until the old one returns (as
         // its replica, reconfigured by the sentinels): until then the
         // producer's appends cannot be acknowledged by a replica and are
@@ -143,36 +104,25 @@ async fn run() {
             .find(|n| n.port() == old)
             .expect("old node");
         old_node.restart();
+        producer.release();
         (old, new, at_round)
     };
-    let ((), (old, new, at_round)) = tokio::join!(produce, fail_over);
+    let ((), (old, new, at_round)) = tokio::join!(producer.run(), fail_over);
     assert_ne!(old, new);
     assert!(
-        at_round < TOTAL as usize,
+        at_round < HOLD_FROM,
         "the master died mid-run (after round {at_round} of {TOTAL})"
     );
 
     let ClientsReport { reconnects, .. } = expect_every_event_once(clients, TOTAL).await;
     // Every job's history on the new master: offsets 1..=TOTAL, gap-free,
     // each event once.
-    for j in 0..JOBS {
-        let job = JobId::new(job_name(j)).expect("job id");
-        let page = backend
-            .read_history(&keys.job(&job), Offset(0), TOTAL as usize * 2)
-            .await
-            .expect("history");
-        let offsets: Vec<u64> = page.records.iter().map(|r| r.offset.0).collect();
-        assert_eq!(
-            offsets,
-            (1..=TOTAL).collect::<Vec<_>>(),
-            "{}: history after the failover",
-            job_name(j)
-        );
-    }
+    expect_gap_free_histories(&*backend, &keys, &jobs, TOTAL, "after the failover").await;
     eprintln!(
         "e2e_sentinel: master {old} killed after round {at_round}, promoted {new}; \
-         {retries} producer retries, {reconnects} client reconnects; \
-         {JOBS} jobs x {TOTAL} events, every client got every event once"
+         {} producer retries, {reconnects} client reconnects; \
+         {JOBS} jobs x {TOTAL} events, every client got every event once",
+        producer.retries()
     );
     let _ = router.terminate();
 }

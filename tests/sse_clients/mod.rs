@@ -1,10 +1,10 @@
-//! The SSE test client of the end-to-end tests (`e2e_sse`, `e2e_sentinel`):
-//! the events a scan job publishes, a client that follows a job's stream
-//! through drops, gateway deaths and Redis failovers (resuming with
-//! Last-Event-ID, parsing the raw bytes re-chunked at random points), and the
-//! check that it saw every event once, in order; and the `relay-router` and
-//! `relay-sse` processes they follow, started with the same flags apart from
-//! where Redis is.
+//! The SSE test client of the end-to-end tests (`e2e_sse`, `e2e_sentinel`,
+//! `e2e_cluster`): the events a scan job publishes, a client that follows a
+//! job's stream through drops, gateway deaths and Redis failovers (resuming
+//! with Last-Event-ID, parsing the raw bytes re-chunked at random points),
+//! and the check that it saw every event once, in order; and the
+//! `relay-router` and `relay-sse` processes they follow, started with the
+//! same flags apart from where Redis is.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -6,7 +6,9 @@
 //! with the `fred` feature also `stream_log::fred::…`, `…::fred_cluster_mode::…`,
 //! `…::fred_sentinel::…` and `…::fred_cluster::…` (`FredBackend` on the same servers). Redis-only behaviour
 //! (connection handling, fault injection) is in `redis_faults`, and
-//! following a Sentinel failover in `sentinel_faults`.
+//! following a Sentinel failover in `sentinel_faults`, and Redis Cluster
+//! faults (blocked reads, failovers, replica acknowledgements) in
+//! `cluster_faults`.
 //!
 //! Run: `cargo test -p relay-core --test conformance` (add `--features fred`
 //! for the fred backend).
@@ -16,6 +18,7 @@
 mod support;
 
 mod backend;
+mod cluster_faults;
 mod coordination;
 mod job_log;
 mod kv;

@@ -37,13 +37,11 @@ impl FredBackend {
             // Routed by the first job's hash (a cluster call has one job).
             let mut c = Cmd::keyed("EVALSHA", &jobs[0].keys.meta);
             c.arg(script.sha.as_str())
-                .arg(jobs.len() * 3 + usize::from(ack.is_some()));
+                .arg(jobs.len() * 2 + usize::from(ack.is_some()));
             for job in jobs {
                 let k = &job.keys;
                 // No state string: the job hash stands in (same slot).
-                c.arg(&k.meta)
-                    .arg(k.state.as_deref().unwrap_or(&k.meta))
-                    .arg(&k.live);
+                c.arg(&k.meta).arg(k.state.as_deref().unwrap_or(&k.meta));
             }
             if let Some(ack) = &ack {
                 c.arg(ack.stream);
@@ -67,6 +65,7 @@ impl FredBackend {
             }
             for job in jobs {
                 c.arg(job.epoch.0)
+                    .arg(&job.keys.live)
                     .arg(job.extra_channel.as_deref().unwrap_or(""))
                     .arg(job.events.len());
                 for e in &job.events {

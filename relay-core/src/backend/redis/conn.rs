@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, Script, Value};
 
-use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol};
+use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol, server_code};
 use super::link::{wants_rediscovery, Conn, Link, Target};
 use super::RedisBackend;
 use crate::backend::BackendResult;
@@ -84,7 +84,7 @@ impl RedisBackend {
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
-    /// failed with NOSCRIPT are re-sent once after loading the script, and
+    /// failed with NOSCRIPT are re-sent once as EVAL (see `as_eval`), and
     /// with [`Resend::AfterDrop`] the whole pipeline is sent once more when
     /// the connection dropped under it. Returns one result per call.
     pub(super) async fn eval_pipeline(
@@ -104,12 +104,14 @@ impl RedisBackend {
             .map(|(i, _)| i)
             .collect();
         if !retry.is_empty() {
-            let link = self.usable_link().await.map_err(map_err)?;
-            script
-                .load_async(&mut link.conn.clone())
-                .await
-                .map_err(map_err)?;
-            let again: Vec<Cmd> = retry.iter().map(|&i| cmds[i].clone()).collect();
+            let source =
+                self.inner.scripts.source(script).ok_or_else(|| {
+                    protocol(format!("no source for script {}", script.get_hash()))
+                })?;
+            let again = retry
+                .iter()
+                .map(|&i| as_eval(source, &cmds[i]))
+                .collect::<BackendResult<Vec<Cmd>>>()?;
             let redo = self.pipeline(&again, Resend::Never).await?;
             for (i, r) in retry.into_iter().zip(redo) {
                 results[i] = r;
@@ -371,10 +373,13 @@ async fn one_pipeline(
     for c in cmds {
         pipe.add_command(c.clone());
     }
-    let values: Vec<Value> = pipe
-        .query_async(&mut link.conn.clone())
-        .await
-        .map_err(PipelineError::Redis)?;
+    let values: Vec<Value> = match pipe.query_async(&mut link.conn.clone()).await {
+        Ok(values) => values,
+        Err(e) if link.is_cluster() && cmds.len() > 1 && is_redirect(&e) => {
+            return Ok(one_by_one(link, cmds).await);
+        }
+        Err(e) => return Err(PipelineError::Redis(e)),
+    };
     if values.len() != cmds.len() {
         return Err(PipelineError::Backend(BackendError::Protocol(
             format!(
@@ -392,6 +397,55 @@ async fn one_pipeline(
             v => Ok(v),
         })
         .collect())
+}
+
+/// Whether `e` redirects a command to another node (`ASK`, `MOVED`).
+fn is_redirect(e: &RedisError) -> bool {
+    matches!(server_code(e).as_deref(), Some("ASK" | "MOVED"))
+}
+
+/// Sends `cmds` one at a time, in order: a cluster pipeline that redis-rs
+/// gave up on after redirections. redis-rs follows an `ASK` by sending
+/// `ASKING` once, then the whole pipeline again: the importing node lets
+/// in only its first command and answers the others `MOVED` (back to the
+/// source, which answers `ASK` again), so a pipeline of two commands or
+/// more on a key already migrated never succeeds while its slot is
+/// moving. On its own each command gets its `ASKING`. The first command
+/// may have run already (on the importing node, at each of redis-rs's
+/// attempts) and runs once more: relay's pipelined commands are
+/// idempotent, or plain `XADD`s whose repeats the router drops by seq.
+async fn one_by_one(link: &Link, cmds: &[Cmd]) -> Vec<Result<Value, RedisError>> {
+    let mut out = Vec::with_capacity(cmds.len());
+    for cmd in cmds {
+        out.push(
+            match cmd.query_async::<Value>(&mut link.conn.clone()).await {
+                Ok(Value::ServerError(e)) => Err(e.into()),
+                r => r,
+            },
+        );
+    }
+    out
+}
+
+/// `cmd`, an `EVALSHA` of the script whose source is `source`, as an
+/// `EVAL` carrying that source: it runs wherever the `EVALSHA` would (the
+/// slot's master, or where a redirection leads), and that node caches the
+/// script for the next `EVALSHA`. Not `SCRIPT LOAD` and the `EVALSHA`
+/// again: on a cluster redis-rs sends `SCRIPT LOAD` to every node it
+/// knows, replicas included, so one replica down, hung or still loading
+/// its data fails it, and it silently skips a node it has no connection
+/// to yet (whose `EVALSHA` then answers `NOSCRIPT` again).
+fn as_eval(source: &str, cmd: &Cmd) -> BackendResult<Cmd> {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(source);
+    // Past `EVALSHA <sha1>`: the key count, the keys, the arguments.
+    for arg in cmd.args_iter().skip(2) {
+        match arg {
+            redis::Arg::Simple(bytes) => eval.arg(bytes),
+            _ => return Err(protocol("a script call with a non-byte argument")),
+        };
+    }
+    Ok(eval)
 }
 
 pub(super) fn evalsha(script: &Script, keys: &[&str]) -> Cmd {
@@ -421,5 +475,33 @@ mod tests {
             .clone();
         assert_eq!(key_slot(&publish), Some(crate::keys::slot("j1")));
         assert_eq!(key_slot(&redis::cmd("PING")), None);
+    }
+
+    #[test]
+    fn a_script_call_is_resent_with_its_source() {
+        let source = "return KEYS[1]";
+        let script = Script::new(source);
+        let mut call = evalsha(&script, &["relay:scan:{j1}:job", "relay:scan:{j1}:live"]);
+        call.arg(7).arg(&b"\x00payload"[..]);
+        let eval = as_eval(source, &call).expect("converts");
+        let args: Vec<Vec<u8>> = eval
+            .args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => b.to_vec(),
+                _ => panic!("a byte argument"),
+            })
+            .collect();
+        let want: Vec<&[u8]> = vec![
+            b"EVAL",
+            source.as_bytes(),
+            b"2",
+            b"relay:scan:{j1}:job",
+            b"relay:scan:{j1}:live",
+            b"7",
+            b"\x00payload",
+        ];
+        assert_eq!(args, want);
+        // Routed like the call it replaces.
+        assert_eq!(key_slot(&eval), key_slot(&call));
     }
 }

@@ -36,13 +36,11 @@ impl RedisBackend {
         let call = |jobs: &[ApplyJob], ack: Option<AckRequest<'_>>| {
             let mut c = redis::cmd("EVALSHA");
             c.arg(script.get_hash())
-                .arg(jobs.len() * 3 + usize::from(ack.is_some()));
+                .arg(jobs.len() * 2 + usize::from(ack.is_some()));
             for job in jobs {
                 let k = &job.keys;
                 // No state string: the job hash stands in (same slot).
-                c.arg(&k.meta)
-                    .arg(k.state.as_deref().unwrap_or(&k.meta))
-                    .arg(&k.live);
+                c.arg(&k.meta).arg(k.state.as_deref().unwrap_or(&k.meta));
             }
             if let Some(ack) = &ack {
                 c.arg(ack.stream);
@@ -66,6 +64,7 @@ impl RedisBackend {
             }
             for job in jobs {
                 c.arg(job.epoch.0)
+                    .arg(&job.keys.live)
                     .arg(job.extra_channel.as_deref().unwrap_or(""))
                     .arg(job.events.len());
                 for e in &job.events {

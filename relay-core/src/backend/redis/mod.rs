@@ -32,8 +32,10 @@
 //! ## Scripts
 //! The multi-step operations (apply, read history, get state, deduplicated
 //! append, claim) are Lua scripts sent with `EVALSHA`; batches go out as one
-//! pipeline. When the server answers `NOSCRIPT` (restart, `SCRIPT FLUSH`) the
-//! script is loaded and only the failed calls are sent again.
+//! pipeline. When the server answers `NOSCRIPT` (restart, `SCRIPT FLUSH`,
+//! a promoted replica: Redis does not replicate its script cache) only the
+//! failed calls are sent again, as `EVAL` with the script's source, which
+//! also caches it on the node that runs them.
 //!
 //! Seqs are compared exactly inside Lua (as decimal strings: by length, then
 //! lexicographically), so the full `u64` range is safe. Offsets are Lua

@@ -3,11 +3,13 @@
 -- share its {job_id} slot). See relay-core/src/backend/job_log.rs for the
 -- contract and docs/ARCHITECTURE.md for the job hash layout.
 --
--- KEYS, per job (3 each):  job hash, eco2 state string (the job hash
+-- KEYS, per job (2 each):  job hash, eco2 state string (the job hash
 --                          again = none: not touched; a key in another
---                          slot would be refused on a cluster), live
---                          channel;
+--                          slot would be refused on a cluster);
 --      then, when acking:  the shard stream (last key).
+-- (The live channel is no key: declared as one, it would be a key that
+-- never exists, and while a cluster moves the job's slot the nodes answer
+-- a call naming an existing and a missing key with TRYAGAIN.)
 -- ARGV[1] history_max      history entries kept per job
 -- ARGV[2] ttl_ms           job hash TTL
 -- ARGV[3] state_ttl_ms     eco2 state string TTL
@@ -16,8 +18,8 @@
 -- ARGV[6] refresh_ms       refresh TTLs when the last refresh is this old
 -- ARGV[7] k                entries to ack (0 = none)
 -- ARGV[8]                  when k > 0: the group, then the k entry ids
--- then per job:            epoch candidate, extra channel ('' = none), n,
---                          and n pairs (seq, payload)
+-- then per job:            epoch candidate, live channel, extra channel
+--                          ('' = none), n, and n pairs (seq, payload)
 --
 -- Returns per job {epoch, off1, new1, off2, new2, ...}.
 --
@@ -49,10 +51,10 @@ local out = {}
 -- another event. Once the first write succeeded Redis lets the script
 -- finish, so nothing is published unless everything was committed.
 local pubs = {}
-for j = 0, math.floor(#KEYS / 3) - 1 do
-  local job, state, live = KEYS[j * 3 + 1], KEYS[j * 3 + 2], KEYS[j * 3 + 3]
-  local cand, extra, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
+for j = 0, math.floor(#KEYS / 2) - 1 do
+  local job, state = KEYS[j * 2 + 1], KEYS[j * 2 + 2]
+  local cand, live, extra, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
   local fields = {'epoch', 'top', 'hf', 'sq', 'rx'}
   for k = 0, n - 1 do fields[6 + k] = 's' .. ARGV[a + 2 * k] end
   local m = redis.call('HMGET', job, unpack(fields))
