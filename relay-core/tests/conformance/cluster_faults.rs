@@ -17,16 +17,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::Value;
-use relay_core::backend::redis::{RedisBackend, RedisConfig, ReplicaAck};
-use relay_core::backend::{AckRequest, JobLog, ReadFrom, StreamLog};
+use ::redis::Value;
+use relay_core::backend::redis::{RedisConfig, ReplicaAck};
+use relay_core::backend::{AckRequest, ReadFrom};
 use relay_core::keys::{slot, JobKeys};
-use relay_core::{Backend, BackendError, Offset};
+use relay_core::{BackendError, Offset};
 use relay_testkit::cluster::{NodeRole, RedisCluster};
 use relay_testkit::wait::wait_until;
 
 use crate::support::{
-    apply_job, cluster_backend, ids, offsets, plain, quiet, read_group, spawn_read, GROUP,
+    apply_job, cluster_topology, ids, offsets, per_client_tests, plain, quiet, read_group,
+    spawn_read, RedisClient, RedisRoles, GROUP,
 };
 
 /// Hang guard of the waits here.
@@ -112,7 +113,7 @@ where
 }
 
 /// The next read after a released one: an entry appended now is read.
-async fn next_read_works(b: &RedisBackend, stream: &str, after: &str) {
+async fn next_read_works(b: &dyn RedisRoles, stream: &str, after: &str) {
     let id = until_ok(&format!("append after {after}"), || {
         b.append(plain(stream, 7))
     })
@@ -139,12 +140,13 @@ async fn next_read_works(b: &RedisBackend, stream: &str, after: &str) {
     assert!(ids(&got).contains(&id), "{after}: read {got:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn apply_on_the_node_of_a_blocked_read_goes_through() {
+async fn apply_on_the_node_of_a_blocked_read_goes_through(client: RedisClient) {
     const BLOCK: Duration = Duration::from_secs(3);
     const APPLIES: u64 = 10;
     let cluster = RedisCluster::start();
-    let b = Arc::new(cluster_backend(&cluster.seeds(), RedisConfig::default()).await);
+    let b = client
+        .backend(cluster_topology(&cluster.seeds()), RedisConfig::default())
+        .await;
     let stream = unique_stream();
     let node = cluster.master_of_slot(slot(&stream)).await.expect("owner");
     let job = job_on(&cluster, node, &stream).await;
@@ -186,10 +188,11 @@ async fn apply_on_the_node_of_a_blocked_read_goes_through() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocked_read_released_by_unblock_or_failover_fails_transiently() {
+async fn blocked_read_released_by_unblock_or_failover_fails_transiently(client: RedisClient) {
     let cluster = RedisCluster::start();
-    let b = Arc::new(cluster_backend(&cluster.seeds(), RedisConfig::default()).await);
+    let b = client
+        .backend(cluster_topology(&cluster.seeds()), RedisConfig::default())
+        .await;
     let stream = unique_stream();
     let s = slot(&stream);
     b.ensure_group(&stream, GROUP).await.expect("group");
@@ -209,7 +212,7 @@ async fn blocked_read_released_by_unblock_or_failover_fails_transiently() {
         .expect("read task")
         .expect_err("UNBLOCKED is an error reply");
     assert!(err.is_transient(), "UNBLOCKED must be transient: {err:?}");
-    next_read_works(&b, &stream, "CLIENT UNBLOCK").await;
+    next_read_works(&*b, &stream, "CLIENT UNBLOCK").await;
 
     // A failover of the read's node while it blocks: the demoted master
     // releases it (UNBLOCKED), or the read outlives the switch; either
@@ -226,19 +229,20 @@ async fn blocked_read_released_by_unblock_or_failover_fails_transiently() {
     if let Err(e) = &released {
         assert!(e.is_transient(), "a failover is transient: {e:?}");
     }
-    next_read_works(&b, &stream, "the failover").await;
+    next_read_works(&*b, &stream, "the failover").await;
     eprintln!("cluster_faults: read across the failover returned {released:?}");
 }
 
 /// The entries of `stream` from the start, through the backend.
-async fn entry_count(b: &RedisBackend, stream: &str) -> usize {
+async fn entry_count(b: &dyn RedisRoles, stream: &str) -> usize {
     b.range(stream, None, 10_000).await.expect("XRANGE").len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_on_a_migrating_slot_go_through() {
+async fn calls_on_a_migrating_slot_go_through(client: RedisClient) {
     let cluster = RedisCluster::start();
-    let b = cluster_backend(&cluster.seeds(), RedisConfig::default()).await;
+    let b = client
+        .backend(cluster_topology(&cluster.seeds()), RedisConfig::default())
+        .await;
     let stream = unique_stream();
     let stream_slot = slot(&stream);
     let source = cluster.master_of_slot(stream_slot).await.expect("owner");
@@ -288,7 +292,7 @@ async fn calls_on_a_migrating_slot_go_through() {
     );
     assert_eq!(appends(3).await.expect("appends after ASK").len(), 3);
     let read = read_group(
-        &b,
+        &*b,
         &stream,
         "c",
         ReadFrom::New,
@@ -309,9 +313,9 @@ async fn calls_on_a_migrating_slot_go_through() {
         offsets(&apply(4).await.expect("apply after MOVED")[0]),
         [(4, true)]
     );
-    let before = entry_count(&b, &stream).await;
+    let before = entry_count(&*b, &stream).await;
     assert_eq!(appends(3).await.expect("appends after MOVED").len(), 3);
-    assert_eq!(entry_count(&b, &stream).await, before + 3);
+    assert_eq!(entry_count(&*b, &stream).await, before + 3);
     let page = b.read_history(&job, Offset(0), 10).await.expect("history");
     assert_eq!(
         page.records.iter().map(|r| r.offset.0).collect::<Vec<_>>(),
@@ -362,8 +366,7 @@ async fn replica_of(cluster: &RedisCluster, master: u16) -> u32 {
     panic!("master {master} has no replica");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated() {
+async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated(client: RedisClient) {
     let cluster = RedisCluster::start_private();
     let config = RedisConfig {
         min_replicas_ack: Some(ReplicaAck {
@@ -372,7 +375,9 @@ async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated() {
         }),
         ..RedisConfig::default()
     };
-    let b = cluster_backend(&cluster.seeds(), config).await;
+    let b = client
+        .backend(cluster_topology(&cluster.seeds()), config)
+        .await;
     let stream = unique_stream();
     let stream_node = cluster.master_of_slot(slot(&stream)).await.expect("owner");
     let other = cluster
@@ -389,7 +394,7 @@ async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated() {
         .await
         .expect("replicated append")
         .id;
-    let read = read_group(&b, &stream, "c", ReadFrom::New, 10, None)
+    let read = read_group(&*b, &stream, "c", ReadFrom::New, 10, None)
         .await
         .expect("read");
     assert_eq!(ids(&read), [id]);
@@ -441,13 +446,15 @@ async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated() {
 /// Appends from 4 concurrent producers to one stream while its master is
 /// killed (after 500 acknowledged appends), until the replica is promoted;
 /// returns (acknowledged, acknowledged but missing on the promoted master).
-async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
+async fn acked_appends_across_kill(client: RedisClient, ack: Option<ReplicaAck>) -> (usize, usize) {
     let cluster = RedisCluster::start_private();
     let config = RedisConfig {
         min_replicas_ack: ack,
         ..RedisConfig::default()
     };
-    let b = Arc::new(cluster_backend(&cluster.seeds(), config).await);
+    let b = client
+        .backend(cluster_topology(&cluster.seeds()), config)
+        .await;
     let stream = unique_stream();
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -499,20 +506,44 @@ async fn acked_appends_across_kill(ack: Option<ReplicaAck>) -> (usize, usize) {
 
 /// Measurement, not a check: how many acknowledged appends a `kill -9` of
 /// a cluster master loses, without and with `min_replicas_ack` 1. Run with
-/// `cargo test -p relay-core --test conformance -- --ignored measure_acknowledged_appends_lost_at_kill --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement; prints the loss"]
-async fn measure_acknowledged_appends_lost_at_kill() {
-    let (acked, lost) = acked_appends_across_kill(None).await;
+/// `cargo test -p relay-core --test conformance -- --ignored cluster_faults::measure --nocapture`.
+async fn measure_acknowledged_appends_lost_at_kill(client: RedisClient) {
+    let (acked, lost) = acked_appends_across_kill(client, None).await;
     assert!(lost <= acked);
-    eprintln!("cluster, no WAIT: {lost} of {acked} acknowledged appends lost at the kill");
+    eprintln!(
+        "cluster ({client:?}), no WAIT: {lost} of {acked} acknowledged appends lost at the kill"
+    );
     let ack = ReplicaAck {
         replicas: 1,
         timeout: Duration::from_secs(1),
     };
-    let (acked, lost) = acked_appends_across_kill(Some(ack)).await;
+    let (acked, lost) = acked_appends_across_kill(client, Some(ack)).await;
     assert!(lost <= acked);
     eprintln!(
-        "cluster, min_replicas_ack 1: {lost} of {acked} acknowledged appends lost at the kill"
+        "cluster ({client:?}), min_replicas_ack 1: {lost} of {acked} acknowledged appends lost at the kill"
     );
+}
+
+per_client_tests!(
+    apply_on_the_node_of_a_blocked_read_goes_through,
+    blocked_read_released_by_unblock_or_failover_fails_transiently,
+    calls_on_a_migrating_slot_go_through,
+    min_replicas_ack_holds_back_appends_and_acks_until_replicated,
+);
+
+/// The measurement, per client, run only on request (`--ignored`).
+mod measure {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement; prints the loss"]
+    async fn redis() {
+        super::measure_acknowledged_appends_lost_at_kill(crate::support::RedisClient::RedisRs)
+            .await;
+    }
+
+    #[cfg(feature = "fred")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement; prints the loss"]
+    async fn fred() {
+        super::measure_acknowledged_appends_lost_at_kill(crate::support::RedisClient::Fred).await;
+    }
 }

@@ -53,6 +53,19 @@ impl Cmd {
         c
     }
 
+    /// This `EVALSHA` as an `EVAL` of `source` (same keys, arguments and
+    /// slot): what answers a `NOSCRIPT` without a separate `SCRIPT LOAD`,
+    /// which on a cluster would have to reach the very node (an importing
+    /// one during a slot move, a just-promoted replica) that lacks it.
+    pub(super) fn as_eval(&self, source: &str) -> Self {
+        let mut c = self.clone();
+        c.name = "EVAL";
+        if let Some(first) = c.args.first_mut() {
+            *first = Value::from(source);
+        }
+        c
+    }
+
     /// Marks the command as blocking its connection.
     pub(super) fn blocking(mut self) -> Self {
         self.blocking = true;

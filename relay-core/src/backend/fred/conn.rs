@@ -244,8 +244,7 @@ impl FredBackend {
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
-    /// failed with NOSCRIPT are sent once more after loading the script (on
-    /// every master of a cluster), and with [`Resend::AfterDrop`] the whole
+    /// failed with NOSCRIPT are sent once more as `EVAL`, and with [`Resend::AfterDrop`] the whole
     /// pipeline is sent once more when the connection dropped under it.
     pub(super) async fn eval_pipeline(
         &self,
@@ -264,16 +263,12 @@ impl FredBackend {
             .map(|(i, _)| i)
             .collect();
         if !retry.is_empty() {
-            let mut load = Cmd::new("SCRIPT");
-            load.arg("LOAD").arg(script.text);
-            if self.clustered() {
-                for r in self.on_every_master(&load).await? {
-                    r.map_err(map_err)?;
-                }
-            } else {
-                self.query_once(&load).await.map_err(map_err)?;
-            }
-            let again: Vec<Cmd> = retry.iter().map(|&i| cmds[i].clone()).collect();
+            // Sent again as EVAL (which also caches the script on the node
+            // that runs it), as RedisBackend does.
+            let again: Vec<Cmd> = retry
+                .iter()
+                .map(|&i| cmds[i].as_eval(script.text))
+                .collect();
             let redo = self.pipeline(&again, Resend::Never).await?;
             for (i, r) in retry.into_iter().zip(redo) {
                 results[i] = r;
