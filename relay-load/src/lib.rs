@@ -22,10 +22,14 @@
 //!
 //! Targets: a deployment by URL (`--api-url`, `--sse-url`, `--redis-url`), or
 //! `--spawn` to start redis-server, `relay-router`, `relay-sse`,
-//! `pipeline-scan api` and `pipeline-scan worker`(s) on loopback.
+//! `pipeline-scan api` and `pipeline-scan worker`(s) on loopback. `relay`
+//! also runs on a Redis Cluster: `--topology cluster` with `--spawn` (three
+//! masters, three replicas), or `--redis-cluster` seeds of an existing one;
+//! its report then has every node's CPU and each master's share.
 //! Output: a progress bar, a table on stdout, `--json`, `--html` (inline SVG).
 
 pub mod chaos;
+pub mod cluster;
 pub mod echo;
 pub mod relay;
 pub mod report;
@@ -41,8 +45,10 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::cluster::{ClusterFigures, ClusterView, RunCounts};
+use crate::relay::CpuMeter;
 use crate::report::Report;
-use crate::spawn::{Deployment, ScanSpawn};
+use crate::spawn::{Deployment, ScanSpawn, Topology};
 
 /// `relay-load`: load scenarios for relay (every flag also from `RELAY_LOAD_*`).
 #[derive(Debug, Parser)]
@@ -194,7 +200,11 @@ fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
     if let Some(a) = &dep.api_url {
         env.push(("api url".into(), a.clone()));
     }
-    env.push(("redis url".into(), dep.redis_url.clone()));
+    if dep.redis_cluster.is_empty() {
+        env.push(("redis url".into(), dep.redis_url.clone()));
+    } else {
+        env.push(("redis cluster seeds".into(), dep.redis_cluster.join(",")));
+    }
     if let Some(q) = &dep.queue_prefix {
         env.push(("queue prefix".into(), q.clone()));
     }
@@ -214,10 +224,14 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
         };
         let shards = common.shards;
         let batch = common.router_batch;
-        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, Some(&s))).await??
+        tokio::task::spawn_blocking(move || {
+            Deployment::spawn(shards, batch, Topology::Standalone, Some(&s))
+        })
+        .await??
     } else {
         Deployment::external(
             common.redis_url.clone(),
+            Vec::new(),
             common.sse_url.clone(),
             Some(common.api_url.clone()),
         )
@@ -349,24 +363,56 @@ async fn redis_ceilings(server: &relay_testkit::redis::RedisServer) -> Vec<(Stri
     out
 }
 
+/// `PUBLISH`es of the cluster bus probe (a second or two of
+/// `redis-benchmark -P 64` on this box).
+const BUS_PROBE_PUBLISHES: u64 = 200_000;
+/// Its message size: about a relay live envelope of the load's events.
+const BUS_PROBE_PAYLOAD: usize = 200;
+
 /// The `relay` scenario.
 pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Result<Report> {
     let load_start = loadavg();
+    let topology = args
+        .effective_topology(common.spawn)
+        .map_err(anyhow::Error::msg)?;
     let dep = if common.spawn {
         let shards = common.shards;
         let batch = common.router_batch;
-        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, None)).await??
+        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, topology, None))
+            .await??
     } else {
-        Deployment::external(common.redis_url.clone(), common.sse_url.clone(), None)
+        Deployment::external(
+            common.redis_url.clone(),
+            args.redis_cluster.clone(),
+            common.sse_url.clone(),
+            None,
+        )
     };
     let keys = relay::key_space(&args.domain, common.shards)?;
-    let publisher = relay::publisher(&dep.redis_url, keys).await?;
-    let mut pids = dep.pids();
+    let (publisher, view) = if dep.redis_cluster.is_empty() {
+        (relay::publisher(&dep.redis_url, keys.clone()).await?, None)
+    } else {
+        let publisher =
+            relay::cluster_publisher(&dep.redis_cluster, &dep.redis_url, keys.clone()).await?;
+        let view = ClusterView::discover(&dep.redis_cluster, &dep.redis_url).await?;
+        (publisher, Some(view))
+    };
+    let mut meters: Vec<(String, CpuMeter)> = dep
+        .pids()
+        .into_iter()
+        .map(|(n, p)| (n, CpuMeter::Pid(p)))
+        .collect();
     if let Some(pid) = dep.redis.as_ref().and_then(|r| r.pid()) {
-        pids.push(("redis-server".into(), pid));
+        meters.push(("redis-server".into(), CpuMeter::Pid(pid)));
     }
     if let Some(r) = &dep.redis {
         let _ = r.reset_stats().await;
+    }
+    if let Some(v) = &view {
+        for (n, c) in v.nodes() {
+            meters.push((v.label(n), CpuMeter::Redis(c.clone())));
+        }
+        v.reset_stats().await;
     }
     let progress = Arc::new(AtomicU64::new(0));
     let expected = if args.rate == 0 {
@@ -395,7 +441,7 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         "relay",
         Arc::new(relay::RelaySink(publisher)),
         move |job| format!("{sse}/v1/jobs/{job}/events"),
-        pids,
+        meters,
         progress.clone(),
     )
     .await;
@@ -409,6 +455,30 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
                 .collect();
             commandstats.sort_by(|a, b| b.2.total_cmp(&a.2));
         }
+    }
+    let mut cluster_figures = None;
+    if let Some(v) = &view {
+        let mut stats = std::collections::HashMap::new();
+        for (n, c) in v.nodes() {
+            match c.commandstats().await {
+                Ok(t) => {
+                    stats.insert(n.addr.clone(), t);
+                }
+                Err(e) => eprintln!("relay-load: INFO commandstats of {}: {e:#}", n.addr),
+            }
+        }
+        let jobs = fig.job_names();
+        cluster_figures = Some(ClusterFigures::build(
+            v,
+            &fig.cpu_s,
+            &stats,
+            &RunCounts {
+                published: fig.published,
+                delivered: fig.delivered,
+                keys: &keys,
+                jobs: &jobs,
+            },
+        ));
     }
     let mut paths = vec![fig.clone()];
     if !args.no_ceiling {
@@ -427,13 +497,46 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         .await;
         paths.push(efig);
     }
+    if let (Some(v), Some(cf)) = (&view, cluster_figures.as_mut()) {
+        // Like the standalone ceilings: on the spawned cluster only (an
+        // external one may be shared, and redis-benchmark runs on loopback).
+        if common.spawn {
+            pb.set_message("(PUBLISH probe of the cluster bus)");
+            match cluster::bus_probe(v, BUS_PROBE_PUBLISHES, BUS_PROBE_PAYLOAD).await {
+                Ok(p) => cf.bus_probe = p,
+                Err(e) => eprintln!("relay-load: the PUBLISH probe failed: {e:#}"),
+            }
+        }
+    }
     ticker.abort();
     pb.finish_and_clear();
-    let ceilings = match &dep.redis {
-        Some(server) => redis_ceilings(server).await,
-        None => Vec::new(),
+    let ceilings = match (&dep.redis, &view) {
+        (Some(server), _) => redis_ceilings(server).await,
+        (None, Some(v)) if common.spawn => cluster::ceilings(v).await.unwrap_or_else(|e| {
+            eprintln!("relay-load: the cluster's redis-benchmark ceilings failed: {e:#}");
+            Vec::new()
+        }),
+        _ => Vec::new(),
     };
     let mut summary = vec![
+        (
+            "topology".to_owned(),
+            match &view {
+                Some(v) => format!(
+                    "Redis Cluster, {} masters + {} replicas, {} shard streams",
+                    v.nodes
+                        .iter()
+                        .filter(|n| n.role == cluster::Role::Master)
+                        .count(),
+                    v.nodes
+                        .iter()
+                        .filter(|n| n.role == cluster::Role::Replica)
+                        .count(),
+                    common.shards
+                ),
+                None => format!("one redis-server, {} shard streams", common.shards),
+            },
+        ),
         (
             "producers / clients / jobs".to_owned(),
             format!(
@@ -463,6 +566,9 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
             "relay p99 − echo p99".into(),
             format!("{:.3} ms", fig.latency.p99_ms - e.latency.p99_ms),
         ));
+    }
+    if let Some(cf) = &cluster_figures {
+        summary.extend(cf.summary_rows());
     }
     for (cmd, calls, us) in commandstats.iter().take(6) {
         summary.push((
@@ -497,6 +603,8 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         environment: env,
         summary,
         figures: serde_json::json!({
+            "topology": topology,
+            "cluster": cluster_figures,
             "paths": paths,
             "redis_ceilings": ceilings,
             "redis_commandstats_us_per_event": commandstats,
@@ -520,9 +628,9 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
 
 #[cfg(test)]
 mod cli_tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
-    use super::Cli;
+    use super::{Cli, Scenario, Topology};
 
     #[test]
     fn every_flag_reads_a_relay_load_env_var() {
@@ -531,6 +639,64 @@ mod cli_tests {
         assert!(
             missing.is_empty(),
             "flags without RELAY_LOAD_* env: {missing:?}"
+        );
+    }
+
+    /// The relay scenario's topology flags and the topology a run uses.
+    fn topology_of(args: &[&str]) -> Result<Topology, String> {
+        let cli = Cli::try_parse_from(std::iter::once("relay-load").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let Scenario::Relay(relay) = &cli.scenario else {
+            panic!("not the relay scenario: {args:?}");
+        };
+        relay.effective_topology(cli.common.spawn)
+    }
+
+    #[test]
+    fn topology_flags_select_standalone_or_cluster() {
+        assert_eq!(topology_of(&["relay"]), Ok(Topology::Standalone));
+        assert_eq!(topology_of(&["--spawn", "relay"]), Ok(Topology::Standalone));
+        assert_eq!(
+            topology_of(&["--spawn", "relay", "--topology", "cluster"]),
+            Ok(Topology::Cluster)
+        );
+        assert_eq!(
+            topology_of(&["relay", "--spawn", "--topology", "standalone"]),
+            Ok(Topology::Standalone)
+        );
+        // Seeds of an existing cluster imply the cluster topology.
+        assert_eq!(
+            topology_of(&["relay", "--redis-cluster", "10.0.0.1:7000,10.0.0.2:7000"]),
+            Ok(Topology::Cluster)
+        );
+        let cli = Cli::try_parse_from([
+            "relay-load",
+            "relay",
+            "--redis-cluster",
+            "10.0.0.1:7000,10.0.0.2:7000",
+        ])
+        .expect("parses");
+        let Scenario::Relay(relay) = cli.scenario else {
+            panic!("relay");
+        };
+        assert_eq!(relay.redis_cluster, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    }
+
+    #[test]
+    fn topology_flags_that_do_not_fit_are_refused() {
+        let err = topology_of(&["--spawn", "relay", "--redis-cluster", "10.0.0.1:7000"])
+            .expect_err("--spawn starts its own cluster");
+        assert!(err.contains("--spawn starts its own"), "{err}");
+        let err = topology_of(&["relay", "--topology", "cluster"])
+            .expect_err("no seeds and nothing spawned");
+        assert!(
+            err.contains("needs the cluster's --redis-cluster seeds"),
+            "{err}"
+        );
+        let err = topology_of(&["relay", "--topology", "sentinel"]).expect_err("no such value");
+        assert!(
+            err.contains("standalone") && err.contains("cluster"),
+            "{err}"
         );
     }
 }

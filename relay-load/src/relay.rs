@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use relay_core::backend::redis::{ClusterTopology, RedisBackend, RedisConfig, RedisTopology};
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
 use relay_sse::client::{SseItem, SseReader};
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::NodeClient;
+use crate::spawn::Topology;
 use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};
 
 /// `relay` flags.
@@ -62,6 +65,64 @@ pub struct RelayArgs {
     /// How long clients may take to drain after publishing stops, seconds.
     #[arg(long, env = "RELAY_LOAD_DRAIN_SECS", default_value_t = 30.0)]
     pub drain_secs: f64,
+    /// Redis topology: with --spawn, `cluster` starts three masters and
+    /// three replicas and runs the router and gateway on them
+    /// (`--redis-cluster`); the producers use the same topology. The
+    /// report then gives every node's CPU and each master's share.
+    #[arg(long, env = "RELAY_LOAD_TOPOLOGY", value_enum, default_value_t = Topology::Standalone)]
+    pub topology: Topology,
+    /// Seed nodes (`host:port,...`) of an existing Redis Cluster the
+    /// router and gateway run on (without --spawn; implies `--topology
+    /// cluster`). --redis-url then gives only the scheme and credentials.
+    #[arg(long, env = "RELAY_LOAD_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
+}
+
+impl RelayArgs {
+    /// The topology this run uses, or why the flags do not fit together:
+    /// --spawn starts its own cluster (seeds of another one are a mistake),
+    /// and an existing cluster can only be found through its seeds.
+    pub fn effective_topology(&self, spawn: bool) -> Result<Topology, String> {
+        match (spawn, self.topology, self.redis_cluster.is_empty()) {
+            (true, _, false) => Err(
+                "--redis-cluster names an existing cluster, but --spawn starts its own \
+                 (use --spawn --topology cluster, or drop --spawn)"
+                    .into(),
+            ),
+            (true, t, true) => Ok(t),
+            (false, Topology::Cluster, true) => Err(
+                "--topology cluster without --spawn needs the cluster's --redis-cluster seeds"
+                    .into(),
+            ),
+            (false, _, false) => Ok(Topology::Cluster),
+            (false, Topology::Standalone, true) => Ok(Topology::Standalone),
+        }
+    }
+}
+
+/// Where a process's CPU time is read: `/proc/<pid>/stat` of a local
+/// process, or `INFO cpu` of a Redis node (a cluster node may be remote,
+/// and its own figure is what a per-node share is computed from).
+#[derive(Clone, Debug)]
+pub enum CpuMeter {
+    /// A local process.
+    Pid(u32),
+    /// A Redis node.
+    Redis(NodeClient),
+}
+
+impl CpuMeter {
+    /// CPU time used so far (zero when it cannot be read: a figure of 0
+    /// is visibly wrong, where failing the run would lose the others).
+    async fn read(&self) -> Duration {
+        match self {
+            Self::Pid(p) => crate::stats::pid_cpu(*p),
+            Self::Redis(c) => c.cpu().await.unwrap_or_else(|e| {
+                tracing::warn!(node = %c.addr, error = %e, "INFO cpu failed");
+                Duration::ZERO
+            }),
+        }
+    }
 }
 
 /// One client's tally.
@@ -155,6 +216,19 @@ pub struct RelayFigures {
     pub cpu_s: Vec<(String, f64)>,
     /// CPU µs per delivered event per process.
     pub cpu_us_per_event: Vec<(String, f64)>,
+    /// The run's id (its jobs are `rl-<run>-<n>`, n < `jobs`).
+    #[serde(default)]
+    pub run: String,
+    /// Jobs the events were spread over.
+    #[serde(default)]
+    pub jobs: usize,
+}
+
+impl RelayFigures {
+    /// The names of the run's jobs.
+    pub fn job_names(&self) -> Vec<String> {
+        (0..self.jobs).map(|j| job_name(&self.run, j)).collect()
+    }
 }
 
 /// How producers hand events to the system under test.
@@ -183,14 +257,14 @@ fn job_name(run: &str, j: usize) -> String {
     format!("rl-{run}-{j}")
 }
 
-/// Runs producers and clients against `events_url(job)`; `pids` are the
+/// Runs producers and clients against `events_url(job)`; `meters` are the
 /// processes whose CPU is reported.
 pub async fn run_path(
     args: &RelayArgs,
     path: &str,
     sink: Arc<dyn Sink>,
     events_url: impl Fn(&str) -> String,
-    pids: Vec<(String, u32)>,
+    meters: Vec<(String, CpuMeter)>,
     progress: Arc<AtomicU64>,
 ) -> (RelayFigures, Lat, Timeline) {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
@@ -206,10 +280,10 @@ pub async fn run_path(
         .expect("http client");
     let t0 = Instant::now();
     let warm_until_us = Arc::new(AtomicU64::new(u64::MAX));
-    let cpu_before: Vec<_> = pids
-        .iter()
-        .map(|(_, p)| crate::stats::pid_cpu(*p))
-        .collect();
+    let mut cpu_before = Vec::with_capacity(meters.len());
+    for (_, m) in &meters {
+        cpu_before.push(m.read().await);
+    }
     let own_before = relay_testkit::bench::process_cpu();
 
     // Clients first (the gateway waits for jobs with no events yet).
@@ -445,6 +519,8 @@ pub async fn run_path(
         target_rate: args.rate,
         published,
         publish_rate: round3(published as f64 / publish_time.as_secs_f64().max(1e-9)),
+        run: run.clone(),
+        jobs,
         ..Default::default()
     };
     let mut last_arrival = start;
@@ -485,16 +561,10 @@ pub async fn run_path(
     f.delivered_per_s = round3(f.delivered as f64 / window);
     f.latency = lat.summary();
     let own = relay_testkit::bench::process_cpu().saturating_sub(own_before);
-    let mut cpu: Vec<(String, f64)> = pids
-        .iter()
-        .zip(cpu_before)
-        .map(|((n, p), b)| {
-            (
-                n.clone(),
-                crate::stats::pid_cpu(*p).saturating_sub(b).as_secs_f64(),
-            )
-        })
-        .collect();
+    let mut cpu: Vec<(String, f64)> = Vec::with_capacity(meters.len() + 1);
+    for ((n, m), b) in meters.iter().zip(cpu_before) {
+        cpu.push((n.clone(), m.read().await.saturating_sub(b).as_secs_f64()));
+    }
     cpu.push(("relay-load (producers + clients)".into(), own.as_secs_f64()));
     f.cpu_us_per_event = cpu
         .iter()
@@ -513,6 +583,23 @@ pub fn key_space(domain: &str, shards: u32) -> anyhow::Result<KeySpace> {
 pub async fn publisher(redis_url: &str, keys: KeySpace) -> anyhow::Result<Publisher> {
     let backend = relay_core::cli::connect(redis_url).await?;
     Ok(Publisher::new(backend, keys, PublisherConfig::default()))
+}
+
+/// A publisher on the Redis Cluster found from `seeds`, with `node_url`'s
+/// scheme and credentials on every node (the same topology the router
+/// and gateway get from `--redis-cluster`).
+pub async fn cluster_publisher(
+    seeds: &[String],
+    node_url: &str,
+    keys: KeySpace,
+) -> anyhow::Result<Publisher> {
+    let topology = RedisTopology::Cluster(ClusterTopology::new(seeds, node_url)?);
+    let backend = RedisBackend::connect_topology(topology, RedisConfig::default()).await?;
+    Ok(Publisher::new(
+        Arc::new(backend),
+        keys,
+        PublisherConfig::default(),
+    ))
 }
 
 /// Summary rows for one path's figures.

@@ -1,5 +1,7 @@
 //! `--spawn`: a private deployment on loopback — redis-server (free port,
-//! temp dir, like the test harness), `relay-router`, `relay-sse`, and for
+//! temp dir, like the test harness) or, with [`Topology::Cluster`], a
+//! private Redis Cluster of three masters and three replicas
+//! (`relay_testkit::cluster`), `relay-router`, `relay-sse`, and for
 //! scans `pipeline-scan api` plus `pipeline-scan worker`(s) over RabbitMQ
 //! (127.0.0.1:5672 by default) with a unique queue prefix. Everything is
 //! killed when the [`Deployment`] drops.
@@ -7,14 +9,31 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use relay_testkit::cluster::RedisCluster;
 use relay_testkit::procs::{free_port, wait_for_port, Proc};
 use relay_testkit::redis::RedisServer;
+use serde::{Deserialize, Serialize};
+
+/// Which Redis the relay runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topology {
+    /// One redis-server (`--redis-url`).
+    #[default]
+    Standalone,
+    /// A Redis Cluster (`--redis-cluster` seeds); `--spawn` starts three
+    /// masters with a replica each.
+    Cluster,
+}
 
 /// Where the system under test lives.
 #[derive(Debug)]
 pub struct Deployment {
-    /// Redis URL.
+    /// Redis URL: the server, or for a cluster the scheme and credentials
+    /// used on every node (its host and port are one of the seeds).
     pub redis_url: String,
+    /// Redis Cluster seed nodes (`host:port`); empty for one server.
+    pub redis_cluster: Vec<String>,
     /// Gateway base URL (`http://127.0.0.1:PORT`).
     pub sse_url: String,
     /// Scan API base URL (scan deployments).
@@ -22,8 +41,11 @@ pub struct Deployment {
     /// Spawned processes by role (declared before `redis`: fields drop in
     /// order, so the processes are killed before their Redis goes away).
     pub procs: Vec<(String, Proc)>,
-    /// The private redis-server, when spawned.
+    /// The private redis-server, when spawned standalone.
     pub redis: Option<RedisServer>,
+    /// The private cluster, when spawned as one (dropped after the
+    /// processes, like `redis`).
+    pub cluster: Option<RedisCluster>,
     /// Queue prefix of the spawned workers.
     pub queue_prefix: Option<String>,
     /// The broker settings the spawned API and workers share (to delete
@@ -65,31 +87,63 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 impl Deployment {
-    /// An existing deployment given by URLs.
-    pub fn external(redis_url: String, sse_url: String, api_url: Option<String>) -> Self {
+    /// An existing deployment given by URLs (and, for a cluster, its
+    /// seeds; `redis_url` then gives only the scheme and credentials).
+    pub fn external(
+        redis_url: String,
+        redis_cluster: Vec<String>,
+        sse_url: String,
+        api_url: Option<String>,
+    ) -> Self {
         Self {
             redis_url,
+            redis_cluster,
             sse_url: sse_url.trim_end_matches('/').to_owned(),
             api_url: api_url.map(|u| u.trim_end_matches('/').to_owned()),
             redis: None,
+            cluster: None,
             procs: Vec::new(),
             queue_prefix: None,
             pipeline: None,
         }
     }
 
-    /// Spawns redis-server, router and gateway (and the scan API and workers
-    /// when `scan` is given) and waits until each listens.
-    pub fn spawn(shards: u32, router_batch: u32, scan: Option<&ScanSpawn>) -> anyhow::Result<Self> {
-        let redis = RedisServer::start();
-        let redis_url = redis.url();
+    /// Spawns Redis (one server, or a 3 + 3 cluster), router and gateway
+    /// (and the scan API and workers when `scan` is given) and waits until
+    /// each listens.
+    pub fn spawn(
+        shards: u32,
+        router_batch: u32,
+        topology: Topology,
+        scan: Option<&ScanSpawn>,
+    ) -> anyhow::Result<Self> {
+        let (redis, cluster) = match topology {
+            Topology::Standalone => (Some(RedisServer::start()), None),
+            Topology::Cluster => (
+                None,
+                Some(RedisCluster::try_start_private().map_err(|e| {
+                    anyhow::Error::new(e).context("starting a private Redis Cluster")
+                })?),
+            ),
+        };
+        let redis_cluster = cluster
+            .as_ref()
+            .map(RedisCluster::seeds)
+            .unwrap_or_default();
+        let redis_url = match (&redis, redis_cluster.first()) {
+            (Some(r), _) => r.url(),
+            (None, Some(seed)) => format!("redis://{seed}"),
+            (None, None) => anyhow::bail!("the spawned Redis Cluster has no nodes"),
+        };
+        let seeds = redis_cluster.join(",");
         let shards_s = shards.to_string();
-        let common = [
-            "--redis-url",
-            redis_url.as_str(),
-            "--shards",
-            shards_s.as_str(),
-        ];
+        // The processes find every node from the seeds; --redis-url then
+        // only gives the scheme.
+        let mut common = vec!["--redis-url", redis_url.as_str()];
+        if !seeds.is_empty() {
+            common.extend(["--redis-cluster", seeds.as_str()]);
+        }
+        common.extend(["--shards", shards_s.as_str()]);
         let mut procs = Vec::new();
 
         let router_metrics = free_port();
@@ -174,9 +228,11 @@ impl Deployment {
         }
         Ok(Self {
             redis_url,
+            redis_cluster,
             sse_url: format!("http://127.0.0.1:{sse_port}"),
             api_url,
-            redis: Some(redis),
+            redis,
+            cluster,
             procs,
             queue_prefix,
             pipeline: pipeline_flags,

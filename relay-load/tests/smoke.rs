@@ -1,5 +1,5 @@
-//! Smoke tests of the real binary with `--spawn` (a private redis-server,
-//! `relay-router`, `relay-sse`, and for scans `pipeline-scan api` + worker
+//! Smoke tests of the real binary with `--spawn` (a private redis-server, or
+//! a private Redis Cluster, `relay-router`, `relay-sse`, and for scans `pipeline-scan api` + worker
 //! on RabbitMQ at 127.0.0.1:5672 — `scripts/test.sh` starts it; without it the
 //! scan test fails, saying so).
 //! Needs the workspace binaries built (`cargo test --workspace` builds them).
@@ -8,10 +8,15 @@ use std::process::Command;
 use std::time::Duration;
 
 fn relay_load(args: &[&str]) -> serde_json::Value {
+    relay_load_env(args, &[])
+}
+
+fn relay_load_env(args: &[&str], envs: &[(&str, &str)]) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("out.json");
     let html = dir.path().join("out.html");
     let out = Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .envs(envs.iter().copied())
         .args(["--spawn", "--quiet", "--json"])
         .arg(&json)
         .arg("--html")
@@ -56,6 +61,91 @@ fn relay_spawn_low_rate_is_lossless() {
         assert_eq!(p["duplicates"], 0, "{name}: {p}");
         assert_eq!(p["unterminated_clients"], 0, "{name}: {p}");
     }
+}
+
+/// `--topology cluster` (here from its environment variable): a private
+/// 3 + 3 Redis Cluster, the router and gateway on it with
+/// `--redis-cluster`, the producers on it too; every event arrives, and
+/// the report has every node's CPU, where the shard streams and jobs live,
+/// and the bus probe.
+#[test]
+fn relay_spawn_cluster_low_rate_is_lossless_and_reports_every_node() {
+    let r = relay_load_env(
+        &[
+            "relay",
+            "--shards",
+            "6",
+            "--rate",
+            "300",
+            "--duration-secs",
+            "2",
+            "--clients",
+            "6",
+            "--warmup-secs",
+            "0.5",
+            "--no-ceiling",
+        ],
+        &[("RELAY_LOAD_TOPOLOGY", "cluster")],
+    );
+    let f = &r["figures"];
+    assert_eq!(f["topology"], "cluster", "{f}");
+    let paths = f["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 1, "--no-ceiling: the relay path only");
+    let p = &paths[0];
+    assert!(p["published"].as_u64().unwrap_or(0) > 300, "{p}");
+    assert_eq!(p["delivered"], p["expected"], "{p}");
+    assert_eq!(p["lost"], 0, "{p}");
+    assert_eq!(p["duplicates"], 0, "{p}");
+    assert_eq!(p["unterminated_clients"], 0, "{p}");
+
+    let c = &f["cluster"];
+    let nodes = c["nodes"].as_array().expect("cluster nodes");
+    let role = |r: &str| nodes.iter().filter(|n| n["role"] == r).count();
+    assert_eq!((role("master"), role("replica")), (3, 3), "{c}");
+    let sum = |k: &str| -> u64 { nodes.iter().map(|n| n[k].as_u64().unwrap_or(0)).sum() };
+    assert_eq!(sum("jobs_owned"), 6, "each job's hash on one master: {c}");
+    assert_eq!(
+        sum("jobs_via_shards"),
+        6,
+        "each job's stream on one master: {c}"
+    );
+    let shards: usize = nodes
+        .iter()
+        .map(|n| n["shard_streams"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(shards, 6, "each shard stream on one master: {c}");
+    // The masters did the run's Redis work, measured per node.
+    for n in nodes.iter().filter(|n| n["role"] == "master") {
+        assert!(n["cpu_s"].as_f64().unwrap_or(0.0) > 0.0, "{n}");
+    }
+    let shares: f64 = nodes
+        .iter()
+        .filter_map(|n| n["share_of_masters_pct"].as_f64())
+        .sum();
+    assert!(
+        (shares - 100.0).abs() < 0.1,
+        "shares add up to {shares}: {c}"
+    );
+    // Each node's CPU is also one of the run's per-process figures.
+    let cpu = p["cpu_s"].as_array().expect("cpu_s");
+    assert_eq!(
+        cpu.iter()
+            .filter(|e| e[0].as_str().unwrap_or("").starts_with("redis "))
+            .count(),
+        6,
+        "{cpu:?}"
+    );
+    // The bus probe measured every node; the cluster ceilings ran.
+    let probe = c["bus_probe"]["nodes"].as_array().expect("bus probe");
+    assert_eq!(probe.len(), 6, "{c}");
+    assert_eq!(probe.iter().filter(|n| n["role"] == "publisher").count(), 1);
+    let ceilings = f["redis_ceilings"].as_array().expect("ceilings");
+    assert!(
+        ceilings
+            .iter()
+            .any(|e| e[0].as_str().unwrap_or("").starts_with("combined")),
+        "{ceilings:?}"
+    );
 }
 
 #[test]
