@@ -4,16 +4,19 @@
 //! subscribers open their own (see `pubsub`).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
-use fred::error::Error;
-use fred::interfaces::{ClientLike, ClusterInterface};
-use fred::types::config::Config;
+use fred::error::{Error, ErrorKind};
+use fred::interfaces::{ClientLike, ClusterInterface, TransactionInterface};
+use fred::types::config::{Config, Options};
 use fred::types::{ConnectHandle, Value};
 
 use super::cmd::Cmd;
-use super::error::{is_connection_error, is_noscript, map_err, map_err_ctx, protocol, server_code};
+use super::error::{
+    is_connection_error, is_noscript, is_redirect_refused, map_err, map_err_ctx, protocol,
+    server_code,
+};
 use super::scripts::Script;
 use super::topology::{self, Role};
 use super::FredBackend;
@@ -136,11 +139,17 @@ impl FredBackend {
         }
     }
 
+    /// Runs one command; one that fred gave up at a redirection goes again
+    /// on its own in a `MULTI`/`EXEC` (see [`transacted`]).
     pub(super) async fn query_once(&self, cmd: &Cmd) -> Result<Value, Error> {
-        self.inner
-            .shared
+        let shared = &self.inner.shared;
+        match shared
             .custom::<Value, Value>(cmd.custom(), cmd.args.clone())
             .await
+        {
+            Err(e) if self.clustered() && is_redirect_refused(&e) => transacted(shared, cmd).await,
+            r => r,
+        }
     }
 
     /// Runs `cmds` as one pipeline (on a cluster one per key slot, see
@@ -223,6 +232,15 @@ impl FredBackend {
                 .map_err(PipelineError::Fred)?;
         }
         let mut results = pipe.try_all::<Value>().await;
+        if self.clustered()
+            && results
+                .iter()
+                .any(|r| matches!(r, Err(e) if is_redirect_refused(e)))
+        {
+            // fred fails the whole pipeline with the first refused
+            // redirection; the slot is moving or has moved.
+            return Ok(self.one_by_one(cmds).await);
+        }
         if results.len() == cmds.len() {
             // A lost connection fails the whole pipeline: fred then reports
             // one error for all of it.
@@ -241,6 +259,23 @@ impl FredBackend {
                 results.len() + 1
             )))),
         }
+    }
+
+    /// Sends `cmds` one at a time, in order, each in a `MULTI`/`EXEC` of
+    /// its own (see [`transacted`]): a cluster pipeline of one slot that
+    /// fred gave up at a redirection. As in `RedisBackend`, whose pipelines
+    /// the importing node lets in only their first command after one
+    /// `ASKING`, each command goes on its own. Commands of the pipeline
+    /// that had run already (fred reports only the first redirection, and
+    /// wrote the rest of the pipeline meanwhile; in one slot they may name
+    /// keys not moved yet) run once more: relay's pipelined commands are
+    /// idempotent, or plain `XADD`s whose repeats the router drops by seq.
+    async fn one_by_one(&self, cmds: &[Cmd]) -> Replies {
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            out.push(transacted(&self.inner.shared, cmd).await);
+        }
+        out
     }
 
     /// Runs `cmds` (EVALSHA calls of `script`) as one pipeline; calls that
@@ -385,9 +420,19 @@ impl FredBackend {
             .await
             .map_err(BlockingError::Backend)?;
         let limit = block + self.inner.config.block_margin;
-        let read = d
-            .client
-            .custom::<Value, Value>(cmd.custom(), cmd.args.clone());
+        let until = Instant::now() + block;
+        let read = async {
+            match d
+                .client
+                .custom::<Value, Value>(cmd.custom(), cmd.args.clone())
+                .await
+            {
+                Err(e) if self.clustered() && is_redirect_refused(&e) => {
+                    poll_transacted(&d.client, cmd, until).await
+                }
+                r => r,
+            }
+        };
         match tokio::time::timeout(limit, read).await {
             Ok(Ok(v)) => {
                 self.checkin_blocking(d);
@@ -407,6 +452,63 @@ impl FredBackend {
                 format!("blocking read got no reply within {limit:?}").into(),
             ))),
         }
+    }
+}
+
+/// Redirections a `MULTI`/`EXEC` may follow (fred's default allowance):
+/// an `ASK` to the importing node, a `MOVED` if the slot's move completes
+/// meanwhile, and a few more.
+const TRANSACTION_REDIRECTIONS: u32 = 5;
+
+/// The options of every command queued in a transaction: the clients
+/// allow plain commands no redirection (see `topology::client`), and
+/// fred takes a transaction's allowance from its commands.
+pub(super) fn in_transaction() -> Options {
+    Options {
+        max_redirections: Some(TRANSACTION_REDIRECTIONS),
+        ..Options::default()
+    }
+}
+
+/// How often [`poll_transacted`] reads again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Runs `cmd` alone in a `MULTI`/`EXEC` on the cluster client `client`:
+/// what follows a redirection fred refused to (see
+/// `topology::client`). fred sends a transaction with nothing else in
+/// flight, to the slot's owner, and follows an `ASK` with `ASKING` and the
+/// whole transaction on the importing node (`ASKING` holds until `EXEC`),
+/// a `MOVED` after refreshing its slot map. A command that blocks does not
+/// in a transaction: it answers at once.
+async fn transacted(client: &Client, cmd: &Cmd) -> Result<Value, Error> {
+    let mut custom = cmd.custom();
+    custom.blocking = false;
+    let tx = client.multi();
+    let _: Value = tx
+        .with_options(&in_transaction())
+        .custom(custom, cmd.args.clone())
+        .await?;
+    // EXEC answers an array of one reply, or the command's error.
+    match tx.exec::<Value>(false).await? {
+        Value::Array(mut replies) if replies.len() == 1 => Ok(replies.remove(0)),
+        other => Err(Error::new(
+            ErrorKind::Protocol,
+            format!("EXEC of one command answered {other:?}"),
+        )),
+    }
+}
+
+/// A blocking read that fred refused to follow to another node: read in a
+/// `MULTI`/`EXEC` (see [`transacted`]), where it does not block, again
+/// every [`POLL`] until it returns entries or `until`. Only while its
+/// slot moves.
+async fn poll_transacted(client: &Client, cmd: &Cmd, until: Instant) -> Result<Value, Error> {
+    loop {
+        let v = transacted(client, cmd).await?;
+        if !matches!(v, Value::Null) || Instant::now() + POLL >= until {
+            return Ok(v);
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

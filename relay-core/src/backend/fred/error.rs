@@ -71,6 +71,18 @@ pub(super) fn is_noscript(e: &Error) -> bool {
     server_code(e) == Some("NOSCRIPT")
 }
 
+/// Whether fred gave `e`'s command up at a cluster redirection (`MOVED`
+/// or `ASK`) it was not allowed to follow: the node that answered did not
+/// run it. The shared and dedicated cluster clients allow none (see
+/// `topology::client`); the backend sends such a command again on its own
+/// (see `conn`).
+pub(super) fn is_redirect_refused(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Routing) && e.details().starts_with(REDIRECT_REFUSED)
+}
+
+/// fred's words for a command out of redirections.
+const REDIRECT_REFUSED: &str = "Too many redirections";
+
 /// How fred words (with [`ErrorKind::Unknown`]) that a command found no
 /// connection, or lost it.
 const NO_CONNECTION: &[&str] = &[
@@ -86,11 +98,9 @@ const NO_CONNECTION: &[&str] = &[
 /// may not have run).
 pub(super) fn is_connection_error(e: &Error) -> bool {
     match e.kind() {
-        ErrorKind::IO
-        | ErrorKind::Timeout
-        | ErrorKind::Canceled
-        | ErrorKind::Routing
-        | ErrorKind::Sentinel => true,
+        ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Sentinel => true,
+        // A refused redirection is a server's answer, not a lost connection.
+        ErrorKind::Routing => !is_redirect_refused(e),
         // fred's own words for a command with no connection to go to, or
         // whose connection broke once its write attempts were used up.
         ErrorKind::Unknown => {
@@ -129,6 +139,10 @@ pub(super) fn map_err_ctx(e: Error, group: Option<(&str, &str)>) -> BackendError
             }
             _ => BackendError::Server(Box::new(e)),
         };
+    }
+    if is_redirect_refused(&e) {
+        // The slot is moving (or just moved): as `MOVED`/`ASK` replies.
+        return BackendError::Unavailable(Box::new(e));
     }
     if is_connection_error(&e) {
         return BackendError::Connection(Box::new(e));
@@ -246,5 +260,20 @@ mod tests {
         }
         let e = map_err(Error::new(ErrorKind::Protocol, "Invalid frame."));
         assert!(matches!(e, BackendError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_refused_redirection_is_transient_but_no_connection_error() {
+        // fred's words when a command is out of redirections.
+        let e = Error::new(ErrorKind::Routing, "Too many redirections.");
+        assert!(is_redirect_refused(&e));
+        assert!(!is_connection_error(&e));
+        let mapped = map_err(e);
+        assert!(matches!(mapped, BackendError::Unavailable(_)), "{mapped:?}");
+        assert!(mapped.is_transient());
+        // Other routing failures stay connection errors.
+        let e = Error::new(ErrorKind::Routing, "Failed to route command.");
+        assert!(!is_redirect_refused(&e));
+        assert!(is_connection_error(&e));
     }
 }

@@ -15,15 +15,25 @@
 //!
 //! ## Connections
 //! - One fred client for every non-blocking command (one multiplexed
-//!   connection per node; on a cluster, to every master, routing by slot
-//!   and following `MOVED`/`ASK`). It reconnects by itself, without limit;
-//!   a command waits for the reconnection up to
-//!   [`RedisConfig::response_timeout`]. On one server (standalone or
-//!   Sentinel) fred never sends a command a second time once it was
-//!   written: the backend resends idempotent commands itself, once, after a
-//!   drop (as `RedisBackend` does), and never the others. On a cluster fred
-//!   may write a command again after a redirection or a dropped node
+//!   connection per node; on a cluster, to every master, routing by slot).
+//!   It reconnects by itself, without limit; a command waits for the
+//!   reconnection up to [`RedisConfig::response_timeout`]. On one server
+//!   (standalone or Sentinel) fred never sends a command a second time
+//!   once it was written: the backend resends idempotent commands itself,
+//!   once, after a drop (as `RedisBackend` does), and never the others. On
+//!   a cluster fred may write a command again after a dropped node
 //!   connection (as redis-rs's cluster connection does).
+//! - On a cluster fred follows no `MOVED`/`ASK` of a plain command or
+//!   pipeline: fred 10 sends an `ASK`ed command back to the slot's old
+//!   owner until it gives up, and then ends the client's connection task
+//!   for good (the calls under way fail `Canceled`, later ones time out).
+//!   A redirected command (which the node did not run) fails at once
+//!   instead, fred refreshing its slot map on a `MOVED`, and the backend
+//!   sends it again alone in a `MULTI`/`EXEC`, whose `ASK` (`ASKING` on
+//!   the importing node) and `MOVED` fred follows correctly; a redirected
+//!   pipeline goes again one command at a time, as in `RedisBackend`. A
+//!   blocking read does not block in a transaction: while its slot moves
+//!   it polls (see `conn`).
 //! - Blocking reads never run on the shared client: fred's blocked state is
 //!   per client, and a `BLOCK` would hold every command behind it. Each
 //!   blocking call checks a dedicated client out of a small idle pool (or
@@ -41,8 +51,9 @@
 //!
 //! ## Scripts
 //! Batches of script calls go out as one pipeline of `EVALSHA`s; calls
-//! answered `NOSCRIPT` (restart, `SCRIPT FLUSH`) are sent again after the
-//! script is loaded (on every master of a cluster).
+//! answered `NOSCRIPT` (restart, `SCRIPT FLUSH`, a promoted replica or an
+//! importing node without the script) are sent again as `EVAL` with the
+//! script's source, as `RedisBackend` does.
 
 use std::sync::{Arc, Mutex};
 

@@ -9,7 +9,7 @@ use fred::interfaces::{ClientLike, TransactionInterface};
 use fred::types::Value;
 
 use super::cmd::Cmd;
-use super::conn::{ms, BlockingError, Resend};
+use super::conn::{in_transaction, ms, BlockingError, Resend};
 use super::error::{map_err, map_group_err, protocol, server_code};
 use super::reply::*;
 use super::FredBackend;
@@ -271,6 +271,7 @@ impl StreamLog for FredBackend {
         let tx = self.inner.shared.multi();
         for c in [&xadd, &xack] {
             let _: Value = tx
+                .with_options(&in_transaction())
                 .custom(c.custom(), c.args.clone())
                 .await
                 .map_err(|e| map_group_err(e, source, group))?;

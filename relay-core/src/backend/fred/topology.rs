@@ -113,9 +113,23 @@ pub(super) fn client(
         c.connection_timeout = settings.connection_timeout;
         c.internal_command_timeout = settings.connection_timeout;
         // On one server a written command is never written again by fred:
-        // the backend decides what may be resent (see `conn::Resend`). A
-        // cluster needs more attempts: following a MOVED/ASK counts as one.
+        // the backend decides what may be resent (see `conn::Resend`). On a
+        // cluster fred writes a command again after its node's connection
+        // dropped.
         c.max_command_attempts = if clustered { 3 } else { 1 };
+        // fred 10 follows a redirection of a plain command or pipeline
+        // itself, and an `ASK` wrongly: it sends `ASKING` to the importing
+        // node, then the command to the slot's old owner again (which
+        // answers `ASK` again), until the command's write attempts are used
+        // up, and then ends its connection task for good: the calls under
+        // way fail `Canceled`, later ones time out (nothing reads its
+        // command queue any more). It also reads the `ASKING` reply straight
+        // off a connection that may have other replies in flight. With no
+        // redirections allowed it does neither: it fails the command
+        // ("Too many redirections", after refreshing its slot map on a
+        // `MOVED`), and the backend sends it again in a `MULTI`/`EXEC`,
+        // whose redirections fred follows correctly (see `conn`).
+        c.max_redirections = 0;
         c.tcp.nodelay = Some(true);
         // A demoted master (Sentinel failover; a cluster replica promoted
         // past fred's slot map) makes fred reconnect, which asks the
