@@ -88,10 +88,11 @@ pub enum HarnessError {
     /// cluster named by `RELAY_TEST_REDIS_CLUSTER`.
     #[error(
         "this needs a private Redis Cluster, but {env} points the tests at an external one \
-         ({seeds}); unset {env} to run it",
-        env = crate::cluster::REDIS_CLUSTER_ENV
+         ({seeds}); unset {env} to run it"
     )]
     ExternalCluster {
+        /// The variable naming the external cluster.
+        env: &'static str,
         /// The external cluster's seed addresses, as given.
         seeds: String,
     },

@@ -264,6 +264,7 @@ impl RedisCluster {
     fn require_private(&self) -> Result<(), HarnessError> {
         match &self.external {
             Some(seeds) => Err(HarnessError::ExternalCluster {
+                env: REDIS_CLUSTER_ENV,
                 seeds: seeds.join(","),
             }),
             None => Ok(()),
@@ -369,7 +370,7 @@ mod tests {
             cluster.flushall().await.expect_err("shared"),
         ] {
             assert!(
-                matches!(&err, HarnessError::ExternalCluster { seeds } if seeds == "cluster.invalid:7000"),
+                matches!(&err, HarnessError::ExternalCluster { seeds, .. } if seeds == "cluster.invalid:7000"),
                 "{err:?}"
             );
             assert!(err.to_string().contains(REDIS_CLUSTER_ENV), "{err}");
