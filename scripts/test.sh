@@ -87,10 +87,20 @@ log "cargo test --workspace"
 # Build every member's binaries first: end-to-end tests spawn them.
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast
-# The fred backend is behind a feature the workspace build leaves off: its
-# conformance suite (standalone, Sentinel, Cluster) and fault tests.
-log "cargo test -p relay-core --features fred (the fred backend)"
-cargo test -p relay-core --features fred --test conformance --no-fail-fast -- fred
+# The fred backend (feature `fred`, off in the run above): the workspace
+# again with `--features fred` (every binary with `--redis-client fred`),
+# restricted to what the feature changes: the conformance suite's fred cases
+# (standalone, Sentinel, Cluster) and the fred variants of the router's and
+# the gateway's fault tests (`fred::…`, generated beside `redis_rs::…` by
+# relay_testkit::per_redis_client!). The feature only adds code, so every
+# other test would repeat the run above for nothing and about double CI's
+# time; listing the targets also keeps cargo from building every other test
+# binary a second time. These targets build relay-router's and relay-sse's
+# binaries with fred, which the root e2e tests spawn.
+log "cargo test --workspace --features fred (fred cases and fault-test variants)"
+cargo test --workspace --features fred --no-fail-fast \
+  --test conformance --test faults --test redis --test e2e_sse --test e2e_sentinel \
+  -- fred
 
 # A bounded run of every fuzz target (a few seconds each) plus a replay of
 # every input a fuzzer ever found (fuzz/regressions); long runs are

@@ -17,15 +17,18 @@
 //! then has a gap, and no exact check could hold (see docs/ARCHITECTURE.md,
 //! "Topologies").
 //!
+//! Runs once per Redis client (`redis_rs::…` and, with `--features fred`,
+//! `fred::…`): the binaries with `--redis-client`, the producer's and the
+//! checker's backend of the same client.
+//!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::backend::redis::{
-    RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology,
-};
+use relay_core::backend::redis::{RedisConfig, RedisTopology, ReplicaAck, SentinelTopology};
 use relay_core::backend::Backend;
+use relay_core::cli::RedisClient;
 use relay_core::{Domain, KeySpace, Profile, Publisher, PublisherConfig};
 use relay_testkit::procs::{wait_port, wait_readyz};
 use relay_testkit::sentinel::SentinelSet;
@@ -46,14 +49,18 @@ const KILL_AFTER_ROUND: usize = 8;
 /// is back (as a replica): the last rounds go to the promoted master.
 const HOLD_FROM: usize = 16;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_killed_mid_run_every_acked_event_reaches_every_client_once() {
-    tokio::time::timeout(TEST_LIMIT, run())
+async fn master_killed_mid_run_every_acked_event_reaches_every_client_once(client: RedisClient) {
+    tokio::time::timeout(TEST_LIMIT, run(client))
         .await
         .expect("test hung");
 }
 
-async fn run() {
+relay_testkit::per_redis_client!(
+    relay_core::cli::RedisClient;
+    master_killed_mid_run_every_acked_event_reaches_every_client_once,
+);
+
+async fn run(client: RedisClient) {
     let set = SentinelSet::start();
     set.wait_ready_for_failover().await;
     let sentinels = set.sentinel_addrs().join(",");
@@ -63,8 +70,8 @@ async fn run() {
         "--redis-master-name",
         set.master_name(),
     ];
-    let mut router = spawn_router(&topology_args);
-    let (_gateway, addr) = spawn_gateway(&topology_args, &[]);
+    let mut router = spawn_router(client, &topology_args);
+    let (_gateway, addr) = spawn_gateway(client, &topology_args, &[]);
     wait_port(addr, LIMIT).await;
     wait_readyz(addr, 200, LIMIT).await;
 
@@ -77,11 +84,10 @@ async fn run() {
         }),
         ..RedisConfig::default()
     };
-    let backend: Arc<dyn Backend> = Arc::new(
-        RedisBackend::connect_topology(RedisTopology::Sentinel(topology), config)
-            .await
-            .expect("connect through the sentinels"),
-    );
+    let backend: Arc<dyn Backend> = client
+        .connect_topology(RedisTopology::Sentinel(topology), config)
+        .await
+        .expect("connect through the sentinels");
     let keys = KeySpace::new(Profile::Native, Domain::new("scan").expect("domain"), 4);
     let publisher = Publisher::new(backend.clone(), keys.clone(), PublisherConfig::default());
 

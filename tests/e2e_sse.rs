@@ -19,14 +19,20 @@
 //!   tokens the real gateway (`--auth-secret`) accepts: missing → 401, another
 //!   job's → 403, valid → 200 and the whole stream.
 //!
+//! The fault test runs once per Redis client (`redis_rs::…` and, with
+//! `--features fred`, `fred::…`: the router and gateway with
+//! `--redis-client fred`, the test's producer on the fred backend); the
+//! others exercise the wire format and auth, the same with either client,
+//! and run with redis-rs.
+//!
 //! No timed assertions: every wait is a hang guard that fails with details.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
+use relay_core::cli::RedisClient;
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig};
 use relay_testkit::procs::{wait_port, wait_readyz, Proc};
 use relay_testkit::redis::TestRedis;
@@ -53,18 +59,14 @@ struct Stack {
 }
 
 impl Stack {
-    async fn start(profile: Profile, gateway_extra: &[&str]) -> Self {
+    async fn start(client: RedisClient, profile: Profile, gateway_extra: &[&str]) -> Self {
         let redis = TestRedis::private();
         let url = redis.url().to_owned();
         let profile_s = profile.to_string();
         let conn = ["--redis-url", url.as_str(), "--profile", profile_s.as_str()];
-        let router = spawn_router(&conn);
-        let (gateway, addr) = spawn_gateway(&conn, gateway_extra);
-        let backend: Arc<dyn Backend> = Arc::new(
-            RedisBackend::connect(redis.url())
-                .await
-                .expect("connect to redis"),
-        );
+        let router = spawn_router(client, &conn);
+        let (gateway, addr) = spawn_gateway(client, &conn, gateway_extra);
+        let backend = client.connect(redis.url()).await.expect("connect to redis");
         let keys = KeySpace::new(profile, Domain::new("scan").expect("domain"), 4);
         let s = Self {
             redis,
@@ -102,18 +104,24 @@ impl Stack {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss() {
-    tokio::time::timeout(TEST_LIMIT, full_run())
+async fn every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss(
+    client: RedisClient,
+) {
+    tokio::time::timeout(TEST_LIMIT, full_run(client))
         .await
         .expect("test hung");
 }
 
-async fn full_run() {
+relay_testkit::per_redis_client!(
+    relay_core::cli::RedisClient;
+    every_client_gets_every_event_once_through_gateway_kills_and_pubsub_loss,
+);
+
+async fn full_run(client: RedisClient) {
     const JOBS: usize = 200;
     const TOTAL: u64 = 12;
     const STAGGER: usize = 5;
-    let mut stack = Stack::start(Profile::Native, &[]).await;
+    let mut stack = Stack::start(client, Profile::Native, &[]).await;
     let publisher = Publisher::new(
         stack.backend.clone(),
         stack.keys.clone(),
@@ -250,7 +258,7 @@ async fn eco2_producer_entries_reach_sse_clients_with_wire_md_framing() {
 }
 
 async fn eco2_run() {
-    let stack = Stack::start(Profile::Eco2, &[]).await;
+    let stack = Stack::start(RedisClient::RedisRs, Profile::Eco2, &[]).await;
     // docs/ECO2_WIRE.md's test vector: shard 0 of 4.
     let job = "fc052f15-449f-4ce4-aa96-99d400ed7865";
     assert_eq!(
@@ -519,7 +527,12 @@ async fn relayctl_token_opens_the_authenticated_gateway() {
 
 async fn auth_run() {
     let secret = "e2e-shared-secret";
-    let stack = Stack::start(Profile::Native, &["--auth-secret", secret]).await;
+    let stack = Stack::start(
+        RedisClient::RedisRs,
+        Profile::Native,
+        &["--auth-secret", secret],
+    )
+    .await;
     let job = "auth-job-1";
     let token = relayctl_token(job, secret, false);
     let other = relayctl_token("auth-job-2", secret, false);

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+#[cfg(feature = "fred")]
+use crate::backend::fred::FredBackend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{
     ClusterTopology, RedisBackend, RedisConfig, RedisTopology, ReplicaAck, SentinelTopology,
@@ -134,6 +136,155 @@ fn collect_flags_without_env(cmd: &clap::Command, prefix: &str, path: &str, out:
     }
 }
 
+/// The Redis client library a Redis backend is opened with. Both speak to
+/// the same topologies with the same scripts and semantics (the backend
+/// conformance suite runs both); `redis-rs` stays the default, `fred` is
+/// the alternative being measured and hardened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, ValueEnum)]
+pub enum RedisClient {
+    /// The redis-rs crate (`RedisBackend`): the default.
+    #[default]
+    RedisRs,
+    /// The fred crate (`FredBackend`): needs a build with `--features fred`.
+    Fred,
+}
+
+/// A Redis client this build does not contain: the binary was compiled
+/// without its cargo feature, so it refuses at start rather than silently
+/// falling back to the default client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this binary was built without the {client} feature: cargo build --features {client}")]
+pub struct ClientNotBuilt {
+    /// The client asked for.
+    pub client: RedisClient,
+}
+
+impl RedisClient {
+    /// The name the flag and `RELAY_REDIS_CLIENT` take (`redis-rs`, `fred`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisClient::RedisRs => "redis-rs",
+            RedisClient::Fred => "fred",
+        }
+    }
+
+    /// `self`, when this build contains that client.
+    pub fn available(self) -> Result<Self, ClientNotBuilt> {
+        match self {
+            RedisClient::RedisRs => Ok(self),
+            RedisClient::Fred if cfg!(feature = "fred") => Ok(self),
+            RedisClient::Fred => Err(ClientNotBuilt { client: self }),
+        }
+    }
+
+    /// [`Self::available`] as a non-transient [`BackendError`] (a
+    /// configuration that no retry can fix).
+    fn checked(self) -> Result<Self, BackendError> {
+        self.available()
+            .map_err(|e| BackendError::Server(Box::new(e)))
+    }
+
+    /// Opens a backend by URL with this client: `redis://…`, `rediss://…`,
+    /// `unix://…`, or `memory://` (the in-process store, whatever the
+    /// client).
+    pub async fn connect(self, url: &str) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(self.connect_with_kv(url).await?.0)
+    }
+
+    /// [`Self::connect`] with the backend's [`KvStore`] role too: one
+    /// connection, two handles.
+    pub async fn connect_with_kv(
+        self,
+        url: &str,
+    ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+        if url.starts_with("memory:") {
+            let memory = Arc::new(MemoryBackend::new());
+            return Ok((memory.clone(), memory));
+        }
+        let topology = RedisTopology::Standalone(url.to_owned());
+        Ok(self.open(topology, RedisConfig::default()).await?.handles())
+    }
+
+    /// Opens `topology` (a standalone server, a Sentinel-named master or a
+    /// cluster) with `config` and this client.
+    pub async fn connect_topology(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(self.open(topology, config).await?.handles().0)
+    }
+
+    async fn open(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> Result<Opened, BackendError> {
+        match self {
+            RedisClient::RedisRs => Ok(Opened::RedisRs(Arc::new(
+                RedisBackend::connect_topology(topology, config).await?,
+            ))),
+            #[cfg(feature = "fred")]
+            RedisClient::Fred => Ok(Opened::Fred(Arc::new(
+                FredBackend::connect_topology(topology, config).await?,
+            ))),
+            #[cfg(not(feature = "fred"))]
+            RedisClient::Fred => Err(BackendError::Server(Box::new(ClientNotBuilt {
+                client: self,
+            }))),
+        }
+    }
+}
+
+impl std::fmt::Display for RedisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The parser of a `--redis-client` flag: the client's name, refused at
+/// parse time (with [`ClientNotBuilt`]) when this build lacks it, so the
+/// binary stops before binding or connecting; `--help` still lists every
+/// client. For tools with flags of their own (relay-load).
+pub fn redis_client_parser() -> impl clap::builder::TypedValueParser<Value = RedisClient> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::EnumValueParser::<RedisClient>::new().try_map(RedisClient::available)
+}
+
+/// A Redis backend just opened, by client: the concrete type for what only
+/// that client offers (the cluster placement log), then the trait handles.
+enum Opened {
+    RedisRs(Arc<RedisBackend>),
+    #[cfg(feature = "fred")]
+    Fred(Arc<FredBackend>),
+}
+
+impl Opened {
+    fn is_cluster(&self) -> bool {
+        match self {
+            Opened::RedisRs(b) => b.topology().is_cluster(),
+            #[cfg(feature = "fred")]
+            Opened::Fred(b) => b.topology().is_cluster(),
+        }
+    }
+
+    async fn node_of(&self, key: &str) -> Result<String, BackendError> {
+        match self {
+            Opened::RedisRs(b) => b.node_of(key).await,
+            #[cfg(feature = "fred")]
+            Opened::Fred(b) => b.node_of(key),
+        }
+    }
+
+    fn handles(self) -> (Arc<dyn Backend>, Arc<dyn KvStore>) {
+        match self {
+            Opened::RedisRs(b) => (b.clone(), b),
+            #[cfg(feature = "fred")]
+            Opened::Fred(b) => (b.clone(), b),
+        }
+    }
+}
+
 /// Where the relay's data lives and which wire format it speaks.
 #[derive(Clone, Debug, Args)]
 pub struct ConnectionArgs {
@@ -180,6 +331,16 @@ pub struct ConnectionArgs {
     /// yet replicated is lost if the master dies). Redis backends only.
     #[arg(long, env = "RELAY_MIN_REPLICAS_ACK", default_value_t = 0)]
     pub min_replicas_ack: u32,
+    /// Redis client library the backend is built on (either one serves
+    /// every topology with the same behaviour).
+    #[arg(
+        long,
+        env = "RELAY_REDIS_CLIENT",
+        value_name = "CLIENT",
+        default_value = "redis-rs",
+        value_parser = redis_client_parser()
+    )]
+    pub redis_client: RedisClient,
     /// Redis for Pub/Sub, when it is a different server (defaults to --redis-url).
     #[arg(long, env = "RELAY_PUBSUB_URL")]
     pub pubsub_url: Option<String>,
@@ -245,9 +406,10 @@ impl ConnectionArgs {
     }
 
     /// Where the data server is, for logs: the URL, the sentinels and
-    /// master name, or the cluster's seeds.
+    /// master name, or the cluster's seeds; with a client other than the
+    /// default, its name follows.
     pub fn describe(&self) -> String {
-        if !self.redis_cluster.is_empty() {
+        let target = if !self.redis_cluster.is_empty() {
             format!("Redis Cluster via {}", self.redis_cluster.join(","))
         } else if self.redis_sentinel.is_empty() {
             self.redis_url.clone()
@@ -257,6 +419,10 @@ impl ConnectionArgs {
                 self.redis_master_name.as_deref().unwrap_or_default(),
                 self.redis_sentinel.join(",")
             )
+        };
+        match self.redis_client {
+            RedisClient::RedisRs => target,
+            client => format!("{target} ({client})"),
         }
     }
 
@@ -273,9 +439,11 @@ impl ConnectionArgs {
         self.connect_to(self.checked_topology()?).await
     }
 
-    /// [`Self::topology`], a configuration error being a non-transient
-    /// [`BackendError::Server`].
+    /// [`Self::topology`], after checking that this build has the Redis
+    /// client asked for; a configuration error is a non-transient
+    /// [`BackendError::Server`], so retrying loops give up at once.
     fn checked_topology(&self) -> Result<Option<RedisTopology>, BackendError> {
+        self.redis_client.checked()?;
         self.topology()
             .map_err(|e| BackendError::Server(Box::new(e)))
     }
@@ -287,7 +455,7 @@ impl ConnectionArgs {
         let topology = match topology {
             Some(topology) => topology,
             None if self.redis_url.starts_with("memory:") || self.min_replicas_ack == 0 => {
-                return connect_with_kv(&self.redis_url).await
+                return self.redis_client.connect_with_kv(&self.redis_url).await
             }
             None => RedisTopology::Standalone(self.redis_url.clone()),
         };
@@ -299,17 +467,17 @@ impl ConnectionArgs {
             min_replicas_ack: ack,
             ..RedisConfig::default()
         };
-        let redis = Arc::new(RedisBackend::connect_topology(topology, config).await?);
-        if self.log_placement && redis.topology().is_cluster() {
+        let redis = self.redis_client.open(topology, config).await?;
+        if self.log_placement && redis.is_cluster() {
             self.log_shard_nodes(&redis).await;
         }
-        Ok((redis.clone(), redis))
+        Ok(redis.handles())
     }
 
     /// Logs which cluster node serves each shard stream (and so takes its
     /// appends, reads and dead letters), for operators placing routers:
     /// one line per domain.
-    async fn log_shard_nodes(&self, redis: &RedisBackend) {
+    async fn log_shard_nodes(&self, redis: &Opened) {
         for keys in self.key_spaces() {
             let mut placement = Vec::new();
             for stream in keys.shard_streams() {
@@ -358,7 +526,7 @@ impl ConnectionArgs {
     /// Connects to the pub/sub server if it differs from the data server.
     pub async fn connect_pubsub(&self) -> Result<Option<Arc<dyn Backend>>, BackendError> {
         match self.separate_pubsub_url() {
-            Some(url) => Ok(Some(connect(url).await?)),
+            Some(url) => Ok(Some(self.redis_client.connect(url).await?)),
             None => Ok(None),
         }
     }
@@ -370,7 +538,11 @@ impl ConnectionArgs {
         give_up: Duration,
     ) -> Result<Option<Arc<dyn Backend>>, BackendError> {
         match self.separate_pubsub_url() {
-            Some(url) => Ok(Some(connect_with_retry(url, give_up).await?)),
+            Some(url) => {
+                let client = self.redis_client.checked()?;
+                let (backend, _) = retry(url, give_up, || client.connect_with_kv(url)).await?;
+                Ok(Some(backend))
+            }
             None => Ok(None),
         }
     }
@@ -394,7 +566,9 @@ impl ConnectionArgs {
 /// How long an append waits for `--min-replicas-ack` replicas.
 const REPLICA_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or `memory://`.
+/// Opens a backend by URL: `redis://…`, `rediss://…`, `unix://…` or
+/// `memory://`; a Redis URL with the default client (see
+/// [`RedisClient::connect`] to choose).
 pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(connect_with_kv(url).await?.0)
 }
@@ -406,12 +580,7 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Backend>, BackendError> {
 pub async fn connect_with_kv(
     url: &str,
 ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
-    if url.starts_with("memory:") {
-        let memory = Arc::new(MemoryBackend::new());
-        return Ok((memory.clone(), memory));
-    }
-    let redis = Arc::new(RedisBackend::connect(url).await?);
-    Ok((redis.clone(), redis))
+    RedisClient::default().connect_with_kv(url).await
 }
 
 /// Connects, retrying with backoff until it succeeds or `give_up` elapses.
@@ -527,6 +696,99 @@ mod tests {
         ));
         let plain = parse(&[]).expect("defaults");
         assert!(plain.topology().expect("valid").is_none());
+    }
+
+    #[test]
+    fn redis_client_defaults_to_redis_rs_and_refuses_unknown_clients() {
+        use super::RedisClient;
+        assert_eq!(
+            parse(&[]).expect("defaults").redis_client,
+            RedisClient::RedisRs
+        );
+        let conn = parse(&["--redis-client", "redis-rs"]).expect("redis-rs");
+        assert_eq!(conn.redis_client, RedisClient::RedisRs);
+        assert!(!conn.describe().contains("redis-rs"), "{}", conn.describe());
+        let err = parse(&["--redis-client", "hiredis"]).expect_err("unknown client");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("redis-rs, fred"), "{err}");
+        // Its variable (not set here: the environment is shared by tests).
+        let cmd = <Conn as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some("redis-client"))
+            .expect("the flag");
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("RELAY_REDIS_CLIENT")
+        );
+    }
+
+    #[cfg(feature = "fred")]
+    #[test]
+    fn redis_client_fred_parses_in_a_fred_build() {
+        let conn = parse(&["--redis-client", "fred"]).expect("fred is built");
+        assert_eq!(conn.redis_client, super::RedisClient::Fred);
+        assert_eq!(conn.redis_client.available(), Ok(super::RedisClient::Fred));
+        assert!(conn.describe().ends_with(" (fred)"), "{}", conn.describe());
+    }
+
+    #[cfg(not(feature = "fred"))]
+    #[test]
+    fn redis_client_fred_is_refused_without_the_feature() {
+        use super::{ClientNotBuilt, RedisClient};
+        let err = parse(&["--redis-client", "fred"]).expect_err("fred is not built");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let source = std::error::Error::source(&err)
+            .and_then(|e| e.downcast_ref::<ClientNotBuilt>())
+            .expect("the typed error is the source");
+        assert_eq!(source.client, RedisClient::Fred);
+        assert!(
+            err.to_string()
+                .contains("built without the fred feature: cargo build --features fred"),
+            "{err}"
+        );
+        assert_eq!(
+            RedisClient::Fred.available(),
+            Err(ClientNotBuilt {
+                client: RedisClient::Fred
+            })
+        );
+    }
+
+    /// A library caller that sets the field directly (no parsing) is
+    /// refused when connecting, before any retry loop starts.
+    #[cfg(not(feature = "fred"))]
+    #[tokio::test]
+    async fn connecting_with_an_unbuilt_client_fails_at_once() {
+        use super::{BackendError, ClientNotBuilt, RedisClient};
+        let mut conn = parse(&["--redis-url", "redis://127.0.0.1:1"]).expect("defaults");
+        conn.redis_client = RedisClient::Fred;
+        let give_up = std::time::Duration::from_secs(3600);
+        let err = match conn.connect_with_retry(give_up).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected with a client this build lacks"),
+        };
+        assert!(!err.is_transient());
+        let BackendError::Server(source) = &err else {
+            panic!("expected a configuration error, got {err}");
+        };
+        assert!(source.downcast_ref::<ClientNotBuilt>().is_some(), "{err}");
+        for err in [
+            RedisClient::Fred.connect("redis://127.0.0.1:1").await.err(),
+            RedisClient::Fred
+                .connect_topology(
+                    super::RedisTopology::Standalone("redis://127.0.0.1:1".into()),
+                    super::RedisConfig::default(),
+                )
+                .await
+                .err(),
+        ] {
+            let err = err.expect("refused");
+            assert!(
+                err.to_string().contains("cargo build --features fred"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

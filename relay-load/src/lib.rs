@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use relay_core::cli::RedisClient;
 
 use crate::cluster::{ClusterFigures, ClusterView, RunCounts};
 use crate::relay::CpuMeter;
@@ -92,6 +93,18 @@ pub struct Common {
         global = true
     )]
     pub redis_url: String,
+    /// Redis client of the load tool's producers and checker and of the
+    /// processes `--spawn` and `chaos` start (`fred` needs them built with
+    /// `--features fred`).
+    #[arg(
+        long,
+        env = "RELAY_LOAD_REDIS_CLIENT",
+        value_name = "CLIENT",
+        default_value = "redis-rs",
+        value_parser = relay_core::cli::redis_client_parser(),
+        global = true
+    )]
+    pub redis_client: RedisClient,
     /// Shard streams (must match the router and gateway).
     #[arg(long, env = "RELAY_LOAD_SHARDS", default_value_t = 4, global = true)]
     pub shards: u32,
@@ -185,7 +198,8 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
+fn environment(dep: &Deployment, common: &Common) -> Vec<(String, String)> {
+    let spawned = common.spawn;
     let mut env = spawn::versions();
     env.push(("load average at end (1/5/15 min)".into(), loadavg()));
     env.push((
@@ -200,6 +214,7 @@ fn environment(dep: &Deployment, spawned: bool) -> Vec<(String, String)> {
     if let Some(a) = &dep.api_url {
         env.push(("api url".into(), a.clone()));
     }
+    env.push(("redis client".into(), common.redis_client.to_string()));
     if dep.redis_cluster.is_empty() {
         env.push(("redis url".into(), dep.redis_url.clone()));
     } else {
@@ -222,10 +237,9 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
             sim_stage_latency_ms: args.sim_stage_latency_ms.clone(),
             stage_prefetch: args.stage_prefetch.clone(),
         };
-        let shards = common.shards;
-        let batch = common.router_batch;
+        let (client, shards, batch) = (common.redis_client, common.shards, common.router_batch);
         tokio::task::spawn_blocking(move || {
-            Deployment::spawn(shards, batch, Topology::Standalone, Some(&s))
+            Deployment::spawn(client, shards, batch, Topology::Standalone, Some(&s))
         })
         .await??
     } else {
@@ -281,7 +295,7 @@ pub async fn run_scan(common: &Common, args: &scan::ScanArgs) -> anyhow::Result<
         eprintln!("relay-load: deleting the spawned deployment's queues failed: {e}");
     }
     let (fig, e2e, tl) = scan::aggregate(args, &its, &levels, run_time);
-    let mut env = environment(&dep, common.spawn);
+    let mut env = environment(&dep, common);
     env.push(("load average at start".into(), load_start));
     if common.spawn {
         env.push((
@@ -376,10 +390,11 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
         .effective_topology(common.spawn)
         .map_err(anyhow::Error::msg)?;
     let dep = if common.spawn {
-        let shards = common.shards;
-        let batch = common.router_batch;
-        tokio::task::spawn_blocking(move || Deployment::spawn(shards, batch, topology, None))
-            .await??
+        let (client, shards, batch) = (common.redis_client, common.shards, common.router_batch);
+        tokio::task::spawn_blocking(move || {
+            Deployment::spawn(client, shards, batch, topology, None)
+        })
+        .await??
     } else {
         Deployment::external(
             common.redis_url.clone(),
@@ -390,10 +405,18 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
     };
     let keys = relay::key_space(&args.domain, common.shards)?;
     let (publisher, view) = if dep.redis_cluster.is_empty() {
-        (relay::publisher(&dep.redis_url, keys.clone()).await?, None)
+        (
+            relay::publisher(common.redis_client, &dep.redis_url, keys.clone()).await?,
+            None,
+        )
     } else {
-        let publisher =
-            relay::cluster_publisher(&dep.redis_cluster, &dep.redis_url, keys.clone()).await?;
+        let publisher = relay::cluster_publisher(
+            common.redis_client,
+            &dep.redis_cluster,
+            &dep.redis_url,
+            keys.clone(),
+        )
+        .await?;
         let view = ClusterView::discover(&dep.redis_cluster, &dep.redis_url).await?;
         (publisher, Some(view))
     };
@@ -585,7 +608,7 @@ pub async fn run_relay(common: &Common, args: &relay::RelayArgs) -> anyhow::Resu
             format!("{:.1} %", 100.0 * fig.delivered_per_s / c),
         ));
     }
-    let mut env = environment(&dep, common.spawn);
+    let mut env = environment(&dep, common);
     env.push(("load average at start".into(), load_start));
     Ok(Report {
         scenario: "relay".into(),

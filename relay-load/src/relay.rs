@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use relay_core::backend::redis::{ClusterTopology, RedisBackend, RedisConfig, RedisTopology};
+use relay_core::backend::redis::{ClusterTopology, RedisConfig, RedisTopology};
 use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
 use relay_sse::client::{SseItem, SseReader};
 use serde::{Deserialize, Serialize};
@@ -579,27 +579,30 @@ pub fn key_space(domain: &str, shards: u32) -> anyhow::Result<KeySpace> {
     Ok(KeySpace::new(Profile::Native, Domain::new(domain)?, shards))
 }
 
-/// A publisher on `redis_url`.
-pub async fn publisher(redis_url: &str, keys: KeySpace) -> anyhow::Result<Publisher> {
-    let backend = relay_core::cli::connect(redis_url).await?;
+/// A publisher on `redis_url`, with `client`.
+pub async fn publisher(
+    client: relay_core::cli::RedisClient,
+    redis_url: &str,
+    keys: KeySpace,
+) -> anyhow::Result<Publisher> {
+    let backend = client.connect(redis_url).await?;
     Ok(Publisher::new(backend, keys, PublisherConfig::default()))
 }
 
 /// A publisher on the Redis Cluster found from `seeds`, with `node_url`'s
 /// scheme and credentials on every node (the same topology the router
-/// and gateway get from `--redis-cluster`).
+/// and gateway get from `--redis-cluster`), with `client`.
 pub async fn cluster_publisher(
+    client: relay_core::cli::RedisClient,
     seeds: &[String],
     node_url: &str,
     keys: KeySpace,
 ) -> anyhow::Result<Publisher> {
     let topology = RedisTopology::Cluster(ClusterTopology::new(seeds, node_url)?);
-    let backend = RedisBackend::connect_topology(topology, RedisConfig::default()).await?;
-    Ok(Publisher::new(
-        Arc::new(backend),
-        keys,
-        PublisherConfig::default(),
-    ))
+    let backend = client
+        .connect_topology(topology, RedisConfig::default())
+        .await?;
+    Ok(Publisher::new(backend, keys, PublisherConfig::default()))
 }
 
 /// Summary rows for one path's figures.

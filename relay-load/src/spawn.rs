@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use relay_core::cli::RedisClient;
 use relay_testkit::cluster::RedisCluster;
 use relay_testkit::procs::{free_port, wait_for_port, Proc};
 use relay_testkit::redis::RedisServer;
@@ -109,9 +110,10 @@ impl Deployment {
     }
 
     /// Spawns Redis (one server, or a 3 + 3 cluster), router and gateway
-    /// (and the scan API and workers when `scan` is given) and waits until
-    /// each listens.
+    /// (and the scan API and workers when `scan` is given), all with
+    /// `client`, and waits until each listens.
     pub fn spawn(
+        client: RedisClient,
         shards: u32,
         router_batch: u32,
         topology: Topology,
@@ -139,7 +141,12 @@ impl Deployment {
         let shards_s = shards.to_string();
         // The processes find every node from the seeds; --redis-url then
         // only gives the scheme.
-        let mut common = vec!["--redis-url", redis_url.as_str()];
+        let mut common = vec![
+            "--redis-client",
+            client.as_str(),
+            "--redis-url",
+            redis_url.as_str(),
+        ];
         if !seeds.is_empty() {
             common.extend(["--redis-cluster", seeds.as_str()]);
         }

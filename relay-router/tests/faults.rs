@@ -4,14 +4,21 @@
 //!
 //! Every test checks the end state, not timings: every produced event is
 //! applied exactly once, history is gap-free, state holds the highest seq.
+//!
+//! Each test runs once per Redis client ([`per_redis_client!`]):
+//! `redis_rs::…` and, with `--features fred`, `fred::…`, where the router
+//! (and relayctl) run with `--redis-client fred` and the test's own
+//! producer and checks use the fred backend too.
+//!
+//! [`per_redis_client!`]: relay_testkit::per_redis_client
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{AppendRequest, Backend, ReadFrom};
+use relay_core::cli::RedisClient;
 use relay_core::codec::{field, native_fields, Encoding};
 use relay_core::eco2::Eco2Entry;
 use relay_core::{
@@ -21,9 +28,18 @@ use relay_core::{
 use relay_testkit::procs::Proc;
 use relay_testkit::redis::{RedisServerOptions, TestRedis, WriteRefusal};
 
-/// Spawns the real `relay-router` (SIGKILLed when the handle drops).
-fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc {
+/// Spawns the real `relay-router` with `client` (SIGKILLed when the handle
+/// drops).
+fn spawn_router(
+    client: RedisClient,
+    url: &str,
+    domain: &str,
+    consumer: &str,
+    extra: &[&str],
+) -> Proc {
     let mut args = vec![
+        "--redis-client",
+        client.as_str(),
         "--redis-url",
         url,
         "--domain",
@@ -46,12 +62,12 @@ fn spawn_router(url: &str, domain: &str, consumer: &str, extra: &[&str]) -> Proc
     Proc::spawn("relay-router", &args, &[])
 }
 
-/// A backend connected to the test's Redis.
-async fn redis_backend(redis: &TestRedis) -> Arc<dyn Backend> {
-    let backend = RedisBackend::connect(redis.url())
+/// A backend on the test's Redis, with the client under test.
+async fn redis_backend(client: RedisClient, redis: &TestRedis) -> Arc<dyn Backend> {
+    client
+        .connect(redis.url())
         .await
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", redis.url()));
-    Arc::new(backend)
+        .unwrap_or_else(|e| panic!("cannot connect to {} with {client}: {e}", redis.url()))
 }
 
 /// A domain no other test uses, so tests can share a `REDIS_URL` server.
@@ -197,15 +213,14 @@ async fn await_routed(backend: &dyn Backend, keys: &KeySpace, jobs: usize, per_j
     await_drained(backend, keys, keys.default_group(), Duration::from_secs(30)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_run_loses_nothing_and_applies_once() {
+async fn kill9_mid_run_loses_nothing_and_applies_once(client: RedisClient) {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (200, 60);
 
-    let mut router = spawn_router(redis.url(), &domain, "r1", &[]);
+    let mut router = spawn_router(client, redis.url(), &domain, "r1", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -219,7 +234,7 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         router.kill9();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        router = spawn_router(redis.url(), &domain, "r1", &[]);
+        router = spawn_router(client, redis.url(), &domain, "r1", &[]);
     }
     producer.await.expect("producer");
     await_routed(backend.as_ref(), &keys, jobs, per_job).await;
@@ -227,10 +242,9 @@ async fn kill9_mid_run_loses_nothing_and_applies_once() {
     assert!(router.terminate().expect("router was running").success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survivor_claims_pending_of_dead_consumers() {
+async fn survivor_claims_pending_of_dead_consumers(client: RedisClient) {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let group = keys.default_group();
@@ -257,8 +271,8 @@ async fn survivor_claims_pending_of_dead_consumers() {
     assert_eq!(ghost_pending, 40);
 
     // Two routers share the group; one is killed mid-run.
-    let r1 = spawn_router(redis.url(), &domain, "r1", &[]);
-    let mut r2 = spawn_router(redis.url(), &domain, "r2", &[]);
+    let r1 = spawn_router(client, redis.url(), &domain, "r1", &[]);
+    let mut r2 = spawn_router(client, redis.url(), &domain, "r2", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -275,16 +289,15 @@ async fn survivor_claims_pending_of_dead_consumers() {
     drop(r1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn survives_client_kill_and_redis_restart_with_aof() {
+async fn survives_client_kill_and_redis_restart_with_aof(client: RedisClient) {
     let redis =
         TestRedis::private_with(RedisServerOptions::with_aof().args(["--appendfsync", "always"]));
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let (jobs, per_job) = (50, 40);
 
-    let _router = spawn_router(redis.url(), &domain, "r1", &[]);
+    let _router = spawn_router(client, redis.url(), &domain, "r1", &[]);
     let producer = tokio::spawn(produce(
         backend.clone(),
         keys.clone(),
@@ -311,10 +324,9 @@ fn raw(fields: &[(&str, &[u8])]) -> Vec<(String, Bytes)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
+async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard(client: RedisClient) {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("poisoned-job").expect("job");
@@ -356,7 +368,7 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
             .await
             .expect("xadd");
     }
-    let _router = spawn_router(redis.url(), &domain, "r1", &[]);
+    let _router = spawn_router(client, redis.url(), &domain, "r1", &[]);
     await_drained(
         backend.as_ref(),
         &keys,
@@ -407,6 +419,8 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     // original.
     let replay = std::process::Command::new(relay_testkit::procs::bin_path("relayctl"))
         .args([
+            "--redis-client",
+            client.as_str(),
             "--redis-url",
             redis.url(),
             "--domain",
@@ -434,12 +448,11 @@ async fn poison_entries_go_to_the_dlq_and_do_not_stall_the_shard() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eco2_entries_route_byte_exact() {
+async fn eco2_entries_route_byte_exact(client: RedisClient) {
     // eco2 keys are fixed names (`scan:events:{shard}`, `scan:state:{job}`):
     // a private server keeps this test isolated.
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = "scan";
     let keys = keyspace(Profile::Eco2, domain);
     let job = JobId::new("fc052f15-449f-4ce4-aa96-99d400ed7865").expect("job");
@@ -512,7 +525,7 @@ async fn eco2_entries_route_byte_exact() {
         let id: String = cmd.query_async(&mut conn).await.expect("xadd");
         ids.push(id);
     }
-    let _router = spawn_router(redis.url(), domain, "r1", &["--profile", "eco2"]);
+    let _router = spawn_router(client, redis.url(), domain, "r1", &["--profile", "eco2"]);
 
     let expected_done = format!(
         r#"{{"job_id":"{job}","stage":"done","status":"completed","seq":51,"ts":"1766899801.2","progress":100,"result":{{"task_id":"x","status":"completed","message":"종이류"}},"trace_id":"","span_id":"","traceparent":"","stream_id":"{}"}}"#,
@@ -572,12 +585,11 @@ async fn eco2_entries_route_byte_exact() {
     assert_eq!(by_name["seq"], "32");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
+async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server(client: RedisClient) {
     let data = TestRedis::private();
     let pubsub = TestRedis::private();
-    let data_backend: Arc<dyn Backend> = redis_backend(&data).await;
-    let pubsub_backend: Arc<dyn Backend> = redis_backend(&pubsub).await;
+    let data_backend: Arc<dyn Backend> = redis_backend(client, &data).await;
+    let pubsub_backend: Arc<dyn Backend> = redis_backend(client, &pubsub).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("split-job").expect("job");
@@ -587,7 +599,13 @@ async fn split_pubsub_server_receives_live_and_data_stays_on_streams_server() {
         .await
         .expect("subscribe");
 
-    let _router = spawn_router(data.url(), &domain, "r1", &["--pubsub-url", pubsub.url()]);
+    let _router = spawn_router(
+        client,
+        data.url(),
+        &domain,
+        "r1",
+        &["--pubsub-url", pubsub.url()],
+    );
     let publisher = Publisher::new(
         data_backend.clone(),
         keys.clone(),
@@ -626,15 +644,20 @@ async fn await_readyz(port: u16, want: u16) {
     relay_testkit::procs::wait_readyz(addr, want, Duration::from_secs(30)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_redis_and_the_router_keeps_running() {
+async fn readyz_follows_redis_and_the_router_keeps_running(client: RedisClient) {
     let redis = TestRedis::private_with(RedisServerOptions::with_aof());
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let port = relay_testkit::procs::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut router = spawn_router(redis.url(), &domain, "r1", &["--metrics-addr", &addr]);
+    let mut router = spawn_router(
+        client,
+        redis.url(),
+        &domain,
+        "r1",
+        &["--metrics-addr", &addr],
+    );
     await_readyz(port, 200).await;
     redis.stop().expect("stop");
     await_readyz(port, 503).await;
@@ -683,10 +706,13 @@ fn seq_of(payload: &relay_core::Payload) -> u64 {
 /// reads or PUBLISH) while a stopped router holds unrouted entries, then the
 /// router resumes. Refused applies are retried, never dead-lettered, and no
 /// live message names an offset that was not committed with that event.
-async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRefusal) {
+async fn write_refusal_is_retried_and_publishes_only_committed(
+    client: RedisClient,
+    refusal: WriteRefusal,
+) {
     let redis = TestRedis::private();
     let server = redis.server().expect("private server");
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let job = JobId::new("refused-job").expect("job");
@@ -711,6 +737,7 @@ async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRef
     // router applies them while writes are refused. A short claim idle: the
     // janitor races the reader for the same entries.
     let router = spawn_router(
+        client,
         redis.url(),
         &domain,
         "r1",
@@ -791,24 +818,21 @@ async fn write_refusal_is_retried_and_publishes_only_committed(refusal: WriteRef
     drop(router);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oom_write_refusal_is_retried_and_publishes_only_committed() {
-    write_refusal_is_retried_and_publishes_only_committed(WriteRefusal::Oom).await;
+async fn oom_write_refusal_is_retried_and_publishes_only_committed(client: RedisClient) {
+    write_refusal_is_retried_and_publishes_only_committed(client, WriteRefusal::Oom).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noreplicas_write_refusal_is_retried_and_publishes_only_committed() {
-    write_refusal_is_retried_and_publishes_only_committed(WriteRefusal::NoReplicas).await;
+async fn noreplicas_write_refusal_is_retried_and_publishes_only_committed(client: RedisClient) {
+    write_refusal_is_retried_and_publishes_only_committed(client, WriteRefusal::NoReplicas).await;
 }
 
 /// An event whose apply keeps failing for its own reason (here its job key
 /// holds a value of the wrong type) is retried and dead-lettered once, after
 /// `--max-deliveries`, not on its first failure; other jobs are unaffected.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
+async fn failing_apply_is_dead_lettered_once_after_max_deliveries(client: RedisClient) {
     let redis = TestRedis::private();
     let server = redis.server().expect("private server");
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let bad = JobId::new("wrongtype-job").expect("job");
@@ -821,6 +845,7 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
     let e = Event::new(&domain, bad.as_str(), 1, "work", Status::Progress).expect("event");
     publisher.publish(&e).await.expect("publish");
     let _router = spawn_router(
+        client,
         redis.url(),
         &domain,
         "r1",
@@ -870,16 +895,16 @@ async fn failing_apply_is_dead_lettered_once_after_max_deliveries() {
 /// With `--pubsub-url`, `/readyz` follows the Pub/Sub server too: while
 /// publishes fail it stays 503, even though every shard's reads on the data
 /// server keep succeeding, and it is 200 again once publishes go through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_stays_down_while_pubsub_publishes_fail() {
+async fn readyz_stays_down_while_pubsub_publishes_fail(client: RedisClient) {
     let data = TestRedis::private();
     let pubsub = TestRedis::private();
-    let backend: Arc<dyn Backend> = redis_backend(&data).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &data).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let port = relay_testkit::procs::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _router = spawn_router(
+        client,
         data.url(),
         &domain,
         "r1",
@@ -908,10 +933,9 @@ async fn readyz_stays_down_while_pubsub_publishes_fail() {
 /// so `done` took offset 1 and the earlier event offset 2, after the
 /// terminal. The shard's new owner routes what earlier owners left pending
 /// before anything newer: history stays in stream order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
+async fn pending_of_a_dead_consumer_is_routed_before_newer_entries(client: RedisClient) {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = KeySpace::new(Profile::Native, Domain::new(&domain).expect("domain"), 1);
     let group = keys.default_group();
@@ -931,6 +955,7 @@ async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
     publisher.publish(&done).await.expect("publish");
 
     let _router = spawn_router(
+        client,
         redis.url(),
         &domain,
         "r1",
@@ -960,15 +985,14 @@ async fn pending_of_a_dead_consumer_is_routed_before_newer_entries() {
 
 /// Two routers of one group split the shards between them (one owner per
 /// shard), and each job's history is in the producer's seq order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_routers_split_the_shards_and_keep_each_job_in_order() {
+async fn two_routers_split_the_shards_and_keep_each_job_in_order(client: RedisClient) {
     let redis = TestRedis::get();
-    let backend: Arc<dyn Backend> = redis_backend(&redis).await;
+    let backend: Arc<dyn Backend> = redis_backend(client, &redis).await;
     let domain = unique_domain();
     let keys = keyspace(Profile::Native, &domain);
     let lease = ["--shard-lease-ms", "1000"];
-    let r1 = spawn_router(redis.url(), &domain, "r1", &lease);
-    let r2 = spawn_router(redis.url(), &domain, "r2", &lease);
+    let r1 = spawn_router(client, redis.url(), &domain, "r1", &lease);
+    let r2 = spawn_router(client, redis.url(), &domain, "r2", &lease);
     produce(
         backend.clone(),
         keys.clone(),
@@ -1001,3 +1025,20 @@ async fn dead_letters(
     }
     all
 }
+
+relay_testkit::per_redis_client!(
+    relay_core::cli::RedisClient;
+    kill9_mid_run_loses_nothing_and_applies_once,
+    survivor_claims_pending_of_dead_consumers,
+    survives_client_kill_and_redis_restart_with_aof,
+    poison_entries_go_to_the_dlq_and_do_not_stall_the_shard,
+    eco2_entries_route_byte_exact,
+    split_pubsub_server_receives_live_and_data_stays_on_streams_server,
+    readyz_follows_redis_and_the_router_keeps_running,
+    oom_write_refusal_is_retried_and_publishes_only_committed,
+    noreplicas_write_refusal_is_retried_and_publishes_only_committed,
+    failing_apply_is_dead_lettered_once_after_max_deliveries,
+    readyz_stays_down_while_pubsub_publishes_fail,
+    pending_of_a_dead_consumer_is_routed_before_newer_entries,
+    two_routers_split_the_shards_and_keep_each_job_in_order,
+);

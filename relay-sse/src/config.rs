@@ -8,7 +8,7 @@ use relay_core::cli::ConnectionArgs;
 /// Which storage backend the gateway reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
-    /// Redis (redis-rs): production.
+    /// Redis (with the client `--redis-client` names): production.
     Redis,
     /// In-process memory backend (demo only: nothing else can publish to it).
     Memory,
@@ -31,7 +31,7 @@ pub struct Config {
     #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "redis")]
     pub backend: BackendKind,
     /// Connection flags shared by relay's binaries: `--redis-url`,
-    /// `--pubsub-url`, `--profile`, `--domain` (the first one is the domain
+    /// `--redis-client`, `--pubsub-url`, `--profile`, `--domain` (the first one is the domain
     /// of the native routes and `/api/v1/stream`), `--shards`.
     #[command(flatten)]
     pub conn: ConnectionArgs,

@@ -1,22 +1,21 @@
 //! Gateway on a real (private) redis-server: subscriber loss and readiness.
+//!
+//! Each test runs once per Redis client (`redis_rs::…` and, with
+//! `--features fred`, `fred::…`): the in-process gateway reads through a
+//! backend of that client.
 
 mod common;
 
 use std::sync::Arc;
 
 use common::*;
-use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
+use relay_core::cli::RedisClient;
 use relay_testkit::redis::TestRedis;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pubsub_client_kill_every_event_exactly_once() {
+async fn pubsub_client_kill_every_event_exactly_once(client: RedisClient) {
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(
-        RedisBackend::connect(redis.url())
-            .await
-            .expect("connect to redis"),
-    );
+    let backend = backend(client, &redis).await;
     // No heartbeat polls during the test: only the post-reconnect catch-up
     // (and gap detection) can recover what the killed subscriber missed.
     let no_poll = relay_sse::GatewayOptions {
@@ -84,14 +83,9 @@ async fn pubsub_client_kill_every_event_exactly_once() {
     assert!(t.gateway.metrics().subscriber_reconnects.get() > before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_fails_while_redis_is_down() {
+async fn readyz_fails_while_redis_is_down(client: RedisClient) {
     let redis = TestRedis::private();
-    let backend: Arc<dyn Backend> = Arc::new(
-        RedisBackend::connect(redis.url())
-            .await
-            .expect("connect to redis"),
-    );
+    let backend = backend(client, &redis).await;
     let t = TestGateway::start(backend, opts()).await;
     assert_eq!(connect(&t.url("/readyz"), None).await.status, 200);
     redis.stop().unwrap();
@@ -132,14 +126,9 @@ async fn readyz_fails_while_redis_is_down() {
 /// D7: the first state read after Redis dropped the gateway's connections
 /// (`CLIENT KILL`, or a restart) answers 200, not one 503 while the
 /// connection is re-established.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_state_read_after_a_dropped_connection_is_200() {
+async fn first_state_read_after_a_dropped_connection_is_200(client: RedisClient) {
     let redis = TestRedis::private_with(relay_testkit::redis::RedisServerOptions::with_aof());
-    let backend: Arc<dyn Backend> = Arc::new(
-        RedisBackend::connect(redis.url())
-            .await
-            .expect("connect to redis"),
-    );
+    let backend = backend(client, &redis).await;
     let t = TestGateway::start(backend, opts()).await;
     let job = "job-d7-state";
     t.apply(&step(job, 1, 3)).await;
@@ -156,3 +145,15 @@ async fn first_state_read_after_a_dropped_connection_is_200() {
     t.wait_ready().await;
     assert_eq!(connect(&url, None).await.status, 200, "after a restart");
 }
+
+/// A backend on the test's Redis, with the client under test.
+async fn backend(client: RedisClient, redis: &TestRedis) -> Arc<dyn Backend> {
+    client.connect(redis.url()).await.expect("connect to redis")
+}
+
+relay_testkit::per_redis_client!(
+    relay_core::cli::RedisClient;
+    pubsub_client_kill_every_event_exactly_once,
+    readyz_fails_while_redis_is_down,
+    first_state_read_after_a_dropped_connection_is_200,
+);

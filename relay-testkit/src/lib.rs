@@ -20,6 +20,8 @@
 //! - [`procs`]: the workspace's binaries as child processes, free loopback
 //!   ports and waiting until something listens.
 //! - [`wait`]: polling a condition with a hang guard.
+//! - [`per_redis_client!`]: one test body run as one test per Redis client
+//!   (redis-rs, and fred in `fred` builds).
 //! - [`rabbitmq`]: unique queue prefixes on the shared broker, and deleting
 //!   a prefix's queues.
 //! - [`browser`]: the headless-Chromium harness's prerequisites.
@@ -33,6 +35,7 @@
 pub mod bench;
 pub mod browser;
 pub mod cluster;
+mod per_client;
 pub mod procs;
 pub mod rabbitmq;
 pub mod redis;

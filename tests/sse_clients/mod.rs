@@ -4,13 +4,15 @@
 //! with Last-Event-ID, parsing the raw bytes re-chunked at random points),
 //! and the check that it saw every event once, in order; and the
 //! `relay-router` and `relay-sse` processes they follow, started with the
-//! same flags apart from where Redis is.
+//! same flags apart from where Redis is and which Redis client they use
+//! (`--redis-client`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
+use relay_core::cli::RedisClient;
 use relay_core::{Event, Status};
 use relay_sse::client::{SseEvent, SseItem, SseParser};
 use relay_testkit::procs::{free_port, Proc};
@@ -255,10 +257,11 @@ pub async fn expect_every_event_once(clients: Vec<ClientTask>, total: u64) -> Cl
     report
 }
 
-/// Starts `relay-router` with `conn` (where Redis is, and the profile):
-/// consumer `r1`, short blocks and claims.
-pub fn spawn_router(conn: &[&str]) -> Proc {
-    let mut args = conn.to_vec();
+/// Starts `relay-router` with `client` and `conn` (where Redis is, and the
+/// profile): consumer `r1`, short blocks and claims.
+pub fn spawn_router(client: RedisClient, conn: &[&str]) -> Proc {
+    let mut args = vec!["--redis-client", client.as_str()];
+    args.extend_from_slice(conn);
     args.extend([
         "--consumer",
         "r1",
@@ -272,12 +275,17 @@ pub fn spawn_router(conn: &[&str]) -> Proc {
     Proc::spawn("relay-router", &args, &[])
 }
 
-/// Starts `relay-sse` with `conn` and `extra` flags on a free port, with
-/// fast heartbeats and probes; returns it and its address (not yet
-/// waited for).
-pub fn spawn_gateway(conn: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
+/// Starts `relay-sse` with `client`, `conn` and `extra` flags on a free
+/// port, with fast heartbeats and probes; returns it and its address (not
+/// yet waited for).
+pub fn spawn_gateway(client: RedisClient, conn: &[&str], extra: &[&str]) -> (Proc, SocketAddr) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut args = vec!["--listen", listen.as_str()];
+    let mut args = vec![
+        "--listen",
+        listen.as_str(),
+        "--redis-client",
+        client.as_str(),
+    ];
     args.extend_from_slice(conn);
     args.extend([
         // Clients connect before their job's first event: wait long.

@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::JobLog;
 use relay_core::{Event, JobId, KeySpace, Offset, Position, Status};
 use relay_sse::client::SseEvent;
@@ -326,7 +325,7 @@ pub(super) fn granted_reward(h: &History) -> Option<(String, bool)> {
 
 /// Reads a job's whole history from Redis.
 pub(super) async fn read_history(
-    backend: &RedisBackend,
+    backend: &dyn JobLog,
     keys: &KeySpace,
     job: &str,
 ) -> anyhow::Result<History> {

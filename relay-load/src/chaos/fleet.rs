@@ -159,9 +159,10 @@ pub(super) struct Deployed {
     pub(super) prefix: String,
 }
 
-/// Spawns api, workers, routers and gateways against `redis_url` and waits
-/// until each listens.
+/// Spawns api, workers, routers and gateways against `redis_url` with
+/// `client` and waits until each listens.
 pub(super) async fn deploy(
+    client: relay_core::cli::RedisClient,
     redis_url: &str,
     shards: u32,
     batch: u32,
@@ -172,6 +173,8 @@ pub(super) async fn deploy(
     let shards = shards.to_string();
     let batch = batch.to_string();
     let common = vec![
+        "--redis-client".to_owned(),
+        client.to_string(),
         "--redis-url".to_owned(),
         redis_url.to_owned(),
         "--shards".to_owned(),

@@ -102,6 +102,7 @@ pub async fn run(common: &crate::Common, args: &ChaosArgs) -> anyhow::Result<(Re
     let redis = Arc::new(tokio::task::spawn_blocking(move || RedisServer::start_with(opts)).await?);
     let redis_url = redis.url();
     let dep = deploy(
+        common.redis_client,
         &redis_url,
         common.shards,
         common.router_batch,

@@ -221,7 +221,14 @@ pub(super) async fn soak(
         mut notes,
         e2e,
         timeline: tl,
-    } = check_scans(&redis.url(), common.shards, &scans, &mut fig).await?;
+    } = check_scans(
+        common.redis_client,
+        &redis.url(),
+        common.shards,
+        &scans,
+        &mut fig,
+    )
+    .await?;
     let exits = dep
         .cluster
         .exits

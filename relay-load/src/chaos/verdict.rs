@@ -5,8 +5,6 @@
 
 use std::sync::atomic::Ordering;
 
-use relay_core::backend::redis::RedisBackend;
-use relay_core::backend::KvStore;
 use relay_core::{Domain, KeySpace, Profile, Status};
 
 use super::checker::{check_job, describe, granted_reward, read_history};
@@ -25,15 +23,17 @@ pub(super) struct Checked {
     pub(super) timeline: Timeline,
 }
 
-/// Checks every scan against the history in the Redis at `redis_url`,
-/// tallies the outcome into `fig` and sets `fig.violations`.
+/// Checks every scan against the history in the Redis at `redis_url` (read
+/// with `client`), tallies the outcome into `fig` and sets
+/// `fig.violations`.
 pub(super) async fn check_scans(
+    client: relay_core::cli::RedisClient,
     redis_url: &str,
     shards: u32,
     scans: &[Scan],
     fig: &mut ChaosFigures,
 ) -> anyhow::Result<Checked> {
-    let backend = RedisBackend::connect(redis_url).await?;
+    let (backend, kv) = client.connect_with_kv(redis_url).await?;
     let keys = KeySpace::new(Profile::Native, Domain::new("scan")?, shards);
     let mut notes = Vec::new();
     let mut e2e = Lat::new();
@@ -67,7 +67,7 @@ pub(super) async fn check_scans(
             e2e.record(d);
             tl.record(s.t + d.as_secs_f64(), d.as_micros() as u64);
         }
-        let h = read_history(&backend, &keys, job).await?;
+        let h = read_history(backend.as_ref(), &keys, job).await?;
         let mut f = check_job(&h, &follow.got);
         match h.terminal() {
             Some((_, e)) => {
@@ -102,7 +102,7 @@ pub(super) async fn check_scans(
         let mut reward_bad = f.reward_completed > 1;
         if let Some((character, already_owned)) = granted_reward(&h) {
             let key = pipeline_scan::scan::reward::reward_key(&s.user, &character);
-            let owner = backend.get(&key).await?;
+            let owner = kv.get(&key).await?;
             if already_owned || owner.as_deref() != Some(job.as_bytes()) {
                 reward_bad = true;
                 f.notes.push(format!(

@@ -174,6 +174,25 @@ impl FredBackend {
         &self.inner.shared
     }
 
+    /// `host:port` of the master serving `key`'s slot on a cluster (from
+    /// fred's cached slot map); on one server, the server connected to.
+    pub fn node_of(&self, key: &str) -> Result<String, BackendError> {
+        use fred::interfaces::{ClientLike as _, ClusterInterface as _};
+        let shared = &self.inner.shared;
+        if !self.inner.topology.is_cluster() {
+            return shared
+                .active_connections()
+                .first()
+                .map(ToString::to_string)
+                .ok_or_else(|| BackendError::Unavailable("not connected".into()));
+        }
+        let s = crate::keys::slot(key);
+        shared
+            .cached_cluster_state()
+            .and_then(|routing| routing.get_server(s).map(ToString::to_string))
+            .ok_or_else(|| BackendError::Unavailable(format!("no node serves slot {s}").into()))
+    }
+
     /// Whether multi-key calls must stay within one hash slot: on a
     /// cluster, or in cluster mode ([`RedisConfig::cluster`]).
     fn per_slot(&self) -> bool {
