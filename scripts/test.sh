@@ -99,7 +99,8 @@ cargo test --workspace --no-fail-fast
 # binaries with fred, which the root e2e tests spawn.
 log "cargo test --workspace --features fred (fred cases and fault-test variants)"
 cargo test --workspace --features fred --no-fail-fast \
-  --test conformance --test faults --test redis --test e2e_sse --test e2e_sentinel \
+  --test conformance --test faults --test redis \
+  --test e2e_sse --test e2e_sentinel --test e2e_cluster \
   -- fred
 
 # A bounded run of every fuzz target (a few seconds each) plus a replay of

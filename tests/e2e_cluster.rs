@@ -36,15 +36,19 @@
 //! The producer is held back before [`HOLD_FROM`] until the fault is over,
 //! so that the last rounds are published on the new topology. No timed
 //! assertions: every wait is a hang guard that fails with details.
+//!
+//! Each test runs once per Redis client (`redis_rs::…` and, with
+//! `--features fred`, `fred::…`): the binaries with `--redis-client`, the
+//! producer's and the checker's backend of the same client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use relay_core::backend::redis::{
-    ClusterTopology, RedisBackend, RedisConfig, RedisTopology, ReplicaAck,
-};
+use relay_core::backend::redis::{ClusterTopology, RedisConfig, RedisTopology, ReplicaAck};
+use relay_core::backend::Backend;
+use relay_core::cli::RedisClient;
 use relay_core::keys::slot;
 use relay_core::{Domain, JobId, KeySpace, Profile, Publisher, PublisherConfig};
 use relay_testkit::cluster::{NodeRole, RedisCluster};
@@ -77,15 +81,15 @@ struct Stack {
     _router: Proc,
     _gateway: Proc,
     addr: SocketAddr,
-    backend: Arc<RedisBackend>,
+    backend: Arc<dyn Backend>,
     keys: KeySpace,
     cluster: RedisCluster,
 }
 
 impl Stack {
-    /// Starts everything; with `replica_ack` the producer and the binaries
-    /// wait for one replica to acknowledge each append.
-    async fn start(replica_ack: bool) -> Self {
+    /// Starts everything with `client`; with `replica_ack` the producer
+    /// and the binaries wait for one replica to acknowledge each append.
+    async fn start(client: RedisClient, replica_ack: bool) -> Self {
         let cluster = RedisCluster::start_private();
         let seeds = cluster.seeds();
         let seeds_arg = seeds.join(",");
@@ -99,8 +103,8 @@ impl Stack {
         if replica_ack {
             conn.extend(["--min-replicas-ack", "1"]);
         }
-        let router = spawn_router(&conn);
-        let (gateway, addr) = spawn_gateway(&conn, &[]);
+        let router = spawn_router(client, &conn);
+        let (gateway, addr) = spawn_gateway(client, &conn, &[]);
         wait_port(addr, LIMIT).await;
         wait_readyz(addr, 200, LIMIT).await;
 
@@ -112,11 +116,10 @@ impl Stack {
             }),
             ..RedisConfig::default()
         };
-        let backend = Arc::new(
-            RedisBackend::connect_topology(RedisTopology::Cluster(topology), config)
-                .await
-                .expect("connect to the cluster"),
-        );
+        let backend = client
+            .connect_topology(RedisTopology::Cluster(topology), config)
+            .await
+            .expect("connect to the cluster");
         let keys = KeySpace::new(
             Profile::Native,
             Domain::new("scan").expect("domain"),
@@ -278,10 +281,9 @@ async fn guarded(test: impl std::future::Future<Output = ()>) {
         .expect("test hung");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn master_killed() {
+async fn master_killed(client: RedisClient) {
     guarded(async {
-        let stack = Stack::start(true).await;
+        let stack = Stack::start(client, true).await;
         let jobs = Stack::jobs("kill");
         let slot = stack.stream_slot();
         let victim = stack.cluster.master_of_slot(slot).await.expect("owner");
@@ -324,10 +326,9 @@ async fn master_killed() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manual_failover() {
+async fn manual_failover(client: RedisClient) {
     guarded(async {
-        let stack = Stack::start(false).await;
+        let stack = Stack::start(client, false).await;
         let jobs = Stack::jobs("failover");
         let slot = stack.stream_slot();
         let old = stack.cluster.master_of_slot(slot).await.expect("owner");
@@ -361,10 +362,9 @@ async fn manual_failover() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slots_migrating() {
+async fn slots_migrating(client: RedisClient) {
     guarded(async {
-        let stack = Stack::start(false).await;
+        let stack = Stack::start(client, false).await;
         let jobs = Stack::jobs("migrate");
         let stream = stack.keys.shard_stream(0);
         let stream_slot = stack.stream_slot();
@@ -485,10 +485,9 @@ async fn slots_migrating() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_channel_slots_moved() {
+async fn live_channel_slots_moved(client: RedisClient) {
     guarded(async {
-        let stack = Stack::start(false).await;
+        let stack = Stack::start(client, false).await;
         let jobs = Stack::jobs("channels");
         let clients = follow_every_job(stack.addr, &jobs);
         let producer = stack.producer(&jobs);
@@ -562,10 +561,9 @@ async fn live_channel_slots_moved() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scripts_missing_after_promotion() {
+async fn scripts_missing_after_promotion(client: RedisClient) {
     guarded(async {
-        let stack = Stack::start(false).await;
+        let stack = Stack::start(client, false).await;
         let jobs = Stack::jobs("noscript");
         let slot = stack.stream_slot();
         let old = stack.cluster.master_of_slot(slot).await.expect("owner");
@@ -645,3 +643,12 @@ async fn scripts_missing_after_promotion() {
     })
     .await;
 }
+
+relay_testkit::per_redis_client!(
+    relay_core::cli::RedisClient;
+    master_killed,
+    manual_failover,
+    slots_migrating,
+    live_channel_slots_moved,
+    scripts_missing_after_promotion,
+);
