@@ -10,11 +10,18 @@
 //! concurrent jobs produce them), prefilled before the timed window. The
 //! timed window runs from router start until every entry is acked.
 //! Also printed: Redis CPU and router-process CPU per event over the window.
+//!
+//! Built with `--features fred` (`cargo bench --bench router --features
+//! fred`), each batch size is measured on `FredBackend` too, right after
+//! `RedisBackend` on the same server, and the summary puts the two clients
+//! side by side; without the feature only `RedisBackend` runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+#[cfg(feature = "fred")]
+use relay_core::backend::fred::FredBackend;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::Backend;
 use relay_core::{
@@ -60,13 +67,16 @@ struct Run {
 
 async fn route_all(
     server: &RedisServer,
+    client: &str,
     backend: Arc<dyn Backend>,
     batch: usize,
     round: usize,
 ) -> Run {
+    // The client in the domain too: no run can see another's keys even if
+    // a FLUSHALL failed.
     let keys = KeySpace::new(
         Profile::Native,
-        Domain::new(format!("b{batch}r{round}")).expect("domain"),
+        Domain::new(format!("{}b{batch}r{round}", &client[..1])).expect("domain"),
         4,
     );
     prefill(backend.clone(), &keys).await;
@@ -100,7 +110,7 @@ async fn route_all(
             .map(|(k, calls, usec)| format!("{k}={:.2}us/ev({calls})", *usec as f64 / TOTAL as f64))
             .collect();
         println!(
-            "batch {batch}: redis commandstats per event: {}",
+            "{client} batch {batch}: redis commandstats per event: {}",
             top.join(" ")
         );
     }
@@ -120,10 +130,26 @@ fn router(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let server = RedisServer::start();
-    let backend: Arc<dyn Backend> = Arc::new(
-        rt.block_on(RedisBackend::connect(&server.url()))
-            .expect("connect"),
-    );
+    // (name, backend, criterion id prefix): redis-rs keeps the ids it always
+    // had, so saved criterion baselines still compare.
+    #[cfg_attr(not(feature = "fred"), allow(unused_mut))]
+    let mut clients: Vec<(&str, Arc<dyn Backend>, &str)> = vec![(
+        "redis-rs",
+        Arc::new(
+            rt.block_on(RedisBackend::connect(&server.url()))
+                .expect("connect redis-rs"),
+        ),
+        "batch",
+    )];
+    #[cfg(feature = "fred")]
+    clients.push((
+        "fred",
+        Arc::new(
+            rt.block_on(FredBackend::connect(&server.url()))
+                .expect("connect fred"),
+        ),
+        "fred/batch",
+    ));
 
     let ceiling = rt.block_on(evalsha_ceiling(&server, 300_000, 64));
     let _ = rt.block_on(server.flushall());
@@ -140,48 +166,58 @@ fn router(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements(TOTAL));
     let mut summary = Vec::new();
+    // Clients alternate within each batch size, so a load change on the
+    // box during the run lands on both rather than on one client's rows.
     for batch in [1usize, 16, 64, 256] {
-        let mut round = 0;
-        let mut runs = Vec::new();
-        g.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, &batch| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    round += 1;
-                    let run = rt.block_on(route_all(&server, backend.clone(), batch, round));
-                    total += run.elapsed;
-                    runs.push(run);
-                }
-                total
-            })
-        });
-        let n = runs.len().max(1) as f64;
-        let secs: f64 = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / n;
-        let redis_us =
-            runs.iter().map(|r| r.redis_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
-        let router_us =
-            runs.iter().map(|r| r.router_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64 * 1e6;
-        let rate = TOTAL as f64 / secs;
-        summary.push((batch, rate, redis_us, router_us));
+        for (client, backend, id) in &clients {
+            let mut round = 0;
+            let mut runs = Vec::new();
+            g.bench_with_input(BenchmarkId::new(*id, batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        round += 1;
+                        let run =
+                            rt.block_on(route_all(&server, client, backend.clone(), batch, round));
+                        total += run.elapsed;
+                        runs.push(run);
+                    }
+                    total
+                })
+            });
+            let n = runs.len().max(1) as f64;
+            let secs: f64 = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum::<f64>() / n;
+            let redis_us =
+                runs.iter().map(|r| r.redis_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64
+                    * 1e6;
+            let router_us =
+                runs.iter().map(|r| r.router_cpu.as_secs_f64()).sum::<f64>() / n / TOTAL as f64
+                    * 1e6;
+            let rate = TOTAL as f64 / secs;
+            summary.push((*client, batch, rate, redis_us, router_us));
+        }
     }
     g.finish();
 
     println!("\nrouter summary (mean over all timed runs; {TOTAL} events = {JOBS} jobs x {EVENTS_PER_JOB}):");
     println!(
-        "{:>6} {:>12} {:>16} {:>17} {:>10}",
-        "batch", "events/s", "redis CPU us/ev", "router CPU us/ev", "/ceiling"
+        "{:>8} {:>6} {:>12} {:>16} {:>17} {:>10}",
+        "client", "batch", "events/s", "redis CPU us/ev", "router CPU us/ev", "/ceiling"
     );
-    for (batch, rate, redis_us, router_us) in &summary {
+    for (client, batch, rate, redis_us, router_us) in &summary {
         let ratio = ceiling
             .map(|c| format!("{:.2}", rate / c))
             .unwrap_or_else(|| "-".into());
-        println!("{batch:>6} {rate:>12.0} {redis_us:>16.2} {router_us:>17.2} {ratio:>10}");
+        println!(
+            "{client:>8} {batch:>6} {rate:>12.0} {redis_us:>16.2} {router_us:>17.2} {ratio:>10}"
+        );
     }
     let json = serde_json::json!({
         "ceiling_evalsha_per_s": ceiling,
         "events": TOTAL,
-        "rows": summary.iter().map(|(b, r, ru, rc)| serde_json::json!({
-            "batch": b, "events_per_s": r, "redis_cpu_us_per_event": ru, "router_cpu_us_per_event": rc,
+        "rows": summary.iter().map(|(client, b, r, ru, rc)| serde_json::json!({
+            "client": client, "batch": b, "events_per_s": r,
+            "redis_cpu_us_per_event": ru, "router_cpu_us_per_event": rc,
             "ratio_to_ceiling": ceiling.map(|c| r / c),
         })).collect::<Vec<_>>(),
     });

@@ -163,6 +163,9 @@ fn bar(quiet: bool, len: u64, template: &str) -> ProgressBar {
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     let report = match &cli.scenario {
         Scenario::Scan(args) => run_scan(&cli.common, args).await?,
+        Scenario::Relay(args) if args.compare_clients => {
+            return compare_clients(&cli.common, args).await;
+        }
         Scenario::Relay(args) => run_relay(&cli.common, args).await?,
         Scenario::Chaos(args) => {
             let (report, violations) = chaos::run(&cli.common, args).await?;
@@ -190,6 +193,89 @@ pub fn emit(common: &Common, report: &Report) -> anyhow::Result<()> {
         eprintln!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// `relay --compare-clients`: the relay scenario on a fresh spawned
+/// deployment per Redis client, back to back, each report emitted as usual,
+/// then one table of both. Separate deployments keep one client's keys,
+/// connections and Redis state out of the other's run; running them back
+/// to back (rather than in two invocations) keeps the machine's load as
+/// alike as it gets. Returns the last client's report.
+async fn compare_clients(common: &Common, args: &relay::RelayArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        common.spawn,
+        "--compare-clients needs --spawn (it starts the router and gateway with each client)"
+    );
+    let clients = [RedisClient::RedisRs, RedisClient::Fred];
+    for c in clients {
+        c.available()?;
+    }
+    let mut rows = Vec::new();
+    let mut last = None;
+    for client in clients {
+        let mut c = common.clone();
+        c.redis_client = client;
+        c.json = common.json.as_deref().map(|p| per_client_path(p, client));
+        c.html = common.html.as_deref().map(|p| per_client_path(p, client));
+        let report = run_relay(&c, args).await?;
+        emit(&c, &report)?;
+        let fig: relay::RelayFigures =
+            serde_json::from_value(report.figures["paths"][0].clone()).unwrap_or_default();
+        rows.push((client, fig, loadavg()));
+        last = Some(report);
+    }
+    println!("{}", client_table(&rows));
+    last.ok_or_else(|| anyhow::anyhow!("no client ran"))
+}
+
+/// `out.json` → `out.fred.json`: one report file per compared client.
+fn per_client_path(path: &std::path::Path, client: RedisClient) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{client}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{client}"),
+    };
+    path.with_file_name(name)
+}
+
+/// The compared clients' relay figures, one row each. Redis CPU is every
+/// metered process other than relay's own (`redis-server`, or all nodes of
+/// a cluster).
+fn client_table(rows: &[(RedisClient, relay::RelayFigures, String)]) -> String {
+    let mut out = format!(
+        "redis clients side by side (relay path):\n{:>9} {:>12} {:>9} {:>9} {:>15} {:>16} {:>14} {:>6} {:>18}\n",
+        "client",
+        "delivered/s",
+        "p50 ms",
+        "p99 ms",
+        "router µs/ev",
+        "gateway µs/ev",
+        "Redis µs/ev",
+        "lost",
+        "load at end"
+    );
+    for (client, f, load) in rows {
+        let cpu = |want: &dyn Fn(&str) -> bool| -> f64 {
+            f.cpu_us_per_event
+                .iter()
+                .filter(|(n, _)| want(n))
+                .map(|(_, us)| us)
+                .sum()
+        };
+        out.push_str(&format!(
+            "{:>9} {:>12.0} {:>9.3} {:>9.3} {:>15.2} {:>16.2} {:>14.2} {:>6} {:>18}\n",
+            client.as_str(),
+            f.delivered_per_s,
+            f.latency.p50_ms,
+            f.latency.p99_ms,
+            cpu(&|n| n == "relay-router"),
+            cpu(&|n| n == "relay-sse"),
+            cpu(&|n| !n.starts_with("relay-")),
+            f.lost,
+            load
+        ));
+    }
+    out
 }
 
 fn loadavg() -> String {
@@ -703,6 +789,21 @@ mod cli_tests {
             panic!("relay");
         };
         assert_eq!(relay.redis_cluster, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    }
+
+    #[test]
+    fn compared_clients_write_one_report_each() {
+        use relay_core::cli::RedisClient;
+        let p = super::per_client_path(std::path::Path::new("/tmp/run.json"), RedisClient::Fred);
+        assert_eq!(p, std::path::Path::new("/tmp/run.fred.json"));
+        let p = super::per_client_path(std::path::Path::new("out"), RedisClient::RedisRs);
+        assert_eq!(p, std::path::Path::new("out.redis-rs"));
+        let cli = Cli::try_parse_from(["relay-load", "--spawn", "relay", "--compare-clients"])
+            .expect("parses");
+        let Scenario::Relay(relay) = cli.scenario else {
+            panic!("relay");
+        };
+        assert!(relay.compare_clients);
     }
 
     #[test]

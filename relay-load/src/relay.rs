@@ -76,6 +76,12 @@ pub struct RelayArgs {
     /// cluster`). --redis-url then gives only the scheme and credentials.
     #[arg(long, env = "RELAY_LOAD_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
+    /// With --spawn: run once with each Redis client (redis-rs, then fred;
+    /// a fresh deployment each, the same flags otherwise) and print the two
+    /// side by side. Needs a `--features fred` build; `--json`/`--html`
+    /// get the client's name before their extension.
+    #[arg(long, env = "RELAY_LOAD_COMPARE_CLIENTS")]
+    pub compare_clients: bool,
 }
 
 impl RelayArgs {
