@@ -3,6 +3,7 @@
 
 use redis::{ErrorKind, RedisError};
 
+pub(super) use crate::backend::reply::protocol;
 use crate::error::BackendError;
 
 pub(super) fn server_code(e: &RedisError) -> Option<String> {
@@ -63,10 +64,6 @@ pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> Backend
         ErrorKind::Io => BackendError::Connection(Box::new(e)),
         _ => BackendError::Server(Box::new(e)),
     }
-}
-
-pub(super) fn protocol(what: impl Into<String>) -> BackendError {
-    BackendError::Protocol(what.into().into())
 }
 
 /// The error a server reply (`-CODE message\r\n`) turns into (tests).

@@ -1,15 +1,21 @@
-//! Reply parsing. Replies come from the network: nothing here panics on
-//! their shape, every surprise is a [`BackendError::Protocol`].
+//! Reply parsing for both Redis client backends. Replies come from the
+//! network: nothing here panics on their shape, every surprise is a
+//! [`BackendError::Protocol`].
 
 use bytes::Bytes;
 use redis::Value;
 
-use super::error::protocol;
 use crate::backend::{Applied, ApplyResult, BackendResult, StreamEntry, StreamId};
 use crate::codec::Fields;
+use crate::error::BackendError;
 use crate::event::{Epoch, Offset};
 
-pub(super) fn bytes_of(v: &Value) -> Option<&[u8]> {
+/// A reply of an unexpected shape.
+pub(in crate::backend) fn protocol(what: impl Into<String>) -> BackendError {
+    BackendError::Protocol(what.into().into())
+}
+
+pub(in crate::backend) fn bytes_of(v: &Value) -> Option<&[u8]> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.as_bytes()),
@@ -19,11 +25,11 @@ pub(super) fn bytes_of(v: &Value) -> Option<&[u8]> {
     }
 }
 
-pub(super) fn str_of(v: &Value) -> Option<&str> {
+pub(in crate::backend) fn str_of(v: &Value) -> Option<&str> {
     bytes_of(v).and_then(|b| std::str::from_utf8(b).ok())
 }
 
-pub(super) fn u64_of(v: &Value) -> Option<u64> {
+pub(in crate::backend) fn u64_of(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
         Value::Double(d) if *d >= 0.0 && d.fract() == 0.0 => Some(*d as u64),
@@ -31,7 +37,7 @@ pub(super) fn u64_of(v: &Value) -> Option<u64> {
     }
 }
 
-pub(super) fn opt_u64(v: &Value, what: &str) -> BackendResult<Option<u64>> {
+pub(in crate::backend) fn opt_u64(v: &Value, what: &str) -> BackendResult<Option<u64>> {
     match v {
         Value::Nil => Ok(None),
         other => u64_of(other)
@@ -40,7 +46,7 @@ pub(super) fn opt_u64(v: &Value, what: &str) -> BackendResult<Option<u64>> {
     }
 }
 
-pub(super) fn array_of(v: &Value) -> Option<&[Value]> {
+pub(in crate::backend) fn array_of(v: &Value) -> Option<&[Value]> {
     match v {
         Value::Array(a) | Value::Set(a) => Some(a),
         Value::Push { data, .. } => Some(data),
@@ -48,18 +54,18 @@ pub(super) fn array_of(v: &Value) -> Option<&[Value]> {
     }
 }
 
-pub(super) fn array<'a>(v: &'a Value, what: &str) -> BackendResult<&'a [Value]> {
+pub(in crate::backend) fn array<'a>(v: &'a Value, what: &str) -> BackendResult<&'a [Value]> {
     array_of(v).ok_or_else(|| protocol(format!("{what}: expected an array, got {v:?}")))
 }
 
-pub(super) fn stream_id_of(v: &Value) -> BackendResult<StreamId> {
+pub(in crate::backend) fn stream_id_of(v: &Value) -> BackendResult<StreamId> {
     str_of(v)
         .ok_or_else(|| protocol(format!("expected a stream id, got {v:?}")))?
         .parse()
 }
 
 /// Key/value pairs of a RESP2 flat array or a RESP3 map.
-pub(super) fn pairs_of(v: &Value) -> BackendResult<Vec<(&Value, &Value)>> {
+pub(in crate::backend) fn pairs_of(v: &Value) -> BackendResult<Vec<(&Value, &Value)>> {
     match v {
         Value::Map(m) => Ok(m.iter().map(|(k, v)| (k, v)).collect()),
         Value::Nil => Ok(Vec::new()),
@@ -73,7 +79,7 @@ pub(super) fn pairs_of(v: &Value) -> BackendResult<Vec<(&Value, &Value)>> {
     }
 }
 
-pub(super) fn fields_of(v: &Value) -> BackendResult<Fields> {
+pub(in crate::backend) fn fields_of(v: &Value) -> BackendResult<Fields> {
     pairs_of(v)?
         .into_iter()
         .map(|(k, val)| {
@@ -90,7 +96,7 @@ pub(super) fn fields_of(v: &Value) -> BackendResult<Fields> {
 }
 
 /// `[id, fields|nil]`.
-pub(super) fn entry_of(v: &Value) -> BackendResult<StreamEntry> {
+pub(in crate::backend) fn entry_of(v: &Value) -> BackendResult<StreamEntry> {
     let a = array(v, "stream entry")?;
     let id = stream_id_of(a.first().ok_or_else(|| protocol("empty stream entry"))?)?;
     let fields = match a.get(1) {
@@ -100,7 +106,7 @@ pub(super) fn entry_of(v: &Value) -> BackendResult<StreamEntry> {
     Ok(StreamEntry { id, fields })
 }
 
-pub(super) fn entries_of(v: &Value) -> BackendResult<Vec<StreamEntry>> {
+pub(in crate::backend) fn entries_of(v: &Value) -> BackendResult<Vec<StreamEntry>> {
     match v {
         Value::Nil => Ok(Vec::new()),
         other => array(other, "entries")?.iter().map(entry_of).collect(),
@@ -108,7 +114,7 @@ pub(super) fn entries_of(v: &Value) -> BackendResult<Vec<StreamEntry>> {
 }
 
 /// XREAD/XREADGROUP reply: nil, `[[stream, entries]...]` or a RESP3 map.
-pub(super) fn xread_entries(v: &Value) -> BackendResult<Vec<StreamEntry>> {
+pub(in crate::backend) fn xread_entries(v: &Value) -> BackendResult<Vec<StreamEntry>> {
     let mut out = Vec::new();
     match v {
         Value::Nil => {}
@@ -129,14 +135,14 @@ pub(super) fn xread_entries(v: &Value) -> BackendResult<Vec<StreamEntry>> {
     Ok(out)
 }
 
-pub(super) fn find_field<'a>(pairs: &[(&'a Value, &'a Value)], name: &str) -> Option<&'a Value> {
+pub(in crate::backend) fn find_field<'a>(pairs: &[(&'a Value, &'a Value)], name: &str) -> Option<&'a Value> {
     pairs
         .iter()
         .find(|(k, _)| bytes_of(k) == Some(name.as_bytes()))
         .map(|(_, v)| *v)
 }
 
-pub(super) fn parse_apply(v: &Value, events: usize) -> BackendResult<ApplyResult> {
+pub(in crate::backend) fn parse_apply(v: &Value, events: usize) -> BackendResult<ApplyResult> {
     let a = array(v, "apply reply")?;
     if a.len() != 1 + 2 * events {
         return Err(protocol(format!(
@@ -165,7 +171,6 @@ pub(super) fn parse_apply(v: &Value, events: usize) -> BackendResult<ApplyResult
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::BackendError;
 
     #[test]
     fn parses_entries_with_deleted_data() {
