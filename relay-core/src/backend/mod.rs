@@ -35,6 +35,8 @@ mod pubsub;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]
+mod reply;
+#[cfg(feature = "redis")]
 mod scripts;
 mod stream_log;
 

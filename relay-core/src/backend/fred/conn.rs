@@ -339,14 +339,14 @@ impl FredBackend {
         let acked = if self.clustered() {
             let mut fewest = None::<u64>;
             for r in self.on_every_master(&wait).await? {
-                let v = r.map_err(map_err)?;
+                let v = super::reply::to_redis_value(r.map_err(map_err)?);
                 let n = super::reply::u64_of(&v)
                     .ok_or_else(|| protocol(format!("WAIT answered {v:?}")))?;
                 fewest = Some(fewest.map_or(n, |f| f.min(n)));
             }
             fewest.unwrap_or(0)
         } else {
-            let v = self.query_once(&wait).await.map_err(map_err)?;
+            let v = super::reply::to_redis_value(self.query_once(&wait).await.map_err(map_err)?);
             super::reply::u64_of(&v).ok_or_else(|| protocol(format!("WAIT answered {v:?}")))?
         };
         if acked >= u64::from(ack.replicas) {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::cmd::Cmd;
 use super::conn::{ms, Resend};
-use super::reply::{array, str_of, u64_of};
+use super::reply::{array, str_of, to_redis_value, u64_of};
 use super::FredBackend;
 use crate::backend::{BackendResult, Coordination};
 
@@ -18,7 +18,7 @@ impl Coordination for FredBackend {
         c.arg("take").arg(owner).arg(ms(ttl));
         // Taking or renewing twice is the same as once.
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        Ok(u64_of(&v) == Some(1))
+        Ok(u64_of(&to_redis_value(v)) == Some(1))
     }
 
     async fn release_lease(&self, key: &str, owner: &str) -> BackendResult<()> {
@@ -39,7 +39,7 @@ impl Coordination for FredBackend {
         let mut c = Cmd::evalsha(&script.sha, &[group]);
         c.arg(member).arg(ms(ttl)).arg(crate::event::now_ms());
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        let mut live: Vec<String> = array(&v, "heartbeat reply")?
+        let mut live: Vec<String> = array(&to_redis_value(v), "heartbeat reply")?
             .iter()
             .filter_map(|m| str_of(m).map(str::to_owned))
             .collect();

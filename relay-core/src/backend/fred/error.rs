@@ -10,6 +10,8 @@
 use fred::error::{Error, ErrorKind};
 
 use crate::backend::redis::RedisTopology;
+use crate::backend::reply::classify_error;
+pub(super) use crate::backend::reply::protocol;
 use crate::error::BackendError;
 
 /// A configuration the fred backend cannot connect with.
@@ -122,31 +124,17 @@ pub(super) fn map_group_err(e: Error, stream: &str, group: &str) -> BackendError
 }
 
 pub(super) fn map_err_ctx(e: Error, group: Option<(&str, &str)>) -> BackendError {
-    if let Some(code) = server_code(&e) {
-        return match code {
-            "NOGROUP" => match group {
-                Some((stream, group)) => BackendError::NoGroup {
-                    stream: stream.to_owned(),
-                    group: group.to_owned(),
-                },
-                None => BackendError::Server(Box::new(e)),
-            },
-            // The same list as RedisBackend's (see its `error` module): the
-            // server is up but refuses for now, or a cluster slot is moving.
-            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
-            | "NOREPLICAS" | "MISCONF" | "UNBLOCKED" | "MOVED" | "ASK" => {
-                BackendError::Unavailable(Box::new(e))
-            }
-            _ => BackendError::Server(Box::new(e)),
-        };
-    }
+    // A refused redirection has no server code and is no connection
+    // error: the slot is moving (or just moved), as `MOVED`/`ASK` replies.
     if is_redirect_refused(&e) {
-        // The slot is moving (or just moved): as `MOVED`/`ASK` replies.
         return BackendError::Unavailable(Box::new(e));
     }
-    if is_connection_error(&e) {
-        return BackendError::Connection(Box::new(e));
-    }
+    let connection = is_connection_error(&e);
+    let code = server_code(&e).map(str::to_owned);
+    let e = match classify_error(e, code.as_deref(), connection, group) {
+        Ok(mapped) => return mapped,
+        Err(e) => e,
+    };
     match e.kind() {
         ErrorKind::Protocol | ErrorKind::Parse => BackendError::Protocol(Box::new(e)),
         // Redirections fred could not follow, the cluster being resharded
@@ -185,10 +173,6 @@ pub(super) fn naming_target(e: BackendError, topology: &RedisTopology) -> Backen
         }
         other => other,
     }
-}
-
-pub(super) fn protocol(what: impl Into<String>) -> BackendError {
-    BackendError::Protocol(what.into().into())
 }
 
 #[cfg(test)]

@@ -5,15 +5,14 @@ use async_trait::async_trait;
 
 use super::cmd::Cmd;
 use super::conn::{ms, Resend};
-use super::error::{map_err, protocol};
-use super::reply::{array, opt_u64, owned_bytes, parse_apply};
+use super::error::map_err;
+use super::reply::{apply_results, history_reply, state_reply, to_redis_value};
 use super::scripts::{ttl_refresh_ms, MAX_SCRIPT_OFFSET};
 use super::FredBackend;
 use crate::backend::{
     AckRequest, ApplyJob, ApplyOptions, ApplyResult, BackendResult, HistoryPage, JobLog, JobState,
 };
-use crate::codec::{Payload, Record};
-use crate::event::{Epoch, Offset};
+use crate::event::Offset;
 use crate::keys::JobKeys;
 
 impl FredBackend {
@@ -82,22 +81,12 @@ impl FredBackend {
             vec![call(jobs, ack)]
         };
         let replies = self.eval_pipeline(script, cmds, Resend::AfterDrop).await?;
-        let mut per_job = Vec::with_capacity(jobs.len());
-        for r in replies {
-            let v = r.map_err(map_err)?;
-            per_job.extend(array(&v, "apply reply")?.iter().cloned());
-        }
-        if per_job.len() != jobs.len() {
-            return Err(protocol(format!(
-                "apply reply covers {} of {} jobs",
-                per_job.len(),
-                jobs.len()
-            )));
-        }
-        jobs.iter()
-            .zip(per_job)
-            .map(|(job, r)| parse_apply(&r, job.events.len()))
-            .collect()
+        apply_results(
+            jobs,
+            replies
+                .into_iter()
+                .map(|r| r.map(to_redis_value).map_err(map_err)),
+        )
     }
 }
 
@@ -115,21 +104,7 @@ impl JobLog for FredBackend {
         let script = &self.inner.scripts.get_state;
         let c = Cmd::evalsha(&script.sha, &[&keys.meta]);
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        let [epoch, top, sq, so, state] = array(&v, "state reply")? else {
-            return Err(protocol("state reply must have five parts"));
-        };
-        let (Some(epoch), Some(state)) = (opt_u64(epoch, "epoch")?, owned_bytes(state)) else {
-            return Ok(None);
-        };
-        Ok(Some(JobState {
-            epoch: Epoch(epoch),
-            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
-            seq: opt_u64(sq, "state seq")?.unwrap_or(0),
-            record: Record {
-                offset: Offset(opt_u64(so, "state offset")?.unwrap_or(0)),
-                payload: Payload(state),
-            },
-        }))
+        state_reply(&to_redis_value(v))
     }
 
     async fn read_history(
@@ -144,27 +119,6 @@ impl JobLog for FredBackend {
         // top", exactly as it should (see RedisBackend).
         c.arg(after.0.min(MAX_SCRIPT_OFFSET)).arg(limit);
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        let [epoch, top, first, start, payloads] = array(&v, "history reply")? else {
-            return Err(protocol("history reply must have five parts"));
-        };
-        let Some(epoch) = opt_u64(epoch, "epoch")? else {
-            return Ok(HistoryPage::default());
-        };
-        let start = opt_u64(start, "start")?.unwrap_or(0);
-        let records = array(payloads, "history payloads")?
-            .iter()
-            .map_while(owned_bytes)
-            .enumerate()
-            .map(|(i, payload)| Record {
-                offset: Offset(start + i as u64),
-                payload: Payload(payload),
-            })
-            .collect::<Vec<_>>();
-        Ok(HistoryPage {
-            epoch: Some(Epoch(epoch)),
-            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
-            first: opt_u64(first, "first")?.map(Offset),
-            records,
-        })
+        history_reply(&to_redis_value(v))
     }
 }

@@ -10,7 +10,7 @@ use fred::types::Value;
 use super::cmd::Cmd;
 use super::conn::{ms, Resend};
 use super::error::{is_connection_error, map_err, protocol};
-use super::reply::{owned_bytes, u64_of};
+use super::reply::{owned_bytes, to_redis_value, u64_of};
 use super::FredBackend;
 use crate::backend::{BackendResult, KvStore};
 
@@ -80,7 +80,7 @@ impl KvStore for FredBackend {
         let cmds: Vec<Cmd> = by_slot.into_values().collect();
         let mut deleted = 0;
         for r in self.pipeline(&cmds, Resend::AfterDrop).await? {
-            let v = r.map_err(map_err)?;
+            let v = to_redis_value(r.map_err(map_err)?);
             deleted += u64_of(&v).ok_or_else(|| protocol(format!("DEL answered {v:?}")))?;
         }
         Ok(deleted)

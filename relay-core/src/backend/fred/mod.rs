@@ -211,6 +211,7 @@ impl Backend for FredBackend {
             .query(&Cmd::new("PING"), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
+        let v = reply::to_redis_value(v);
         match str_of(&v) {
             Some(s) if s.eq_ignore_ascii_case("PONG") => Ok(()),
             _ => Err(protocol(format!("PING answered {v:?}"))),

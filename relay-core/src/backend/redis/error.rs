@@ -3,6 +3,8 @@
 
 use redis::{ErrorKind, RedisError};
 
+use crate::backend::reply::classify_error;
+pub(super) use crate::backend::reply::protocol;
 use crate::error::BackendError;
 
 pub(super) fn server_code(e: &RedisError) -> Option<String> {
@@ -31,42 +33,17 @@ pub(super) fn map_group_err(e: RedisError, stream: &str, group: &str) -> Backend
 }
 
 pub(super) fn map_err_ctx(e: RedisError, group: Option<(&str, &str)>) -> BackendError {
-    if let Some(code) = server_code(&e) {
-        return match code.as_str() {
-            "NOGROUP" => match group {
-                Some((stream, group)) => BackendError::NoGroup {
-                    stream: stream.to_owned(),
-                    group: group.to_owned(),
-                },
-                None => BackendError::Server(Box::new(e)),
-            },
-            // The server is up but refuses for now: (re)starting, failing
-            // over, busy, out of memory under `noeviction`, short of
-            // replicas, or unable to persist; on a cluster, a slot moving
-            // (a redirection the client did not follow in time, `TRYAGAIN`
-            // during a migration), the cluster being down, or a blocked
-            // read released by a failover or migration (`UNBLOCKED`).
-            // Retry later; never a reason to dead-letter the event being
-            // written.
-            "LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY" | "OOM"
-            | "NOREPLICAS" | "MISCONF" | "UNBLOCKED" | "MOVED" | "ASK" => {
-                BackendError::Unavailable(Box::new(e))
-            }
-            _ => BackendError::Server(Box::new(e)),
-        };
-    }
-    if is_connection_error(&e) {
-        return BackendError::Connection(Box::new(e));
-    }
+    let code = server_code(&e);
+    let connection = is_connection_error(&e);
+    let e = match classify_error(e, code.as_deref(), connection, group) {
+        Ok(mapped) => return mapped,
+        Err(e) => e,
+    };
     match e.kind() {
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendError::Protocol(Box::new(e)),
         ErrorKind::Io => BackendError::Connection(Box::new(e)),
         _ => BackendError::Server(Box::new(e)),
     }
-}
-
-pub(super) fn protocol(what: impl Into<String>) -> BackendError {
-    BackendError::Protocol(what.into().into())
 }
 
 /// The error a server reply (`-CODE message\r\n`) turns into (tests).

@@ -1,19 +1,17 @@
 //! [`JobLog`] on Redis: the apply, state and history scripts.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use redis::Cmd;
 
 use super::conn::{evalsha, ms, Resend};
-use super::error::{map_err, protocol};
-use super::reply::{array, bytes_of, opt_u64, parse_apply};
+use super::error::map_err;
+use super::reply::{apply_results, history_reply, state_reply};
 use super::scripts::{ttl_refresh_ms, MAX_SCRIPT_OFFSET};
 use super::RedisBackend;
 use crate::backend::{
     AckRequest, ApplyJob, ApplyOptions, ApplyResult, BackendResult, HistoryPage, JobLog, JobState,
 };
-use crate::codec::{Payload, Record};
-use crate::event::{Epoch, Offset};
+use crate::event::Offset;
 use crate::keys::JobKeys;
 
 impl RedisBackend {
@@ -81,22 +79,7 @@ impl RedisBackend {
             vec![call(jobs, ack)]
         };
         let replies = self.eval_pipeline(script, cmds, Resend::AfterDrop).await?;
-        let mut per_job = Vec::with_capacity(jobs.len());
-        for r in replies {
-            let v = r.map_err(map_err)?;
-            per_job.extend(array(&v, "apply reply")?.iter().cloned());
-        }
-        if per_job.len() != jobs.len() {
-            return Err(protocol(format!(
-                "apply reply covers {} of {} jobs",
-                per_job.len(),
-                jobs.len()
-            )));
-        }
-        jobs.iter()
-            .zip(per_job)
-            .map(|(job, r)| parse_apply(&r, job.events.len()))
-            .collect()
+        apply_results(jobs, replies.into_iter().map(|r| r.map_err(map_err)))
     }
 }
 
@@ -114,22 +97,7 @@ impl JobLog for RedisBackend {
         let script = &self.inner.scripts.get_state;
         let c = evalsha(script, &[&keys.meta]);
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        let a = array(&v, "state reply")?;
-        let [epoch, top, sq, so, state] = a else {
-            return Err(protocol("state reply must have five parts"));
-        };
-        let (Some(epoch), Some(state)) = (opt_u64(epoch, "epoch")?, bytes_of(state)) else {
-            return Ok(None);
-        };
-        Ok(Some(JobState {
-            epoch: Epoch(epoch),
-            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
-            seq: opt_u64(sq, "state seq")?.unwrap_or(0),
-            record: Record {
-                offset: Offset(opt_u64(so, "state offset")?.unwrap_or(0)),
-                payload: Payload(Bytes::copy_from_slice(state)),
-            },
-        }))
+        state_reply(&v)
     }
 
     async fn read_history(
@@ -145,28 +113,6 @@ impl JobLog for RedisBackend {
         // anything above reads as "past the top", exactly as it should.
         c.arg(after.0.min(MAX_SCRIPT_OFFSET)).arg(limit);
         let v = self.eval_one(script, c, None, Resend::AfterDrop).await?;
-        let a = array(&v, "history reply")?;
-        let [epoch, top, first, start, payloads] = a else {
-            return Err(protocol("history reply must have five parts"));
-        };
-        let Some(epoch) = opt_u64(epoch, "epoch")? else {
-            return Ok(HistoryPage::default());
-        };
-        let start = opt_u64(start, "start")?.unwrap_or(0);
-        let records = array(payloads, "history payloads")?
-            .iter()
-            .map_while(bytes_of)
-            .enumerate()
-            .map(|(i, payload)| Record {
-                offset: Offset(start + i as u64),
-                payload: Payload(Bytes::copy_from_slice(payload)),
-            })
-            .collect::<Vec<_>>();
-        Ok(HistoryPage {
-            epoch: Some(Epoch(epoch)),
-            top: Offset(opt_u64(top, "top")?.unwrap_or(0)),
-            first: opt_u64(first, "first")?.map(Offset),
-            records,
-        })
+        history_reply(&v)
     }
 }

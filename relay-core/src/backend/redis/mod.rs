@@ -59,7 +59,7 @@ mod job_log;
 mod kv;
 mod link;
 mod pubsub;
-mod reply;
+use super::reply;
 mod scripts;
 mod stream_log;
 mod topology;

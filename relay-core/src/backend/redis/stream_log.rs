@@ -12,8 +12,8 @@ use super::error::{map_err, map_group_err, protocol, server_code};
 use super::reply::*;
 use super::RedisBackend;
 use crate::backend::{
-    dead_letter_fields, AppendOutcome, AppendRequest, BackendResult, ClaimResult, ConsumerStats,
-    DeadLetter, Delivered, GroupStats, ReadFrom, StreamEntry, StreamId, StreamLog,
+    dead_letter_fields, AppendOutcome, AppendRequest, BackendResult, ClaimResult, DeadLetter,
+    GroupStats, ReadFrom, StreamEntry, StreamId, StreamLog,
 };
 use crate::error::BackendError;
 use crate::keys::slot;
@@ -126,33 +126,7 @@ impl StreamLog for RedisBackend {
         let v = self
             .eval_one(script, c, Some((stream, group)), Resend::Never)
             .await?;
-        let a = array(&v, "claim reply")?;
-        let (claimed, deleted) = match a {
-            [c, d] => (array(c, "claimed")?, array(d, "deleted")?),
-            _ => return Err(protocol("claim reply must have two parts")),
-        };
-        let claimed = claimed
-            .iter()
-            .map(|item| {
-                let t = array(item, "claimed entry")?;
-                match t {
-                    [id, n, fields] => Ok(Delivered {
-                        entry: StreamEntry {
-                            id: stream_id_of(id)?,
-                            fields: fields_of(fields)?,
-                        },
-                        deliveries: u64_of(n)
-                            .ok_or_else(|| protocol("claimed entry: bad delivery count"))?,
-                    }),
-                    _ => Err(protocol("claimed entry must have three parts")),
-                }
-            })
-            .collect::<BackendResult<Vec<_>>>()?;
-        let deleted = deleted
-            .iter()
-            .map(stream_id_of)
-            .collect::<BackendResult<Vec<_>>>()?;
-        Ok(ClaimResult { claimed, deleted })
+        claim_reply(&v)
     }
 
     async fn ack(&self, stream: &str, group: &str, ids: &[StreamId]) -> BackendResult<u64> {
@@ -195,36 +169,16 @@ impl StreamLog for RedisBackend {
             Err(e) if server_code(&e).as_deref() == Some("ERR") => return Err(no_group()),
             Err(e) => return Err(map_group_err(e, stream, group)),
         };
-        let mut stats = GroupStats::default();
-        let mut found = false;
-        for g in array(&groups, "xinfo groups")? {
-            let pairs = pairs_of(g)?;
-            if find_field(&pairs, "name").and_then(bytes_of) != Some(group.as_bytes()) {
-                continue;
-            }
-            found = true;
-            stats.pending = find_field(&pairs, "pending").and_then(u64_of).unwrap_or(0);
-            stats.lag = match find_field(&pairs, "lag") {
-                Some(v) => opt_u64(v, "lag")?,
-                None => None,
-            };
-        }
-        if !found {
+        let Some((pending, lag)) = group_info(&groups, group)? else {
             return Err(no_group());
-        }
+        };
         let consumers = consumers.map_err(|e| map_group_err(e, stream, group))?;
-        for c in array(&consumers, "xinfo consumers")? {
-            let pairs = pairs_of(c)?;
-            let name = find_field(&pairs, "name")
-                .and_then(bytes_of)
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .ok_or_else(|| protocol("consumer without name"))?;
-            stats.consumers.push(ConsumerStats {
-                name,
-                pending: find_field(&pairs, "pending").and_then(u64_of).unwrap_or(0),
-                idle_ms: find_field(&pairs, "idle").and_then(u64_of).unwrap_or(0),
-            });
-        }
+        let mut stats = GroupStats {
+            pending,
+            lag,
+            consumers: consumers_of(&consumers)?,
+            ..GroupStats::default()
+        };
         let len = len.map_err(map_err)?;
         stats.length = u64_of(&len).ok_or_else(|| protocol(format!("XLEN answered {len:?}")))?;
         Ok(stats)
@@ -284,10 +238,7 @@ impl StreamLog for RedisBackend {
                 return Err(map_group_err(e, source, group));
             }
         };
-        stream_id_of(
-            v.first()
-                .ok_or_else(|| protocol("empty dead-letter reply"))?,
-        )
+        dead_letter_id(&v)
     }
 
     async fn range(
@@ -401,32 +352,6 @@ impl RedisBackend {
         if results.iter().any(Result::is_ok) {
             self.wait_replicas().await?;
         }
-        let mut out = Vec::with_capacity(reqs.len());
-        for ((dedupe, n), res) in runs.into_iter().zip(results) {
-            let v = res.map_err(map_err)?;
-            if !dedupe {
-                out.push(AppendOutcome {
-                    id: stream_id_of(&v)?,
-                    duplicate: false,
-                });
-                continue;
-            }
-            let items = array(&v, "append reply")?;
-            if items.len() != n {
-                return Err(protocol(format!(
-                    "append reply has {} items for {n} requests",
-                    items.len()
-                )));
-            }
-            for item in items {
-                let a = array(item, "append item")?;
-                let id = a.first().ok_or_else(|| protocol("empty append item"))?;
-                let duplicate = a.get(1).and_then(u64_of).unwrap_or(0) == 1;
-                let id = stream_id_of(id)
-                    .map_err(|_| protocol(format!("dedupe marker holds no stream id: {id:?}")))?;
-                out.push(AppendOutcome { id, duplicate });
-            }
-        }
-        Ok(out)
+        append_outcomes(runs, results.into_iter().map(|r| r.map_err(map_err)))
     }
 }
