@@ -26,8 +26,8 @@ use relay_testkit::cluster::{NodeRole, RedisCluster};
 use relay_testkit::wait::wait_until;
 
 use crate::support::{
-    apply_job, cluster_topology, ids, offsets, per_client_tests, plain, quiet, read_group,
-    spawn_read, RedisClient, RedisRoles, GROUP,
+    apply_job, cluster_topology, ids, missing_from_xrange, offsets, per_client_tests, plain, quiet,
+    read_group, spawn_read, RedisClient, RedisRoles, GROUP,
 };
 
 /// Hang guard of the waits here.
@@ -486,22 +486,8 @@ async fn acked_appends_across_kill(client: RedisClient, ack: Option<ReplicaAck>)
         .command(promotion.new_master, &["XRANGE", &stream, "-", "+"])
         .await
         .expect("XRANGE");
-    let present: HashSet<String> = match &on_master {
-        Value::Array(entries) => entries
-            .iter()
-            .filter_map(|e| match e {
-                Value::Array(kv) => kv.first().map(text),
-                _ => None,
-            })
-            .collect(),
-        other => panic!("XRANGE answered {other:?}"),
-    };
     let acked = acked.lock().expect("lock").clone();
-    let lost = acked
-        .iter()
-        .filter(|id| !present.contains(&id.to_string()))
-        .count();
-    (acked.len(), lost)
+    (acked.len(), missing_from_xrange(&acked, &on_master))
 }
 
 /// Measurement, not a check: how many acknowledged appends a `kill -9` of

@@ -13,7 +13,8 @@ use relay_core::BackendError;
 use relay_testkit::sentinel::SentinelSet;
 
 use crate::support::{
-    per_client_tests, plain, read_group, recv, sentinel_topology, RedisClient, RedisRoles, GROUP,
+    missing_from_xrange, per_client_tests, plain, read_group, recv, sentinel_topology, RedisClient,
+    RedisRoles, GROUP,
 };
 
 /// Runs `op` until it succeeds; every failure must be transient. Bounded
@@ -245,25 +246,8 @@ async fn acked_appends_across_kill(client: RedisClient, ack: Option<ReplicaAck>)
         .command(&["XRANGE", "s:loss", "-", "+"])
         .await
         .expect("XRANGE");
-    let present: std::collections::HashSet<String> = match &on_master {
-        ::redis::Value::Array(entries) => entries
-            .iter()
-            .filter_map(|e| match e {
-                ::redis::Value::Array(kv) => match kv.first() {
-                    Some(::redis::Value::BulkString(id)) => String::from_utf8(id.clone()).ok(),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect(),
-        other => panic!("XRANGE answered {other:?}"),
-    };
     let acked = acked.lock().expect("lock").clone();
-    let lost = acked
-        .iter()
-        .filter(|id| !present.contains(&id.to_string()))
-        .count();
-    (acked.len(), lost)
+    (acked.len(), missing_from_xrange(&acked, &on_master))
 }
 
 async fn with_min_replicas_ack_no_acknowledged_append_is_lost_at_failover(client: RedisClient) {

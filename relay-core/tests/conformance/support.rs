@@ -471,6 +471,28 @@ pub async fn assert_silent(sub: &mut Subscriber, wait: Duration) {
     }
 }
 
+/// How many of `acked` an `XRANGE` reply (`[[id, fields], ...]`) lacks:
+/// the acknowledged appends a failover lost.
+pub fn missing_from_xrange(acked: &[StreamId], xrange: &::redis::Value) -> usize {
+    let present: std::collections::HashSet<&[u8]> = match xrange {
+        ::redis::Value::Array(entries) => entries
+            .iter()
+            .filter_map(|e| match e {
+                ::redis::Value::Array(kv) => match kv.first() {
+                    Some(::redis::Value::BulkString(id)) => Some(id.as_slice()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        other => panic!("XRANGE answered {other:?}"),
+    };
+    acked
+        .iter()
+        .filter(|id| !present.contains(id.to_string().as_bytes()))
+        .count()
+}
+
 pub fn ids(entries: &[StreamEntry]) -> Vec<StreamId> {
     entries.iter().map(|e| e.id).collect()
 }
