@@ -19,6 +19,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+// The allocator the `relay-router` binary runs with (its default
+// `mimalloc` feature): the bench measures the engine as deployed. Before
+// 2026-12-06 it ran on glibc malloc, which cost about a quarter of the
+// router's CPU here (BENCHMARKS.md, "Where the time goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 #[cfg(feature = "fred")]
 use relay_core::backend::fred::FredBackend;

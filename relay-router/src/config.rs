@@ -29,6 +29,16 @@ pub struct RouterArgs {
     /// How long a read waits for new entries (ms).
     #[arg(long, env = "RELAY_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
+    /// After a read that came back short of `--batch`, wait this long (µs)
+    /// before the next read of that shard, so events arriving meanwhile are
+    /// applied together. 0 (the default) reads again at once: the lowest
+    /// latency. Raising it lowers the CPU per event at moderate rates (fewer
+    /// reads and script calls) and adds up to this much publish → client
+    /// latency; at saturation reads come back full and never wait. See
+    /// BENCHMARKS.md ("Batching at moderate rates") for the measured
+    /// trade-off.
+    #[arg(long, env = "RELAY_LINGER_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub linger_us: u64,
     /// Entries pending longer than this (ms) on any consumer are claimed.
     #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
@@ -90,6 +100,7 @@ impl RouterArgs {
         c.consumer = self.consumer.clone().unwrap_or_else(default_consumer_name);
         c.batch = self.batch as usize;
         c.block = Duration::from_millis(self.block_ms);
+        c.linger = Duration::from_micros(self.linger_us);
         c.claim_idle = Duration::from_millis(self.claim_idle_ms);
         c.janitor_interval = Duration::from_millis((self.claim_idle_ms / 2).clamp(100, 5000));
         c.max_deliveries = self.max_deliveries;
@@ -140,8 +151,11 @@ mod tests {
             "50",
             "--consumer",
             "r1",
+            "--linger-us",
+            "1500",
         ]);
         let c = a.router_config(a.conn.key_space());
+        assert_eq!(c.linger, Duration::from_micros(1500));
         assert_eq!(c.group, "eventrouter");
         assert_eq!(c.batch, 64);
         assert_eq!(c.consumer, "r1");

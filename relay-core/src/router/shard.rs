@@ -184,6 +184,7 @@ impl Router {
         };
         let renew_every = self.config.lease / 3;
         let mut renewed = Instant::now();
+        let mut stopping = stop.clone();
         let result = loop {
             if *stop.borrow() {
                 break Ok(Ended::Stopped);
@@ -216,8 +217,19 @@ impl Router {
             match read {
                 Ok(entries) => {
                     self.metrics.set_connected(true);
+                    let short = !entries.is_empty() && entries.len() < self.config.batch;
                     if !entries.is_empty() && tx.send(entries).await.is_err() {
                         break Ok(Ended::Stopped); // the routing task stopped (shutdown)
+                    }
+                    // A short read means the stream is drained: let the
+                    // next batch fill for `linger` instead of reading it
+                    // one entry at a time (the routing task works on the
+                    // batch just sent meanwhile).
+                    if short && !self.config.linger.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(self.config.linger) => {}
+                            _ = stopping.changed() => {}
+                        }
                     }
                 }
                 Err(e) => break Err(e),
