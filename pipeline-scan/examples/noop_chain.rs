@@ -43,6 +43,7 @@ use pipeline_scan::pipeline::{
     stage_fn, Engine, EngineConfig, Envelope, Pipeline, PlainHooks, RetryPolicy, Stage,
 };
 use pipeline_scan::transport::amqp::{AmqpConfig, AmqpProducer, AmqpWorker, Topology};
+use pipeline_scan::transport::inprocess::{InProcess, InProcessConfig};
 use pipeline_scan::transport::Transport;
 use relay_core::backend::redis::RedisBackend;
 use relay_core::backend::{PubSub, SubscriberHandle};
@@ -64,7 +65,11 @@ const STAGES: [&str; 4] = ["noop1", "noop2", "noop3", "noop4"];
 #[command(name = "noop_chain")]
 struct Args {
     /// relay's Redis (events, the engine's records, the live channels).
-    #[arg(long, env = "RELAY_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "RELAY_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     /// The broker.
     #[arg(
@@ -109,6 +114,15 @@ enum Command {
         /// Longest wait for one job's terminal event (after the window too).
         #[arg(long, env = "RELAY_BENCH_JOB_TIMEOUT", default_value_t = 120.0)]
         job_timeout: f64,
+        /// Profiling aid: run the stages in this process on the in-process
+        /// transport (`--prefetch` workers per stage) instead of submitting
+        /// to the broker, so the difference to an AMQP run is what the
+        /// broker hops cost. Events, records and the router are unchanged.
+        #[arg(long, env = "RELAY_BENCH_IN_PROCESS")]
+        in_process: bool,
+        /// Workers per stage with `--in-process`.
+        #[arg(long, env = "RELAY_PREFETCH", default_value_t = 256)]
+        prefetch: u16,
     },
     /// Delete every queue of the topology.
     Cleanup,
@@ -213,7 +227,7 @@ struct TaskReport {
 #[derive(Clone)]
 struct Driver {
     engine: Arc<Engine>,
-    producer: Arc<AmqpProducer>,
+    producer: Arc<dyn Transport>,
     subs: Arc<dyn SubscriberHandle>,
     waiters: Waiters,
     keys: KeySpace,
@@ -245,7 +259,9 @@ impl Driver {
                 .context("submit")?;
             report.submitted += 1;
             let seen = tokio::time::timeout(self.job_timeout, rx).await;
-            self.subs.unsubscribe(std::slice::from_ref(&channel)).await?;
+            self.subs
+                .unsubscribe(std::slice::from_ref(&channel))
+                .await?;
             let seen = match seen {
                 Ok(Ok(seen)) => seen,
                 Ok(Err(_)) => bail!("the live subscription ended (Redis connection lost)"),
@@ -282,21 +298,52 @@ fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
     Some(sorted[rank.min(sorted.len()) - 1])
 }
 
-async fn drive(
-    args: &Args,
+/// How the driver runs: one concurrency point.
+#[derive(Clone, Copy, Debug)]
+struct Point {
     concurrency: usize,
     warmup: f64,
     duration: f64,
     job_timeout: f64,
-) -> anyhow::Result<()> {
+    /// `Some(workers per stage)`: the in-process transport instead of AMQP.
+    in_process: Option<usize>,
+}
+
+async fn drive(args: &Args, point: Point) -> anyhow::Result<()> {
+    let Point {
+        concurrency,
+        warmup,
+        duration,
+        job_timeout,
+        in_process,
+    } = point;
     let backend = Arc::new(RedisBackend::connect(&args.redis_url).await?);
     let engine = Arc::new(engine(args, backend.clone())?);
-    let producer = Arc::new(AmqpProducer::new(
-        amqp(args, "producer"),
-        Topology::for_engine(&args.queue_prefix, &engine),
-    ));
-    // Connected (and the topology declared) before the clock starts.
-    producer.connect().await.context("broker")?;
+    let (mut local, mut broker) = (None, None);
+    let producer: Arc<dyn Transport> = match in_process {
+        Some(workers) => {
+            let transport = Arc::new(InProcess::start(
+                engine.clone(),
+                InProcessConfig {
+                    concurrency: workers.max(1),
+                    ..InProcessConfig::default()
+                },
+            ));
+            local = Some(transport.clone());
+            transport
+        }
+        None => {
+            let producer = AmqpProducer::new(
+                amqp(args, "producer"),
+                Topology::for_engine(&args.queue_prefix, &engine),
+            );
+            // Connected (and the topology declared) before the clock starts.
+            producer.connect().await.context("broker")?;
+            let producer = Arc::new(producer);
+            broker = Some(producer.clone());
+            producer
+        }
+    };
     let subscriber = backend.subscriber().await.context("live subscriber")?;
     let subs: Arc<dyn SubscriberHandle> = Arc::from(subscriber.handle);
     let waiters: Waiters = Arc::default();
@@ -357,14 +404,19 @@ async fn drive(
         all.lost += r.lost;
     }
     dispatcher.abort();
-    producer.close().await;
+    if let Some(local) = local {
+        local.shutdown().await;
+    }
+    if let Some(broker) = broker {
+        broker.close().await;
+    }
 
     all.latencies.sort();
     let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
     let n = all.latencies.len();
     let mean = (n > 0).then(|| all.latencies.iter().sum::<Duration>() / n as u32);
     let out = json!({
-        "side": "relay",
+        "side": if in_process.is_some() { "relay-in-process" } else { "relay" },
         "concurrency": concurrency,
         "window_s": duration,
         "measured_jobs": n,
@@ -400,7 +452,18 @@ async fn main() -> anyhow::Result<()> {
             warmup,
             duration,
             job_timeout,
-        } => drive(&args, *concurrency, *warmup, *duration, *job_timeout).await,
+            in_process,
+            prefetch,
+        } => {
+            let point = Point {
+                concurrency: *concurrency,
+                warmup: *warmup,
+                duration: *duration,
+                job_timeout: *job_timeout,
+                in_process: in_process.then_some(usize::from(*prefetch)),
+            };
+            drive(&args, point).await
+        }
         Command::Cleanup => cleanup(&args).await,
     }
 }
