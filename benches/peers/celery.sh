@@ -30,6 +30,8 @@
 # deletes every queue and exchange it created and checks that
 # `rabbitmqctl list_queues` / `list_exchanges` show what they showed before.
 set -euo pipefail
+# The Python files are imported from the tree: leave no __pycache__ there.
+export PYTHONDONTWRITEBYTECODE=1
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
