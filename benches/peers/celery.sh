@@ -23,7 +23,8 @@
 #   CELERY_BENCH_WARMUP (8 s), CELERY_BENCH_DURATION (15 s per point),
 #   CELERY_BENCH_JSON (target/peers/celery.json), RELAY_PREFETCH (256, per
 #   stage consumer), AMQP_HOST (127.0.0.1), AMQP_PORT (5672), AMQP_USER /
-#   AMQP_PASS (guest).
+#   AMQP_PASS (guest), CELERY_BENCH_CONFIRM_PUBLISH (0; 1 = Celery waits for
+#   publisher confirms like relay's transport, not the issue's configuration).
 #
 # It uses private redis-servers on free ports, queue and exchange names
 # unique to the run, and on exit (trap) stops every process it started,
@@ -41,7 +42,7 @@ BUILD=1
 for arg in "$@"; do
     case $arg in
         --no-build) BUILD=0 ;;
-        -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -225,7 +226,7 @@ BEAM_PID=$(pgrep -x beam.smp | head -1 || true)
 beam=()
 if [ -n "$BEAM_PID" ]; then beam=(",rabbitmq=$BEAM_PID"); else echo "beam.smp not found: RabbitMQ's CPU not counted" >&2; fi
 
-META=$(python3 - "$CELERY_VERSION" "$KOMBU_VERSION" "$PREFETCH" <<'EOF'
+META=$(python3 - "$CELERY_VERSION" "$KOMBU_VERSION" "$PREFETCH" "${CELERY_BENCH_CONFIRM_PUBLISH:-0}" <<'EOF'
 import json, subprocess, sys
 def out(*cmd):
     try:
@@ -235,7 +236,8 @@ def out(*cmd):
 print(json.dumps({
     "celery": sys.argv[1], "kombu": sys.argv[2],
     "celery_config": {"pool": "prefork", "concurrency": 2, "acks_late": True,
-                      "worker_prefetch_multiplier": 100, "result_backend": None},
+                      "worker_prefetch_multiplier": 100, "result_backend": None,
+                      "confirm_publish": sys.argv[4] == "1"},
     "relay_config": {"stages": 4, "workers": 1, "prefetch_per_stage": int(sys.argv[3]),
                      "events": "on (shard streams, relay-router, live channel)", "shards": 4},
     "redis_server": out("redis-server", "--version"),
