@@ -242,7 +242,7 @@ async fn apply(backend: &dyn Backend, keys: &KeySpace, job: &str, i: usize) {
     let job_keys = keys.job(&ev.job_id);
     backend
         .apply(
-            vec![ApplyJob {
+            &[ApplyJob {
                 keys: job_keys,
                 epoch: Epoch::random(),
                 events: vec![ApplyEvent {

@@ -117,7 +117,7 @@ impl StreamLog for DeafBackend {
 impl JobLog for DeafBackend {
     async fn apply(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
         self.inner.apply(jobs, opts).await

@@ -111,7 +111,7 @@ async fn readyz_fails_while_redis_is_down(client: RedisClient) {
                 }],
                 extra_channel: None,
             };
-            if t.backend.apply(vec![job], &opts).await.is_ok() {
+            if t.backend.apply(&[job], &opts).await.is_ok() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

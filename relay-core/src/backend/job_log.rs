@@ -149,7 +149,7 @@ pub trait JobLog: Send + Sync {
     /// Applies a batch (see the module docs); one result per job, in order.
     async fn apply(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>>;
 

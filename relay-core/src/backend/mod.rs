@@ -67,7 +67,7 @@ pub trait Backend: StreamLog + JobLog + PubSub + Coordination + 'static {
     /// re-applying is a no-op (G3).
     async fn apply_and_ack(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
@@ -79,7 +79,7 @@ pub trait Backend: StreamLog + JobLog + PubSub + Coordination + 'static {
 /// succeeded and there is anything to ack) the ack.
 pub(crate) async fn apply_then_ack<B: JobLog + StreamLog + ?Sized>(
     backend: &B,
-    jobs: Vec<ApplyJob>,
+    jobs: &[ApplyJob],
     opts: &ApplyOptions,
     ack: AckRequest<'_>,
 ) -> BackendResult<Vec<ApplyResult>> {

@@ -133,42 +133,84 @@ pub(in crate::backend) fn pairs_of(v: &Value) -> BackendResult<Vec<(&Value, &Val
     }
 }
 
-pub(in crate::backend) fn fields_of(v: &Value) -> BackendResult<Fields> {
-    pairs_of(v)?
-        .into_iter()
-        .map(|(k, val)| {
-            let k = bytes_of(k).ok_or_else(|| protocol("non-string field name"))?;
-            let val = bytes_of(val).ok_or_else(|| protocol("non-string field value"))?;
-            // Lossy names: a poison entry must still be readable (and
-            // dead-lettered), never block its shard with a decode error.
-            Ok((
-                String::from_utf8_lossy(k).into_owned(),
-                Bytes::copy_from_slice(val),
-            ))
-        })
-        .collect()
+/// The bytes of a string reply, moved out (no copy); the value back when it
+/// is no string.
+fn into_bytes(v: Value) -> Result<Vec<u8>, Value> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Ok(text.into_bytes()),
+        Value::Okay => Ok(b"OK".to_vec()),
+        other => Err(other),
+    }
+}
+
+/// The items of an array reply, moved out.
+fn into_array(v: Value, what: &str) -> BackendResult<Vec<Value>> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Ok(a),
+        Value::Push { data, .. } => Ok(data),
+        other => Err(protocol(format!(
+            "{what}: expected an array, got {other:?}"
+        ))),
+    }
+}
+
+/// An entry's field list (RESP2 flat array or RESP3 map). Takes the reply
+/// by value: field values become `Bytes` over the reply's own buffers, and
+/// names move into `String`s — the stream read is the router's hottest
+/// reply, and copying each of its strings once more was measurable.
+pub(in crate::backend) fn fields_of(v: Value) -> BackendResult<Fields> {
+    fn field(k: Value, val: Value) -> BackendResult<(String, Bytes)> {
+        let k = into_bytes(k).map_err(|_| protocol("non-string field name"))?;
+        let val = into_bytes(val).map_err(|_| protocol("non-string field value"))?;
+        // Lossy names: a poison entry must still be readable (and
+        // dead-lettered), never block its shard with a decode error.
+        let name = String::from_utf8(k)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok((name, Bytes::from(val)))
+    }
+    match v {
+        Value::Map(m) => m.into_iter().map(|(k, v)| field(k, v)).collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => {
+            let a = into_array(other, "field list")?;
+            if a.len() % 2 != 0 {
+                return Err(protocol("field list of odd length"));
+            }
+            let mut out = Vec::with_capacity(a.len() / 2);
+            let mut items = a.into_iter();
+            while let (Some(k), Some(val)) = (items.next(), items.next()) {
+                out.push(field(k, val)?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// `[id, fields|nil]`.
-pub(in crate::backend) fn entry_of(v: &Value) -> BackendResult<StreamEntry> {
-    let a = array(v, "stream entry")?;
-    let id = stream_id_of(a.first().ok_or_else(|| protocol("empty stream entry"))?)?;
-    let fields = match a.get(1) {
+pub(in crate::backend) fn entry_of(v: Value) -> BackendResult<StreamEntry> {
+    let mut a = into_array(v, "stream entry")?.into_iter();
+    let id = stream_id_of(&a.next().ok_or_else(|| protocol("empty stream entry"))?)?;
+    let fields = match a.next() {
         None | Some(Value::Nil) => Vec::new(),
         Some(f) => fields_of(f)?,
     };
     Ok(StreamEntry { id, fields })
 }
 
-pub(in crate::backend) fn entries_of(v: &Value) -> BackendResult<Vec<StreamEntry>> {
+pub(in crate::backend) fn entries_of(v: Value) -> BackendResult<Vec<StreamEntry>> {
     match v {
         Value::Nil => Ok(Vec::new()),
-        other => array(other, "entries")?.iter().map(entry_of).collect(),
+        other => into_array(other, "entries")?
+            .into_iter()
+            .map(entry_of)
+            .collect(),
     }
 }
 
 /// XREAD/XREADGROUP reply: nil, `[[stream, entries]...]` or a RESP3 map.
-pub(in crate::backend) fn xread_entries(v: &Value) -> BackendResult<Vec<StreamEntry>> {
+pub(in crate::backend) fn xread_entries(v: Value) -> BackendResult<Vec<StreamEntry>> {
     let mut out = Vec::new();
     match v {
         Value::Nil => {}
@@ -178,9 +220,8 @@ pub(in crate::backend) fn xread_entries(v: &Value) -> BackendResult<Vec<StreamEn
             }
         }
         other => {
-            for s in array(other, "xreadgroup reply")? {
-                let pair = array(s, "xreadgroup stream")?;
-                if let Some(entries) = pair.get(1) {
+            for s in into_array(other, "xreadgroup reply")? {
+                if let Some(entries) = into_array(s, "xreadgroup stream")?.into_iter().nth(1) {
                     out.extend(entries_of(entries)?);
                 }
             }
@@ -237,7 +278,7 @@ pub(in crate::backend) fn claim_reply(v: &Value) -> BackendResult<ClaimResult> {
             [id, n, fields] => Ok(Delivered {
                 entry: StreamEntry {
                     id: stream_id_of(id)?,
-                    fields: fields_of(fields)?,
+                    fields: fields_of(fields.clone())?,
                 },
                 deliveries: u64_of(n)
                     .ok_or_else(|| protocol("claimed entry: bad delivery count"))?,
@@ -428,7 +469,7 @@ mod tests {
                 Value::Array(vec![Value::BulkString(b"2-0".to_vec()), Value::Nil]),
             ]),
         ])]);
-        let entries = xread_entries(&v).unwrap();
+        let entries = xread_entries(v).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, StreamId::new(1, 1));
         assert_eq!(
@@ -436,17 +477,17 @@ mod tests {
             vec![("k".to_owned(), Bytes::from_static(b"v"))]
         );
         assert!(entries[1].is_deleted());
-        assert!(xread_entries(&Value::Nil).unwrap().is_empty());
+        assert!(xread_entries(Value::Nil).unwrap().is_empty());
     }
 
     #[test]
     fn bad_replies_are_protocol_errors() {
         assert!(matches!(
-            xread_entries(&Value::Int(3)),
+            xread_entries(Value::Int(3)),
             Err(BackendError::Protocol(_))
         ));
         assert!(matches!(
-            entry_of(&Value::Array(vec![])),
+            entry_of(Value::Array(vec![])),
             Err(BackendError::Protocol(_))
         ));
         assert!(matches!(
@@ -454,7 +495,7 @@ mod tests {
             Err(BackendError::Protocol(_))
         ));
         assert!(matches!(
-            fields_of(&Value::Array(vec![Value::Int(1)])),
+            fields_of(Value::Array(vec![Value::Int(1)])),
             Err(BackendError::Protocol(_))
         ));
     }

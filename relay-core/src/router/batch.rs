@@ -311,9 +311,9 @@ impl Router {
         let mut backoff = Backoff::new();
         let results = loop {
             let r = if fold_ack {
-                self.data.apply_and_ack(jobs.clone(), &opts, ack).await
+                self.data.apply_and_ack(&jobs, &opts, ack).await
             } else {
-                self.data.apply(jobs.clone(), &opts).await
+                self.data.apply(&jobs, &opts).await
             };
             match r {
                 Ok(r) => break r,
@@ -383,7 +383,7 @@ impl Router {
             let one = std::slice::from_ref(r);
             let jobs = self.build_jobs(shard, one);
             let _spans = apply_spans(shard, one);
-            match self.data.apply(jobs.clone(), opts).await {
+            match self.data.apply(&jobs, opts).await {
                 Ok(results) => {
                     self.account(&jobs, &results);
                     if let Some(pubsub) = &self.pubsub {

@@ -23,7 +23,7 @@ async fn apply_and_ack_acks_after_applying(fx: &Fixture) {
         group: GROUP,
         ids: &ids(&got[..3]),
     };
-    let r = fx.b().apply_and_ack(jobs, &quiet(), ack).await.unwrap();
+    let r = fx.b().apply_and_ack(&jobs, &quiet(), ack).await.unwrap();
     assert_eq!(r.len(), 2);
     assert_eq!(offsets(&r[0]), vec![(1, true), (2, true)]);
     assert_eq!(offsets(&r[1]), vec![(1, true)]);
@@ -44,7 +44,7 @@ async fn apply_and_ack_acks_after_applying(fx: &Fixture) {
     };
     let r = fx
         .b()
-        .apply_and_ack(vec![apply_job(&a, 5, &[2])], &quiet(), ack)
+        .apply_and_ack(&[apply_job(&a, 5, &[2])], &quiet(), ack)
         .await
         .unwrap();
     assert_eq!(offsets(&r[0]), vec![(2, false)]);

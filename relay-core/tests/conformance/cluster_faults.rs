@@ -152,7 +152,7 @@ async fn apply_on_the_node_of_a_blocked_read_goes_through(client: RedisClient) {
     let job = job_on(&cluster, node, &stream).await;
     b.ensure_group(&stream, GROUP).await.expect("group");
     // The scripts loaded and the job created before the measured applies.
-    b.apply(vec![apply_job(&job, 1, &[1])], &quiet())
+    b.apply(&[apply_job(&job, 1, &[1])], &quiet())
         .await
         .expect("first apply");
 
@@ -163,7 +163,7 @@ async fn apply_on_the_node_of_a_blocked_read_goes_through(client: RedisClient) {
     for seq in 2..2 + APPLIES {
         let started = Instant::now();
         let r = b
-            .apply(vec![apply_job(&job, 1, &[seq])], &quiet())
+            .apply(&[apply_job(&job, 1, &[seq])], &quiet())
             .await
             .expect("apply while a read blocks on the same node");
         latencies.push(started.elapsed());
@@ -252,7 +252,10 @@ async fn calls_on_a_migrating_slot_go_through(client: RedisClient) {
     b.ensure_group(&stream, GROUP).await.expect("group");
     b.append(plain(&stream, 0)).await.expect("append");
     let opts = quiet();
-    let apply = |seq: u64| b.apply(vec![apply_job(&job, 1, &[seq])], &opts);
+    let apply = |seq: u64| {
+        let (b, opts, jobs) = (&b, &opts, [apply_job(&job, 1, &[seq])]);
+        async move { b.apply(&jobs, opts).await }
+    };
     assert_eq!(offsets(&apply(1).await.expect("apply")[0]), [(1, true)]);
     let appends = |n: u32| b.append_batch((0..n).map(|i| plain(&stream, i)).collect());
 
@@ -422,7 +425,7 @@ async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated(client: R
         // promoted replica would lack it while the entry, acked on the
         // stream's node, would never be delivered again.
         let err = b
-            .apply_and_ack(vec![apply_job(&job, 1, &[1])], &opts, ack())
+            .apply_and_ack(&[apply_job(&job, 1, &[1])], &opts, ack())
             .await
             .expect_err("the apply is not confirmed by a replica");
         assert!(err.is_transient(), "{err:?}");
@@ -433,7 +436,8 @@ async fn min_replicas_ack_holds_back_appends_and_acks_until_replicated(client: R
     }
     // With the replica back the retried apply is a no-op and the ack lands.
     let r = until_ok("apply and ack with the replica back", || {
-        b.apply_and_ack(vec![apply_job(&job, 1, &[1])], &opts, ack())
+        let (b, opts, jobs) = (&b, &opts, [apply_job(&job, 1, &[1])]);
+        async move { b.apply_and_ack(&jobs, opts, ack()).await }
     })
     .await;
     assert_eq!(offsets(&r[0]), [(1, false)], "applied once");

@@ -44,7 +44,7 @@ async fn apply_batch_of_jobs(fx: &Fixture) {
     let out = fx
         .b()
         .apply(
-            vec![
+            &[
                 apply_job(&a, 1, &[1, 2]),
                 apply_job(&b, 2, &[5]),
                 apply_job(&a, 3, &[3]),
@@ -64,7 +64,7 @@ async fn apply_batch_of_jobs(fx: &Fixture) {
         "the job's epoch, not the new candidate"
     );
     assert_eq!(offsets(&out[2]), vec![(3, true)]);
-    assert!(fx.b().apply(vec![], &quiet()).await.unwrap().is_empty());
+    assert!(fx.b().apply(&[], &quiet()).await.unwrap().is_empty());
 }
 
 async fn reapply_is_noop(fx: &Fixture) {

@@ -21,7 +21,7 @@ async fn publish_reaches_subscribers(fx: &Fixture) {
     job.extra_channel = Some(extra.clone());
     let opts = ApplyOptions::default();
     assert!(opts.publish);
-    fx.b().apply(vec![job.clone()], &opts).await.unwrap();
+    fx.b().apply(&[job.clone()], &opts).await.unwrap();
 
     let mut live = Vec::new();
     let mut raw = Vec::new();
@@ -46,7 +46,7 @@ async fn publish_reaches_subscribers(fx: &Fixture) {
     // A redelivered event is published again, with its original offset.
     job.events = vec![ev(2)];
     job.extra_channel = None;
-    fx.b().apply(vec![job.clone()], &opts).await.unwrap();
+    fx.b().apply(&[job.clone()], &opts).await.unwrap();
     let (ch, p) = recv(&mut sub).await;
     assert_eq!(ch, k.live);
     let env = LiveEnvelope::decode(&p).unwrap();
@@ -54,7 +54,7 @@ async fn publish_reaches_subscribers(fx: &Fixture) {
 
     // publish = false: the caller publishes.
     job.events = vec![ev(3)];
-    fx.b().apply(vec![job], &quiet()).await.unwrap();
+    fx.b().apply(&[job], &quiet()).await.unwrap();
     assert_silent(&mut sub, Duration::from_millis(200)).await;
 
     // publish_batch, pipelined.

@@ -70,7 +70,7 @@ async fn first_read_after_client_kill_succeeds(client: RedisClient) {
     let redis = TestRedis::private();
     let b = connect(client, redis.url(), RedisConfig::default()).await;
     let k = job_keys(redis.prefix(), "d7");
-    b.apply(vec![apply_job(&k, 3, &[1, 2])], &quiet())
+    b.apply(&[apply_job(&k, 3, &[1, 2])], &quiet())
         .await
         .unwrap();
     b.set("k", Bytes::from_static(b"v"), None).await.unwrap();
@@ -130,7 +130,7 @@ async fn restart_keeps_aof_data_and_reloads_scripts(client: RedisClient) {
     let b = connect(client, redis.url(), RedisConfig::default()).await;
     let k = job_keys(redis.prefix(), "job");
     let r = b
-        .apply(vec![apply_job(&k, 5, &[1, 2])], &quiet())
+        .apply(&[apply_job(&k, 5, &[1, 2])], &quiet())
         .await
         .unwrap();
     assert_eq!(offsets(&r[0]), vec![(1, true), (2, true)]);
@@ -138,7 +138,7 @@ async fn restart_keeps_aof_data_and_reloads_scripts(client: RedisClient) {
     // After the restart the script cache is empty (NOSCRIPT → reload).
     let mut result = None;
     for _ in 0..50 {
-        match b.apply(vec![apply_job(&k, 6, &[2, 3])], &quiet()).await {
+        match b.apply(&[apply_job(&k, 6, &[2, 3])], &quiet()).await {
             Ok(r) => {
                 result = Some(r);
                 break;
@@ -178,7 +178,7 @@ async fn refused_apply_publishes_nothing_and_is_transient(
         .await
         .unwrap();
     let opts = ApplyOptions::default();
-    b.apply(vec![apply_job(&k, 9, &[1, 2, 3])], &opts)
+    b.apply(&[apply_job(&k, 9, &[1, 2, 3])], &opts)
         .await
         .unwrap();
     for _ in 0..3 {
@@ -199,7 +199,7 @@ async fn refused_apply_publishes_nothing_and_is_transient(
         ids: &ids(&got),
     };
     let err = b
-        .apply_and_ack(vec![apply_job(&k, 9, &[4, 5])], &opts, ack)
+        .apply_and_ack(&[apply_job(&k, 9, &[4, 5])], &opts, ack)
         .await
         .expect_err("the server refuses writes");
     assert!(err.is_transient(), "{refusal:?} must be transient: {err:?}");
@@ -209,9 +209,7 @@ async fn refused_apply_publishes_nothing_and_is_transient(
 
     // Offsets 4 and 5 were never committed: the next events take them,
     // and what is published matches what is stored.
-    b.apply(vec![apply_job(&k, 9, &[5, 6])], &opts)
-        .await
-        .unwrap();
+    b.apply(&[apply_job(&k, 9, &[5, 6])], &opts).await.unwrap();
     let mut published = Vec::new();
     for _ in 0..2 {
         let (_, p) = recv(&mut sub).await;

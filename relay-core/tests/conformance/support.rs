@@ -343,7 +343,7 @@ impl Fixture {
     ) -> ApplyResult {
         let mut r = self
             .b()
-            .apply(vec![apply_job(keys, epoch, seqs)], opts)
+            .apply(&[apply_job(keys, epoch, seqs)], opts)
             .await
             .expect("apply");
         assert_eq!(r.len(), 1);

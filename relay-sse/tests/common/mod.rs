@@ -134,7 +134,7 @@ pub async fn apply_payload(
 ) -> (Epoch, Offset) {
     let r = b
         .apply(
-            vec![ApplyJob {
+            &[ApplyJob {
                 keys: ks.job(job),
                 epoch: Epoch::random(),
                 events: vec![ApplyEvent { seq, payload }],

@@ -94,10 +94,10 @@ impl FredBackend {
 impl JobLog for FredBackend {
     async fn apply(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
-        self.apply_scripted(&jobs, opts, None).await
+        self.apply_scripted(jobs, opts, None).await
     }
 
     async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {

@@ -220,7 +220,7 @@ impl Backend for FredBackend {
 
     async fn apply_and_ack(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {

@@ -73,7 +73,7 @@ mod tests {
                 Value::Array(vec![s("2-0"), Value::Null]),
             ]),
         ])]);
-        let entries = xread_entries(&r(v)).unwrap();
+        let entries = xread_entries(r(v)).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].id, StreamId::new(1, 1));
         assert_eq!(
@@ -81,19 +81,18 @@ mod tests {
             vec![("k".to_owned(), Bytes::from_static(b"\xff\x00"))]
         );
         assert!(entries[1].is_deleted());
-        assert!(xread_entries(&r(Value::Null)).unwrap().is_empty());
+        assert!(xread_entries(r(Value::Null)).unwrap().is_empty());
     }
 
     #[test]
     fn bad_replies_are_protocol_errors() {
         let bad = |r: BackendResult<_>| matches!(r.map(|_: ()| ()), Err(BackendError::Protocol(_)));
-        assert!(bad(xread_entries(&r(Value::Integer(3))).map(|_| ())));
-        assert!(bad(xread_entries(&r(Value::Array(vec![Value::Integer(
-            1
-        )])))
-        .map(|_| ())));
-        assert!(bad(entry_of(&r(Value::Array(vec![]))).map(|_| ())));
-        assert!(bad(entry_of(&r(Value::Array(vec![s("x-y")]))).map(|_| ())));
+        assert!(bad(xread_entries(r(Value::Integer(3))).map(|_| ())));
+        assert!(bad(
+            xread_entries(r(Value::Array(vec![Value::Integer(1)]))).map(|_| ())
+        ));
+        assert!(bad(entry_of(r(Value::Array(vec![]))).map(|_| ())));
+        assert!(bad(entry_of(r(Value::Array(vec![s("x-y")]))).map(|_| ())));
         assert!(bad(parse_apply(
             &r(Value::Array(vec![Value::Integer(1)])),
             1
@@ -109,9 +108,9 @@ mod tests {
         )
         .map(|_| ())));
         assert!(bad(
-            fields_of(&r(Value::Array(vec![Value::Integer(1)]))).map(|_| ())
+            fields_of(r(Value::Array(vec![Value::Integer(1)]))).map(|_| ())
         ));
-        assert!(bad(fields_of(&r(Value::Array(vec![
+        assert!(bad(fields_of(r(Value::Array(vec![
             s("k"),
             Value::Integer(1)
         ])))

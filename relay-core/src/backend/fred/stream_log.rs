@@ -106,7 +106,7 @@ impl StreamLog for FredBackend {
                 Err(BlockingError::Fred(e)) => return Err(map_group_err(e, stream, group)),
             },
         };
-        xread_entries(&to_redis_value(v))
+        xread_entries(to_redis_value(v))
     }
 
     async fn claim_idle(
@@ -260,7 +260,7 @@ impl StreamLog for FredBackend {
         };
         c.arg("+").arg("COUNT").arg(count);
         let v = self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
-        entries_of(&to_redis_value(v))
+        entries_of(to_redis_value(v))
     }
 
     async fn delete_entries(&self, stream: &str, ids: &[StreamId]) -> BackendResult<u64> {

@@ -11,14 +11,14 @@ use crate::backend::*;
 impl JobLog for MemoryBackend {
     async fn apply(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
         let now = Instant::now();
         let mut inner = self.lock();
         inner.tick(now);
         Ok(jobs
-            .into_iter()
+            .iter()
             .map(|job| inner.apply_job(job, opts, now))
             .collect())
     }

@@ -204,9 +204,9 @@ impl Inner {
         }
     }
 
-    fn apply_job(&mut self, job: ApplyJob, opts: &ApplyOptions, now: Instant) -> ApplyResult {
+    fn apply_job(&mut self, job: &ApplyJob, opts: &ApplyOptions, now: Instant) -> ApplyResult {
         let ttl = opts.history_ttl.max(opts.state_ttl);
-        let keys = job.keys;
+        let keys = &job.keys;
         let data = self
             .jobs
             .entry(keys.meta.clone())
@@ -228,7 +228,7 @@ impl Inner {
         let mut applied = Vec::with_capacity(job.events.len());
         let mut best: Option<(u64, Record)> = None;
         let mut publishes = Vec::new();
-        for ev in job.events {
+        for ev in &job.events {
             let (offset, new) = match d.seen.get(&ev.seq) {
                 Some(off) => (*off, false),
                 None => {

@@ -87,10 +87,10 @@ impl RedisBackend {
 impl JobLog for RedisBackend {
     async fn apply(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
     ) -> BackendResult<Vec<ApplyResult>> {
-        self.apply_scripted(&jobs, opts, None).await
+        self.apply_scripted(jobs, opts, None).await
     }
 
     async fn get_state(&self, keys: &JobKeys) -> BackendResult<Option<JobState>> {

@@ -258,7 +258,7 @@ impl Backend for RedisBackend {
 
     async fn apply_and_ack(
         &self,
-        jobs: Vec<ApplyJob>,
+        jobs: &[ApplyJob],
         opts: &ApplyOptions,
         ack: AckRequest<'_>,
     ) -> BackendResult<Vec<ApplyResult>> {
@@ -279,6 +279,6 @@ impl Backend for RedisBackend {
             }
             return Ok(applied);
         }
-        self.apply_scripted(&jobs, opts, Some(ack)).await
+        self.apply_scripted(jobs, opts, Some(ack)).await
     }
 }

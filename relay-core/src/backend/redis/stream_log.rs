@@ -103,7 +103,7 @@ impl StreamLog for RedisBackend {
                 Err(BlockingError::Redis(e)) => return Err(map_group_err(e, stream, group)),
             },
         };
-        xread_entries(&v)
+        xread_entries(v)
     }
 
     async fn claim_idle(
@@ -258,7 +258,7 @@ impl StreamLog for RedisBackend {
         };
         c.arg("+").arg("COUNT").arg(count);
         let v = self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
-        entries_of(&v)
+        entries_of(v)
     }
 
     async fn delete_entries(&self, stream: &str, ids: &[StreamId]) -> BackendResult<u64> {
