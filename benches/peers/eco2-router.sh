@@ -26,6 +26,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_INCREMENTAL=0
+# No __pycache__ left in the source tree.
+export PYTHONDONTWRITEBYTECODE=1
 
 log() { printf '==> %s\n' "$*"; }
 
