@@ -18,10 +18,10 @@
 # everything it started on exit.
 #
 # Knobs (environment): ECO2_BENCH_PY_JOBS (default 6000 jobs × 10 events,
-# ~10–20 s per Python router), ECO2_BENCH_RELAY_JOBS (default 20000 jobs
+# ~7–20 s per Python router), ECO2_BENCH_RELAY_JOBS (default 20000 jobs
 # × 10 events, ≥ 2 s for relay), ECO2_BENCH_CHECK_JOBS (default 200),
 # ECO2_BENCH_PYTHON_MODES (default "sync,asyncio").
-# Needs: cargo, python3 (with venv), redis-server (installed with apt when
+# Needs: cargo, python3 (with venv), redis-server and redis-cli (installed with apt when
 # missing, as scripts/test.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,6 +35,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
@@ -64,9 +65,14 @@ run_dir="$(mktemp -d)"
 log_dir="$(pwd)/$out_dir/eco2-router-$stamp-logs"
 mkdir -p "$log_dir"
 redis_pid=""
+bench_pid=""
 
 cleanup() {
-  # The routers bench.py started (it records their pids), then Redis.
+  # bench.py, the routers it started (it records their pids), then Redis.
+  if [ -n "$bench_pid" ]; then
+    kill "$bench_pid" 2>/dev/null || true
+    wait "$bench_pid" 2>/dev/null || true
+  fi
   if [ -f "$log_dir/pids" ]; then
     while read -r pid; do
       kill "$pid" 2>/dev/null || true
@@ -78,7 +84,8 @@ cleanup() {
   fi
   rm -rf "$run_dir"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 log "private redis-server on 127.0.0.1:$port"
@@ -105,4 +112,10 @@ json="$(pwd)/$out_dir/eco2-router-$stamp.json"
   --python-modes "${ECO2_BENCH_PYTHON_MODES:-sync,asyncio}" \
   --json-out "$json" \
   --log-dir "$log_dir" \
-  --meta "{\"git_rev\": \"$rev\", \"host_cores\": $(nproc)}"
+  --meta "{\"git_rev\": \"$rev\", \"host_cores\": $(nproc)}" &
+# In the background so that a TERM to this script stops it at once (trap).
+bench_pid=$!
+status=0
+wait "$bench_pid" || status=$?
+bench_pid=""
+exit "$status"
