@@ -178,6 +178,10 @@ pub struct FanoutArgs {
     /// Reconnects after a drop or restart are spread over this window, ms.
     #[arg(long, env = "RELAY_LOAD_FANOUT_RECONNECT_JITTER_MS", default_value_t = 500)]
     pub reconnect_jitter_ms: u64,
+    /// Nchan POSTs in flight at once (HTTP has no batch; the publisher
+    /// pipelines instead).
+    #[arg(long, env = "RELAY_LOAD_FANOUT_NCHAN_IN_FLIGHT", default_value_t = 512)]
+    pub nchan_in_flight: u32,
     /// The nginx binary.
     #[arg(long, env = "RELAY_LOAD_FANOUT_NGINX", default_value = "nginx")]
     pub nginx: PathBuf,
@@ -228,6 +232,9 @@ pub struct RunFigures {
     pub published: u64,
     /// Publish calls retried (refused or failed).
     pub publish_retries: u64,
+    /// Events the publisher gave up on (Nchan POSTs refused for 30 s);
+    /// they still count as published and as due.
+    pub publish_failed: u64,
     /// First deliveries, all subscribers.
     pub delivered: u64,
     /// Delivered per second (publishing start → last delivery).
@@ -373,6 +380,7 @@ impl Server {
         common: &Common,
         args: &FanoutArgs,
         retries: Arc<AtomicU64>,
+        failed: Arc<AtomicU64>,
     ) -> anyhow::Result<Arc<dyn Sink>> {
         Ok(match self {
             Self::Relay(dep) => {
@@ -380,15 +388,16 @@ impl Server {
                 let p = crate::relay::publisher(common.redis_client, &dep.redis_url, keys).await?;
                 Arc::new(RelaySink(p))
             }
-            Self::Nchan { nginx, .. } => Arc::new(NchanSink {
-                http: reqwest::Client::builder()
-                    .pool_max_idle_per_host(1024)
+            Self::Nchan { nginx, .. } => Arc::new(NchanSink::new(
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(args.nchan_in_flight as usize)
                     .tcp_nodelay(true)
                     .build()?,
-                base: nginx.base_url(),
+                nginx.base_url(),
+                args.nchan_in_flight,
                 retries,
-                give_up: Duration::from_secs(30),
-            }),
+                failed,
+            )),
         })
     }
 
@@ -583,11 +592,13 @@ async fn run_one(
         (live.connected.load(Ordering::Relaxed) as usize).max(meter::established(port))
     };
     let connect_deadline = Instant::now() + Duration::from_secs(60);
-    while connected_now() < conns && Instant::now() < connect_deadline {
+    let mut connected = 0;
+    while connected < conns && Instant::now() < connect_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        connected = connected.max(connected_now());
     }
     let connect_secs = t0.elapsed().as_secs_f64();
-    let connected = connected_now().min(conns) as u64;
+    let connected = connected.min(conns) as u64;
     tokio::time::sleep(settle).await;
     let procs = server.procs();
     let mem_idle = meter::mem_of(&pids(&server));
@@ -601,7 +612,10 @@ async fn run_one(
 
     // Publishing, with the mid-run event.
     let retries = Arc::new(AtomicU64::new(0));
-    let sink = server.sink(common, args, retries.clone()).await?;
+    let failed = Arc::new(AtomicU64::new(0));
+    let sink = server
+        .sink(common, args, retries.clone(), failed.clone())
+        .await?;
     if let Some(r) = server.redis() {
         let _ = r.reset_stats().await;
     }
@@ -709,6 +723,7 @@ async fn run_one(
         rate,
         published,
         publish_retries: retries.load(Ordering::Relaxed),
+        publish_failed: failed.load(Ordering::Relaxed),
         mid_run,
         load_tool_cpu_s: round3(own.as_secs_f64()),
         ..Default::default()

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::Event;
+use tokio::sync::Semaphore;
 
 use crate::fanout::meter::children_of;
 use crate::relay::Sink;
@@ -242,29 +243,56 @@ impl Drop for Nginx {
 }
 
 /// Publishing to Nchan: one `POST /pub/<job>` per event, the event's JSON
-/// as the body. Events of different jobs go out concurrently, a job's own
-/// events in order; a refused or failed POST is retried (counted in
-/// `retries`) until `give_up` passes, so what subscribers miss is what
-/// the server lost, not what the publisher dropped.
+/// as the body. HTTP has no batch, so POSTs are pipelined instead: a
+/// publish call hands its events to background requests (at most
+/// `in_flight` at once) and returns, so a slow reply does not hold back
+/// the schedule. A refused or failed POST is retried (counted in
+/// `retries`) until `give_up` passes (then counted in `failed`), so what
+/// subscribers miss is what the server lost, not what the publisher
+/// dropped. A batch holding a terminal event first waits for every POST
+/// in flight, so each channel's terminal comes after its other events.
 pub struct NchanSink {
-    /// The HTTP client (keep-alive pool).
-    pub http: reqwest::Client,
-    /// `http://127.0.0.1:<port>`.
-    pub base: String,
-    /// POSTs retried.
-    pub retries: Arc<AtomicU64>,
-    /// How long one event may be retried.
-    pub give_up: Duration,
+    http: reqwest::Client,
+    base: String,
+    retries: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    give_up: Duration,
+    slots: Arc<Semaphore>,
+    in_flight: u32,
 }
 
 impl NchanSink {
-    async fn post(&self, e: &Event) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(e)?;
-        let url = format!("{}/pub/{}", self.base, e.job_id.as_str());
-        let deadline = Instant::now() + self.give_up;
+    /// A sink posting to `base` with at most `in_flight` requests at once.
+    pub fn new(
+        http: reqwest::Client,
+        base: String,
+        in_flight: u32,
+        retries: Arc<AtomicU64>,
+        failed: Arc<AtomicU64>,
+    ) -> Self {
+        let in_flight = in_flight.max(1);
+        Self {
+            http,
+            base,
+            retries,
+            failed,
+            give_up: Duration::from_secs(30),
+            slots: Arc::new(Semaphore::new(in_flight as usize)),
+            in_flight,
+        }
+    }
+
+    /// POSTs `body` until it is accepted or `give_up` passes.
+    async fn post(
+        http: reqwest::Client,
+        url: String,
+        body: bytes::Bytes,
+        give_up: Duration,
+        retries: Arc<AtomicU64>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + give_up;
         loop {
-            let r = self
-                .http
+            let r = http
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone())
@@ -279,32 +307,49 @@ impl NchanSink {
                 Ok(resp) => format!("HTTP {}", resp.status()),
                 Err(e) => e.to_string(),
             };
-            self.retries.fetch_add(1, Ordering::Relaxed);
+            retries.fetch_add(1, Ordering::Relaxed);
             anyhow::ensure!(Instant::now() < deadline, "POST {url}: {err}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until no POST is in flight.
+    async fn drain(&self) -> anyhow::Result<()> {
+        let all = self.slots.acquire_many(self.in_flight).await?;
+        drop(all);
+        Ok(())
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for NchanSink {
     async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
-        // Per job in order, jobs concurrently.
-        let mut by_job: Vec<Vec<&Event>> = Vec::new();
-        for e in events {
-            match by_job.iter_mut().find(|g| g[0].job_id == e.job_id) {
-                Some(g) => g.push(e),
-                None => by_job.push(vec![e]),
-            }
+        let terminal = events.iter().any(Event::is_terminal);
+        if terminal {
+            self.drain().await?;
         }
-        let sends = by_job.into_iter().map(|g| async move {
-            for e in g {
-                self.post(e).await?;
+        let mut sent = Vec::new();
+        for e in events {
+            let body = bytes::Bytes::from(serde_json::to_vec(e)?);
+            let url = format!("{}/pub/{}", self.base, e.job_id.as_str());
+            let permit = self.slots.clone().acquire_owned().await?;
+            let (http, retries, failed, give_up) = (
+                self.http.clone(),
+                self.retries.clone(),
+                self.failed.clone(),
+                self.give_up,
+            );
+            sent.push(tokio::spawn(async move {
+                if Self::post(http, url, body, give_up, retries).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(permit);
+            }));
+        }
+        if terminal {
+            for s in sent {
+                let _ = s.await;
             }
-            anyhow::Ok(())
-        });
-        for r in futures::future::join_all(sends).await {
-            r?;
         }
         Ok(())
     }
