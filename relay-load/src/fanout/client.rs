@@ -324,7 +324,10 @@ mod tests {
         let live = Live::default();
         let mut t = Tally::default();
         let ev = |seq: u64, stage: &str| {
-            format!(r#"{{"seq":{seq},"stage":"{stage}","data":{{"t_us":{}}}}}"#, unix_us())
+            format!(
+                r#"{{"seq":{seq},"stage":"{stage}","data":{{"t_us":{}}}}}"#,
+                unix_us()
+            )
         };
         assert!(!t.on_event(&f, &live, "load", &ev(1, "load")));
         assert!(!t.on_event(&f, &live, "load", &ev(3, "load")));

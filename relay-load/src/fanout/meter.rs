@@ -45,10 +45,12 @@ pub fn pid_mem(pid: u32) -> Mem {
 
 /// Summed memory of `pids`.
 pub fn mem_of(pids: &[u32]) -> Mem {
-    pids.iter().map(|p| pid_mem(*p)).fold(Mem::default(), |a, m| Mem {
-        rss_kib: a.rss_kib + m.rss_kib,
-        pss_kib: a.pss_kib + m.pss_kib,
-    })
+    pids.iter()
+        .map(|p| pid_mem(*p))
+        .fold(Mem::default(), |a, m| Mem {
+            rss_kib: a.rss_kib + m.rss_kib,
+            pss_kib: a.pss_kib + m.pss_kib,
+        })
 }
 
 /// CPU time used so far by each of `procs` (name, pid).

@@ -125,11 +125,22 @@ impl Case {
 #[derive(Clone, Debug, Args)]
 pub struct FanoutArgs {
     /// Targets (comma-separated): relay, nchan-memory, nchan-redis, all.
-    #[arg(long, env = "RELAY_LOAD_FANOUT_TARGET", value_enum, value_delimiter = ',', default_value = "all")]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_FANOUT_TARGET",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all"
+    )]
     pub target: Vec<Target>,
     /// Cases (comma-separated; default all): a-1k, b-10k, c-hot,
     /// d-reconnect, e-restart.
-    #[arg(long, env = "RELAY_LOAD_FANOUT_CASES", value_enum, value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_FANOUT_CASES",
+        value_enum,
+        value_delimiter = ','
+    )]
     pub cases: Vec<Case>,
     /// Publishing time per run, seconds.
     #[arg(long, env = "RELAY_LOAD_FANOUT_DURATION_SECS", default_value_t = 15.0)]
@@ -144,7 +155,11 @@ pub struct FanoutArgs {
     #[arg(long, env = "RELAY_LOAD_FANOUT_CHANNEL_RATE", default_value_t = 1.0)]
     pub channel_rate: f64,
     /// Subscribers of the one hot channel (c-hot).
-    #[arg(long, env = "RELAY_LOAD_FANOUT_HOT_SUBSCRIBERS", default_value_t = 1_000)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_FANOUT_HOT_SUBSCRIBERS",
+        default_value_t = 1_000
+    )]
     pub hot_subscribers: usize,
     /// Events/s on the hot channel.
     #[arg(long, env = "RELAY_LOAD_FANOUT_HOT_RATE", default_value_t = 10.0)]
@@ -173,10 +188,18 @@ pub struct FanoutArgs {
     #[arg(long, env = "RELAY_LOAD_FANOUT_DOMAIN", default_value = "scan")]
     pub domain: String,
     /// Subscribers opening their first connection at once.
-    #[arg(long, env = "RELAY_LOAD_FANOUT_CONNECT_CONCURRENCY", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_FANOUT_CONNECT_CONCURRENCY",
+        default_value_t = 256
+    )]
     pub connect_concurrency: usize,
     /// Reconnects after a drop or restart are spread over this window, ms.
-    #[arg(long, env = "RELAY_LOAD_FANOUT_RECONNECT_JITTER_MS", default_value_t = 500)]
+    #[arg(
+        long,
+        env = "RELAY_LOAD_FANOUT_RECONNECT_JITTER_MS",
+        default_value_t = 500
+    )]
     pub reconnect_jitter_ms: u64,
     /// Nchan POSTs in flight at once (HTTP has no batch; the publisher
     /// pipelines instead).
@@ -564,7 +587,10 @@ async fn run_one(
     let active = Arc::new(AtomicU64::new(conns as u64));
     let warm = Arc::new(AtomicU64::new(u64::MAX));
     let t0 = Instant::now();
-    say(common.quiet, format!("{tag} connecting {conns} subscribers"));
+    say(
+        common.quiet,
+        format!("{tag} connecting {conns} subscribers"),
+    );
     let mut handles = Vec::with_capacity(conns);
     for i in 0..conns {
         let job = i % channels;
@@ -588,9 +614,8 @@ async fn run_one(
         }));
     }
     let port = server.port();
-    let connected_now = || {
-        (live.connected.load(Ordering::Relaxed) as usize).max(meter::established(port))
-    };
+    let connected_now =
+        || (live.connected.load(Ordering::Relaxed) as usize).max(meter::established(port));
     let connect_deadline = Instant::now() + Duration::from_secs(60);
     let mut connected = 0;
     while connected < conns && Instant::now() < connect_deadline {
@@ -656,7 +681,10 @@ async fn run_one(
     let mid_run = match case {
         Case::DReconnect => {
             let _ = drop_tx.send(1);
-            say(common.quiet, format!("{tag} every subscriber drops and resumes"));
+            say(
+                common.quiet,
+                format!("{tag} every subscriber drops and resumes"),
+            );
             format!(
                 "all {conns} subscribers reconnect with Last-Event-ID (spread over {} ms)",
                 args.reconnect_jitter_ms
@@ -672,7 +700,10 @@ async fn run_one(
             let down = server.restart_gateway().await?;
             say(
                 common.quiet,
-                format!("{tag} gateway killed and restarted ({} ms down)", down.as_millis()),
+                format!(
+                    "{tag} gateway killed and restarted ({} ms down)",
+                    down.as_millis()
+                ),
             );
             format!(
                 "all {conns} subscribers reconnect with Last-Event-ID (spread over {} ms); \
@@ -704,7 +735,10 @@ async fn run_one(
         Some(r) => r.info_commandstats().await.ok(),
         None => None,
     } {
-        commandstats = stats.into_iter().map(|(k, v)| (k, v.calls, v.usec as f64)).collect();
+        commandstats = stats
+            .into_iter()
+            .map(|(k, v)| (k, v.calls, v.usec as f64))
+            .collect();
     }
     let mut tallies: Vec<Tally> = Vec::with_capacity(conns);
     for h in handles {
@@ -858,7 +892,9 @@ pub fn tables(runs: &[RunFigures]) -> String {
             r.reconnects
         ));
     }
-    out.push_str("\nrelay ÷ peer, same case (CPU per delivery, RSS and PSS per connection, p99):\n");
+    out.push_str(
+        "\nrelay ÷ peer, same case (CPU per delivery, RSS and PSS per connection, p99):\n",
+    );
     out.push_str(&format!(
         "{:<12} {:<13} {:>8} {:>8} {:>8} {:>8}\n",
         "case", "peer", "CPU", "RSS", "PSS", "p99"
@@ -954,10 +990,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> anyhow::Result<Report> {
                 r.delivered, r.expected, r.delivered_per_s, r.lost, r.duplicates
             ),
         ));
-        summary.push((
-            k("server CPU µs/event"),
-            opt(r.server_cpu_us_per_event, 2),
-        ));
+        summary.push((k("server CPU µs/event"), opt(r.server_cpu_us_per_event, 2)));
         summary.push((
             k("RSS / PSS per connection"),
             format!(
@@ -1047,7 +1080,13 @@ mod tests {
             rss_per_conn_bytes: rss,
             ..Default::default()
         };
-        let t = tables(&[run("relay", 50.0, 4000.0), run("nchan-memory", 25.0, 8000.0)]);
-        assert!(t.contains("a-1k         nchan-memory      2.00     0.50"), "{t}");
+        let t = tables(&[
+            run("relay", 50.0, 4000.0),
+            run("nchan-memory", 25.0, 8000.0),
+        ]);
+        assert!(
+            t.contains("a-1k         nchan-memory      2.00     0.50"),
+            "{t}"
+        );
     }
 }
