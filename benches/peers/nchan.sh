@@ -27,19 +27,34 @@ OUT="${OUT:-$root/target/bench-peers/nchan.json}"
 NCHAN_MODULE="${NCHAN_MODULE:-}"
 
 work="$(mktemp -d -t relay-nchan-bench.XXXXXX)"
+load_pid=""
+# Every descendant of pid $1 (children first listed after their own).
+descendants() {
+    local c
+    for c in $(ps -o pid= --ppid "$1" 2>/dev/null || true); do
+        echo "$c"
+        descendants "$c"
+    done
+}
 cleanup() {
-    # relay-load kills what it started; this catches an nginx left behind
-    # by a relay-load that was itself killed: only pids recorded in this
-    # run's own directories, master then its workers.
-    local pidfile pid
+    # relay-load kills what it started when it ends normally. If this
+    # script is interrupted first, kill relay-load and every process it
+    # started (redis-server, relay-router, relay-sse, nginx and its
+    # workers) by pid, then any nginx recorded in this run's own
+    # directories (one orphaned by a relay-load killed earlier).
+    local pids pidfile pid
+    if [ -n "$load_pid" ] && kill -0 "$load_pid" 2>/dev/null; then
+        pids="$(descendants "$load_pid")"
+        kill -KILL "$load_pid" 2>/dev/null || true
+        for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    fi
     for pidfile in "$work"/nchan-*/nginx.pid; do
         [ -f "$pidfile" ] || continue
         pid="$(cat "$pidfile" 2>/dev/null || true)"
         [ -n "$pid" ] || continue
-        local kids
-        kids="$(ps -o pid= --ppid "$pid" 2>/dev/null || true)"
+        pids="$(descendants "$pid")"
         kill -KILL "$pid" 2>/dev/null || true
-        for k in $kids; do kill -KILL "$k" 2>/dev/null || true; done
+        for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
     done
     rm -rf "$work"
 }
@@ -85,5 +100,9 @@ CARGO_INCREMENTAL=0 cargo build --release -p relay-load -p relay-router -p relay
 
 mkdir -p "$(dirname "$OUT")"
 echo "nchan.sh: $(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores" >&2
+# In the background, so a signal to this script runs the cleanup at once.
 "$root/target/release/relay-load" --json "$OUT" fanout \
-    --nginx "$nginx_bin" --nchan-module "$module" --work-dir "$work" "$@"
+    --nginx "$nginx_bin" --nchan-module "$module" --work-dir "$work" "$@" &
+load_pid=$!
+wait "$load_pid"
+load_pid=""
