@@ -15,6 +15,11 @@
 //!   event, next to the same run against a raw loopback TCP/HTTP echo (the
 //!   ceiling of the SSE path) and `redis-benchmark` ceilings for the Redis
 //!   work.
+//! - `relay-load fanout`: SSE fan-out of relay side by side with nginx +
+//!   Nchan (shared-memory and Redis storage), same subscribers, same run:
+//!   delivered/s, server CPU per delivery, idle memory per connection,
+//!   publish→client latency, loss and duplicates across drops and gateway
+//!   restarts (see [`fanout`]).
 //! - `relay-load chaos`: a full-stack soak under faults (process kills,
 //!   Redis restarts, client kills and write refusals, broker disconnects)
 //!   with an exact checker of every job's history and every client's
@@ -31,6 +36,7 @@
 pub mod chaos;
 pub mod cluster;
 pub mod echo;
+pub mod fanout;
 pub mod relay;
 pub mod report;
 pub mod scan;
@@ -138,6 +144,10 @@ pub enum Scenario {
     /// broker disconnects) with an exact delivery checker; always spawns its
     /// own deployment and exits non-zero on any violation.
     Chaos(chaos::ChaosArgs),
+    /// SSE fan-out side by side: relay vs nginx + Nchan (memory and
+    /// Redis storage), each case on fresh private servers (always spawns;
+    /// needs nginx and the Nchan module, see benches/peers/nchan.sh).
+    Fanout(fanout::FanoutArgs),
 }
 
 fn command_line() -> String {
@@ -167,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
             return compare_clients(&cli.common, args).await;
         }
         Scenario::Relay(args) => run_relay(&cli.common, args).await?,
+        Scenario::Fanout(args) => fanout::run(&cli.common, args).await?,
         Scenario::Chaos(args) => {
             let (report, violations) = chaos::run(&cli.common, args).await?;
             emit(&cli.common, &report)?;
