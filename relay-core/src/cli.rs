@@ -106,6 +106,32 @@ fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// The async runtime of a server binary (`--worker-threads`).
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct RuntimeArgs {
+    /// Threads running the server's tasks (default: one per available
+    /// core). Each handoff between two threads costs a wake-up; on a small
+    /// node or one shared with Redis, 1 can cost markedly less CPU per
+    /// event at moderate rates, while more threads raise the ceiling at
+    /// saturation (BENCHMARKS.md, "Runtime threads").
+    #[arg(long, env = "RELAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+}
+
+impl RuntimeArgs {
+    /// A multi-threaded tokio runtime with `--worker-threads` workers (the
+    /// same scheduler whatever the count, so only the thread count
+    /// changes).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.enable_all();
+        if let Some(n) = self.worker_threads {
+            b.worker_threads(usize::from(n));
+        }
+        b.build()
+    }
+}
+
 /// The flags of `cmd` (and of its subcommands, as `sub --flag`) that no
 /// environment variable can set, or whose variable does not start with
 /// `prefix`. A binary's test asserts this is empty, which keeps the
@@ -649,7 +675,20 @@ pub async fn shutdown_signal() {
 mod tests {
     use std::ffi::OsStr;
 
-    use super::colour_wanted;
+    use super::{colour_wanted, RuntimeArgs};
+
+    #[test]
+    fn worker_threads_sets_the_runtime_size() {
+        let one = RuntimeArgs {
+            worker_threads: Some(1),
+        };
+        let rt = one.runtime().expect("runtime");
+        assert_eq!(rt.metrics().num_workers(), 1);
+        let three = RuntimeArgs {
+            worker_threads: Some(3),
+        };
+        assert_eq!(three.runtime().expect("runtime").metrics().num_workers(), 3);
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use relay_core::backend::{ApplyOptions, DeadLetterLimits};
-use relay_core::cli::{ConnectionArgs, LogFormat};
+use relay_core::cli::{ConnectionArgs, LogFormat, RuntimeArgs};
 use relay_core::http_serve::HttpServeArgs;
 use relay_core::router::default_consumer_name;
 use relay_core::{KeySpace, RouterConfig};
@@ -29,16 +29,17 @@ pub struct RouterArgs {
     /// How long a read waits for new entries (ms).
     #[arg(long, env = "RELAY_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
-    /// After a read that came back short of `--batch`, wait this long (µs)
+    /// After a read that came back short of `--batch`, wait this long (ms)
     /// before the next read of that shard, so events arriving meanwhile are
     /// applied together. 0 (the default) reads again at once: the lowest
     /// latency. Raising it lowers the CPU per event at moderate rates (fewer
-    /// reads and script calls) and adds up to this much publish → client
-    /// latency; at saturation reads come back full and never wait. See
+    /// reads and script calls) and adds up to about this much publish →
+    /// client latency; at saturation reads come back full and never wait.
+    /// Whole milliseconds: the runtime's timer has 1 ms resolution. See
     /// BENCHMARKS.md ("Batching at moderate rates") for the measured
     /// trade-off.
-    #[arg(long, env = "RELAY_LINGER_US", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    pub linger_us: u64,
+    #[arg(long, env = "RELAY_LINGER_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub linger_ms: u64,
     /// Entries pending longer than this (ms) on any consumer are claimed.
     #[arg(long, env = "RELAY_CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
@@ -81,6 +82,9 @@ pub struct RouterArgs {
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The runtime's threads (`--worker-threads`).
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Give up connecting at start after this many seconds.
     #[arg(long, env = "RELAY_CONNECT_TIMEOUT_SECS", default_value_t = 300)]
     pub connect_timeout_secs: u64,
@@ -100,7 +104,7 @@ impl RouterArgs {
         c.consumer = self.consumer.clone().unwrap_or_else(default_consumer_name);
         c.batch = self.batch as usize;
         c.block = Duration::from_millis(self.block_ms);
-        c.linger = Duration::from_micros(self.linger_us);
+        c.linger = Duration::from_millis(self.linger_ms);
         c.claim_idle = Duration::from_millis(self.claim_idle_ms);
         c.janitor_interval = Duration::from_millis((self.claim_idle_ms / 2).clamp(100, 5000));
         c.max_deliveries = self.max_deliveries;
@@ -151,11 +155,14 @@ mod tests {
             "50",
             "--consumer",
             "r1",
-            "--linger-us",
-            "1500",
+            "--linger-ms",
+            "2",
+            "--worker-threads",
+            "1",
         ]);
+        assert_eq!(a.runtime.worker_threads, Some(1));
         let c = a.router_config(a.conn.key_space());
-        assert_eq!(c.linger, Duration::from_micros(1500));
+        assert_eq!(c.linger, Duration::from_millis(2));
         assert_eq!(c.group, "eventrouter");
         assert_eq!(c.batch, 64);
         assert_eq!(c.consumer, "r1");

@@ -5,10 +5,11 @@ use relay_router::RouterArgs;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = RouterArgs::parse();
-    // Dropped after `run`: sends the last spans.
-    let _telemetry = relay_core::cli::init_tracing(args.log_format, "relay-router");
-    relay_router::run(args, relay_core::cli::shutdown_signal()).await
+    args.runtime.runtime()?.block_on(async {
+        // Dropped after `run`: sends the last spans.
+        let _telemetry = relay_core::cli::init_tracing(args.log_format, "relay-router");
+        relay_router::run(args, relay_core::cli::shutdown_signal()).await
+    })
 }

@@ -75,6 +75,9 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The runtime's threads (`--worker-threads`).
+    #[command(flatten)]
+    pub runtime: relay_core::cli::RuntimeArgs,
     /// `retry:` hint sent to clients, in milliseconds.
     #[arg(long, env = "RELAY_RETRY_MS", default_value_t = 2000)]
     pub retry_ms: u64,

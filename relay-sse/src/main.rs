@@ -6,11 +6,12 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = relay_sse::Config::parse();
-    // Dropped after `run`: sends the last spans.
-    let _telemetry = relay_sse::init_tracing(config.log_format, "relay-sse");
-    relay_sse::run(config).await?;
-    Ok(())
+    config.runtime.runtime()?.block_on(async {
+        // Dropped after `run`: sends the last spans.
+        let _telemetry = relay_sse::init_tracing(config.log_format, "relay-sse");
+        relay_sse::run(config).await?;
+        Ok(())
+    })
 }
