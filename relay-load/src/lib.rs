@@ -37,6 +37,7 @@ pub mod chaos;
 pub mod cluster;
 pub mod echo;
 pub mod fanout;
+pub mod produce;
 pub mod relay;
 pub mod report;
 pub mod scan;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use relay_core::backend::redis::{ClusterTopology, RedisConfig, RedisTopology};
-use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig, Status};
+use relay_core::{Domain, Event, KeySpace, Profile, Publisher, PublisherConfig};
 use relay_sse::client::{SseItem, SseReader};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeClient;
+use crate::produce::{Backlog, Produce};
 use crate::spawn::Topology;
 use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};
 
@@ -417,103 +418,37 @@ pub async fn run_path(
         if my_jobs.is_empty() {
             continue;
         }
-        let sink = sink.clone();
-        let published = published.clone();
-        let delivered = progress.clone();
         // Deliveries per event: every client of a job gets each of its events.
         let subs_per_job = (args.clients.max(1) / jobs).max(1) as u64;
-        let max_backlog = if per_producer_rate <= 0.0 {
-            args.max_backlog
-        } else {
-            0
-        };
-        let pad = pad.clone();
-        let domain = domain.clone();
-        let batch = args.batch.max(1);
-        producers.push(tokio::spawn(async move {
-            let mut seqs = vec![0u64; my_jobs.len()];
-            let mut next = 0usize;
-            let mut sent = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut buf = Vec::with_capacity(batch);
-            loop {
-                let el = start.elapsed();
-                if el >= dur {
-                    break;
-                }
-                if max_backlog > 0 {
-                    let in_flight = published
-                        .load(Ordering::Relaxed)
-                        .saturating_sub(delivered.load(Ordering::Relaxed) / subs_per_job);
-                    if in_flight > max_backlog {
-                        tick.tick().await;
-                        continue;
-                    }
-                }
-                let due = if per_producer_rate <= 0.0 {
-                    sent + batch as u64
-                } else {
-                    (per_producer_rate * el.as_secs_f64()) as u64
-                };
-                if due <= sent {
-                    tick.tick().await;
-                    continue;
-                }
-                let n = ((due - sent) as usize).min(batch);
-                buf.clear();
-                let t_us = unix_us();
-                for _ in 0..n {
-                    let j = next % my_jobs.len();
-                    next += 1;
-                    seqs[j] += 1;
-                    let e = Event::new(&domain, &my_jobs[j], seqs[j], "load", Status::Progress)
-                        .expect("valid event")
-                        .with_data(serde_json::json!({ "t_us": t_us, "pad": pad }));
-                    buf.push(e);
-                }
-                if sink.publish(&buf).await.is_err() {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    for _ in 0..n {
-                        // Roll back so seqs stay gap-free.
-                        next -= 1;
-                        seqs[next % my_jobs.len()] -= 1;
-                    }
-                    continue;
-                }
-                sent += n as u64;
-                published.fetch_add(n as u64, Ordering::Relaxed);
-                if per_producer_rate <= 0.0 {
-                    tokio::task::yield_now().await;
-                }
+        let backlog = (per_producer_rate <= 0.0 && args.max_backlog > 0).then(|| Backlog {
+            delivered: progress.clone(),
+            per_event: subs_per_job,
+            max: args.max_backlog,
+        });
+        producers.push(tokio::spawn(
+            Produce {
+                sink: sink.clone(),
+                jobs: my_jobs,
+                domain: domain.clone(),
+                pad: pad.clone(),
+                rate: per_producer_rate,
+                batch: args.batch,
+                start,
+                dur,
+                published: published.clone(),
+                backlog,
             }
-            // Terminal event per job (closes the streams).
-            let done: Vec<Event> = my_jobs
-                .iter()
-                .zip(&seqs)
-                .map(|(job, s)| {
-                    Event::new(
-                        &domain,
-                        job,
-                        s + 1,
-                        relay_core::event::DONE_STAGE,
-                        Status::Completed,
-                    )
-                    .expect("valid event")
-                    .with_data(serde_json::json!({ "t_us": unix_us() }))
-                })
-                .collect();
-            for chunk in done.chunks(256) {
-                let mut tries = 0;
-                while sink.publish(chunk).await.is_err() && tries < 50 {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }));
+            .run(),
+        ));
     }
     for p in producers {
-        let _ = p.await;
+        // The domain was validated before the run and job names are
+        // generated, so a producer has no reason to fail; say so if it did.
+        match p.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("relay-load: a producer stopped: {e}"),
+            Err(e) => eprintln!("relay-load: a producer task failed: {e}"),
+        }
     }
     let publish_time = start.elapsed();
     let published = published.load(Ordering::Relaxed);

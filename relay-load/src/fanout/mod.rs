@@ -35,11 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use relay_core::{Event, Status};
+use relay_core::ValidationError;
 use relay_testkit::redis::RedisServer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
+use crate::produce::Produce;
 use crate::relay::{RelaySink, Sink};
 use crate::report::Report;
 use crate::spawn::{Deployment, Topology};
@@ -473,85 +474,6 @@ fn job_name(run: &str, j: usize) -> String {
     format!("fo-{run}-{j}")
 }
 
-/// Publishes `rate` events/s round-robin over `jobs` for `dur`, then each
-/// job's terminal event; returns each job's last progress seq.
-#[allow(clippy::too_many_arguments)]
-async fn produce(
-    sink: Arc<dyn Sink>,
-    jobs: Vec<(usize, String)>,
-    rate: f64,
-    start: Instant,
-    dur: Duration,
-    domain: String,
-    pad: String,
-    batch: usize,
-    published: Arc<AtomicU64>,
-) -> Vec<(usize, u64)> {
-    let mut seqs = vec![0u64; jobs.len()];
-    let mut next = 0usize;
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut buf = Vec::with_capacity(batch);
-    loop {
-        let el = start.elapsed();
-        if el >= dur {
-            break;
-        }
-        let due = (rate * el.as_secs_f64()) as u64;
-        if due <= sent {
-            tick.tick().await;
-            continue;
-        }
-        let n = ((due - sent) as usize).min(batch.max(1));
-        buf.clear();
-        let t_us = unix_us();
-        for _ in 0..n {
-            let j = next % jobs.len();
-            next += 1;
-            seqs[j] += 1;
-            let e = Event::new(&domain, &jobs[j].1, seqs[j], "load", Status::Progress)
-                .expect("valid event")
-                .with_data(serde_json::json!({ "t_us": t_us, "pad": pad }));
-            buf.push(e);
-        }
-        if sink.publish(&buf).await.is_err() {
-            // Roll back so every channel's seqs stay gap-free.
-            for _ in 0..n {
-                next -= 1;
-                seqs[next % jobs.len()] -= 1;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        }
-        sent += n as u64;
-        published.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    let done: Vec<Event> = jobs
-        .iter()
-        .zip(&seqs)
-        .map(|((_, job), s)| {
-            Event::new(
-                &domain,
-                job,
-                s + 1,
-                relay_core::event::DONE_STAGE,
-                Status::Completed,
-            )
-            .expect("valid event")
-            .with_data(serde_json::json!({ "t_us": unix_us() }))
-        })
-        .collect();
-    for chunk in done.chunks(batch.max(1)) {
-        let mut tries = 0;
-        while sink.publish(chunk).await.is_err() && tries < 50 {
-            tries += 1;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    jobs.iter().map(|(j, _)| *j).zip(seqs).collect()
-}
-
 fn say(quiet: bool, msg: String) {
     if !quiet {
         eprintln!("fanout: {msg}");
@@ -665,17 +587,27 @@ async fn run_one(
             continue;
         }
         let my_rate = rate * mine.len() as f64 / channels as f64;
-        producers.push(tokio::spawn(produce(
-            sink.clone(),
-            mine,
-            my_rate,
-            start,
-            dur,
-            args.domain.clone(),
-            pad.clone(),
-            args.batch,
-            published.clone(),
-        )));
+        let (sink, domain, pad, batch) =
+            (sink.clone(), args.domain.clone(), pad.clone(), args.batch);
+        let published = published.clone();
+        let (indices, names): (Vec<usize>, Vec<String>) = mine.into_iter().unzip();
+        producers.push(tokio::spawn(async move {
+            let seqs = Produce {
+                sink,
+                jobs: names,
+                domain,
+                pad,
+                rate: my_rate,
+                batch,
+                start,
+                dur,
+                published,
+                backlog: None,
+            }
+            .run()
+            .await?;
+            Ok::<_, ValidationError>(indices.into_iter().zip(seqs).collect::<Vec<_>>())
+        }));
     }
     tokio::time::sleep(dur / 2).await;
     let mid_run = match case {
@@ -717,7 +649,7 @@ async fn run_one(
     };
     let mut last_seq = vec![0u64; channels];
     for p in producers {
-        for (j, s) in p.await? {
+        for (j, s) in p.await?? {
             last_seq[j] = s;
         }
     }

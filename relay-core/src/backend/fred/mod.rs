@@ -239,6 +239,6 @@ impl Backend for FredBackend {
             }
             return Ok(applied);
         }
-        self.apply_scripted(&jobs, opts, Some(ack)).await
+        self.apply_scripted(jobs, opts, Some(ack)).await
     }
 }
