@@ -481,6 +481,33 @@ mod tests {
     }
 
     #[test]
+    fn field_lists_keep_every_name_and_value_resp2_and_resp3() {
+        let bad_name = vec![b'k', 0xff];
+        let flat = Value::Array(vec![
+            Value::BulkString(bad_name.clone()),
+            Value::BulkString(b"v1".to_vec()),
+            Value::SimpleString("n".into()),
+            Value::BulkString(vec![0, 159, 146, 150]),
+        ]);
+        let map = Value::Map(vec![
+            (
+                Value::BulkString(bad_name),
+                Value::BulkString(b"v1".to_vec()),
+            ),
+            (
+                Value::SimpleString("n".into()),
+                Value::BulkString(vec![0, 159, 146, 150]),
+            ),
+        ]);
+        let expected = vec![
+            ("k\u{fffd}".to_owned(), Bytes::from_static(b"v1")),
+            ("n".to_owned(), Bytes::from_static(&[0, 159, 146, 150])),
+        ];
+        assert_eq!(fields_of(flat).unwrap(), expected);
+        assert_eq!(fields_of(map).unwrap(), expected);
+    }
+
+    #[test]
     fn bad_replies_are_protocol_errors() {
         assert!(matches!(
             xread_entries(Value::Int(3)),
