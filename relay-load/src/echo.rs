@@ -139,7 +139,7 @@ fn is_done(frame: &[u8]) -> bool {
 pub struct EchoSink(pub Echo);
 
 #[async_trait::async_trait]
-impl crate::relay::Sink for EchoSink {
+impl crate::produce::Sink for EchoSink {
     async fn publish(&self, events: &[Event]) -> anyhow::Result<()> {
         self.0.publish(events);
         Ok(())

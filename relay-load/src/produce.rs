@@ -1,7 +1,8 @@
 //! The producer loop the `relay` and `fanout` scenarios share: publish
 //! round-robin over a set of jobs at a target rate through a [`Sink`],
 //! keep every job's seqs gap-free across refused publishes, then close
-//! each job with its terminal event.
+//! each job with its terminal event. [`Sink`] is what the events are
+//! published through.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,8 +10,14 @@ use std::time::{Duration, Instant};
 
 use relay_core::{Event, Status, ValidationError};
 
-use crate::relay::Sink;
 use crate::stats::unix_us;
+
+/// How producers hand events to the system under test.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// Publishes a batch (in order).
+    async fn publish(&self, events: &[Event]) -> anyhow::Result<()>;
+}
 
 /// Holds an unthrottled producer back while too much is published and not
 /// yet delivered, so a run measures the relay, not a growing queue.

@@ -19,7 +19,7 @@ use relay_sse::client::{SseItem, SseReader};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeClient;
-use crate::produce::{Backlog, Produce};
+use crate::produce::{Backlog, Produce, Sink};
 use crate::spawn::Topology;
 use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};
 
@@ -236,13 +236,6 @@ impl RelayFigures {
     pub fn job_names(&self) -> Vec<String> {
         (0..self.jobs).map(|j| job_name(&self.run, j)).collect()
     }
-}
-
-/// How producers hand events to the system under test.
-#[async_trait::async_trait]
-pub trait Sink: Send + Sync + 'static {
-    /// Publishes a batch (in order).
-    async fn publish(&self, events: &[Event]) -> anyhow::Result<()>;
 }
 
 /// Publishing through relay (`Publisher` on Redis).

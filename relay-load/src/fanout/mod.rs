@@ -41,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
 
 use crate::produce::Produce;
-use crate::relay::{RelaySink, Sink};
+use crate::produce::Sink;
+use crate::relay::RelaySink;
 use crate::report::Report;
 use crate::spawn::{Deployment, Topology};
 use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};

@@ -19,7 +19,7 @@ use relay_core::Event;
 use tokio::sync::Semaphore;
 
 use crate::fanout::meter::children_of;
-use crate::relay::Sink;
+use crate::produce::Sink;
 
 /// How to run nginx + Nchan.
 #[derive(Clone, Debug)]
