@@ -56,7 +56,7 @@ static WORLD: LazyLock<World> = LazyLock::new(|| {
                 .collect();
             backend
                 .apply(
-                    vec![ApplyJob {
+                    &[ApplyJob {
                         keys: keys.job(&job),
                         epoch: Epoch(relay_fuzz::seeds::FRONT_EPOCH),
                         events,
