@@ -288,9 +288,8 @@ async fn openai_answer_parses_and_flags_missing_rules() {
 #[tokio::test]
 async fn connection_failure_keeps_the_http_error_as_source() {
     use std::error::Error as _;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    // Reserved for this process and never bound: nothing answers on it.
+    let port = relay_testkit::procs::free_port();
     let v = vision(client(
         &format!("http://127.0.0.1:{port}/v1"),
         Duration::from_secs(5),

@@ -17,8 +17,10 @@
 //! - [`cluster`]: three masters with a replica each (Redis Cluster), with
 //!   promotions, failovers and slot migrations on demand, and
 //!   [`cluster::key_slot`].
-//! - [`procs`]: the workspace's binaries as child processes, free loopback
-//!   ports and waiting until something listens.
+//! - [`procs`]: the workspace's binaries as child processes and waiting
+//!   until something listens.
+//! - [`ports`]: loopback ports reserved across the machine's test
+//!   processes, below the ephemeral range.
 //! - [`wait`]: polling a condition with a hang guard.
 //! - [`per_redis_client!`]: one test body run as one test per Redis client
 //!   (redis-rs, and fred in `fred` builds).
@@ -36,6 +38,7 @@ pub mod bench;
 pub mod browser;
 pub mod cluster;
 mod per_client;
+pub mod ports;
 pub mod procs;
 pub mod rabbitmq;
 pub mod redis;

@@ -8,11 +8,12 @@
 //! owned by a value that kills it on drop.
 
 use std::ffi::OsStr;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::ports::{free_addr, free_port};
 use crate::wait::wait_until;
 
 /// Path of a workspace binary (`relay-router`, `relay-sse`, `relayctl`,
@@ -42,22 +43,6 @@ pub fn bin_path(name: &str) -> PathBuf {
                 "binary {name:?} not found (looked in {candidates:?}); run `cargo build --workspace` first"
             )
         })
-}
-
-/// A free loopback port (bound once, then released for the child to use).
-///
-/// # Panics
-/// When no port can be bound.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
-}
-
-/// `127.0.0.1:<free port>` (see [`free_port`]).
-pub fn free_addr() -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()))
 }
 
 /// `sh -c 'ulimit -n <fds> && exec <program> "$@"'`: `program` runs in its
@@ -260,13 +245,7 @@ pub async fn wait_readyz(addr: SocketAddr, want: u16, limit: Duration) {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn free_ports_can_be_bound() {
-        let addr = free_addr();
-        assert!(addr.ip().is_loopback());
-        TcpListener::bind(addr).expect("the free address binds");
-    }
+    use std::net::{Ipv4Addr, TcpListener};
 
     #[test]
     fn fd_limit_applies_to_the_program() {

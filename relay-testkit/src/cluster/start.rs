@@ -3,17 +3,15 @@
 //! healthy; or connecting to the external cluster of
 //! [`REDIS_CLUSTER_ENV`].
 
-use std::collections::hash_map::RandomState;
 use std::fs::File;
 use std::future::Future;
-use std::hash::BuildHasher;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::topology::parse_nodes;
 use super::{error_chain, Node, RedisCluster, REDIS_CLUSTER_ENV, WAIT_LIMIT};
+use crate::ports::free_port_pair;
 use crate::procs::KillOnDrop;
 use crate::redis::{
     command_at, redis_cli_bin, reply_text, HarnessError, RedisServer, RedisServerOptions,
@@ -22,8 +20,6 @@ use crate::wait::wait_for;
 
 /// The cluster bus listens on the node's port + this.
 const BUS_PORT_OFFSET: u16 = 10000;
-/// The highest node port whose bus port exists.
-const MAX_NODE_PORT: u16 = u16::MAX - BUS_PORT_OFFSET;
 /// Three masters, three replicas.
 const NODES: usize = 6;
 
@@ -81,10 +77,8 @@ impl RedisCluster {
             nodes: Vec::with_capacity(NODES),
             external: None,
         };
-        let mut taken = Vec::new();
         for _ in 0..NODES {
-            let server = RedisServer::try_start_on(&opts, || pick_node_port(&taken))?;
-            taken.extend([server.port(), server.port() + BUS_PORT_OFFSET]);
+            let server = RedisServer::try_start_on(&opts, || free_port_pair(BUS_PORT_OFFSET))?;
             cluster.nodes.push(Node {
                 host: "127.0.0.1".into(),
                 port: server.port(),
@@ -229,55 +223,6 @@ fn parse_seeds(spec: &str) -> Result<Vec<String>, HarnessError> {
     }
 }
 
-/// A port P for a new node with P and P + 10000 (its bus) both free and
-/// neither in `taken` (this cluster's). Drawn below the ephemeral range
-/// when it leaves room, so that no outgoing connection (nor another test's
-/// `free_port`) takes the port of a killed node before its restart; else
-/// from the ephemeral range like [`crate::procs::free_port`].
-fn pick_node_port(taken: &[u16]) -> Result<u16, String> {
-    let window = quiet_window();
-    let mut seed = RandomState::new().hash_one(std::process::id());
-    for _ in 0..1000 {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let port = match window {
-            Some((lo, hi)) => lo + u16::try_from((seed >> 33) % u64::from(hi - lo)).unwrap_or(0),
-            None => match bind_free(0) {
-                Some(port) => port,
-                None => continue,
-            },
-        };
-        if port > MAX_NODE_PORT {
-            continue;
-        }
-        let bus = port + BUS_PORT_OFFSET;
-        if taken.contains(&port) || taken.contains(&bus) {
-            continue;
-        }
-        if bind_free(port).is_some() && bind_free(bus).is_some() {
-            return Ok(port);
-        }
-    }
-    Err(format!(
-        "no free port P <= {MAX_NODE_PORT} with P + {BUS_PORT_OFFSET} free too (cluster bus)"
-    ))
-}
-
-/// Binds loopback `port` (0: any) and releases it; the port bound.
-fn bind_free(port: u16) -> Option<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok()?;
-    listener.local_addr().ok().map(|a| a.port())
-}
-
-/// Node ports `[lo, hi)` whose bus ports stay below the ephemeral range.
-fn quiet_window() -> Option<(u16, u16)> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
-    let (lo, hi) = (11_000, ephemeral_start.checked_sub(BUS_PORT_OFFSET)?);
-    (hi >= lo + 1000).then_some((lo, hi))
-}
-
 /// Runs `f` to completion on a runtime of its own thread: the synchronous
 /// constructors wait with the async checks, and may be called from inside
 /// a test's runtime, where blocking on it would panic.
@@ -319,17 +264,5 @@ mod tests {
         assert!(parse_seeds(":7000").is_err());
         assert!(parse_seeds("h:99999").is_err());
         assert!(parse_seeds(" , ").is_err());
-    }
-
-    #[test]
-    fn node_ports_leave_room_for_the_bus() {
-        let first = pick_node_port(&[]).expect("a port");
-        assert!(first <= MAX_NODE_PORT);
-        let taken = [first, first + BUS_PORT_OFFSET];
-        for _ in 0..20 {
-            let port = pick_node_port(&taken).expect("a port");
-            assert!(!taken.contains(&port) && !taken.contains(&(port + BUS_PORT_OFFSET)));
-            TcpListener::bind((Ipv4Addr::LOCALHOST, port + BUS_PORT_OFFSET)).expect("bus free");
-        }
     }
 }
