@@ -214,30 +214,31 @@ impl Engine {
             run: env.run,
         };
 
+        // Both records in one round trip: a step used to wait for two.
+        let records = match store.step_records(&env.job_id, env.stage).await {
+            Ok(records) => records,
+            Err(e) => return self.defer(env, &e),
+        };
+
         // A job that already reached its terminal outcome needs nothing more
         // than (re-)emitting that outcome, in case a crash came between the
         // claim and the event. Event publishing is idempotent per seq.
-        match store.terminal_record(&env.job_id).await {
-            Ok(Some(rec)) => {
-                tracing::info!(done = rec.done, "job already terminal; step skipped");
-                self.count(name, "skipped");
-                return match self
-                    .reemit_terminal(&job, rec, env.traceparent.as_deref())
-                    .await
-                {
-                    Ok(()) => Disposition::Finished,
-                    Err(e) => self.defer(env, &e),
-                };
-            }
-            Ok(None) => {}
-            Err(e) => return self.defer(env, &e),
+        if let Some(rec) = records.terminal {
+            tracing::info!(done = rec.done, "job already terminal; step skipped");
+            self.count(name, "skipped");
+            return match self
+                .reemit_terminal(&job, rec, env.traceparent.as_deref())
+                .await
+            {
+                Ok(()) => Disposition::Finished,
+                Err(e) => self.defer(env, &e),
+            };
         }
 
         // Redelivery of a completed stage: reuse its recorded output and
         // re-emit its `completed` event (covers a crash between the two).
-        let output = match store.completed(&env.job_id, env.stage).await {
-            Err(e) => return self.defer(env, &e),
-            Ok(Some((output, data))) => {
+        let output = match records.completed {
+            Some((output, data)) => {
                 tracing::info!("stage already completed; reusing its output");
                 self.count(name, "skipped");
                 if let Err(e) = self
@@ -249,7 +250,7 @@ impl Engine {
                 }
                 output
             }
-            Ok(None) => {
+            None => {
                 if let Err(e) = self
                     .control
                     .stage_event(&env, name, Status::Started, Value::Null)

@@ -88,7 +88,7 @@ pub use retry::RetryPolicy;
 pub use seq::{SeqScheme, QUEUED_STAGE};
 pub use stage::{Stage, StageContext, StageError};
 pub use stage_fn::{stage_fn, FnStage};
-pub use store::{JobStore, TerminalRecord};
+pub use store::{JobStore, StepRecords, TerminalRecord};
 
 /// The [`relay_core::PublisherConfig`] an [`Engine`]'s publisher should use:
 /// repeats of a (job, seq) dropped already at append

@@ -50,6 +50,35 @@ pub struct TerminalRecord {
     pub run: u32,
 }
 
+/// A job's records as a step finds them ([`JobStore::step_records`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecords {
+    /// The job's terminal outcome, once it has one.
+    pub terminal: Option<TerminalRecord>,
+    /// The stage's recorded output and `completed` event data, once it
+    /// completed.
+    pub completed: Option<(Value, Value)>,
+}
+
+/// A stored terminal marker; an unreadable one counts as a failure (the
+/// job must not run again).
+fn terminal_record(raw: &[u8]) -> TerminalRecord {
+    serde_json::from_slice(raw).unwrap_or(TerminalRecord {
+        done: false,
+        stage: None,
+        error: Some("unreadable terminal record".into()),
+        run: 0,
+    })
+}
+
+/// A stored stage record; an unreadable one counts as not completed (the
+/// stage runs again).
+fn stage_record(raw: &[u8]) -> Option<(Value, Value)> {
+    serde_json::from_slice::<StageRecord>(raw)
+        .ok()
+        .map(|r| (r.o, r.d))
+}
+
 /// A completed stage's record: its output and its `completed` event data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct StageRecord {
@@ -82,12 +111,24 @@ impl JobStore {
         job: &JobId,
         stage: usize,
     ) -> Result<Option<(Value, Value)>, BackendError> {
-        let Some(raw) = self.kv.get(&self.stage_key(job, stage)).await? else {
-            return Ok(None);
-        };
-        Ok(serde_json::from_slice::<StageRecord>(&raw)
-            .ok()
-            .map(|r| (r.o, r.d)))
+        let raw = self.kv.get(&self.stage_key(job, stage)).await?;
+        Ok(raw.as_deref().and_then(stage_record))
+    }
+
+    /// What a step needs to know before it runs, read in one round trip:
+    /// the job's terminal record and the stage's completion record.
+    pub async fn step_records(
+        &self,
+        job: &JobId,
+        stage: usize,
+    ) -> Result<StepRecords, BackendError> {
+        let keys = [self.terminal_key(job), self.stage_key(job, stage)];
+        let mut values = self.kv.get_many(&keys).await?.into_iter();
+        let (terminal, completed) = (values.next().flatten(), values.next().flatten());
+        Ok(StepRecords {
+            terminal: terminal.as_deref().map(terminal_record),
+            completed: completed.as_deref().and_then(stage_record),
+        })
     }
 
     /// Records a stage's completion with its output and event data.
@@ -137,17 +178,8 @@ impl JobStore {
         &self,
         job: &JobId,
     ) -> Result<Option<TerminalRecord>, BackendError> {
-        let Some(raw) = self.kv.get(&self.terminal_key(job)).await? else {
-            return Ok(None);
-        };
-        Ok(Some(serde_json::from_slice(&raw).unwrap_or(
-            TerminalRecord {
-                done: false,
-                stage: None,
-                error: Some("unreadable terminal record".into()),
-                run: 0,
-            },
-        )))
+        let raw = self.kv.get(&self.terminal_key(job)).await?;
+        Ok(raw.as_deref().map(terminal_record))
     }
 
     /// The job's terminal outcome if it has one: `Some(true)` done, `Some(false)` failed.

@@ -27,6 +27,17 @@ pub trait KvStore: Send + Sync {
     /// Reads `key`.
     async fn get(&self, key: &str) -> BackendResult<Option<Bytes>>;
 
+    /// Reads `keys`, in one round trip where the store can: the values in
+    /// the order of `keys`, `None` for a missing one. Not atomic across
+    /// keys. The default reads them one by one.
+    async fn get_many(&self, keys: &[String]) -> BackendResult<Vec<Option<Bytes>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Deletes keys; returns how many existed.
     async fn delete(&self, keys: &[String]) -> BackendResult<u64>;
 }

@@ -18,6 +18,15 @@ async fn kv_operations(fx: &Fixture) {
     kv.set(&k, value(b"\x00\xffbin"), None).await.unwrap();
     assert_eq!(kv.get(&k).await.unwrap(), Some(value(b"\x00\xffbin")));
     let other = fx.key("kv2");
+    // In the order asked, a missing key as None (the keys may live in
+    // different slots of a cluster).
+    assert_eq!(
+        kv.get_many(&[other.clone(), k.clone(), other.clone()])
+            .await
+            .unwrap(),
+        [None, Some(value(b"\x00\xffbin")), None]
+    );
+    assert_eq!(kv.get_many(&[]).await.unwrap(), []);
     assert_eq!(kv.delete(&[k.clone(), other.clone()]).await.unwrap(), 1);
     assert_eq!(kv.get(&k).await.unwrap(), None);
     assert_eq!(kv.delete(&[]).await.unwrap(), 0);

@@ -14,6 +14,22 @@ use super::reply::{owned_bytes, to_redis_value, u64_of};
 use super::FredBackend;
 use crate::backend::{BackendResult, KvStore};
 
+fn get_cmd(key: &str) -> Cmd {
+    let mut c = Cmd::keyed("GET", key);
+    c.arg(key);
+    c
+}
+
+/// A `GET` reply: null is a missing key.
+fn get_reply(v: Value) -> BackendResult<Option<Bytes>> {
+    match v {
+        Value::Null => Ok(None),
+        other => owned_bytes(&other)
+            .map(Some)
+            .ok_or_else(|| protocol(format!("GET answered {other:?}"))),
+    }
+}
+
 #[async_trait]
 impl KvStore for FredBackend {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
@@ -51,15 +67,25 @@ impl KvStore for FredBackend {
     }
 
     async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
-        let mut c = Cmd::keyed("GET", key);
-        c.arg(key);
-        let v = self.query(&c, Resend::AfterDrop).await.map_err(map_err)?;
-        match v {
-            Value::Null => Ok(None),
-            other => owned_bytes(&other)
-                .map(Some)
-                .ok_or_else(|| protocol(format!("GET answered {other:?}"))),
+        let v = self
+            .query(&get_cmd(key), Resend::AfterDrop)
+            .await
+            .map_err(map_err)?;
+        get_reply(v)
+    }
+
+    /// One pipelined `GET` per key: one round trip, split per node on a
+    /// cluster like every pipeline here.
+    async fn get_many(&self, keys: &[String]) -> BackendResult<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
+        let cmds: Vec<Cmd> = keys.iter().map(|k| get_cmd(k)).collect();
+        self.pipeline(&cmds, Resend::AfterDrop)
+            .await?
+            .into_iter()
+            .map(|r| get_reply(r.map_err(map_err)?))
+            .collect()
     }
 
     async fn delete(&self, keys: &[String]) -> BackendResult<u64> {

@@ -12,6 +12,16 @@ use super::reply::{bytes_of, u64_of};
 use super::RedisBackend;
 use crate::backend::{BackendResult, KvStore};
 
+/// A `GET` reply: nil is a missing key.
+fn get_reply(v: Value) -> BackendResult<Option<Bytes>> {
+    match v {
+        Value::Nil => Ok(None),
+        other => bytes_of(&other)
+            .map(|b| Some(Bytes::copy_from_slice(b)))
+            .ok_or_else(|| protocol(format!("GET answered {other:?}"))),
+    }
+}
+
 #[async_trait]
 impl KvStore for RedisBackend {
     async fn set_nx(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> BackendResult<bool> {
@@ -53,12 +63,28 @@ impl KvStore for RedisBackend {
             .query(redis::cmd("GET").arg(key), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
-        match v {
-            Value::Nil => Ok(None),
-            other => bytes_of(&other)
-                .map(|b| Some(Bytes::copy_from_slice(b)))
-                .ok_or_else(|| protocol(format!("GET answered {other:?}"))),
+        get_reply(v)
+    }
+
+    /// One pipelined `GET` per key: one round trip, split per node on a
+    /// cluster like every pipeline here.
+    async fn get_many(&self, keys: &[String]) -> BackendResult<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
+        let cmds: Vec<redis::Cmd> = keys
+            .iter()
+            .map(|k| {
+                let mut c = redis::cmd("GET");
+                c.arg(k);
+                c
+            })
+            .collect();
+        self.pipeline(&cmds, Resend::AfterDrop)
+            .await?
+            .into_iter()
+            .map(|r| get_reply(r.map_err(map_err)?))
+            .collect()
     }
 
     async fn delete(&self, keys: &[String]) -> BackendResult<u64> {
