@@ -267,26 +267,33 @@ pub(in crate::backend) fn parse_apply(v: &Value, events: usize) -> BackendResult
 }
 
 /// The result of the claim script: `[[[id, deliveries, fields]...], [deleted id...]]`.
-pub(in crate::backend) fn claim_reply(v: &Value) -> BackendResult<ClaimResult> {
-    let (claimed, deleted) = match array(v, "claim reply")? {
-        [c, d] => (array(c, "claimed")?, array(d, "deleted")?),
-        _ => return Err(protocol("claim reply must have two parts")),
+/// Taken by value, like the stream reads: the field lists move out of the
+/// reply.
+pub(in crate::backend) fn claim_reply(v: Value) -> BackendResult<ClaimResult> {
+    let mut parts = into_array(v, "claim reply")?.into_iter();
+    let (Some(claimed), Some(deleted), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(protocol("claim reply must have two parts"));
     };
-    let claimed = claimed
-        .iter()
-        .map(|item| match array(item, "claimed entry")? {
-            [id, n, fields] => Ok(Delivered {
+    let claimed = into_array(claimed, "claimed")?
+        .into_iter()
+        .map(|item| {
+            let mut parts = into_array(item, "claimed entry")?.into_iter();
+            let (Some(id), Some(n), Some(fields), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(protocol("claimed entry must have three parts"));
+            };
+            Ok(Delivered {
                 entry: StreamEntry {
-                    id: stream_id_of(id)?,
-                    fields: fields_of(fields.clone())?,
+                    id: stream_id_of(&id)?,
+                    fields: fields_of(fields)?,
                 },
-                deliveries: u64_of(n)
+                deliveries: u64_of(&n)
                     .ok_or_else(|| protocol("claimed entry: bad delivery count"))?,
-            }),
-            _ => Err(protocol("claimed entry must have three parts")),
+            })
         })
         .collect::<BackendResult<Vec<_>>>()?;
-    let deleted = deleted
+    let deleted = array(&deleted, "deleted")?
         .iter()
         .map(stream_id_of)
         .collect::<BackendResult<Vec<_>>>()?;
@@ -478,6 +485,45 @@ mod tests {
         );
         assert!(entries[1].is_deleted());
         assert!(xread_entries(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn claim_replies_move_their_entries_out_and_reject_bad_shapes() {
+        let bulk = |b: &[u8]| Value::BulkString(b.to_vec());
+        let v = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"5-1"),
+                Value::Int(3),
+                Value::Array(vec![bulk(b"k"), bulk(b"\xff\x00")]),
+            ])]),
+            Value::Array(vec![bulk(b"4-0")]),
+        ]);
+        let r = claim_reply(v).unwrap();
+        assert_eq!(r.claimed.len(), 1);
+        assert_eq!(r.claimed[0].entry.id, StreamId::new(5, 1));
+        assert_eq!(r.claimed[0].deliveries, 3);
+        assert_eq!(
+            r.claimed[0].entry.fields,
+            vec![("k".to_owned(), Bytes::from_static(b"\xff\x00"))]
+        );
+        assert_eq!(r.deleted, vec![StreamId::new(4, 0)]);
+
+        let one_part = Value::Array(vec![Value::Array(vec![])]);
+        assert!(claim_reply(one_part).is_err());
+        let short_entry = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![bulk(b"5-1"), Value::Int(1)])]),
+            Value::Array(vec![]),
+        ]);
+        assert!(claim_reply(short_entry).is_err());
+        let bad_count = Value::Array(vec![
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"5-1"),
+                bulk(b"many"),
+                Value::Array(vec![]),
+            ])]),
+            Value::Array(vec![]),
+        ]);
+        assert!(claim_reply(bad_count).is_err());
     }
 
     #[test]

@@ -129,7 +129,7 @@ impl StreamLog for FredBackend {
         let v = self
             .eval_one(script, c, Some((stream, group)), Resend::Never)
             .await?;
-        claim_reply(&to_redis_value(v))
+        claim_reply(to_redis_value(v))
     }
 
     async fn ack(&self, stream: &str, group: &str, ids: &[StreamId]) -> BackendResult<u64> {

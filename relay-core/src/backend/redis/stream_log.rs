@@ -126,7 +126,7 @@ impl StreamLog for RedisBackend {
         let v = self
             .eval_one(script, c, Some((stream, group)), Resend::Never)
             .await?;
-        claim_reply(&v)
+        claim_reply(v)
     }
 
     async fn ack(&self, stream: &str, group: &str, ids: &[StreamId]) -> BackendResult<u64> {
