@@ -241,6 +241,17 @@ impl RedisClient {
         Ok(self.open(topology, config).await?.handles().0)
     }
 
+    /// [`Self::connect_topology`] with the backend's [`KvStore`] role too:
+    /// one connection, two handles (what an application keeping records
+    /// beside the relay, like the stage pipeline, needs).
+    pub async fn connect_topology_with_kv(
+        self,
+        topology: RedisTopology,
+        config: RedisConfig,
+    ) -> Result<(Arc<dyn Backend>, Arc<dyn KvStore>), BackendError> {
+        Ok(self.open(topology, config).await?.handles())
+    }
+
     async fn open(
         self,
         topology: RedisTopology,
