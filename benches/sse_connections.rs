@@ -6,9 +6,11 @@
 //! expected events, gaps, and the CPU of gateway, router and Redis.
 //!
 //! ```text
-//! cargo build --release -p relay-router -p relay-sse --bins
 //! cargo bench --bench sse_connections -- --connections 15000 --jobs 15000 --secs 30
 //! ```
+//!
+//! It builds the release `relay-router` and `relay-sse` first (`cargo
+//! bench` builds only this package's targets; a no-op when up to date).
 //!
 //! Flags (after `--`): `--connections N` (15000), `--jobs J` (= N: one job
 //! per connection, the realistic worst case for the router; fewer jobs means
@@ -106,6 +108,29 @@ fn main() {
     ));
 }
 
+/// `cargo bench` builds this package's targets, not the other members'
+/// binaries the bench spawns: build them (release, as measured) so that
+/// `cargo bench` works from a fresh clone and never measures a stale
+/// binary (a no-op when they are up to date).
+fn build_release_bins() {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "relay-router",
+            "-p",
+            "relay-sse",
+            "--bins",
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "cargo build of the binaries failed: {status}"
+    );
+}
+
 async fn parent(
     connections: usize,
     jobs: usize,
@@ -116,6 +141,7 @@ async fn parent(
 ) {
     println!("sse_connections: {connections} connections, {jobs} jobs ({} subscribers/job), {secs} s at 1 event/s per job, {clients} client processes",
         connections / jobs);
+    build_release_bins();
     let redis = TestRedis::private();
     let url = redis.url().to_owned();
     let router_metrics = format!("127.0.0.1:{}", free_port());
