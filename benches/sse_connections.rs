@@ -111,20 +111,27 @@ fn main() {
 /// `cargo bench` builds this package's targets, not the other members'
 /// binaries the bench spawns: build them (release, as measured) so that
 /// `cargo bench` works from a fresh clone and never measures a stale
-/// binary (a no-op when they are up to date).
+/// binary (a no-op when they are up to date). With `RELAY_BIN_DIR` set the
+/// binaries are the caller's, and nothing is built.
 fn build_release_bins() {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "relay-router",
-            "-p",
-            "relay-sse",
-            "--bins",
-        ])
-        .status()
-        .expect("run cargo");
+    if std::env::var_os("RELAY_BIN_DIR").is_some() {
+        return;
+    }
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "--release",
+        "-p",
+        "relay-router",
+        "-p",
+        "relay-sse",
+        "--bins",
+    ]);
+    // A `--features fred` bench spawns binaries that have the client too.
+    if cfg!(feature = "fred") {
+        cargo.args(["--features", "relay-router/fred,relay-sse/fred"]);
+    }
+    let status = cargo.status().expect("run cargo");
     assert!(
         status.success(),
         "cargo build of the binaries failed: {status}"

@@ -214,7 +214,9 @@ impl Engine {
             run: env.run,
         };
 
-        // Both records in one round trip: a step used to wait for two.
+        // Both records in one round trip: a step used to wait for two. (A
+        // failed read of either defers the step, even when the terminal
+        // marker alone would have sufficed: the redelivery re-emits it.)
         let records = match store.step_records(&env.job_id, env.stage).await {
             Ok(records) => records,
             Err(e) => return self.defer(env, &e),

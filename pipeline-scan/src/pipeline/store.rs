@@ -123,8 +123,15 @@ impl JobStore {
         stage: usize,
     ) -> Result<StepRecords, BackendError> {
         let keys = [self.terminal_key(job), self.stage_key(job, stage)];
-        let mut values = self.kv.get_many(&keys).await?.into_iter();
-        let (terminal, completed) = (values.next().flatten(), values.next().flatten());
+        let values = self.kv.get_many(&keys).await?;
+        // A short answer must not read as "no terminal record": the step
+        // would run again.
+        let [terminal, completed]: [Option<Bytes>; 2] =
+            values.try_into().map_err(|v: Vec<_>| {
+                BackendError::Protocol(
+                    format!("get_many answered {} values for 2 keys", v.len()).into(),
+                )
+            })?;
         Ok(StepRecords {
             terminal: terminal.as_deref().map(terminal_record),
             completed: completed.as_deref().and_then(stage_record),
@@ -190,5 +197,49 @@ impl JobStore {
     /// Clears the terminal marker so a replayed job can finish (dead-letter replay).
     pub async fn clear_terminal(&self, job: &JobId) -> Result<(), BackendError> {
         self.kv.delete(&[self.terminal_key(job)]).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_core::backend::BackendResult;
+
+    /// A store whose `get_many` answers one value fewer than asked.
+    struct ShortAnswers;
+
+    #[async_trait::async_trait]
+    impl KvStore for ShortAnswers {
+        async fn set_nx(&self, _: &str, _: Bytes, _: Option<Duration>) -> BackendResult<bool> {
+            Ok(true)
+        }
+        async fn set(&self, _: &str, _: Bytes, _: Option<Duration>) -> BackendResult<()> {
+            Ok(())
+        }
+        async fn get(&self, _: &str) -> BackendResult<Option<Bytes>> {
+            Ok(None)
+        }
+        async fn delete(&self, _: &[String]) -> BackendResult<u64> {
+            Ok(0)
+        }
+        async fn get_many(&self, keys: &[String]) -> BackendResult<Vec<Option<Bytes>>> {
+            Ok(vec![None; keys.len().saturating_sub(1)])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_answer_is_a_protocol_error_not_a_missing_record() {
+        let store = JobStore::new(
+            Arc::new(ShortAnswers),
+            Domain::new("scan").expect("domain"),
+            Duration::from_secs(60),
+        );
+        let job = JobId::new("job-1").expect("job id");
+        match store.step_records(&job, 0).await {
+            Err(BackendError::Protocol(e)) => {
+                assert!(e.to_string().contains("1 values for 2 keys"), "{e}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
     }
 }

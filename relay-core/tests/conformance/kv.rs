@@ -18,15 +18,18 @@ async fn kv_operations(fx: &Fixture) {
     kv.set(&k, value(b"\x00\xffbin"), None).await.unwrap();
     assert_eq!(kv.get(&k).await.unwrap(), Some(value(b"\x00\xffbin")));
     let other = fx.key("kv2");
-    // In the order asked, a missing key as None (the keys may live in
-    // different slots of a cluster).
+    // In the order asked, a missing key as None, across slots on a
+    // cluster: `elsewhere`'s hash tag is not the test prefix's.
+    let elsewhere = format!("{{{}}}", fx.key("kv-elsewhere").replace(['{', '}'], ""));
+    kv.set(&elsewhere, value(b"far"), None).await.unwrap();
     assert_eq!(
-        kv.get_many(&[other.clone(), k.clone(), other.clone()])
+        kv.get_many(&[other.clone(), k.clone(), elsewhere.clone(), other.clone()])
             .await
             .unwrap(),
-        [None, Some(value(b"\x00\xffbin")), None]
+        [None, Some(value(b"\x00\xffbin")), Some(value(b"far")), None]
     );
     assert_eq!(kv.get_many(&[]).await.unwrap(), []);
+    assert_eq!(kv.delete(&[elsewhere]).await.unwrap(), 1);
     assert_eq!(kv.delete(&[k.clone(), other.clone()]).await.unwrap(), 1);
     assert_eq!(kv.get(&k).await.unwrap(), None);
     assert_eq!(kv.delete(&[]).await.unwrap(), 0);
