@@ -82,6 +82,27 @@ pub fn full_scan_steps() -> Vec<(String, String)> {
     ])
 }
 
+/// The events of a successful `AddOne → Flaky → Shout` job, led by
+/// `queued` when the job was queued through its control.
+pub fn add_flaky_shout_steps(queued: bool) -> Vec<(String, String)> {
+    let lead: &[(&str, &str)] = if queued {
+        &[("queued", "started")]
+    } else {
+        &[]
+    };
+    let mut steps = pairs(lead);
+    steps.extend(pairs(&[
+        ("add", "started"),
+        ("add", "completed"),
+        ("flaky", "started"),
+        ("flaky", "completed"),
+        ("shout", "started"),
+        ("shout", "completed"),
+        ("done", "completed"),
+    ]));
+    steps
+}
+
 /// Waits (bounded, generous) until the job has a terminal marker; returns
 /// `Some(true)` for done, `Some(false)` for failed.
 pub async fn wait_terminal(store: &JobStore, job: &JobId, within: Duration) -> Option<bool> {
