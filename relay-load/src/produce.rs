@@ -9,8 +9,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::{Event, Status, ValidationError};
+use serde::Deserialize;
 
 use crate::stats::unix_us;
+
+/// What a client reads back of an event this loop produced: its seq, its
+/// stage (the terminal one ends a job) and the publish time it carries.
+#[derive(Deserialize)]
+pub(crate) struct Probe {
+    pub(crate) seq: u64,
+    pub(crate) stage: String,
+    #[serde(default)]
+    pub(crate) data: ProbeData,
+}
+
+/// The publish time an event carries (`data.t_us`, µs since the epoch).
+#[derive(Deserialize, Default)]
+pub(crate) struct ProbeData {
+    #[serde(default)]
+    pub(crate) t_us: u64,
+}
+
+/// A snapshot's seq: what a resumed client has already been given.
+#[derive(Deserialize)]
+pub(crate) struct SnapshotProbe {
+    pub(crate) seq: Option<u64>,
+}
 
 /// How producers hand events to the system under test.
 #[async_trait::async_trait]

@@ -19,7 +19,7 @@ use relay_sse::client::{SseItem, SseReader};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::NodeClient;
-use crate::produce::{Backlog, Produce, Sink};
+use crate::produce::{Backlog, Probe, Produce, Sink, SnapshotProbe};
 use crate::spawn::Topology;
 use crate::stats::{round3, unix_us, Lat, LatSummary, Timeline};
 
@@ -163,25 +163,6 @@ impl ClientTally {
             error: None,
         }
     }
-}
-
-#[derive(Deserialize)]
-struct Probe {
-    seq: u64,
-    stage: String,
-    #[serde(default)]
-    data: ProbeData,
-}
-
-#[derive(Deserialize)]
-struct SnapshotProbe {
-    seq: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-struct ProbeData {
-    #[serde(default)]
-    t_us: u64,
 }
 
 /// Figures of one run (relay or echo ceiling).

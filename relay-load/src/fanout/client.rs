@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_sse::client::{SseItem, SseReader};
-use serde::Deserialize;
 use tokio::sync::{watch, Semaphore};
 
+use crate::produce::{Probe, SnapshotProbe};
 use crate::stats::unix_us;
 
 /// Counters every subscriber updates while the run goes on.
@@ -68,25 +68,6 @@ pub struct Tally {
     pub last_arrival: Option<Instant>,
     /// The first error seen.
     pub error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Probe {
-    seq: u64,
-    stage: String,
-    #[serde(default)]
-    data: ProbeData,
-}
-
-#[derive(Deserialize, Default)]
-struct ProbeData {
-    #[serde(default)]
-    t_us: u64,
-}
-
-#[derive(Deserialize)]
-struct SnapshotProbe {
-    seq: Option<u64>,
 }
 
 /// How a subscriber connects and what it compares against.
