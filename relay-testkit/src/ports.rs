@@ -20,9 +20,9 @@ use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::hash::BuildHasher;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The lowest port drawn: clear of the well-known and most registered ports.
 const LOWEST: u16 = 11_000;
@@ -71,7 +71,7 @@ fn reserve(count: usize, offset: u16) -> Result<u16, String> {
         let ports: Vec<u16> = [port, port + offset].into_iter().take(count).collect();
         let mut locks = Vec::with_capacity(count);
         for &p in &ports {
-            match lock(&dir, p) {
+            match lock(dir, p) {
                 Lock::Held(file) if bindable(p) => locks.push(file),
                 // No lock here (no locks on this file system, a directory
                 // of another user, out of descriptors): reserve nothing.
@@ -104,10 +104,17 @@ fn reserve(count: usize, offset: u16) -> Result<u16, String> {
 /// Ports `[lo, hi)` such that `P + offset` stays below the kernel's
 /// ephemeral range, if that leaves at least a thousand.
 fn quiet_range(offset: u16) -> Option<(u16, u16)> {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let ephemeral_start: u16 = range.split_whitespace().next()?.parse().ok()?;
-    let hi = ephemeral_start.checked_sub(offset)?;
+    let hi = ephemeral_start()?.checked_sub(offset)?;
     (hi >= LOWEST + 1000).then_some((LOWEST, hi))
+}
+
+/// The first port of the kernel's ephemeral range, read once per process.
+fn ephemeral_start() -> Option<u16> {
+    static START: OnceLock<Option<u16>> = OnceLock::new();
+    *START.get_or_init(|| {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+        range.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// The plain way: ports from the ephemeral range, checked but not reserved.
@@ -128,10 +135,15 @@ fn ephemeral(count: usize, offset: u16) -> Result<u16, String> {
     })
 }
 
-fn lock_dir() -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("relay-testkit-ports");
-    std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+/// The directory of the lock files, created once per process.
+fn lock_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("relay-testkit-ports");
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    })
+    .as_deref()
 }
 
 /// What locking a port's file gave.
@@ -145,7 +157,7 @@ enum Lock {
 }
 
 /// Locks `port`'s file unless someone else holds it.
-fn lock(dir: &std::path::Path, port: u16) -> Lock {
+fn lock(dir: &Path, port: u16) -> Lock {
     let path = dir.join(port.to_string());
     let file = match OpenOptions::new()
         .create(true)
@@ -235,7 +247,7 @@ mod tests {
         // A second open file description stands for another process: flock
         // locks conflict between descriptions, even within one process.
         assert!(
-            matches!(lock(&dir, port), Lock::Taken),
+            matches!(lock(dir, port), Lock::Taken),
             "{port} reserved twice"
         );
     }
