@@ -156,6 +156,13 @@ fn into_array(v: Value, what: &str) -> BackendResult<Vec<Value>> {
     }
 }
 
+/// The items of an array reply of exactly `N` items, moved out.
+fn into_parts<const N: usize>(v: Value, what: &str) -> BackendResult<[Value; N]> {
+    into_array(v, what)?
+        .try_into()
+        .map_err(|items: Vec<Value>| protocol(format!("{what}: {} items, not {N}", items.len())))
+}
+
 /// An entry's field list (RESP2 flat array or RESP3 map). Takes the reply
 /// by value: field values become `Bytes` over the reply's own buffers, and
 /// names move into `String`s — the stream read is the router's hottest
@@ -270,19 +277,11 @@ pub(in crate::backend) fn parse_apply(v: &Value, events: usize) -> BackendResult
 /// Taken by value, like the stream reads: the field lists move out of the
 /// reply.
 pub(in crate::backend) fn claim_reply(v: Value) -> BackendResult<ClaimResult> {
-    let mut parts = into_array(v, "claim reply")?.into_iter();
-    let (Some(claimed), Some(deleted), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(protocol("claim reply must have two parts"));
-    };
+    let [claimed, deleted] = into_parts(v, "claim reply")?;
     let claimed = into_array(claimed, "claimed")?
         .into_iter()
         .map(|item| {
-            let mut parts = into_array(item, "claimed entry")?.into_iter();
-            let (Some(id), Some(n), Some(fields), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return Err(protocol("claimed entry must have three parts"));
-            };
+            let [id, n, fields] = into_parts(item, "claimed entry")?;
             Ok(Delivered {
                 entry: StreamEntry {
                     id: stream_id_of(&id)?,
