@@ -12,6 +12,12 @@ use super::reply::{bytes_of, u64_of};
 use super::RedisBackend;
 use crate::backend::{BackendResult, KvStore};
 
+fn get_cmd(key: &str) -> redis::Cmd {
+    let mut c = redis::cmd("GET");
+    c.arg(key);
+    c
+}
+
 /// A `GET` reply: nil is a missing key.
 fn get_reply(v: Value) -> BackendResult<Option<Bytes>> {
     match v {
@@ -60,7 +66,7 @@ impl KvStore for RedisBackend {
 
     async fn get(&self, key: &str) -> BackendResult<Option<Bytes>> {
         let v = self
-            .query(redis::cmd("GET").arg(key), Resend::AfterDrop)
+            .query(&get_cmd(key), Resend::AfterDrop)
             .await
             .map_err(map_err)?;
         get_reply(v)
@@ -72,14 +78,7 @@ impl KvStore for RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let cmds: Vec<redis::Cmd> = keys
-            .iter()
-            .map(|k| {
-                let mut c = redis::cmd("GET");
-                c.arg(k);
-                c
-            })
-            .collect();
+        let cmds: Vec<redis::Cmd> = keys.iter().map(|k| get_cmd(k)).collect();
         self.pipeline(&cmds, Resend::AfterDrop)
             .await?
             .into_iter()
